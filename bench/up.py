@@ -1,0 +1,100 @@
+"""Time `labnet up`/`down` of the seed lab and a generated 50-node lab (underlay and full).
+
+Reference in the same run: the same underlay built by a plain `ip netns`/`ip link` shell
+script (what people write by hand), so the figure is a ratio, not a machine-dependent time.
+Run as root: `python bench/up.py [--runs 3] [--nodes 50]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from labnet.topology import loads  # noqa: E402
+from labnet.topology.generate import generate  # noqa: E402
+
+
+def labnet(*args: str) -> float:
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "labnet.cli", *args], check=True, capture_output=True)
+    return time.perf_counter() - t0
+
+
+def ip_script(text: str, name: str) -> tuple[str, str]:
+    """An equivalent underlay as `ip` commands: namespaces, bridges, veths, addresses, routes."""
+    topo = loads(text)
+    up = ["set -e", f"ip netns add ref-{name}-fab"]
+    down = [f"ip netns del ref-{name}-fab"]
+    for net in topo.networks:
+        up += [f"ip -n ref-{name}-fab link add {net} type bridge", f"ip -n ref-{name}-fab link set {net} up"]
+    for i, (m, _kind, spec) in enumerate(topo.machines()):
+        ns = f"ref-{name}-{m}"
+        up += [f"ip netns add {ns}", f"ip -n {ns} link set lo up"]
+        down.append(f"ip netns del {ns}")
+        for j, iface in enumerate(spec.interfaces):
+            outer = f"r{i}x{j}"
+            up += [f"ip -n ref-{name}-fab link add {outer} type veth peer name {iface.name} netns {ns}",
+                   f"ip -n ref-{name}-fab link set {outer} master {iface.network} up",
+                   f"ip -n {ns} addr add {topo.interface_cidr(iface)} dev {iface.name}",
+                   f"ip -n {ns} link set {iface.name} up"]
+        if spec.gateway:
+            up.append(f"ip -n {ns} route add default via {spec.gateway}")
+    return "\n".join(up), "\n".join(down)
+
+
+def sh(script: str) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(["sh", "-c", script], check=True, capture_output=True)
+    return time.perf_counter() - t0
+
+
+def measure(label: str, text: str, runs: int, underlay_only: bool) -> dict[str, object]:
+    with tempfile.TemporaryDirectory() as d:
+        f = Path(d) / "lab.yaml"
+        if underlay_only:  # strip the cluster: the underlay alone
+            import yaml
+
+            data = yaml.safe_load(text)
+            data.pop("cluster", None)
+            data.pop("scenarios", None)
+            text = yaml.safe_dump(data)
+        f.write_text(text)
+        name = loads(text).name
+        ups, downs, refs_up, refs_down = [], [], [], []
+        ref_up, ref_down = ip_script(text, "b")
+        for _ in range(runs):
+            ups.append(labnet("up", str(f), "-q", "--timings"))
+            downs.append(labnet("down", "--name", name))
+            refs_up.append(sh(ref_up))
+            refs_down.append(sh(ref_down))
+    med = statistics.median
+    return {"lab": label, "runs": runs, "up_s": round(med(ups), 3), "down_s": round(med(downs), 3),
+            "ref_ip_script_up_s": round(med(refs_up), 3), "ref_ip_script_down_s": round(med(refs_down), 3),
+            "up_ratio_vs_ip_script": round(med(ups) / med(refs_up), 2)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--nodes", type=int, default=50)
+    ap.add_argument("--full", action="store_true", help="also time the full lab (etcd, agents, pods)")
+    a = ap.parse_args()
+    seed = (REPO / "topologies" / "seed.yaml").read_text()
+    rows = [measure("seed underlay", seed, a.runs, True),
+            measure(f"{a.nodes}-node underlay", generate(a.nodes), a.runs, True)]
+    if a.full:
+        rows.append(measure("seed full", seed, a.runs, False))
+    print(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

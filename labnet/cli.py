@@ -1,0 +1,226 @@
+"""The `labnet` command. Exit status: 0 ok, 1 a check failed or an error, 2 bad input."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from labnet import __version__
+from labnet.errors import BadInput, LabnetError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _load(path: str):  # type: ignore[no-untyped-def]
+    from labnet.topology import load
+
+    return load(path)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    topo = _load(args.file)
+    n = len(list(topo.machines()))
+    print(f"{args.file}: ok (lab {topo.name}: {len(topo.networks)} networks, {n} machines, "
+          f"{len(topo.cluster.pods) if topo.cluster else 0} pods, {len(topo.scenarios)} scenarios)")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from labnet.topology.schema import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+def _need_root() -> None:
+    if os.geteuid() != 0:
+        raise BadInput("labnet needs root to create namespaces (run it with sudo)")
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from labnet import lab
+
+    topo = _renamed(_load(args.file), args.name)
+    _need_root()
+    progress = lab.Progress(topo.name, quiet=args.quiet)
+    journal, timings, changed = lab.up(topo, args.file, runtime=args.runtime, progress=progress)
+    if args.timings:
+        print(json.dumps({"lab": topo.name, "changed": changed, "phases": timings,
+                          "total": round(sum(timings.values()), 4)}))
+        return 0
+    if not changed:
+        print(f"lab {topo.name} is already up; nothing changed")
+    print(lab.format_status(lab.status(topo.name)))
+    return 0
+
+
+def _renamed(topo, name: str | None):  # type: ignore[no-untyped-def]
+    """`up --name` runs one file as several labs side by side."""
+    import re
+
+    from labnet.topology.model import LAB_NAME_RE
+
+    if name is None:
+        return topo
+    if not re.match(LAB_NAME_RE, name):
+        raise BadInput(f"--name {name!r}: a lab name matches {LAB_NAME_RE}")
+    return topo.model_copy(update={"name": name})
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from labnet import lab
+
+    _need_root()
+    if args.all:
+        names = lab.list_labs()
+    elif args.name:
+        names = [args.name]
+    elif args.file:
+        names = [_lab_name_of(args.file)]
+    else:
+        raise BadInput("say which lab: labnet down FILE | --name NAME | --all")
+    rc = 0
+    for name in names:
+        problems = lab.down(name)
+        if problems:
+            rc = 1
+            print(f"lab {name}: removed, with problems:\n  " + "\n  ".join(problems))
+        else:
+            print(f"lab {name}: removed")
+    return rc
+
+
+def _lab_name_of(path: str) -> str:
+    """The lab's name from its file, even when the file no longer validates (down must work)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+        name = data.get("name") if isinstance(data, dict) else None
+    except (OSError, yaml.YAMLError) as exc:
+        raise BadInput(f"{path}: cannot read the lab name ({exc}); use --name") from exc
+    if not isinstance(name, str):
+        raise BadInput(f"{path}: no `name:`; use --name")
+    return name
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from labnet import lab
+
+    _need_root()
+    removed = lab.gc()
+    print("\n".join(f"removed {r}" for r in removed) if removed else "nothing to collect")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from labnet import lab
+
+    rows = lab.status(args.lab)
+    print(lab.status_json(rows) if args.json else lab.format_status(rows))
+    return 0
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    from labnet import lab
+
+    _need_root()
+    name = lab.pick_lab(args.lab)
+    target = args.target
+    cmd = args.cmd or [os.environ.get("SHELL", "/bin/sh")]
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if "/" in target:
+        node, pod = target.split("/", 1)
+        from labnet.pods import pod_ns
+
+        ns = pod_ns(name, node, pod)
+    else:
+        ns = lab.node_ns(name, target)
+    argv = ns.argv(cmd)
+    sys.stdout.flush()
+    os.execvp(argv[0], argv)
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    from labnet.graph import render
+
+    render(_load(args.file), Path(args.output))
+    print(f"wrote {args.output}")
+    return 0
+
+
+EXTRA: list[Callable[[argparse._SubParsersAction], None]] = []  # type: ignore[type-arg]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="labnet", description="Container-networking test labs from one YAML file.")
+    p.add_argument("--version", action="version", version=f"labnet {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("up", help="build a lab from a topology file and wait until it is ready")
+    s.add_argument("file")
+    s.add_argument("--runtime", choices=["netns", "docker"], help="override the file's runtime")
+    s.add_argument("--name", help="run the file under another lab name (side by side with the original)")
+    s.add_argument("--timings", action="store_true", help="print JSON timings per phase instead of the table")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    s.set_defaults(func=cmd_up)
+
+    s = sub.add_parser("down", help="remove a lab and everything it made")
+    s.add_argument("file", nargs="?")
+    s.add_argument("--name", help="the lab's name (works when the file moved or changed)")
+    s.add_argument("--all", action="store_true", help="every lab")
+    s.set_defaults(func=cmd_down)
+
+    s = sub.add_parser("gc", help="remove leftovers of labs whose owner is gone")
+    s.set_defaults(func=cmd_gc)
+
+    s = sub.add_parser("status", help="list labs, machines, addresses and processes")
+    s.add_argument("-l", "--lab")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("exec", help="run a command inside a node or pod: labnet exec NODE[/POD] -- CMD")
+    s.add_argument("-l", "--lab", help="the lab (default: the only running one)")
+    s.add_argument("target", metavar="NODE[/POD]")
+    s.add_argument("cmd", nargs=argparse.REMAINDER)
+    s.set_defaults(func=cmd_exec)
+
+    s = sub.add_parser("validate", help="check a topology file; every error as FILE:LINE:COL")
+    s.add_argument("file")
+    s.set_defaults(func=cmd_validate)
+
+    s = sub.add_parser("schema", help="print the topology JSON schema (for editors)")
+    s.set_defaults(func=cmd_schema)
+
+    s = sub.add_parser("graph", help="draw the topology with Graphviz")
+    s.add_argument("file")
+    s.add_argument("-o", "--output", required=True, help="out.svg, out.png or out.dot")
+    s.set_defaults(func=cmd_graph)
+
+    for register in EXTRA:
+        register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except BadInput as exc:
+        print(f"labnet: {exc}", file=sys.stderr)
+        return 2
+    except LabnetError as exc:
+        print(f"labnet: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt as exc:
+        print(f"labnet: interrupted ({exc}); rolled back", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""etcd: the server launcher and the one datastore layer that talks to etcd."""

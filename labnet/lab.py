@@ -1,0 +1,371 @@
+"""Lab lifecycle: plan a topology, apply it through a runtime, journal it, tear it down.
+
+`up` runs a list of phases; each phase records what it creates in the journal before it
+creates it, so `down` and `gc` can undo any prefix of the work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from labnet import paths
+from labnet.errors import BadInput, LabnetError
+from labnet.journal import Journal
+from labnet.nsexec import NodeNS, pid_alive, proc_starttime
+from labnet.runtime import get_runtime
+from labnet.runtime.base import LinkSpec, MachineSpec, Runtime
+from labnet.wait import poll
+
+if TYPE_CHECKING:
+    from labnet.topology.model import Topology
+
+
+class Progress:
+    """Phase progress: a rewritten line on a terminal, plain lines elsewhere."""
+
+    def __init__(self, lab: str, stream: Any = None, quiet: bool = False) -> None:
+        self.lab = lab
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.quiet = quiet
+
+    def start(self, phase: str, detail: str = "") -> None:
+        if self.quiet:
+            return
+        text = f"labnet: {self.lab}: {phase}{(' (' + detail + ')') if detail else ''} ..."
+        if self.tty:
+            self.stream.write("\r\033[K" + text)
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def done(self, phase: str, seconds: float) -> None:
+        if self.quiet:
+            return
+        text = f"labnet: {self.lab}: {phase} done in {seconds:.2f}s"
+        self.stream.write(("\r\033[K" if self.tty else "") + text + "\n")
+        self.stream.flush()
+
+
+@dataclass
+class Context:
+    topo: Topology
+    journal: Journal
+    runtime: Runtime
+    progress: Progress
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+Phase = Callable[[Context], None]
+
+
+def topology_hash(topo: Topology) -> str:
+    return hashlib.sha256(topo.model_dump_json().encode()).hexdigest()[:16]
+
+
+def journal_path(lab: str) -> Path:
+    return paths.lab_dir(lab) / "journal.json"
+
+
+def load_journal(lab: str) -> Journal | None:
+    p = journal_path(lab)
+    if not p.exists():
+        return None
+    try:
+        return Journal.load(p)
+    except (OSError, ValueError, TypeError) as exc:
+        raise LabnetError(f"lab {lab}: journal {p} is unreadable ({exc}); remove it by hand") from exc
+
+
+def list_labs() -> list[str]:
+    root = paths.state_root() / "labs"
+    if not root.is_dir():
+        return []
+    return sorted(d.name for d in root.iterdir() if (d / "journal.json").exists())
+
+
+@contextlib.contextmanager
+def lab_lock(lab: str) -> Iterator[None]:
+    """One `up`/`down` per lab at a time."""
+    root = paths.state_root() / "labs"
+    root.mkdir(parents=True, exist_ok=True)
+    lock = root / f".{lab}.lock"
+    fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        if not (paths.lab_dir(lab)).exists():
+            lock.unlink(missing_ok=True)
+        os.close(fd)
+
+
+# -- phases -------------------------------------------------------------------------------
+def phase_underlay(ctx: Context) -> None:
+    topo, rt = ctx.topo, ctx.runtime
+    rt.prepare()
+    for name, net in topo.networks.items():
+        rt.add_network(name, net.mtu)
+    machines = [
+        MachineSpec(name=name, kind=kind, forward=kind in ("router", "node"), ipv6=topo.ipv6)
+        for name, kind, _ in topo.machines()
+    ]
+    rt.add_machines(machines)
+    links, gateways = [], {}
+    info: dict[str, Any] = {}
+    for name, kind, spec in topo.machines():
+        ifs = []
+        for iface in spec.interfaces:
+            cidr = topo.interface_cidr(iface)
+            mtu = iface.mtu or topo.networks[iface.network].mtu
+            links.append(LinkSpec(name, iface.name or "eth0", iface.network, cidr, mtu))
+            ifs.append({"name": iface.name, "network": iface.network, "address": str(cidr)})
+        if spec.gateway is not None:
+            gateways[name] = spec.gateway
+        info[name] = {"kind": kind, "interfaces": ifs, "netns": rt.ns(name).netns}
+    rt.add_links(links, gateways)
+    ctx.journal.info["machines"] = info
+    ctx.journal.save()
+
+
+PHASES: list[tuple[str, Phase]] = [("underlay", phase_underlay)]
+
+
+def register_phase(name: str, fn: Phase, after: str | None = None) -> None:
+    """Later subsystems (etcd, cni, agent, pods) add their phase here."""
+    names = [n for n, _ in PHASES]
+    if name in names:
+        return
+    pos = names.index(after) + 1 if after in names else len(PHASES)
+    PHASES.insert(pos, (name, fn))
+
+
+# -- lifecycle ----------------------------------------------------------------------------
+class _Interrupted(BaseException):
+    pass
+
+
+@contextlib.contextmanager
+def _interruptible() -> Iterator[None]:
+    """SIGINT and SIGTERM during `up` raise, so the build is rolled back."""
+    owner = os.getpid()
+
+    def handler(signum: int, _frame: Any) -> None:
+        if os.getpid() != owner:
+            # A forked helper (pyroute2's NetNS child) inherits this handler: it must just die,
+            # never run our rollback.
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise _Interrupted(signal.Signals(signum).name)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def up(topo: Topology, topology_file: str, *, runtime: str | None = None,
+       progress: Progress | None = None) -> tuple[Journal, dict[str, float], bool]:
+    """Build the lab. Returns (journal, phase timings, changed)."""
+    lab = topo.name
+    progress = progress or Progress(lab)
+    rt_name = runtime or topo.runtime
+    with lab_lock(lab):
+        existing = load_journal(lab)
+        if existing is not None:
+            if existing.state == "up" and _alive(existing):
+                if existing.topology_hash == topology_hash(topo) and existing.runtime == rt_name:
+                    return existing, {}, False
+                raise BadInput(
+                    f"lab {lab!r} is already up from {existing.topology_file} with a different topology "
+                    f"or runtime; run `labnet down --name {lab}` first"
+                )
+            if existing.state == "building" and existing.owner_alive():
+                raise BadInput(f"lab {lab!r} is being built by pid {existing.owner_pid}")
+            _teardown(existing)  # leftovers of a dead or half-built lab
+        paths.lab_dir(lab).mkdir(parents=True, exist_ok=True)
+        journal = Journal(path=journal_path(lab), lab=lab, topology_file=str(Path(topology_file).resolve()),
+                          topology_hash=topology_hash(topo), runtime=rt_name)
+        journal.claim()
+        rt = get_runtime(rt_name)(lab, journal)
+        ctx = Context(topo, journal, rt, progress)
+        try:
+            with _interruptible():
+                for name, fn in PHASES:
+                    progress.start(name)
+                    t0 = time.monotonic()
+                    fn(ctx)
+                    ctx.timings[name] = round(time.monotonic() - t0, 4)
+                    progress.done(name, ctx.timings[name])
+            journal.state = "up"
+            journal.info["timings"] = ctx.timings
+            journal.save()
+        except BaseException as exc:
+            progress.start("rolling back", str(exc) or type(exc).__name__)
+            problems = _teardown(journal)
+            if problems:
+                sys.stderr.write("labnet: rollback left problems:\n  " + "\n  ".join(problems) + "\n")
+            if isinstance(exc, _Interrupted):
+                raise KeyboardInterrupt(str(exc)) from None
+            raise
+        return journal, ctx.timings, True
+
+
+def _alive(journal: Journal) -> bool:
+    """An 'up' lab whose namespaces are gone (say, after a reboot cleared /run) is dead."""
+    return all((paths.NETNS_DIR / e["name"]).exists() for e in journal.of_kind("netns"))
+
+
+def stop_process(entry: dict[str, Any], timeout: float = 5.0) -> None:
+    pid, start = entry["pid"], entry.get("start")
+    if not pid_alive(pid) or (start is not None and proc_starttime(pid) != start):
+        return  # gone, or the pid now belongs to someone else
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    try:
+        poll(lambda: pid_alive(pid), lambda alive: not alive, timeout=timeout,
+             what=f"{entry.get('what', 'process')} pid {pid} on {entry.get('node', '?')} to exit")
+    except LabnetError:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        poll(lambda: pid_alive(pid), lambda alive: not alive, timeout=5,
+             what=f"{entry.get('what', 'process')} pid {pid} to die after SIGKILL")
+
+
+def record_process(journal: Journal, pid: int, node: str, what: str) -> dict[str, Any]:
+    return journal.record("process", pid=pid, start=proc_starttime(pid), node=node, what=what)
+
+
+def _teardown(journal: Journal) -> list[str]:
+    journal.state = "tearing-down"
+    journal.save()
+    problems: list[str] = []
+    for entry in reversed(journal.of_kind("process")):
+        try:
+            stop_process(entry)
+        except LabnetError as exc:
+            problems.append(str(exc))
+    rt = get_runtime(journal.runtime)(journal.lab, journal)
+    problems += rt.teardown()
+    if not problems:
+        shutil.rmtree(paths.lab_dir(journal.lab), ignore_errors=True)
+    return problems
+
+
+def down(lab: str) -> list[str]:
+    with lab_lock(lab):
+        journal = load_journal(lab)
+        if journal is None:
+            raise BadInput(f"no lab named {lab!r} (running labs: {', '.join(list_labs()) or 'none'})")
+        return _teardown(journal)
+
+
+def gc() -> list[str]:
+    """Remove labs whose owner died mid-build or whose namespaces vanished, and orphans."""
+    removed: list[str] = []
+    for lab in list_labs():
+        journal = load_journal(lab)
+        if journal is None:
+            continue
+        dead = (journal.state != "up" and not journal.owner_alive()) or (journal.state == "up" and not _alive(journal))
+        if dead:
+            with lab_lock(lab):
+                problems = _teardown(journal)
+            removed.append(f"lab {lab}" + (f" (problems: {'; '.join(problems)})" if problems else ""))
+    known = set(list_labs())
+    if paths.NETNS_DIR.is_dir():
+        for f in sorted(paths.NETNS_DIR.iterdir()):
+            name = f.name
+            owner = paths.lab_of_netns(name)
+            if owner is not None and owner not in known:
+                from labnet.runtime.netns import _umount
+
+                _umount(f)
+                f.unlink(missing_ok=True)
+                removed.append(f"orphan namespace {name}")
+    rr = paths.run_root()
+    if rr.is_dir():
+        for d in sorted(rr.iterdir()):
+            if d.is_dir() and d.name not in known:
+                from labnet.runtime.netns import _umount
+
+                for f in d.iterdir():
+                    _umount(f)
+                _umount(d)
+                shutil.rmtree(d, ignore_errors=True)
+                removed.append(f"orphan namespace files {d}")
+    return removed
+
+
+def node_ns(lab: str, machine: str) -> NodeNS:
+    journal = load_journal(lab)
+    if journal is None:
+        raise BadInput(f"no lab named {lab!r}")
+    machines = journal.info.get("machines", {})
+    if machine not in machines:
+        raise BadInput(f"lab {lab}: no machine named {machine!r} (have: {', '.join(machines)})")
+    return get_runtime(journal.runtime)(lab, journal).ns(machine)
+
+
+def pick_lab(name: str | None) -> str:
+    if name:
+        return name
+    labs = [lab for lab in list_labs() if (j := load_journal(lab)) is not None and j.state == "up"]
+    if len(labs) == 1:
+        return labs[0]
+    if not labs:
+        raise BadInput("no lab is running (start one with `labnet up FILE`)")
+    raise BadInput(f"several labs are running ({', '.join(labs)}): choose one with -l NAME")
+
+
+def status(lab: str | None = None) -> list[dict[str, Any]]:
+    out = []
+    for name in [lab] if lab else list_labs():
+        j = load_journal(name)
+        if j is None:
+            continue
+        procs = [{**{k: e.get(k) for k in ("pid", "node", "what")}, "alive": pid_alive(e["pid"])}
+                 for e in j.of_kind("process")]
+        state = j.state if j.state != "up" or _alive(j) else "dead"
+        out.append({"lab": name, "state": state, "runtime": j.runtime, "topology": j.topology_file,
+                    "machines": j.info.get("machines", {}), "pods": j.info.get("pods", {}),
+                    "processes": procs, "timings": j.info.get("timings", {})})
+    return out
+
+
+def format_status(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no labs"
+    lines = []
+    for r in rows:
+        lines.append(f"lab {r['lab']}  state {r['state']}  runtime {r['runtime']}  ({r['topology']})")
+        table = [("MACHINE", "KIND", "INTERFACES", "PROCESSES")]
+        for m, info in r["machines"].items():
+            ifs = ", ".join(f"{i['name']} {i['address']} [{i['network']}]" for i in info["interfaces"])
+            procs = ", ".join(f"{p['what']}({p['pid']}{'' if p['alive'] else ' DEAD'})"
+                              for p in r["processes"] if p["node"] == m)
+            table.append((m, info["kind"], ifs, procs or "-"))
+        for pod, p in r["pods"].items():
+            table.append((f"{p['node']}/{pod}", "pod", f"eth0 {p.get('ip', '?')}", "-"))
+        widths = [max(len(row[i]) for row in table) for i in range(4)]
+        lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table]
+    return "\n".join(lines)
+
+
+def status_json(rows: list[dict[str, Any]]) -> str:
+    return json.dumps(rows, indent=2)

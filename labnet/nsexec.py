@@ -1,0 +1,105 @@
+"""Run commands inside a node's namespaces (net + mount + UTS), and start daemons there."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from labnet.errors import CommandFailed
+
+
+@dataclass(frozen=True)
+class NodeNS:
+    """The namespaces of one lab node (or router, host, pod). Paths are nsfs bind mounts."""
+
+    name: str
+    netns: str
+    mntns: str | None = None
+    utsns: str | None = None
+    # A pod's netns lives in its node's private /var/run/netns, as with containerd: that path
+    # only resolves inside the node's mount namespace, so we enter the node first, then the pod.
+    inner_netns: str | None = None
+
+    def argv(self, cmd: Sequence[str]) -> list[str]:
+        pre = ["nsenter", f"--net={self.netns}"]
+        if self.mntns:
+            pre.append(f"--mount={self.mntns}")
+        if self.utsns:
+            pre.append(f"--uts={self.utsns}")
+        if self.inner_netns:
+            pre += ["--", "nsenter", f"--net={self.inner_netns}"]
+        return [*pre, "--", *cmd]
+
+    def pod(self, pod: str, netns_path: str) -> NodeNS:
+        """The namespaces of a pod on this node (netns_path as seen inside the node)."""
+        return NodeNS(f"{self.name}/{pod}", self.netns, self.mntns, self.utsns, inner_netns=netns_path)
+
+
+def run(
+    ns: NodeNS | None,
+    cmd: Sequence[str],
+    *,
+    input: str | bytes | None = None,
+    check: bool = True,
+    timeout: float = 60,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run `cmd` in `ns` (or here when ns is None), capturing text output."""
+    argv = ns.argv(cmd) if ns else list(cmd)
+    data = input.decode() if isinstance(input, bytes) else input
+    proc = subprocess.run(
+        argv, input=data, capture_output=True, text=True, timeout=timeout,
+        env=dict(env) if env is not None else None,
+    )
+    if check and proc.returncode != 0:
+        raise CommandFailed(ns.name if ns else "host", list(cmd), proc.returncode, proc.stderr or proc.stdout)
+    return proc
+
+
+def spawn(
+    ns: NodeNS | None,
+    cmd: Sequence[str],
+    *,
+    log: Path,
+    env: Mapping[str, str] | None = None,
+) -> int:
+    """Start a daemon in `ns`, detached in its own session; return its pid.
+
+    nsenter execs the command (no fork: we do not pass --fork), so the pid we get is the
+    daemon's own pid, which is what the journal records and what `down` signals.
+    """
+    log.parent.mkdir(parents=True, exist_ok=True)
+    argv = ns.argv(cmd) if ns else list(cmd)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True, env=dict(env) if env is not None else None, close_fds=True,
+        )
+    return proc.pid
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie child of ours counts as gone
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def proc_starttime(pid: int) -> int | None:
+    """Start time in clock ticks; recorded with a pid so a reused pid is never signalled."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None

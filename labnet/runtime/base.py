@@ -1,0 +1,80 @@
+"""The Runtime interface: what a lab asks of netns or docker.
+
+A runtime makes machines (routers, hosts, cluster nodes) with a private network, mount and
+UTS namespace each, LANs as bridges in the lab's fabric namespace, and veth links between
+them. Everything it creates is recorded in the lab's journal first.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Interface
+from pathlib import Path
+
+from labnet.journal import Journal
+from labnet.nsexec import NodeNS
+
+# Private directories of every machine, bind-mounted from the lab's state directory.
+# Order matters: the host's lab state lives under /var/lib/labnet, so that one is mounted last
+# (after it, the bind sources under it are hidden inside the node).
+NODE_DIRS = {
+    "etc-cni-net.d": "/etc/cni/net.d",
+    "opt-cni-bin": "/opt/cni/bin",
+    "run": "/var/run",
+    "var-log-labnet": "/var/log/labnet",
+    "var-lib-labnet": "/var/lib/labnet",
+}
+
+
+@dataclass(frozen=True)
+class MachineSpec:
+    name: str
+    kind: str  # router | host | node
+    forward: bool
+    ipv6: bool
+
+
+@dataclass(frozen=True)
+class LinkSpec:
+    machine: str
+    ifname: str
+    network: str
+    address: IPv4Interface
+    mtu: int
+
+
+class Runtime(ABC):
+    name = "base"
+
+    def __init__(self, lab: str, journal: Journal) -> None:
+        self.lab = lab
+        self.journal = journal
+
+    @abstractmethod
+    def prepare(self) -> None:
+        """Per-lab scaffolding: state dirs, the fabric namespace."""
+
+    @abstractmethod
+    def add_network(self, name: str, mtu: int) -> None:
+        """A LAN: a bridge in the fabric namespace."""
+
+    @abstractmethod
+    def add_machines(self, machines: list[MachineSpec]) -> None:
+        """Namespaces for each machine, hostname set, private dirs mounted, lo up."""
+
+    @abstractmethod
+    def add_links(self, links: list[LinkSpec], gateways: dict[str, IPv4Address]) -> None:
+        """veth pairs from each machine to its LAN's bridge, addresses and default routes."""
+
+    @abstractmethod
+    def ns(self, machine: str) -> NodeNS:
+        """How to run commands inside a machine."""
+
+    @abstractmethod
+    def host_path(self, machine: str, path: str) -> Path:
+        """Where a machine's private path (e.g. /etc/cni/net.d) is on the host."""
+
+    @abstractmethod
+    def teardown(self) -> list[str]:
+        """Undo the journal, newest first; return problems that were left (empty: clean)."""

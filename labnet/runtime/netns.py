@@ -1,0 +1,225 @@
+"""The netns runtime: machines are namespaces on this host, LANs are bridges in a fabric netns.
+
+Per machine: a network namespace bound at /run/netns/lnet-<lab>.<name> (so `ip netns` sees
+it), and mount + UTS namespaces bound under /run/labnet/<lab>/ (itself a private bind mount:
+the kernel refuses to bind a mount namespace onto a shared mount). Nothing touches the root
+network namespace: veths are created inside the fabric namespace and their peer is moved
+straight into the machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any
+
+from labnet import paths
+from labnet.errors import LabnetError
+from labnet.nsexec import NodeNS, pid_alive
+from labnet.runtime.base import NODE_DIRS, LinkSpec, MachineSpec, Runtime
+from labnet.wait import poll
+
+RTPROT_BOOT = 3  # what `ip route add` uses: shows as no "proto" in `ip route`
+
+
+def _sh(argv: list[str], what: str) -> None:
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise LabnetError(f"{what}: `{' '.join(argv)}` failed: {proc.stderr.strip()}")
+
+
+def _netns(name: str) -> Any:
+    from pyroute2 import NetNS  # imported late: 90 ms we only pay when building
+
+    return NetNS(name)
+
+
+class NetnsRuntime(Runtime):
+    name = "netns"
+
+    def __init__(self, lab: str, journal: Any) -> None:
+        super().__init__(lab, journal)
+        self.run_dir = paths.ns_dir(lab)
+        self.fabric = paths.fabric_netns(lab)
+
+    # -- naming -----------------------------------------------------------------------
+    def netns_name(self, machine: str) -> str:
+        return paths.netns_name(self.lab, machine)
+
+    def ns(self, machine: str) -> NodeNS:
+        return NodeNS(
+            name=machine,
+            netns=str(paths.NETNS_DIR / self.netns_name(machine)),
+            mntns=str(self.run_dir / f"{machine}.mnt"),
+            utsns=str(self.run_dir / f"{machine}.uts"),
+        )
+
+    def host_path(self, machine: str, path: str) -> Path:
+        for sub, inside in NODE_DIRS.items():
+            if path == inside or path.startswith(inside + "/"):
+                return paths.node_dir(self.lab, machine) / sub / path[len(inside) :].lstrip("/")
+        raise LabnetError(f"{machine}: {path} is not one of the node's private directories")
+
+    # -- build ------------------------------------------------------------------------
+    def prepare(self) -> None:
+        labdir = paths.lab_dir(self.lab)
+        self.journal.record("dir", path=str(labdir / "nodes"))
+        (labdir / "nodes").mkdir(parents=True, exist_ok=True)
+        self.journal.record("private_mount", path=str(self.run_dir))
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        _sh(["mount", "--bind", str(self.run_dir), str(self.run_dir)], "private mount")
+        _sh(["mount", "--make-private", str(self.run_dir)], "private mount")
+        paths.NETNS_DIR.mkdir(parents=True, exist_ok=True)
+        self._make_ns(self.fabric, None, script="sysctl -qw net.ipv6.conf.all.disable_ipv6=1 "
+                      "net.ipv6.conf.default.disable_ipv6=1")
+
+    def _make_ns(self, netns: str, machine: str | None, script: str) -> None:
+        """One `unshare` per namespace set; it runs `script` inside to finish the set-up."""
+        nsfile = paths.NETNS_DIR / netns
+        self.journal.record("netns", name=netns)
+        nsfile.touch()
+        argv = ["unshare", f"--net={nsfile}"]
+        if machine is not None:
+            for kind in ("mnt", "uts"):
+                f = self.run_dir / f"{machine}.{kind}"
+                self.journal.record("nsfile", path=str(f))
+                f.touch()
+            argv += [f"--mount={self.run_dir / f'{machine}.mnt'}", f"--uts={self.run_dir / f'{machine}.uts'}",
+                     "--propagation", "private"]
+        _sh([*argv, "sh", "-euc", script], f"create namespaces for {machine or netns}")
+
+    def add_network(self, name: str, mtu: int) -> None:
+        with _netns(self.fabric) as fab:
+            fab.link("add", ifname=name, kind="bridge", br_stp_state=0, br_forward_delay=0, mtu=mtu)
+            idx = fab.link_lookup(ifname=name)[0]
+            fab.link("set", index=idx, state="up")
+
+    def add_machines(self, machines: list[MachineSpec]) -> None:
+        for m in machines:
+            ndir = paths.node_dir(self.lab, m.name)
+            binds = []
+            for sub, inside in NODE_DIRS.items():
+                (ndir / sub).mkdir(parents=True, exist_ok=True)
+                if not inside.startswith("/var/run"):
+                    Path(inside).mkdir(parents=True, exist_ok=True)  # the mount point on the host fs
+                binds.append(f"mount --bind {ndir / sub} {inside}")
+            sysctls = ["net.ipv4.ip_forward=" + ("1" if m.forward else "0")]
+            if not m.ipv6:
+                sysctls += ["net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"]
+            script = "; ".join([
+                # Drop this mount namespace's copies of other namespaces' bind mounts: they would
+                # keep other nodes (and other labs) alive after their own `down`.
+                "awk '$5 ~ \"^/run/(netns|labnet)/\" {print $5}' /proc/self/mountinfo | sort -r "
+                "| xargs -r umount -l",
+                f"hostname {m.name}", *binds, "ip link set lo up", "sysctl -qw " + " ".join(sysctls),
+            ])
+            self._make_ns(self.netns_name(m.name), m.name, script)
+
+    def add_links(self, links: list[LinkSpec], gateways: dict[str, IPv4Address]) -> None:
+        by_machine: dict[str, list[LinkSpec]] = {}
+        with _netns(self.fabric) as fab:
+            bridges = {link["ifname"]: link["index"] for link in
+                       ({"ifname": x.get_attr("IFLA_IFNAME"), "index": x["index"]} for x in fab.get_links())}
+            for ln in links:
+                outer = paths.short_ifname(self.lab, ln.machine, ln.ifname)
+                tmp = "t" + outer[1:]
+                fab.link("add", ifname=outer, kind="veth", peer={"ifname": tmp}, mtu=ln.mtu)
+                fab.link("set", index=fab.link_lookup(ifname=tmp)[0], mtu=ln.mtu,
+                         net_ns_fd=self.netns_name(ln.machine), ifname=ln.ifname)
+                fab.link("set", index=fab.link_lookup(ifname=outer)[0], master=bridges[ln.network],
+                         state="up", ifalias=f"{ln.machine}:{ln.ifname}")
+                by_machine.setdefault(ln.machine, []).append(ln)
+        for machine, mlinks in by_machine.items():
+            with _netns(self.netns_name(machine)) as ns:
+                for ln in mlinks:
+                    idx = ns.link_lookup(ifname=ln.ifname)[0]
+                    ns.addr("add", index=idx, address=str(ln.address.ip), prefixlen=ln.address.network.prefixlen)
+                    ns.link("set", index=idx, state="up")
+                gw = gateways.get(machine)
+                if gw is not None:
+                    ns.route("add", dst="0.0.0.0/0", gateway=str(gw), proto=RTPROT_BOOT)
+
+    # -- teardown ---------------------------------------------------------------------
+    def lab_netns_inodes(self) -> set[int]:
+        inodes = set()
+        for e in self.journal.of_kind("netns"):
+            try:
+                inodes.add(os.stat(paths.NETNS_DIR / e["name"]).st_ino)
+            except OSError:
+                pass
+        return inodes
+
+    def stragglers(self) -> list[int]:
+        """Processes still inside the lab's network namespaces (e.g. left by `labnet exec`)."""
+        inodes = self.lab_netns_inodes()
+        found = []
+        for pid_s in os.listdir("/proc"):
+            if not pid_s.isdigit():
+                continue
+            try:
+                if os.stat(f"/proc/{pid_s}/ns/net").st_ino in inodes:
+                    found.append(int(pid_s))
+            except OSError:
+                continue
+        return [p for p in found if p != os.getpid()]
+
+    def teardown(self) -> list[str]:
+        problems: list[str] = []
+        left = self.stragglers()
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if left:
+            try:
+                poll(lambda: [p for p in left if pid_alive(p)], lambda v: not v, timeout=5,
+                     what="processes in the lab's namespaces to exit")
+            except LabnetError as exc:
+                problems.append(str(exc))
+        for entry in reversed(self.journal.entries):
+            try:
+                self._undo(entry)
+            except Exception as exc:  # keep going: a partial teardown is worse than a noisy one
+                problems.append(f"{entry}: {exc}")
+        return problems
+
+    def _undo(self, e: dict[str, Any]) -> None:
+        kind = e["kind"]
+        if kind == "netns":
+            f = paths.NETNS_DIR / e["name"]
+            _umount(f)
+            f.unlink(missing_ok=True)
+        elif kind == "nsfile":
+            f = Path(e["path"])
+            _umount(f)
+            f.unlink(missing_ok=True)
+        elif kind == "private_mount":
+            d = Path(e["path"])
+            _umount(d)
+            if d.exists():
+                shutil.rmtree(d, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                d.parent.rmdir()  # /run/labnet itself, once no lab uses it
+        elif kind == "dir":
+            shutil.rmtree(e["path"], ignore_errors=True)
+
+
+def _is_mountpoint(path: Path) -> bool:
+    target = str(path)
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == target for line in f)
+
+
+def _umount(path: Path) -> None:
+    while path.exists() and _is_mountpoint(path):
+        proc = subprocess.run(["umount", str(path)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            subprocess.run(["umount", "-l", str(path)], capture_output=True, text=True)
+            if _is_mountpoint(path):
+                raise LabnetError(f"cannot unmount {path}: {proc.stderr.strip()}")

@@ -1,0 +1,165 @@
+"""Issue 2: the seed underlay comes up, behaves, and goes away without a trace."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+from _labtools import TOPOLOGIES, lab_exec, lab_pids, labnet, snapshot
+
+from labnet import paths
+from labnet.wait import poll
+
+SEED = str(TOPOLOGIES / "seed.yaml")
+
+
+@pytest.fixture
+def seed_lab():
+    """The seed lab under a test-only name, removed afterwards whatever happens."""
+    name = "t-seed"
+    before = snapshot(name)
+    labnet("up", SEED, "--name", name, "-q")
+    pids = lab_pids(name)
+    try:
+        yield name
+    finally:
+        labnet("down", "--name", name, check=False)
+    left = snapshot(name, pids).leftovers(before)
+    assert not left, f"lab {name} left things behind after down: {left}"
+
+
+def test_seed_underlay_reaches_across_the_router(seed_lab: str) -> None:
+    lab = seed_lab
+    out = lab_exec(lab, "ubuntu-3", "ping", "-c1", "-W2", "192.168.50.74").stdout
+    assert "1 received" in out, f"ubuntu-3 -> ubuntu-4 (192.168.50.74) via gw: {out}"
+    route = lab_exec(lab, "ubuntu-3", "ip", "route", "show", "default").stdout
+    assert "default via 10.20.30.1 dev ens32" in route, f"ubuntu-3 default route: {route!r}"
+    for node in ("ubuntu-1", "ubuntu-2", "ubuntu-3", "ubuntu-4", "ubuntu-5"):
+        res = lab_exec(lab, node, "ping", "-c1", "-W2", "203.0.113.10", check=False)
+        assert res.returncode == 0, f"{node} cannot reach ext 203.0.113.10: {res.stdout}{res.stderr}"
+
+
+def test_nodes_have_their_own_hostname_and_dirs(seed_lab: str) -> None:
+    lab = seed_lab
+    assert lab_exec(lab, "ubuntu-3", "hostname").stdout.strip() == "ubuntu-3"
+    assert lab_exec(lab, "gw", "hostname").stdout.strip() == "gw"
+    # A file written to ubuntu-3's /etc/cni/net.d is seen there and nowhere else.
+    lab_exec(lab, "ubuntu-3", "sh", "-c", "echo mine > /etc/cni/net.d/99-probe.conf")
+    assert lab_exec(lab, "ubuntu-3", "sh", "-c", "cat /etc/cni/net.d/99-probe.conf").stdout.strip() == "mine"
+    other = lab_exec(lab, "ubuntu-4", "ls", "/etc/cni/net.d").stdout
+    assert "99-probe.conf" not in other, f"ubuntu-4 sees ubuntu-3's file: {other!r}"
+    assert not os.path.exists("/etc/cni/net.d/99-probe.conf"), "the host sees a node's private file"
+    for d in ("/opt/cni/bin", "/var/lib/labnet", "/var/log/labnet", "/var/run"):
+        mounts = lab_exec(lab, "ubuntu-3", "findmnt", "-n", "-o", "SOURCE", d).stdout
+        assert f"labs/{lab}/nodes/ubuntu-3" in mounts, f"ubuntu-3 {d} is not private: {mounts!r}"
+
+
+def test_underlay_details(seed_lab: str) -> None:
+    lab = seed_lab
+    links = json.loads(lab_exec(lab, "ubuntu-3", "ip", "-j", "addr").stdout)
+    by_name = {x["ifname"]: x for x in links}
+    assert set(by_name) >= {"lo", "ens32"}, f"ubuntu-3 interfaces: {sorted(by_name)}"
+    assert by_name["lo"]["operstate"] in ("UNKNOWN", "UP")
+    addrs = [a for a in by_name["ens32"]["addr_info"]]
+    assert [(a["family"], a["local"], a["prefixlen"]) for a in addrs] == [("inet", "10.20.30.73", 24)], \
+        f"ubuntu-3 ens32 addresses (IPv6 must be off): {addrs}"
+    fwd = lab_exec(lab, "gw", "sysctl", "-n", "net.ipv4.ip_forward").stdout.strip()
+    assert fwd == "1", f"router gw ip_forward: expected 1, got {fwd}"
+    fwd = lab_exec(lab, "ext", "sysctl", "-n", "net.ipv4.ip_forward").stdout.strip()
+    assert fwd == "0", f"host ext ip_forward: expected 0, got {fwd}"
+
+
+def test_second_up_changes_nothing(seed_lab: str) -> None:
+    before = json.loads(labnet("status", "-l", seed_lab, "--json").stdout)
+    out = labnet("up", SEED, "--name", seed_lab).stdout
+    assert "already up; nothing changed" in out
+    after = json.loads(labnet("status", "-l", seed_lab, "--json").stdout)
+    assert before == after
+
+
+def test_status_lists_machines(seed_lab: str) -> None:
+    rows = json.loads(labnet("status", "-l", seed_lab, "--json").stdout)
+    assert rows[0]["state"] == "up"
+    machines = rows[0]["machines"]
+    assert machines["ubuntu-4"]["interfaces"][0]["address"] == "192.168.50.74/24"
+    assert set(machines) == {"gw", "ext", "ubuntu-1", "ubuntu-2", "ubuntu-3", "ubuntu-4", "ubuntu-5"}
+    table = labnet("status", "-l", seed_lab).stdout
+    assert "ubuntu-3" in table and "10.20.30.73/24" in table
+
+
+def test_two_labs_side_by_side() -> None:
+    names = ("t-two-a", "t-two-b")
+    befores = {n: snapshot(n) for n in names}
+    try:
+        labnet("up", SEED, "--name", names[0], "-q")
+        labnet("up", str(TOPOLOGIES / "two-labs-b.yaml"), "--name", names[1], "-q")
+        for n in names:
+            rows = json.loads(labnet("status", "-l", n, "--json").stdout)
+            assert rows[0]["state"] == "up", f"lab {n}: {rows}"
+        out = lab_exec(names[0], "ubuntu-3", "ping", "-c1", "-W2", "192.168.50.74").stdout
+        assert "1 received" in out
+        # Same addresses may exist in both labs: they never see each other.
+        assert lab_exec(names[0], "ubuntu-3", "hostname").stdout.strip() == "ubuntu-3"
+    finally:
+        for n in names:
+            labnet("down", "--name", n, check=False)
+    for n in names:
+        left = snapshot(n).leftovers(befores[n])
+        assert not left, f"lab {n} left: {left}"
+
+
+def test_down_works_after_the_file_moved(tmp_path) -> None:
+    name = "t-moved"
+    before = snapshot(name)
+    copy = tmp_path / "lab.yaml"
+    shutil.copy(SEED, copy)
+    labnet("up", str(copy), "--name", name, "-q")
+    copy.unlink()
+    labnet("down", "--name", name)
+    assert not snapshot(name).leftovers(before)
+
+
+def _start_up(name: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "labnet.cli", "up", SEED, "--name", name, "-q"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _journal_entries(name: str) -> int:
+    p = paths.lab_dir(name) / "journal.json"
+    try:
+        return len(json.loads(p.read_text())["entries"])
+    except (OSError, ValueError):
+        return 0
+
+
+def test_kill9_midway_then_gc_leaves_nothing() -> None:
+    name = "t-kill9"
+    before = snapshot(name)
+    proc = _start_up(name)
+    poll(lambda: _journal_entries(name), lambda n: n >= 8, timeout=30,
+         what=f"lab {name}'s journal to reach 8 entries (mid-build)")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert snapshot(name).netns, "the kill came too late or too early: nothing was built"
+    out = labnet("gc").stdout
+    assert f"lab {name}" in out, f"gc did not collect {name}: {out}"
+    left = snapshot(name).leftovers(before)
+    assert not left, f"after kill -9 and gc, lab {name} left: {left}"
+
+
+def test_ctrl_c_during_up_rolls_back() -> None:
+    name = "t-sigint"
+    before = snapshot(name)
+    proc = _start_up(name)
+    poll(lambda: _journal_entries(name), lambda n: n >= 8, timeout=30, what=f"lab {name} mid-build")
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, f"labnet up after Ctrl-C: exit {proc.returncode}, stderr {err}"
+    assert "rolled back" in err
+    left = snapshot(name).leftovers(before)
+    assert not left, f"after Ctrl-C, lab {name} left: {left}"

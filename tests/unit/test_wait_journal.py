@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from labnet.errors import WaitTimeout
+from labnet.journal import Journal
+from labnet.wait import poll
+
+
+def test_poll_returns_first_ok_value() -> None:
+    counter = itertools.count()
+    assert poll(lambda: next(counter), lambda n: n >= 3, timeout=5, what="the counter", interval=0.001) == 3
+
+
+def test_poll_timeout_names_what_and_last_state() -> None:
+    with pytest.raises(WaitTimeout) as info:
+        poll(lambda: {"state": "Active"}, lambda s: s["state"] == "Established", timeout=0.05,
+             what="BGP session ubuntu-3 -> 192.168.50.74")
+    msg = str(info.value)
+    assert "BGP session ubuntu-3 -> 192.168.50.74" in msg
+    assert "'Active'" in msg and "timed out after" in msg
+    assert info.value.waited >= 0.05
+
+
+def test_poll_keeps_the_last_exception_as_state() -> None:
+    def probe() -> None:
+        raise ConnectionRefusedError("etcd 10.20.30.71:2379 refused")
+
+    with pytest.raises(WaitTimeout, match="ConnectionRefusedError: etcd 10.20.30.71:2379 refused"):
+        poll(probe, timeout=0.03, what="etcd health")
+
+
+def test_journal_records_before_and_reloads(tmp_path) -> None:
+    j = Journal(path=tmp_path / "journal.json", lab="x")
+    j.claim()
+    e = j.record("netns", name="lnet-x.a")
+    j.update(e, done=True)
+    again = Journal.load(tmp_path / "journal.json")
+    assert again.entries == [{"kind": "netns", "name": "lnet-x.a", "done": True}]
+    assert again.owner_alive()
+    again.owner_pid = 2**22 + 12345  # no such pid
+    assert not again.owner_alive()
