@@ -154,6 +154,31 @@ def cmd_graph(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from labnet.checks import format_results, results_json, write_junit
+    from labnet.labview import LabView
+    from labnet.scenarios import run_scenario
+
+    topo = _load(args.file)
+    view = LabView(args.lab or topo.name)
+    names = args.scenarios or list(topo.scenarios)
+    unknown = [n for n in names if n not in topo.scenarios]
+    if unknown:
+        raise BadInput(f"{args.file}: no scenario {', '.join(map(repr, unknown))} (have: {', '.join(topo.scenarios)})")
+    results = []
+    for name in names:
+        for r in run_scenario(view, name, timeout=args.timeout):
+            results.append((name, r))
+    flat = [r for _, r in results]
+    if args.junit:
+        write_junit(flat, args.junit, suite=f"labnet.{view.name}")
+    if args.json:
+        print(results_json(flat))
+    else:
+        print(format_results(flat))
+    return 0 if all(r.ok for r in flat) else 1
+
+
 EXTRA: list[Callable[[argparse._SubParsersAction], None]] = []  # type: ignore[type-arg]
 
 
@@ -201,6 +226,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("file")
     s.add_argument("-o", "--output", required=True, help="out.svg, out.png or out.dot")
     s.set_defaults(func=cmd_graph)
+
+    s = sub.add_parser("check", help="run a topology's scenarios against its running lab")
+    s.add_argument("file")
+    s.add_argument("scenarios", nargs="*", metavar="SCENARIO", help="default: all")
+    s.add_argument("-l", "--lab", help="the running lab (default: the file's name)")
+    s.add_argument("--timeout", type=float, default=10.0, help="seconds each check may poll (default 10)")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--junit", metavar="FILE", help="also write JUnit XML")
+    s.set_defaults(func=cmd_check)
 
     for register in EXTRA:
         register(sub)

@@ -201,6 +201,7 @@ def up(topo: Topology, topology_file: str, *, runtime: str | None = None,
         paths.lab_dir(lab).mkdir(parents=True, exist_ok=True)
         journal = Journal(path=journal_path(lab), lab=lab, topology_file=str(Path(topology_file).resolve()),
                           topology_hash=topology_hash(topo), runtime=rt_name)
+        journal.info["topology"] = topo.model_dump(mode="json", by_alias=True)
         journal.claim()
         rt = get_runtime(rt_name)(lab, journal)
         ctx = Context(topo, journal, rt, progress)
