@@ -1,8 +1,8 @@
 """Top-level pytest configuration shared by unit and lab tests.
 
 Lab tests (marker `lab`) need root. Outside CI they skip with the reason; with CI=true or
-LABNET_REQUIRE_LAB=1 any skip of a lab test is turned into a failure, so the suite can never
-pass by running nothing.
+LABNET_REQUIRE_LAB=1 labnet's pytest plugin (labnet/pytest_plugin.py) turns any skip of a lab
+test into a failure, so the suite can never pass by running nothing.
 """
 
 from __future__ import annotations
@@ -19,32 +19,17 @@ import pytest
 from labnet.nsexec import NodeNS, pid_alive
 from labnet.paths import NETNS_DIR
 
+pytest_plugins = ("pytester",)
+
 ROOT = Path(__file__).resolve().parent
 
 
-def lab_required() -> bool:
-    return os.environ.get("CI", "").lower() == "true" or os.environ.get("LABNET_REQUIRE_LAB") == "1"
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Everything under tests/lab/ is a lab test; labnet's plugin turns their skips into
+    # failures under CI=true or LABNET_REQUIRE_LAB=1.
     for item in items:
         if "/tests/lab/" in str(item.fspath) and item.get_closest_marker("lab") is None:
             item.add_marker(pytest.mark.lab)
-
-
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    if item.get_closest_marker("lab") is not None and os.geteuid() != 0:
-        pytest.skip("lab test: needs root to create network namespaces (run as root, or under CI)")
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
-    outcome = yield
-    rep = outcome.get_result()
-    if rep.skipped and item.get_closest_marker("lab") is not None and lab_required():
-        reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
-        rep.outcome = "failed"
-        rep.longrepr = f"lab test skipped, which is a failure when CI=true or LABNET_REQUIRE_LAB=1: {reason}"
 
 
 class NetnsFactory:

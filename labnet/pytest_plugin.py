@@ -1,10 +1,283 @@
-"""labnet's pytest plugin (entry point pytest11). Fixtures and YAML scenarios come in issue 6."""
+"""labnet's pytest plugin (entry point `pytest11`: installing labnet is enough).
+
+Fixtures: `lab` (built once per session per topology, or attached with --labnet-attach),
+`node`, `pod`, `pod_factory` (throw-away pods), `labhost` (testinfra hosts of nodes and pods).
+Topology files given to pytest are collected: each scenario is one test item, so
+`pytest topologies/seed.yaml -k egress-nat` runs exactly that scenario.
+"""
 
 from __future__ import annotations
 
+import os
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
 import pytest
+
+from labnet.nsexec import NodeNS
+
+LAB_MARK = "lab"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("labnet")
+    g.addoption("--labnet-topology", metavar="FILE", help="topology the `lab` fixture builds")
+    g.addoption("--labnet-attach", metavar="NAME", help="use this running lab; never build or remove it")
+    g.addoption("--labnet-keep-on-failure", action="store_true",
+                help="keep labs when a test failed, and print how to inspect them")
+    g.addoption("--labnet-runtime", choices=["netns", "docker"], help="override the topologies' runtime")
+    g.addoption("--labnet-timeout", type=float, default=15.0, help="seconds each check may poll")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "lab: needs root; builds real namespaces")
     config.addinivalue_line("markers", "topology(path): the topology file the lab fixture builds")
+    config.stash[_MANAGER] = LabManager(config)
+
+
+def lab_required() -> bool:
+    return os.environ.get("CI", "").lower() == "true" or os.environ.get("LABNET_REQUIRE_LAB") == "1"
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker(LAB_MARK) is not None and os.geteuid() != 0:
+        pytest.skip("lab test: needs root to create network namespaces (run as root, or under CI)")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    rep = outcome.get_result()  # type: ignore[attr-defined]
+    if rep.skipped and item.get_closest_marker(LAB_MARK) is not None and lab_required():
+        reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+        rep.outcome = "failed"
+        rep.longrepr = f"lab test skipped, which is a failure when CI=true or LABNET_REQUIRE_LAB=1: {reason}"
+    manager: LabManager = item.config.stash[_MANAGER]
+    if rep.failed:
+        manager.failed = True
+        if call.when == "call":
+            view = _view_of(item)
+            if view is not None:
+                from labnet.diagnostics import lab_bundle
+
+                try:
+                    rep.sections.append((f"labnet diagnostics ({view.name})", lab_bundle(view)))
+                except Exception as exc:
+                    rep.sections.append(("labnet diagnostics", f"could not collect: {exc}"))
+
+
+def _view_of(item: pytest.Item) -> Any:
+    if isinstance(item, ScenarioItem):
+        return item.handle.view if item.handle is not None else None
+    handle = getattr(item, "funcargs", {}).get("lab")
+    return handle.view if isinstance(handle, LabHandle) else None
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # Runs on normal ends, failures and Ctrl-C alike.
+    session.config.stash[_MANAGER].finish()
+
+
+# -- labs -----------------------------------------------------------------------------
+class LabHandle:
+    """A lab the session uses: its view plus helpers for nodes, pods and testinfra hosts."""
+
+    def __init__(self, name: str, built: bool) -> None:
+        from labnet.labview import LabView
+
+        self.name = name
+        self.built = built
+        self.view = LabView(name)
+
+    def node(self, name: str) -> NodeNS:
+        return self.view.ns(name)
+
+    def pod(self, name: str) -> NodeNS:
+        return self.view.pod_ns(name)
+
+    def address(self, name: str) -> str:
+        return self.view.address(name)
+
+    def host(self, target: str) -> Any:
+        from labnet.testinfra_backend import get_host
+
+        return get_host(f"labnet://{self.name}/{target}")
+
+    def run_scenario(self, name: str, timeout: float = 15.0) -> list[Any]:
+        from labnet.scenarios import run_step
+
+        out = []
+        for step in self.view.topo.scenarios[name]:
+            out += run_step(self.view, step.kind, step.args, timeout)
+        return out
+
+
+class LabManager:
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.labs: dict[str, LabHandle] = {}
+        self.failed = False
+
+    def worker_suffix(self) -> str:
+        wid = getattr(self.config, "workerinput", {}).get("workerid")
+        return f"-{wid}" if wid else ""
+
+    def get(self, topology: str | None) -> LabHandle:
+        attach = self.config.getoption("--labnet-attach")
+        if attach:
+            if attach not in self.labs:
+                self.labs[attach] = LabHandle(attach, built=False)
+            return self.labs[attach]
+        if topology is None:
+            raise pytest.UsageError("the `lab` fixture needs a topology: --labnet-topology FILE, "
+                                    "@pytest.mark.topology('file.yaml') or --labnet-attach NAME")
+        key = str(Path(topology).resolve())
+        if key not in self.labs:
+            self.labs[key] = self._build(key)
+        return self.labs[key]
+
+    def _build(self, path: str) -> LabHandle:
+        from labnet import lab
+        from labnet.topology import load
+
+        topo = load(path)
+        suffix = self.worker_suffix()
+        if suffix:
+            topo = topo.model_copy(update={"name": (topo.name[: 20 - len(suffix)] + suffix)})
+        lab.up(topo, path, runtime=self.config.getoption("--labnet-runtime"),
+               progress=lab.Progress(topo.name, quiet=True))
+        return LabHandle(topo.name, built=True)
+
+    def finish(self) -> None:
+        from labnet import lab
+
+        keep = self.failed and self.config.getoption("--labnet-keep-on-failure")
+        tr = self.config.pluginmanager.get_plugin("terminalreporter")
+        for handle in self.labs.values():
+            if not handle.built:
+                continue
+            if keep:
+                if tr is not None:
+                    tr.write_line(f"labnet: kept lab {handle.name} after a failure. Inspect it with:\n"
+                                  f"  labnet status -l {handle.name}\n"
+                                  f"  labnet exec -l {handle.name} <node> -- ip route\n"
+                                  f"  labnet down --name {handle.name}")
+                continue
+            lab.down(handle.name)
+        self.labs.clear()
+
+
+_MANAGER = pytest.StashKey[LabManager]()
+
+
+def _topology_for(request: pytest.FixtureRequest) -> str | None:
+    marker = request.node.get_closest_marker("topology")
+    if marker is not None:
+        path = Path(marker.args[0])
+        if not path.is_absolute():
+            path = Path(request.node.path).parent / path
+            if not path.exists():
+                path = Path(request.config.rootpath) / marker.args[0]
+        return str(path)
+    opt: str | None = request.config.getoption("--labnet-topology")
+    return opt
+
+
+@pytest.fixture
+def lab(request: pytest.FixtureRequest) -> LabHandle:
+    """The lab for this test's topology; built once per session, removed at the end."""
+    if os.geteuid() != 0:
+        pytest.skip("the lab fixture needs root to create namespaces")
+    return request.config.stash[_MANAGER].get(_topology_for(request))
+
+
+@pytest.fixture
+def node(lab: LabHandle) -> Callable[[str], NodeNS]:
+    """node('ubuntu-3') -> NodeNS to run commands in that node."""
+    return lab.node
+
+
+@pytest.fixture
+def pod(lab: LabHandle) -> Callable[[str], NodeNS]:
+    """pod('net-test') -> NodeNS to run commands in that pod."""
+    return lab.pod
+
+
+@pytest.fixture
+def labhost(lab: LabHandle) -> Callable[[str], Any]:
+    """labhost('ubuntu-3') or labhost('ubuntu-3/net-test') -> a testinfra Host with that view."""
+    return lab.host
+
+
+@pytest.fixture
+def pod_factory(lab: LabHandle) -> Iterator[Callable[..., dict[str, Any]]]:
+    """pod_factory('ubuntu-3', 'tmp-1') adds a throw-away pod (through CNI); removed after the test."""
+    from labnet import pods
+
+    made: list[tuple[str, str]] = []
+
+    def make(node_name: str, pod_name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
+        rec = pods.add(lab.name, node_name, pod_name, labels=labels)
+        made.append((node_name, pod_name))
+        lab.view.journal = type(lab.view.journal).load(lab.view.journal.path)
+        return rec
+
+    yield make
+    for node_name, pod_name in reversed(made):
+        pods.remove(lab.name, node_name, pod_name)
+    lab.view.journal = type(lab.view.journal).load(lab.view.journal.path)
+
+
+# -- YAML scenarios -----------------------------------------------------------------------
+_TOPOLOGY_HINT = re.compile(r"^(networks|scenarios):", re.M)
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    if file_path.suffix in (".yaml", ".yml") and not file_path.name.startswith("."):
+        try:
+            text = file_path.read_text()
+        except OSError:
+            return None
+        if len(_TOPOLOGY_HINT.findall(text)) >= 2:
+            return TopologyFile.from_parent(parent, path=file_path)
+    return None
+
+
+class TopologyFile(pytest.File):
+    def collect(self) -> Iterator[pytest.Item]:
+        from labnet.topology import load
+
+        topo = load(str(self.path))
+        for name in topo.scenarios:
+            item = ScenarioItem.from_parent(self, name=name, topo_name=topo.name)
+            item.add_marker(pytest.mark.lab)
+            item.extra_keyword_matches.add(topo.name)
+            yield item
+
+
+class ScenarioItem(pytest.Item):
+    def __init__(self, *, topo_name: str, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.topo_name = topo_name
+        self.handle: LabHandle | None = None
+
+    def runtest(self) -> None:
+        from labnet.scenarios import run_step
+
+        manager: LabManager = self.config.stash[_MANAGER]
+        self.handle = manager.get(str(self.path))
+        timeout = self.config.getoption("--labnet-timeout")
+        for step in self.handle.view.topo.scenarios[self.name]:
+            run_step(self.handle.view, step.kind, step.args, timeout)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        from labnet.errors import LabnetError
+
+        if isinstance(excinfo.value, LabnetError | AssertionError):
+            return f"scenario {self.name} of lab {self.topo_name}:\n{excinfo.value}"
+        return str(super().repr_failure(excinfo))
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        return self.path, 0, f"scenario: {self.name} ({self.topo_name})"

@@ -1,0 +1,75 @@
+"""Pods of a running lab: created and removed through the node's CNI config, as a runtime does.
+
+The lab's journal keeps one record per pod (node, IP, host veth, netns) so checks and
+`labnet exec NODE/POD` find it; the node keeps the CNI side of the record itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from labnet import lab as lablib
+from labnet.errors import BadInput
+from labnet.journal import Journal
+from labnet.nsexec import NodeNS
+
+
+def _record(node: str, pod: str, result: dict[str, Any], netns: str, cid: str) -> dict[str, Any]:
+    ifs = result.get("interfaces", [])
+    ips = result.get("ips", [])
+    host = next((i["name"] for i in ifs if not i.get("sandbox")), None)
+    ip = ips[0]["address"].split("/")[0] if ips else None
+    return {"node": node, "ip": ip, "host_veth": host, "netns": netns, "container_id": cid}
+
+
+def add_to(journal: Journal, ns: NodeNS, node: str, pod: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    """ADD `pod` on `node` and record it in the journal (recorded first: a crash leaves a trace)."""
+    from labnet.cni import invoke
+
+    cid = invoke.container_id(journal.lab, node, pod)
+    netns = f"/var/run/netns/{invoke.netns_name(cid)}"
+    pods = journal.info.setdefault("pods", {})
+    pods[pod] = {"node": node, "ip": None, "host_veth": None, "netns": netns, "container_id": cid}
+    journal.save()
+    result = invoke.add_pod(ns, pod, labels=labels, lab=journal.lab)
+    pods[pod] = _record(node, pod, result, netns, cid)
+    journal.save()
+    return pods[pod]  # type: ignore[no-any-return]
+
+
+def add(lab: str, node: str, pod: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    with lablib.lab_lock(lab):
+        journal = _journal(lab)
+        if pod in journal.info.get("pods", {}):
+            raise BadInput(f"lab {lab}: pod {pod!r} exists already (on {journal.info['pods'][pod]['node']})")
+        return add_to(journal, lablib.node_ns(lab, node), node, pod, labels)
+
+
+def remove(lab: str, node: str, pod: str) -> None:
+    from labnet.cni import invoke
+
+    with lablib.lab_lock(lab):
+        journal = _journal(lab)
+        rec = journal.info.get("pods", {}).get(pod)
+        if rec is not None and rec["node"] != node:
+            raise BadInput(f"lab {lab}: pod {pod!r} is on {rec['node']}, not {node}")
+        invoke.del_pod(lablib.node_ns(lab, node), pod, lab=lab)
+        journal.info.get("pods", {}).pop(pod, None)
+        journal.save()
+
+
+def pod_ns(lab: str, node: str, pod: str) -> NodeNS:
+    journal = _journal(lab)
+    rec = journal.info.get("pods", {}).get(pod)
+    if rec is None:
+        raise BadInput(f"lab {lab}: no pod named {pod!r} (pods: {', '.join(journal.info.get('pods', {})) or 'none'})")
+    if rec["node"] != node:
+        raise BadInput(f"lab {lab}: pod {pod!r} runs on {rec['node']}, not {node}")
+    return lablib.node_ns(lab, node).pod(pod, rec["netns"])
+
+
+def _journal(lab: str) -> Journal:
+    journal = lablib.load_journal(lab)
+    if journal is None or journal.state != "up":
+        raise BadInput(f"no running lab named {lab!r}")
+    return journal
