@@ -23,10 +23,13 @@ from labnet.topology import loads  # noqa: E402
 from labnet.topology.generate import generate  # noqa: E402
 
 
-def labnet(*args: str) -> float:
+def labnet(*args: str) -> tuple[float, str]:
+    """Wall time of one `labnet` command (interpreter start-up included), and its stdout."""
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "labnet.cli", *args], check=True, capture_output=True)
-    return time.perf_counter() - t0
+    proc = subprocess.run([sys.executable, "-m", "labnet.cli", *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"labnet {' '.join(args)} failed: {proc.stderr}")
+    return time.perf_counter() - t0, proc.stdout
 
 
 def ip_script(text: str, name: str) -> tuple[str, str]:
@@ -60,24 +63,30 @@ def sh(script: str) -> float:
 def measure(label: str, text: str, runs: int, underlay_only: bool) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as d:
         f = Path(d) / "lab.yaml"
-        if underlay_only:  # strip the cluster: the underlay alone
+        if underlay_only:  # the underlay alone: cluster nodes become plain hosts
             import yaml
 
             data = yaml.safe_load(text)
-            data.pop("cluster", None)
+            cluster = data.pop("cluster", None) or {}
+            data.setdefault("hosts", {}).update(cluster.get("nodes", {}))
+            for spec in data["hosts"].values():
+                spec.pop("bgp_address", None)
             data.pop("scenarios", None)
             text = yaml.safe_dump(data)
         f.write_text(text)
         name = loads(text).name
-        ups, downs, refs_up, refs_down = [], [], [], []
+        ups, inner, downs, refs_up, refs_down = [], [], [], [], []
         ref_up, ref_down = ip_script(text, "b")
         for _ in range(runs):
-            ups.append(labnet("up", str(f), "-q", "--timings"))
-            downs.append(labnet("down", "--name", name))
+            wall, out = labnet("up", str(f), "-q", "--timings")
+            ups.append(wall)
+            inner.append(json.loads(out)["total"])
+            downs.append(labnet("down", "--name", name)[0])
             refs_up.append(sh(ref_up))
             refs_down.append(sh(ref_down))
     med = statistics.median
-    return {"lab": label, "runs": runs, "up_s": round(med(ups), 3), "down_s": round(med(downs), 3),
+    return {"lab": label, "runs": runs, "machines": len(loads(text).machines()),
+            "up_s": round(med(ups), 3), "up_phases_s": round(med(inner), 3), "down_s": round(med(downs), 3),
             "ref_ip_script_up_s": round(med(refs_up), 3), "ref_ip_script_down_s": round(med(refs_down), 3),
             "up_ratio_vs_ip_script": round(med(ups) / med(refs_up), 2)}
 

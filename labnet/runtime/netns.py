@@ -115,7 +115,7 @@ class NetnsRuntime(Runtime):
                 # Drop this mount namespace's copies of other namespaces' bind mounts: they would
                 # keep other nodes (and other labs) alive after their own `down`.
                 "awk '$5 ~ \"^/run/(netns|labnet)/\" {print $5}' /proc/self/mountinfo | sort -r "
-                "| xargs -r umount -l",
+                "| xargs -r umount -l 2>/dev/null || true",  # some vanish meanwhile: fine
                 f"hostname {m.name}", *binds, "ip link set lo up", "sysctl -qw " + " ".join(sysctls),
             ])
             self._make_ns(self.netns_name(m.name), m.name, script)
