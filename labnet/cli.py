@@ -246,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except BadInput as exc:
-        print(f"labnet: {exc}", file=sys.stderr)
+        # Topology diagnostics stay FILE:LINE:COL: ... at the start of each line, for editors.
+        print(str(exc) if hasattr(exc, "diagnostics") else f"labnet: {exc}", file=sys.stderr)
         return 2
     except LabnetError as exc:
         print(f"labnet: {exc}", file=sys.stderr)

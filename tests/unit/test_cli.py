@@ -30,8 +30,8 @@ def test_validate_bad_exits_2_with_positions() -> None:
     res = labnet("validate", str(bad))
     assert res.returncode == 2
     first = res.stderr.splitlines()[0]
-    assert first.startswith(f"labnet: {bad}:"), first
-    line, col = first.split(":")[2:4]
+    assert first.startswith(f"{bad}:"), first
+    line, col = first.split(":")[1:3]
     assert line.isdigit() and col.isdigit()
 
 

@@ -1,0 +1,343 @@
+"""The topology model: typed, strict (`extra="forbid"`), defaults filled in one place.
+
+Field defaults live on the models; everything that depends on other fields (interface names by
+position, interface MTU from its network, step argument defaults) is filled by `_normalise`,
+which runs once after validation. Cross-object checks (references, overlaps) live in validate.py.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from labnet.topology.steps import STEP_KINDS
+
+LAB_NAME_RE = r"^[a-z][a-z0-9-]{0,19}$"
+ASN_MAX = 4294967295
+
+
+def _parse_cidr(value: Any) -> Any:
+    """Strict IPv4 network with a hint for the usual mistakes (host bits, missing prefix)."""
+    if isinstance(value, IPv4Network):
+        return value
+    if not isinstance(value, str):  # ipaddress would take 5 or true as a network
+        raise PydanticCustomError("cidr_type", "expected an IPv4 network like 10.0.0.0/24, got {value}",
+                                  {"value": repr(value)})
+    text = value.strip()
+    if "/" not in text:
+        raise PydanticCustomError(
+            "cidr_prefix", "{value} has no prefix length", {"value": repr(value), "hint": f"write it as {text}/24"}
+        )
+    try:
+        return IPv4Network(text)
+    except ValueError as exc:
+        try:
+            fixed = IPv4Network(text, strict=False)
+        except ValueError:
+            raise PydanticCustomError(
+                "cidr", "{value} is not a valid IPv4 network ({reason})", {"value": repr(value), "reason": str(exc)}
+            ) from None
+        raise PydanticCustomError(
+            "cidr_host_bits", "{value} has host bits set", {"value": repr(value), "hint": f"did you mean {fixed}?"}
+        ) from None
+
+
+def _parse_address(value: Any) -> Any:
+    if isinstance(value, IPv4Address):
+        return value
+    if not isinstance(value, str):
+        raise PydanticCustomError("address_type", "expected an IPv4 address like 10.0.0.1, got {value}",
+                                  {"value": repr(value)})
+    text = value.strip()
+    if "/" in text:
+        bare = text.split("/", 1)[0]
+        raise PydanticCustomError(
+            "address_prefix",
+            "{value}: give a bare address; the prefix comes from the network",
+            {"value": repr(value), "hint": f"write {bare}"},
+        )
+    try:
+        return IPv4Address(text)
+    except ValueError:
+        raise PydanticCustomError("address", "{value} is not a valid IPv4 address", {"value": repr(value)}) from None
+
+
+def _lower_mode(value: Any) -> Any:
+    # Accept Calico's spelling (Always, CrossSubnet, Never) as well as ours.
+    if isinstance(value, str):
+        low = value.strip().lower()
+        return "cross-subnet" if low in ("crosssubnet", "cross_subnet") else low
+    return value
+
+
+Cidr = Annotated[IPv4Network, BeforeValidator(_parse_cidr)]
+Address = Annotated[IPv4Address, BeforeValidator(_parse_address)]
+Mtu = Annotated[int, Field(ge=68, le=65535)]
+Asn = Annotated[int, Field(ge=1, le=ASN_MAX)]
+EncapMode = Annotated[Literal["always", "cross-subnet", "never"], BeforeValidator(_lower_mode)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Network(_Model):
+    """A LAN: one bridge in the lab's fabric namespace."""
+
+    cidr: Cidr
+    mtu: Mtu = 1500
+
+
+class Interface(_Model):
+    name: str | None = Field(default=None, description="default eth0, eth1, ... by position")
+    network: str
+    address: Address
+    mtu: Mtu | None = Field(default=None, description="default: the network's MTU")
+
+
+class RouterBgp(_Model):
+    asn: Asn
+    peers: Literal["cluster"] | list[str] = Field(default="cluster", description="'cluster' (every node) or node names")
+
+
+class Router(_Model):
+    interfaces: list[Interface] = Field(min_length=1)
+    gateway: Address | None = None
+    bgp: RouterBgp | None = None
+
+
+class Host(_Model):
+    interfaces: list[Interface] = Field(min_length=1)
+    gateway: Address | None = None
+
+
+class ClusterNode(_Model):
+    interfaces: list[Interface] = Field(min_length=1)
+    gateway: Address | None = Field(default=None, description="default route; without one proxy-ARP gets no answer")
+    bgp_address: str = Field(
+        default="first-found", description="first-found | interface=REGEX | can-reach=IP | cidr=CIDR | an IPv4 address"
+    )
+    asn: Asn | None = Field(default=None, description="this node's AS (Calico Node.spec.bgp.asNumber); default cluster.bgp.asn")
+
+
+class EtcdSpec(_Model):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra=lambda schema: _etcd_schema(schema),
+    )
+
+    nodes: list[str] = Field(min_length=1)
+    tls: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        # `node: x` is shorthand for `nodes: [x]`.
+        if isinstance(data, dict) and "node" in data:
+            if "nodes" in data:
+                raise PydanticCustomError("etcd_both", "give either 'node' or 'nodes', not both")
+            data = {("nodes" if k == "node" else k): ([v] if k == "node" else v) for k, v in data.items()}
+        return data
+
+
+def _etcd_schema(schema: dict[str, Any]) -> None:
+    schema["properties"]["node"] = {"type": "string", "description": "shorthand for nodes: [NODE]"}
+    schema.pop("required", None)
+    schema["oneOf"] = [{"required": ["nodes"]}, {"required": ["node"]}]
+
+
+class PoolSpec(_Model):
+    cidr: Cidr
+    block_size: int = Field(default=26, ge=20, le=32)
+    ipip: EncapMode = "always"
+    vxlan: EncapMode = "never"
+    nat_outgoing: bool = True
+
+
+class BgpPeer(_Model):
+    address: Address
+    asn: Asn
+    node: str | None = Field(default=None, description="only this node peers (Calico BGPPeer.spec.node); default all")
+
+
+class BgpSpec(_Model):
+    asn: Asn = 64512
+    mesh: Literal["full", "none"] = "full"
+    route_reflectors: list[str] = []
+    peers: list[BgpPeer] = []
+    graceful_restart: bool = True
+    hold_time: int = Field(default=90, ge=0, le=65535)
+    keepalive: int = Field(default=30, ge=0, le=21845)
+
+
+class PodSpec(_Model):
+    node: str
+    labels: dict[str, str] = {}
+
+
+class Cluster(_Model):
+    etcd: EtcdSpec
+    pool: PoolSpec
+    bgp: BgpSpec = Field(default_factory=BgpSpec)
+    mtu: Mtu | None = Field(default=None, description="pod MTU; default underlay MTU - 20 (ipip) / - 50 (vxlan)")
+    nodes: dict[str, ClusterNode] = Field(min_length=1)
+    pods: dict[str, PodSpec] = {}
+
+
+class Step(_Model):
+    """One scenario step. Written `{kind: {args}}`; stored as kind + args (defaults filled)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=lambda schema: _step_schema(schema))
+
+    kind: str
+    args: dict[str, Any] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_key(cls, data: Any) -> Any:
+        if isinstance(data, dict) and len(data) == 1:
+            ((kind, args),) = data.items()
+            if args is not None and not isinstance(args, dict):
+                raise PydanticCustomError(
+                    "step_args", "the arguments of step {kind} must be a mapping, got {value}",
+                    {"kind": str(kind), "value": repr(args)[:60]},
+                )
+            return {"kind": kind, "args": {} if args is None else args}
+        if isinstance(data, dict) and set(data) == {"kind", "args"}:
+            return data  # already in stored form (e.g. a model_dump)
+        raise PydanticCustomError(
+            "step_shape",
+            "a step is a one-key mapping like {ping: {from: a, to: b}}, got {value}",
+            {"value": repr(data)[:60]},
+        )
+
+
+def _step_schema(schema: dict[str, Any]) -> None:
+    variants = []
+    for kind, spec in STEP_KINDS.items():
+        args = spec.args.model_json_schema(by_alias=True)
+        args.pop("title", None)
+        args["description"] = spec.doc
+        variants.append(
+            {"type": "object", "properties": {kind: args}, "required": [kind], "additionalProperties": False}
+        )
+    schema.clear()
+    schema.update({"title": "Step", "oneOf": variants})
+
+
+MachineKind = Literal["router", "host", "node"]
+Machine = Router | Host | ClusterNode
+
+
+class Topology(_Model):
+    name: str = Field(pattern=LAB_NAME_RE, description="lab name; prefixes namespace names lnet-<name>-<node>")
+    runtime: Literal["netns", "docker"] = "netns"
+    ipv6: bool = False
+    networks: dict[str, Network] = Field(min_length=1)
+    routers: dict[str, Router] = {}
+    hosts: dict[str, Host] = {}
+    cluster: Cluster | None = None
+    scenarios: dict[str, list[Step]] = {}
+
+    @model_validator(mode="after")
+    def _defaults(self) -> Topology:
+        _normalise(self)
+        return self
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def machines(self) -> list[tuple[str, MachineKind, Machine]]:
+        """Every machine in file order: routers, then hosts, then cluster nodes."""
+        out: list[tuple[str, MachineKind, Machine]] = []
+        out += [(n, "router", r) for n, r in self.routers.items()]
+        out += [(n, "host", h) for n, h in self.hosts.items()]
+        if self.cluster is not None:
+            out += [(n, "node", c) for n, c in self.cluster.nodes.items()]
+        return out
+
+    def machine(self, name: str) -> Machine:
+        for n, _kind, spec in self.machines():
+            if n == name:
+                return spec
+        raise KeyError(f"lab {self.name} has no router, host or node named {name!r}")
+
+    @property
+    def nodes(self) -> dict[str, ClusterNode]:
+        return {} if self.cluster is None else self.cluster.nodes
+
+    @property
+    def pods(self) -> dict[str, PodSpec]:
+        return {} if self.cluster is None else self.cluster.pods
+
+    def interface_cidr(self, iface: Interface) -> IPv4Interface:
+        """The interface's address with its network's prefix, e.g. 10.20.30.71/24."""
+        net = self.networks[iface.network].cidr
+        return IPv4Interface(f"{iface.address}/{net.prefixlen}")
+
+    def pods_on(self, node: str) -> dict[str, PodSpec]:
+        return {name: pod for name, pod in self.pods.items() if pod.node == node}
+
+    def address_of(self, machine: str) -> IPv4Address:
+        """The machine's first interface address (its BGP router id with first-found)."""
+        return self.machine(machine).interfaces[0].address
+
+    def node_asn(self, node: str) -> int:
+        if self.cluster is None:
+            raise KeyError(f"lab {self.name} has no cluster, so no node {node!r}")
+        own = self.cluster.nodes[node].asn
+        return self.cluster.bgp.asn if own is None else own
+
+    def owner_of(self, address: IPv4Address) -> tuple[str, Interface] | None:
+        """Which machine and interface carry this address, if any."""
+        for name, _kind, spec in self.machines():
+            for iface in spec.interfaces:
+                if iface.address == address:
+                    return name, iface
+        return None
+
+
+def _normalise(topo: Topology) -> None:
+    """Fill the defaults that depend on other fields. The one place besides field defaults."""
+    for _name, _kind, spec in topo.machines():
+        for i, iface in enumerate(spec.interfaces):
+            if iface.name is None:
+                iface.name = f"eth{i}"
+            if iface.mtu is None and iface.network in topo.networks:
+                iface.mtu = topo.networks[iface.network].mtu
+    for steps in topo.scenarios.values():
+        for step in steps:
+            kind = STEP_KINDS.get(step.kind)
+            if kind is None:
+                continue  # validate.py reports it
+            try:
+                args = kind.args.model_validate(step.args)
+            except ValidationError:
+                continue  # validate.py reports it with positions
+            step.args = args.model_dump(by_alias=True)
+
+
+def is_valid_cidr(text: str) -> bool:
+    try:
+        ipaddress.IPv4Network(text)
+    except ValueError:
+        return False
+    return True
+
+
+def is_valid_address(text: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True

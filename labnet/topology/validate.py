@@ -1,0 +1,643 @@
+"""Semantic checks of a topology: everything pydantic's per-field validation cannot see.
+
+`check()` returns every problem at once as `Issue`s (a path into the YAML document, a message,
+an optional hint). The loader turns paths into FILE:LINE:COL. Names are judged against the
+names *written* in the file (`Known`), so an entity that failed type validation (and was left
+out of the model) does not cause a second, misleading "unknown name" error.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import types
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any, Union, get_args, get_origin
+
+from pydantic import BaseModel, ValidationError
+
+from labnet.topology.model import (
+    ClusterNode,
+    Interface,
+    Machine,
+    MachineKind,
+    Topology,
+    is_valid_address,
+    is_valid_cidr,
+)
+from labnet.topology.steps import STEP_KINDS, Category, Ref
+
+PathT = tuple[str | int, ...]
+
+NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+MACHINE_NAME_MAX = 30
+NETWORK_NAME_MAX = 12  # the fabric bridge is named br-<network>: 15 characters at most
+SCENARIO_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+IFNAMSIZ = 15
+LINK_LOCAL = IPv4Network("169.254.0.0/16")
+RESERVED_NODE_IFACES = ("lo", "tunl0", "vxlan.calico")
+
+
+@dataclass
+class Issue:
+    path: PathT
+    message: str
+    hint: str | None = None
+    at_key: bool = False  # point at the key of `path` rather than its value
+
+
+@dataclass
+class Known:
+    """Names written in the file per category; None when that section was unreadable."""
+
+    network: list[str] | None = field(default_factory=list)
+    router: list[str] | None = field(default_factory=list)
+    host: list[str] | None = field(default_factory=list)
+    node: list[str] | None = field(default_factory=list)
+    pod: list[str] | None = field(default_factory=list)
+    scenario: list[str] | None = field(default_factory=list)
+
+    @classmethod
+    def from_raw(cls, raw: dict[str, Any]) -> Known:
+        def names(section: Any) -> list[str] | None:
+            if section is None:
+                return []
+            return [str(k) for k in section] if isinstance(section, dict) else None
+
+        cluster = raw.get("cluster")
+        if cluster is None:
+            node: list[str] | None = []
+            pod: list[str] | None = []
+        elif isinstance(cluster, dict):
+            node, pod = names(cluster.get("nodes")), names(cluster.get("pods"))
+        else:
+            node = pod = None
+        return cls(
+            network=names(raw.get("networks")),
+            router=names(raw.get("routers")),
+            host=names(raw.get("hosts")),
+            node=node,
+            pod=pod,
+            scenario=names(raw.get("scenarios")),
+        )
+
+
+def path_str(path: PathT) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + part
+    return out or "<document>"
+
+
+def did_you_mean(word: str, candidates: Iterable[str], what: str = "") -> str | None:
+    cands = sorted(set(candidates))
+    close = difflib.get_close_matches(word, cands, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean {close[0]!r}?"
+    if cands and len(cands) <= 8:
+        return f"known {what or 'names'}: {', '.join(cands)}"
+    return None
+
+
+# -- pydantic errors -> Issues ------------------------------------------------------------------
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, int | float):
+        return f"the number {value}"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
+def _unwrap(tp: Any) -> Any:
+    """Strip Optional/Annotated/Union down to the model, dict or list type inside."""
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        for arg in get_args(tp):
+            inner = _unwrap(arg)
+            if _is_model(inner) or get_origin(inner) in (dict, list):
+                return inner
+        return tp
+    if origin is not None and getattr(tp, "__metadata__", None) is not None:
+        return _unwrap(get_args(tp)[0])
+    return tp
+
+
+def _is_model(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, BaseModel)
+
+
+def allowed_keys(root: type[BaseModel], path: PathT) -> list[str] | None:
+    """The keys a mapping at `path` (a path into the document) may have, if it is a model."""
+    tp: Any = root
+    for part in path:
+        tp = _unwrap(tp)
+        if _is_model(tp):
+            fields = tp.model_fields
+            name = next((n for n, f in fields.items() if (f.alias or n) == part), None)
+            if name is None:
+                return None
+            tp = fields[name].annotation
+        elif get_origin(tp) is dict:
+            tp = get_args(tp)[1]
+        elif get_origin(tp) is list:
+            tp = get_args(tp)[0]
+        else:
+            return None
+    tp = _unwrap(tp)
+    if not _is_model(tp):
+        return None
+    keys = [f.alias or n for n, f in tp.model_fields.items()]
+    if tp.__name__ == "EtcdSpec":
+        keys.append("node")
+    return keys
+
+
+def doc_path(loc: Sequence[str | int], raw: Any, missing: bool) -> tuple[PathT, bool]:
+    """Turn a pydantic loc into a path that exists in the document.
+
+    Drops the parts pydantic adds that the document lacks (union member tags, '[key]');
+    keeps a final missing key. Returns (path, at_key)."""
+    path: list[str | int] = []
+    node = raw
+    at_key = False
+    for i, part in enumerate(loc):
+        last = i == len(loc) - 1
+        if isinstance(node, dict):
+            if part in node:
+                path.append(part)
+                node = node[part]
+                continue
+            if part == "[key]":
+                at_key = True
+            elif missing and last:
+                path.append(part)
+            continue
+        if isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            path.append(part)
+            node = node[part]
+            continue
+        if part == "[key]":
+            at_key = True
+    return tuple(path), at_key
+
+
+def pydantic_issues(exc: ValidationError, root: type[BaseModel], raw: Any, prefix: PathT = ()) -> list[Issue]:
+    by_path: dict[tuple[PathT, bool], Issue] = {}
+    for err in exc.errors():
+        typ = err["type"]
+        path, at_key = doc_path(err["loc"], raw, typ == "missing")
+        if typ == "extra_forbidden":
+            at_key = True
+        msg, hint = _format(err, root, path)
+        issue = Issue(prefix + path, msg, hint, at_key)
+        key = (issue.path, at_key)
+        if key in by_path:  # several members of a union failed: one line for the field
+            prev = by_path[key]
+            if msg not in prev.message:
+                prev.message += f"; or {msg}"
+        else:
+            by_path[key] = issue
+    issues = list(by_path.values())
+    # A misspelt required key shows up twice (unknown 'adress', missing 'address'): keep the first.
+    typos = {(i.path[:-1], i.hint) for i in issues if i.message.startswith("unknown key")}
+    return [i for i in issues if not (i.message.startswith("required key") and i.path
+                                      and (i.path[:-1], f"did you mean {i.path[-1]!r}?") in typos)]
+
+
+def _format(err: Any, root: type[BaseModel], path: PathT) -> tuple[str, str | None]:
+    typ, value, ctx = err["type"], err.get("input"), err.get("ctx") or {}
+    msg: str = err["msg"]
+    last = str(path[-1]) if path else ""
+    if typ == "extra_forbidden":
+        allowed = allowed_keys(root, path[:-1]) or []
+        return f"unknown key {last!r}", did_you_mean(last, allowed, "keys")
+    if typ == "missing":
+        return f"required key {last!r} is missing", None
+    if typ == "literal_error":
+        options = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
+        close = difflib.get_close_matches(str(value), options, n=1) if isinstance(value, str) else []
+        return f"{value!r} is not one of {ctx.get('expected')}", (f"did you mean {close[0]!r}?" if close else None)
+    if typ == "string_pattern_mismatch" and path == ("name",):
+        return (
+            f"lab name {value!r} must be lowercase letters, digits and '-', start with a letter, "
+            "at most 20 characters (it prefixes namespace names)",
+            None,
+        )
+    if typ in ("dict_type", "model_type", "model_attributes_type"):
+        return f"expected a mapping, got {_describe(value)}", None
+    if typ == "list_type":
+        return f"expected a list, got {_describe(value)}", None
+    if typ == "string_type":
+        return f"expected a string, got {_describe(value)}", "quote it" if isinstance(value, int | float) else None
+    if typ in ("int_type", "int_parsing", "int_from_float"):
+        return f"expected an integer, got {_describe(value)}", None
+    if typ in ("bool_type", "bool_parsing"):
+        return f"expected true or false, got {_describe(value)}", None
+    if typ in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
+        return f"{msg.replace('Input should be', 'must be')}, got {value!r}", None
+    if typ == "too_short":
+        n = ctx.get("min_length")
+        return f"needs at least {n} item{'s' if n != 1 else ''}, got {ctx.get('actual_length')}", None
+    hint = ctx.get("hint")
+    msg = msg.removeprefix("Value error, ")
+    if err["type"] in ("cidr", "cidr_prefix", "cidr_host_bits", "cidr_type", "address", "address_prefix",
+                       "address_type", "step_shape", "step_args", "etcd_both"):
+        return msg, hint
+    return f"{msg}, got {_describe(value)}", hint
+
+
+# -- semantic checks ---------------------------------------------------------------------------
+
+class _Checker:
+    def __init__(self, topo: Topology, raw: dict[str, Any], known: Known, skip: set[str]) -> None:
+        self.topo, self.raw, self.known, self.skip = topo, raw, known, skip
+        self.issues: list[Issue] = []
+
+    def add(self, path: PathT, message: str, hint: str | None = None, at_key: bool = False) -> None:
+        self.issues.append(Issue(path, message, hint, at_key))
+
+    # references -------------------------------------------------------------------------
+
+    def names(self, cats: Sequence[Category]) -> list[str] | None:
+        out: list[str] = []
+        for cat in cats:
+            got = getattr(self.known, cat)
+            if got is None:
+                return None  # that section is unreadable: no reference can be judged
+            out += got
+        return out
+
+    def ref(self, path: PathT, value: str, cats: Sequence[Category], context: str = "") -> bool:
+        """Report `value` unless it names an object of one of `cats`. True when it resolved."""
+        names = self.names(cats)
+        if names is None or value in names:
+            return True
+        what = " or ".join(c for c in cats)
+        plural = "names" if len(cats) > 1 else f"{cats[0]}s"
+        self.add(path, f"{context}unknown {what} {value!r}", did_you_mean(value, names, plural))
+        return False
+
+    # machines ---------------------------------------------------------------------------
+
+    def machine_path(self, kind: MachineKind, name: str) -> PathT:
+        return {"router": ("routers", name), "host": ("hosts", name), "node": ("cluster", "nodes", name)}[kind]
+
+    def check_names(self) -> None:
+        k = self.known
+        sections: list[tuple[list[str] | None, PathT, str, int]] = [
+            (k.network, ("networks",), "network", NETWORK_NAME_MAX),
+            (k.router, ("routers",), "router", MACHINE_NAME_MAX),
+            (k.host, ("hosts",), "host", MACHINE_NAME_MAX),
+            (k.node, ("cluster", "nodes"), "node", MACHINE_NAME_MAX),
+            (k.pod, ("cluster", "pods"), "pod", MACHINE_NAME_MAX),
+        ]
+        for names, base, what, limit in sections:
+            for name in names or []:
+                if not NAME_RE.match(name) or len(name) > limit:
+                    self.add(
+                        base + (name,),
+                        f"{what} name {name!r} is not usable in namespace and interface names",
+                        f"use lowercase letters, digits and '-' (not at either end), at most {limit} characters",
+                        at_key=True,
+                    )
+        for name in k.scenario or []:
+            if not SCENARIO_NAME_RE.match(name):
+                self.add(("scenarios", name), f"scenario name {name!r} has characters unusable in test ids",
+                         "use letters, digits, '-', '_' and '.'", at_key=True)
+        seen: dict[str, str] = {}
+        for names, base, what, _limit in sections[1:4]:
+            for name in names or []:
+                if name in seen:
+                    self.add(base + (name,), f"name {name!r} is already used by {seen[name]} {name}",
+                             "routers, hosts and nodes share one namespace of names", at_key=True)
+                else:
+                    seen[name] = what
+        for name in k.pod or []:
+            if name in seen:
+                self.add(("cluster", "pods", name), f"pod name {name!r} is also the name of {seen[name]} {name}",
+                         "steps refer to pods and machines by name, so they must differ", at_key=True)
+
+    def check_networks(self) -> None:
+        nets = list(self.topo.networks.items()) if "networks" not in self.skip else []
+        for i, (name, net) in enumerate(nets):
+            for other, onet in nets[:i]:
+                if net.cidr.overlaps(onet.cidr):
+                    self.add(("networks", name, "cidr"), f"network {name} ({net.cidr}) overlaps {other} ({onet.cidr})")
+
+    def check_interfaces(self) -> None:
+        owners: dict[IPv4Address, tuple[str, PathT]] = {}
+        for name, kind, spec in self.topo.machines():
+            base = self.machine_path(kind, name) + ("interfaces",)
+            names: dict[str, int] = {}
+            on_net: dict[str, int] = {}
+            for i, iface in enumerate(spec.interfaces):
+                ipath = base + (i,)
+                self.check_iface_name(name, kind, iface, ipath, names, i)
+                if iface.network in on_net:
+                    self.add(ipath + ("network",),
+                             f"{name} has two interfaces on network {iface.network} "
+                             f"(interfaces[{on_net[iface.network]}] and interfaces[{i}])")
+                on_net.setdefault(iface.network, i)
+                if iface.address in owners:
+                    other, opath = owners[iface.address]
+                    self.add(ipath + ("address",), f"address {iface.address} is already used by {other} "
+                             f"({path_str(opath)})")
+                else:
+                    owners[iface.address] = (name, ipath)
+                net = self.topo.networks.get(iface.network)
+                if net is None:
+                    if "networks" not in self.skip:
+                        self.ref_network(ipath + ("network",), iface.network)
+                    continue
+                cidr, addr = net.cidr, iface.address
+                if addr not in cidr:
+                    self.add(ipath + ("address",),
+                             f"address {addr} is not in network {iface.network} ({cidr})")
+                elif cidr.prefixlen <= 30 and addr == cidr.network_address:
+                    self.add(ipath + ("address",),
+                             f"address {addr} is the network address of {iface.network} ({cidr})")
+                elif cidr.prefixlen <= 30 and addr == cidr.broadcast_address:
+                    self.add(ipath + ("address",),
+                             f"address {addr} is the broadcast address of {iface.network} ({cidr})")
+            self.check_gateway(name, kind, spec)
+
+    def ref_network(self, path: PathT, net: str) -> None:
+        known = self.known.network
+        if known is None or net in known:
+            return
+        self.add(path, f"unknown network {net!r}", did_you_mean(net, known, "networks"))
+
+    def check_iface_name(
+        self, machine: str, kind: MachineKind, iface: Interface, ipath: PathT, names: dict[str, int], i: int
+    ) -> None:
+        ifname = iface.name or ""
+        path = ipath + ("name",)
+        if not ifname or len(ifname) > IFNAMSIZ or ifname in (".", "..") or re.search(r"[/:\s]", ifname):
+            self.add(path, f"interface name {ifname!r} is not a valid Linux interface name",
+                     f"at most {IFNAMSIZ} characters, no '/', ':' or whitespace")
+        elif ifname == "lo" or (kind == "node" and (ifname in RESERVED_NODE_IFACES or ifname.startswith("cali"))):
+            self.add(path, f"interface name {ifname!r} is reserved on {machine}",
+                     "lo, tunl0, vxlan.calico and cali* belong to the loopback, tunnels and pod veths")
+        if ifname in names:
+            self.add(path, f"interface name {ifname!r} is used twice on {machine} "
+                     f"(interfaces[{names[ifname]}] and interfaces[{i}]; unnamed interfaces are eth<position>)")
+        names.setdefault(ifname, i)
+
+    def check_gateway(self, name: str, kind: MachineKind, spec: Machine) -> None:
+        gw = spec.gateway
+        if gw is None or "networks" in self.skip:
+            return
+        path = self.machine_path(kind, name) + ("gateway",)
+        mine = [(i, self.topo.networks[i.network].cidr) for i in spec.interfaces if i.network in self.topo.networks]
+        if len(mine) != len(spec.interfaces):
+            return  # an interface names an unknown network: already reported
+        if gw in {i.address for i, _c in mine}:
+            self.add(path, f"gateway {gw} is {name}'s own address")
+            return
+        if not any(gw in c for _i, c in mine):
+            nets = ", ".join(f"{i.network} {c}" for i, c in mine)
+            self.add(path, f"gateway {gw} is not on any network of {name}", f"{name} is on {nets}")
+            return
+        owner = self.topo.owner_of(gw)
+        routers = [
+            f"router {r} has {i.address}" for r, router in self.topo.routers.items() for i in router.interfaces
+            if any(i.address in c for _x, c in mine)
+        ]
+        if owner is None:
+            self.add(path, f"gateway {gw} is not the address of any router",
+                     "; ".join(routers) if routers else "add a router on that network")
+        elif owner[0] not in self.topo.routers:
+            self.add(path, f"gateway {gw} belongs to {owner[0]}, which is not a router and does not forward",
+                     "; ".join(routers) if routers else None)
+
+    # cluster ----------------------------------------------------------------------------
+
+    def check_cluster(self) -> None:
+        cl = self.topo.cluster
+        if cl is None or "cluster" in self.skip:
+            return
+        if "pool" not in self.skip:
+            pool = cl.pool
+            p = ("cluster", "pool")
+            for name, net in self.topo.networks.items():
+                if pool.cidr.overlaps(net.cidr) and "networks" not in self.skip:
+                    self.add(p + ("cidr",), f"pool {pool.cidr} overlaps network {name} ({net.cidr})",
+                             "pod addresses must not collide with the LANs")
+            if pool.cidr.overlaps(LINK_LOCAL):
+                self.add(p + ("cidr",), f"pool {pool.cidr} overlaps link-local {LINK_LOCAL}",
+                         "pods use 169.254.1.1 as their gateway")
+            if pool.block_size < pool.cidr.prefixlen:
+                self.add(p + ("block_size",), f"block size /{pool.block_size} does not fit in pool {pool.cidr}",
+                         f"use block_size {pool.cidr.prefixlen} or more (up to 32)")
+            if pool.ipip != "never" and pool.vxlan != "never":
+                self.add(p + ("vxlan",), f"ipip ({pool.ipip}) and vxlan ({pool.vxlan}) are both enabled",
+                         "set one of them to never")
+        if "etcd" not in self.skip:
+            etcd_raw = (self.raw.get("cluster") or {}).get("etcd") or {}
+            seen: set[str] = set()
+            for i, enode in enumerate(cl.etcd.nodes):
+                path: PathT = ("cluster", "etcd", "node") if "node" in etcd_raw else ("cluster", "etcd", "nodes", i)
+                if enode in seen:
+                    self.add(path, f"etcd node {enode!r} is listed twice")
+                seen.add(enode)
+                self.ref(path, enode, ("node",), "etcd runs on an ")
+        if "bgp" not in self.skip:
+            self.check_bgp()
+        for name, node in cl.nodes.items():
+            self.check_bgp_address(name, node)
+        for name, pod in cl.pods.items():
+            self.ref(("cluster", "pods", name, "node"), pod.node, ("node",), f"pod {name} is on an ")
+
+    def check_bgp(self) -> None:
+        cl = self.topo.cluster
+        assert cl is not None
+        bgp, base = cl.bgp, ("cluster", "bgp")
+        seen: set[str] = set()
+        for i, rr in enumerate(bgp.route_reflectors):
+            if rr in seen:
+                self.add(base + ("route_reflectors", i), f"route reflector {rr!r} is listed twice")
+            seen.add(rr)
+            self.ref(base + ("route_reflectors", i), rr, ("node",), "route reflector: ")
+        if bgp.route_reflectors and bgp.mesh == "full":
+            self.add(base + ("mesh",), "mesh: full together with route reflectors",
+                     "set mesh: none; with route reflectors Calico turns the node-to-node mesh off")
+        if (bgp.mesh == "none" and not bgp.route_reflectors and not bgp.peers and cl.pool.vxlan == "never"
+                and len(cl.nodes) > 1 and "pool" not in self.skip):
+            self.add(base + ("mesh",), "mesh: none without route reflectors or peers: no node learns another's routes",
+                     "keep mesh: full, or name route_reflectors, or add peers")
+        if bgp.hold_time and bgp.hold_time < 3:
+            self.add(base + ("hold_time",), f"hold_time {bgp.hold_time} must be 0 or at least 3 seconds (RFC 4271)")
+        elif bgp.hold_time and bgp.keepalive >= bgp.hold_time:
+            self.add(base + ("keepalive",), f"keepalive {bgp.keepalive} must be below hold_time {bgp.hold_time}",
+                     f"the usual ratio is a third: keepalive {bgp.hold_time // 3}")
+        for i, peer in enumerate(bgp.peers):
+            path = base + ("peers", i)
+            if peer.node is not None:
+                self.ref(path + ("node",), peer.node, ("node",), "BGP peer of an ")
+            owner = self.topo.owner_of(peer.address)
+            if owner is None:
+                speakers = [f"{r} {x.address}" for r, rt in self.topo.routers.items() if rt.bgp
+                            for x in rt.interfaces]
+                self.add(path + ("address",), f"BGP peer {peer.address} is not the address of any machine in the lab",
+                         f"routers running BGP: {', '.join(speakers)}" if speakers else None)
+                continue
+            name = owner[0]
+            router = self.topo.routers.get(name)
+            if name in self.topo.hosts:
+                self.add(path + ("address",), f"BGP peer {peer.address} is host {name}, which runs no BGP")
+            elif router is not None and router.bgp is None:
+                self.add(path + ("address",), f"BGP peer {peer.address} is router {name}, which runs no BGP",
+                         f"add bgp: {{asn: {peer.asn}, peers: cluster}} to routers.{name}")
+            elif router is not None and router.bgp is not None and router.bgp.asn != peer.asn:
+                self.add(path + ("asn",), f"BGP peer {peer.address} is router {name} in AS {router.bgp.asn}, "
+                         f"not AS {peer.asn}")
+            elif name in self.topo.nodes and self.topo.node_asn(name) != peer.asn:
+                self.add(path + ("asn",), f"BGP peer {peer.address} is node {name} in AS "
+                         f"{self.topo.node_asn(name)}, not AS {peer.asn}")
+
+    def check_bgp_address(self, name: str, node: ClusterNode) -> None:
+        """Calico's IP autodetection methods; judged here so a typo fails before the lab is built."""
+        spec, path = node.bgp_address, ("cluster", "nodes", name, "bgp_address")
+        method, _, arg = spec.partition("=")
+        if spec == "first-found":
+            return
+        if method == "interface" and arg:
+            try:
+                re.compile(arg)
+            except re.error as exc:
+                self.add(path, f"bgp_address {spec!r}: bad regular expression: {exc}")
+        elif method == "can-reach" and is_valid_address(arg):
+            return
+        elif method == "cidr" and _loose_cidr(arg):
+            if not any(i.address in IPv4Network(arg, strict=False) for i in node.interfaces):
+                self.add(path, f"bgp_address {spec!r}: none of {name}'s addresses is in {arg}")
+        elif is_valid_address(spec):
+            if IPv4Address(spec) not in [i.address for i in node.interfaces]:
+                self.add(path, f"bgp_address {spec} is not an address of {name}",
+                         f"{name} has {', '.join(str(i.address) for i in node.interfaces)}")
+        else:
+            self.add(path, f"bgp_address {spec!r} is not understood",
+                     "use first-found, interface=REGEX, can-reach=IP, cidr=CIDR or an IPv4 address")
+
+    def check_routers(self) -> None:
+        for name, router in self.topo.routers.items():
+            if router.bgp is None:
+                continue
+            path = ("routers", name, "bgp", "peers")
+            if router.bgp.peers == "cluster":
+                if self.topo.cluster is None and "cluster" not in self.skip and self.known.node == []:
+                    self.add(path, f"router {name} peers with the cluster, but the lab has no cluster")
+                    continue
+            else:
+                for i, node in enumerate(router.bgp.peers):
+                    self.ref(path + (i,), node, ("node",), f"router {name} peers with an ")
+            cl = self.topo.cluster
+            if cl is None or "bgp" in self.skip or "cluster" in self.skip:
+                continue
+            mine = {i.address for i in router.interfaces}
+            if not any(p.address in mine for p in cl.bgp.peers):
+                addr = self._facing_address(name)
+                self.add(("routers", name, "bgp"),
+                         f"router {name} peers with the cluster, but cluster.bgp.peers has no entry for it",
+                         f"add {{address: {addr}, asn: {router.bgp.asn}}} to cluster.bgp.peers")
+
+    def _facing_address(self, router: str) -> IPv4Address:
+        """The router's address on a network that has cluster nodes (for hints)."""
+        spec = self.topo.routers[router]
+        node_nets = {i.network for n in self.topo.nodes.values() for i in n.interfaces}
+        for iface in spec.interfaces:
+            if iface.network in node_nets:
+                return iface.address
+        return spec.interfaces[0].address
+
+    # scenarios --------------------------------------------------------------------------
+
+    def check_scenarios(self) -> None:
+        raw_scen = self.raw.get("scenarios") or {}
+        for name, steps in self.topo.scenarios.items():
+            if not steps:
+                self.add(("scenarios", name), f"scenario {name} has no steps")
+            raw_steps = raw_scen.get(name) if isinstance(raw_scen, dict) else None
+            for i, step in enumerate(steps):
+                spath: PathT = ("scenarios", name, i)
+                kind = STEP_KINDS.get(step.kind)
+                if kind is None:
+                    self.add(spath + (step.kind,), f"unknown step kind {step.kind!r}",
+                             did_you_mean(step.kind, STEP_KINDS, "step kinds"), at_key=True)
+                    continue
+                raw_args: Any = step.args
+                if isinstance(raw_steps, list) and i < len(raw_steps) and isinstance(raw_steps[i], dict):
+                    raw_args = raw_steps[i].get(step.kind)
+                try:
+                    kind.args.model_validate(step.args)
+                except ValidationError as exc:
+                    self.issues += pydantic_issues(exc, kind.args, raw_args, spath + (step.kind,))
+                    valid = False
+                else:
+                    valid = True
+                before = len(self.issues)
+                for arg, ref in kind.refs.items():
+                    self.check_step_ref(spath + (step.kind, arg), step.args.get(arg), ref)
+                if valid and kind.check is not None and len(self.issues) == before and "pool" not in self.skip:
+                    for arg, message in kind.check(self.topo, step.args):
+                        self.add(spath + (step.kind, arg), message)
+
+    def check_step_ref(self, path: PathT, value: Any, ref: Ref) -> None:
+        if isinstance(value, list):
+            for j, item in enumerate(value):
+                self.check_step_ref(path + (j,), item, ref)
+            return
+        if not isinstance(value, str):
+            return  # a type error, reported by the argument model
+        if ref.ip and is_valid_address(value):
+            return
+        if ref.cidr and (is_valid_cidr(value) or _loose_cidr(value)):
+            return
+        if not ref.names:
+            self.add(path, f"{value!r} is not an IPv4 network")
+            return
+        if ref.ip and re.fullmatch(r"[\d.]+", value):
+            self.add(path, f"{value!r} is not a valid IPv4 address")
+            return
+        names = self.names(ref.names)
+        if names is None or value in names:
+            return
+        whats = [c for c in ref.names] + (["IPv4 address"] if ref.ip else [])
+        what = ", ".join(whats[:-1]) + " or " + whats[-1] if len(whats) > 1 else whats[0]
+        self.add(path, f"{value!r} is not a known {what}", did_you_mean(value, names, "names"))
+
+
+def _loose_cidr(text: str) -> bool:
+    try:
+        IPv4Network(text, strict=False)
+    except ValueError:
+        return False
+    return "/" in text
+
+
+def check(topo: Topology, raw: dict[str, Any], known: Known | None = None, skip: set[str] | None = None) -> list[Issue]:
+    """All semantic problems of `topo` (validated from `raw`). `skip` names sections that failed
+    type validation and were replaced by placeholders: checks that need them are left out."""
+    c = _Checker(topo, raw, known or Known.from_raw(raw), skip or set())
+    c.check_names()
+    c.check_networks()
+    c.check_interfaces()
+    c.check_cluster()
+    c.check_routers()
+    c.check_scenarios()
+    return c.issues

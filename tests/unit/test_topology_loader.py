@@ -1,0 +1,185 @@
+"""Loader behaviour: positions, formatting, all-at-once reporting, and robustness (fuzzed)."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from labnet.topology import Diagnostic, Topology, TopologyError, load, loads
+
+ROOT = Path(__file__).resolve().parents[2]
+SEED_TEXT = (ROOT / "topologies/seed.yaml").read_text(encoding="utf-8")
+SEED_DATA = yaml.safe_load(SEED_TEXT)
+
+LAB = """\
+name: t
+networks:
+  lan: {cidr: 10.0.0.0/24}
+cluster:
+  etcd: {node: n1}
+  pool: {cidr: 10.100.0.0/16}
+  nodes:
+    n1: {interfaces: [{network: lan, address: 10.0.0.11}]}
+    n2: {interfaces: [{network: lan, address: 10.0.0.12}]}
+  pods:
+    p1: {node: n1}
+    p2: {node: n2}
+"""
+
+
+def errors(text: str) -> list[Diagnostic]:
+    with pytest.raises(TopologyError) as info:
+        loads(text, "lab.yaml")
+    return info.value.diagnostics
+
+
+def test_diagnostic_format() -> None:
+    d = Diagnostic("f.yaml", 7, 21, "cluster.nodes.ubuntu-3.gateway", "gateway 10.9.9.1 is off", "did you mean x?")
+    assert str(d) == "f.yaml:7:21: cluster.nodes.ubuntu-3.gateway: gateway 10.9.9.1 is off (did you mean x?)"
+    assert d.to_dict()["line"] == 7
+
+
+def test_every_error_reported_at_once_in_position_order() -> None:
+    text = LAB.replace("address: 10.0.0.12}", "address: 10.0.1.12}").replace("{node: n2}", "{node: n3}")
+    text = text.replace("cidr: 10.100.0.0/16", "cidr: 10.0.0.0/16")
+    diags = errors(text)
+    assert [(d.line, d.path) for d in diags] == [
+        (6, "cluster.pool.cidr"),
+        (9, "cluster.nodes.n2.interfaces[0].address"),
+        (12, "cluster.pods.p2.node"),
+    ]
+    assert diags[2].hint == "known nodes: n1, n2"
+
+
+def test_type_error_in_one_node_does_not_hide_or_cause_other_errors() -> None:
+    # n2 has a typo'd key (so it is left out of the model); p2 still refers to it: no extra error.
+    text = LAB.replace("address: 10.0.0.12}", "adress: 10.0.0.12}").replace("{node: n1}\n    p2", "{node: nx}\n    p2")
+    diags = errors(text)
+    # the misspelt key is one error (not also "address is missing"), and p2 -> n2 is not reported
+    assert [(d.path, d.message, d.hint) for d in diags] == [
+        ("cluster.nodes.n2.interfaces[0].adress", "unknown key 'adress'", "did you mean 'address'?"),
+        ("cluster.pods.p1.node", "pod p1 is on an unknown node 'nx'", "known nodes: n1, n2"),
+    ]
+
+
+def test_duplicate_key_points_at_second_occurrence() -> None:
+    text = LAB.replace("  pods:\n", "  pods:\n    p1: {node: n2}\n")
+    (d,) = errors(text)
+    assert (d.line, d.col, d.path) == (12, 5, "cluster.pods.p1")
+    assert "duplicate key 'p1' (first at line 11, column 5)" in d.message
+
+
+def test_yaml_keys_are_taken_as_written() -> None:
+    # YAML 1.1 would read `on` and `yes` as booleans; names are names.
+    topo = loads(LAB.replace("p1:", "on:").replace("p2:", "yes:"))
+    assert set(topo.pods) == {"on", "yes"}
+    # as a value it is a boolean, and the error says what to do
+    (d,) = errors(LAB.replace("{node: n2}", "{node: yes}"))
+    assert (d.path, d.message, d.hint) == ("cluster.pods.p2.node", "expected a string, got the boolean true", "quote it")
+
+
+def test_unreadable_files(tmp_path: Path) -> None:
+    with pytest.raises(TopologyError, match="cannot read"):
+        load(tmp_path / "missing.yaml")
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes(b"name: caf\xe9\n")
+    with pytest.raises(TopologyError, match="not UTF-8"):
+        load(bad)
+
+
+def test_model_validate_directly_gets_the_same_defaults() -> None:
+    topo = Topology.model_validate(yaml.safe_load(LAB))
+    assert topo.nodes["n1"].interfaces[0].name == "eth0"
+    assert topo.cluster is not None and topo.cluster.etcd.nodes == ["n1"]
+
+
+def test_cni_side_does_not_import_topology() -> None:
+    """The CNI plugin runs once per pod: it must not pay for pydantic and PyYAML."""
+    if not (ROOT / "labnet/cni/plugin.py").exists():
+        pytest.skip("labnet.cni.plugin not written yet")
+    code = "import sys, labnet.cni.plugin; print('labnet.topology' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "False", "labnet.cni.plugin imports labnet.topology"
+
+
+# -- fuzzing: whatever the input, the loader answers with a Topology or a TopologyError ------------
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text(alphabet=st.sampled_from(list("abn:-{}[],'\"&*!#|>\t\n 0123456789./")), max_size=120))
+def test_fuzz_arbitrary_text(text: str) -> None:
+    try:
+        loads(text)
+    except TopologyError as exc:
+        assert exc.diagnostics and all(d.line >= 1 for d in exc.diagnostics)
+
+
+def _paths(data: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [prefix]
+    if isinstance(data, dict):
+        for k, v in data.items():
+            out += _paths(v, prefix + (k,))
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            out += _paths(v, prefix + (i,))
+    return out
+
+
+SEED_PATHS = _paths(SEED_DATA)[1:]
+JUNK = st.one_of(
+    st.none(), st.booleans(), st.integers(-5, 70000), st.sampled_from(["", "x", "10.0.0.1", "1.2.3.0/24", "ubuntu-9",
+                                                                       "eth0/1", "never", "cluster"]),
+    st.lists(st.sampled_from(["a", "ubuntu-1", 3]), max_size=2), st.dictionaries(st.sampled_from(["a", "node"]),
+                                                                                 st.sampled_from([1, "x"]), max_size=2),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(SEED_PATHS), st.one_of(st.just("<delete>"), JUNK)), min_size=1, max_size=3))
+def test_fuzz_mutated_seed(edits: list[tuple[tuple[Any, ...], Any]]) -> None:
+    data = copy.deepcopy(SEED_DATA)
+    for path, value in edits:
+        parent = data
+        try:
+            for part in path[:-1]:
+                parent = parent[part]
+            if value == "<delete>":
+                del parent[path[-1]]
+            else:
+                parent[path[-1]] = value
+        except (KeyError, IndexError, TypeError):
+            continue  # an earlier edit removed or replaced this path
+    text = yaml.safe_dump(data, sort_keys=False)
+    try:
+        loads(text, "mutated.yaml")
+    except TopologyError as exc:
+        assert exc.diagnostics
+        for d in exc.diagnostics:
+            assert d.line >= 1 and d.col >= 1 and d.path and d.message, d
+
+
+WORDS = ["name", "networks", "routers", "hosts", "cluster", "scenarios", "cidr", "mtu", "interfaces", "network",
+         "address", "gateway", "bgp", "asn", "peers", "etcd", "node", "nodes", "pool", "pods", "ipip", "vxlan",
+         "block_size", "mesh", "route_reflectors", "lan", "n1", "p1", "gw", "ping", "from", "to", "blackhole"]
+SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-1, 70000),
+                    st.sampled_from(WORDS + ["10.0.0.0/24", "10.0.0.1", "10.0.0.5/24", "cluster", "full", "always"]))
+TREES = st.recursive(SCALARS, lambda kids: st.one_of(st.lists(kids, max_size=3),
+                                                    st.dictionaries(st.sampled_from(WORDS), kids, max_size=4)),
+                     max_leaves=25)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(st.sampled_from(WORDS[:6]), TREES, min_size=1, max_size=6))
+def test_fuzz_structured_documents(doc: dict[str, Any]) -> None:
+    try:
+        loads(yaml.safe_dump(doc), "fuzz.yaml")
+    except TopologyError as exc:
+        assert exc.diagnostics and all(d.line >= 1 for d in exc.diagnostics)
