@@ -182,6 +182,8 @@ def _interruptible() -> Iterator[None]:
 def up(topo: Topology, topology_file: str, *, runtime: str | None = None,
        progress: Progress | None = None) -> tuple[Journal, dict[str, float], bool]:
     """Build the lab. Returns (journal, phase timings, changed)."""
+    from labnet import phases  # noqa: F401  (registers etcd, cni, agents, pods)
+
     lab = topo.name
     progress = progress or Progress(lab)
     rt_name = runtime or topo.runtime
