@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from labnet import paths
-from labnet.etcd import keys
 from labnet.errors import LabnetError
+from labnet.etcd import keys
 from labnet.etcd.store import EtcdConfig
 from labnet.lab import Context, record_process, register_phase
 from labnet.nsexec import spawn
