@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from labnet.etcd import keys
 from labnet.etcd.store import EtcdConfig
 from labnet.lab import Context, record_process, register_phase
 from labnet.nsexec import spawn
+from labnet.wait import poll
 
 ETCD_TLS_INSIDE = "/var/lib/labnet/etcd-tls"  # etcd's own certificates, as the etcd node sees them
 ETCD_DATA_INSIDE = "/var/lib/labnet/etcd"
@@ -152,10 +154,84 @@ def phase_pods(ctx: Context) -> None:
         pods.add_to(ctx.journal, ctx.runtime.ns(spec.node), spec.node, pod, labels=spec.labels or None)
 
 
+def phase_agents(ctx: Context) -> None:
+    """Start labnet-agent (under its supervisor) in every node, as calico-node's DaemonSet."""
+    from labnet.agent.config import AgentConfig, EtcdSettings
+
+    c = ctx.topo.cluster
+    if c is None:
+        return
+    rt, info = ctx.runtime, ctx.journal.info
+    tls = info["etcd"]["tls"]
+    for node, spec in c.nodes.items():
+        etcd = EtcdSettings(
+            endpoints=list(info["etcd"]["endpoints"]),
+            ca_file=f"{CNI_TLS_INSIDE}/etcd-ca" if tls else None,
+            cert_file=f"{CNI_TLS_INSIDE}/etcd-cert" if tls else None,
+            key_file=f"{CNI_TLS_INSIDE}/etcd-key" if tls else None,
+        )
+        cfg = AgentConfig(etcd=etcd, bgp_address=spec.bgp_address, log_file="/var/log/labnet/agent.log")
+        cfg.save(rt.host_path(node, AGENT_CONFIG_INSIDE))
+        argv = [sys.executable, "-m", "labnet.agent.main", "supervise", "--config", AGENT_CONFIG_INSIDE]
+        pid = spawn(rt.ns(node), argv, log=rt.host_path(node, "/var/log/labnet/agent-supervisor.log"))
+        record_process(ctx.journal, pid, node, "agent")
+    # Pods come next: each agent must have claimed its block and put the block's first address
+    # on its tunnel first (the seed's tunl0 10.100.163.128, net-test .129).
+    poll(lambda: {n: _agent_brief(ctx, n) for n in c.nodes}, lambda st: all(s.get("tunnel_ready") for s in st.values()),
+         timeout=60, what="every agent to register and claim its block and tunnel address")
+
+
+def _agent_brief(ctx: Context, node: str) -> dict[str, Any]:
+    from labnet.agent.status import query_status
+
+    try:
+        st = query_status(ctx.runtime.ns(node), timeout=5)
+    except Exception as exc:  # not up yet: the poll shows why
+        return {"error": str(exc)[:200]}
+    tun = st.get("tunnel") or {}
+    encap = ctx.topo.cluster.pool if ctx.topo.cluster else None
+    needs_tunnel = encap is not None and (encap.ipip != "never" or encap.vxlan != "never")
+    peers = st.get("peers", [])
+    return {
+        "tunnel_ready": bool(st.get("blocks")) and (bool(tun.get("address")) or not needs_tunnel),
+        "blocks": st.get("blocks"), "tunnel": tun.get("address"),
+        "peers": {p["peer_address"]: p.get("bgp_state") for p in peers},
+        "routes": st.get("routes", []), "problems": st.get("problems", []),
+    }
+
+
+def phase_converge(ctx: Context) -> None:
+    """`up` returns once every BGP session is Established and every route is in place."""
+    c = ctx.topo.cluster
+    if c is None:
+        return
+
+    def probe() -> dict[str, Any]:
+        return {n: _agent_brief(ctx, n) for n in c.nodes}
+
+    expect_peers = bool(c.bgp.peers) or (len(c.nodes) > 1 and (c.bgp.mesh == "full" or bool(c.bgp.route_reflectors)))
+
+    def converged(st: dict[str, Any]) -> bool:
+        if any("error" in s or not s.get("blocks") for s in st.values()):
+            return False
+        for n, s in st.items():
+            established = all(v == "Established" for v in s["peers"].values())
+            if not established or (expect_peers and not s["peers"]):
+                return False
+            have = " ".join(map(str, s["routes"]))
+            if any(b not in have for other, o in st.items() if other != n for b in o["blocks"]):
+                return False
+        return True
+
+    poll(probe, converged, timeout=90, what="BGP sessions Established and every node's blocks routed everywhere")
+
+
 def register() -> None:
     register_phase("etcd", phase_etcd, after="underlay")
     register_phase("cni", phase_cni, after="etcd")
-    register_phase("pods", phase_pods, after="cni")
+    register_phase("agents", phase_agents, after="cni")
+    register_phase("pods", phase_pods, after="agents")
+    register_phase("converge", phase_converge, after="pods")
 
 
 register()

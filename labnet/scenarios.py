@@ -78,7 +78,12 @@ def _bgp(v: LabView, a: dict[str, Any], t: float) -> list[CheckResult]:
     peer = a.get("peer")
     if peer and peer in v.journal.info.get("machines", {}):
         peer = v.address(peer)
-    return [assert_bgp_established(lambda: v.agent_status(node).get("peers", []), peer, node=node, timeout=t)]
+
+    def peers() -> list[dict[str, Any]]:
+        return [{"peer": p["peer_address"], "state": p.get("bgp_state"), "info": p.get("info"),
+                 "name": p.get("name")} for p in v.agent_status(node).get("peers", [])]
+
+    return [assert_bgp_established(peers, peer, node=node, timeout=t)]
 
 
 def _sysctl(v: LabView, a: dict[str, Any], t: float) -> list[CheckResult]:
