@@ -179,7 +179,66 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in flat) else 1
 
 
-EXTRA: list[Callable[[argparse._SubParsersAction], None]] = []  # type: ignore[type-arg]
+def _etcd_store(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from labnet import lab
+    from labnet.etcd.admin import admin_store
+
+    _need_root()
+    name = lab.pick_lab(args.lab)
+    journal = lab.load_journal(name)
+    assert journal is not None
+    return admin_store(journal.info)
+
+
+def _register_etcd(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from labnet.etcd.cli import register
+
+    p = register(sub, _etcd_store)
+    p.add_argument("-l", "--lab", help="the lab (default: the only running one): labnet etcd -l NAME ls")
+
+
+def cmd_pod(args: argparse.Namespace) -> int:
+    from labnet import lab, pods
+
+    _need_root()
+    name = lab.pick_lab(args.lab)
+    if args.pod_command == "add":
+        labels = dict(kv.split("=", 1) for kv in args.label or [])
+        rec = pods.add(name, args.node, args.pod, labels=labels or None)
+        print(f"pod {args.pod} on {args.node}: {rec['ip']} (host veth {rec['host_veth']})")
+    else:
+        pods.remove(name, args.node, args.pod)
+        print(f"pod {args.pod} on {args.node}: removed")
+    return 0
+
+
+def cmd_bgp_status(args: argparse.Namespace) -> int:
+    from labnet import lab
+    from labnet.agent.status import format_bgp_status
+    from labnet.labview import LabView
+
+    _need_root()
+    view = LabView(lab.pick_lab(args.lab))
+    status = view.agent_status(args.node)
+    print(json.dumps(status.get("peers", []), indent=2) if args.json else format_bgp_status(status))
+    return 0
+
+
+def cmd_routes(args: argparse.Namespace) -> int:
+    from labnet import lab
+    from labnet.checks.routes import format_table, get_routes
+
+    _need_root()
+    ns = lab.node_ns(lab.pick_lab(args.lab), args.node)
+    routes = get_routes(ns, table=args.table)
+    if args.json:
+        print(json.dumps([r.as_dict() for r in routes], indent=2, default=str))
+    else:
+        print(format_table(routes))
+    return 0
+
+
+EXTRA: list[Callable[[argparse._SubParsersAction], None]] = [_register_etcd]  # type: ignore[type-arg]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -235,6 +294,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.add_argument("--junit", metavar="FILE", help="also write JUnit XML")
     s.set_defaults(func=cmd_check)
+
+    s = sub.add_parser("pod", help="add or delete a pod through the node's CNI config")
+    psub = s.add_subparsers(dest="pod_command", required=True, metavar="{add,del}")
+    for verb in ("add", "del"):
+        ps = psub.add_parser(verb, help=f"{verb} POD on NODE (CNI {verb.upper()}, as a container runtime)")
+        ps.add_argument("node")
+        ps.add_argument("pod")
+        ps.add_argument("-l", "--lab", help="the lab (default: the only running one)")
+        if verb == "add":
+            ps.add_argument("--label", action="append", metavar="K=V", help="pod label (repeatable)")
+        ps.set_defaults(func=cmd_pod)
+
+    s = sub.add_parser("bgp", help="BGP state of a node's agent")
+    bsub = s.add_subparsers(dest="bgp_command", required=True, metavar="{status}")
+    bs = bsub.add_parser("status", help="peers as `calicoctl node status` prints them")
+    bs.add_argument("node")
+    bs.add_argument("-l", "--lab")
+    bs.add_argument("--json", action="store_true")
+    bs.set_defaults(func=cmd_bgp_status)
+
+    s = sub.add_parser("routes", help="a node's routes, parsed from `ip -j route`")
+    s.add_argument("node")
+    s.add_argument("-l", "--lab")
+    s.add_argument("--table", default="main", help="main (default), all, or a number")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_routes)
 
     for register in EXTRA:
         register(sub)
