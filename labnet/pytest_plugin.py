@@ -33,7 +33,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "lab: needs root; builds real namespaces")
-    config.addinivalue_line("markers", "topology(path): the topology file the lab fixture builds")
+    config.addinivalue_line("markers", "topology(path, name=None): the topology file the lab fixture builds "
+                            "(optionally under another lab name)")
     config.stash[_MANAGER] = LabManager(config)
 
 
@@ -124,7 +125,7 @@ class LabManager:
         wid = getattr(self.config, "workerinput", {}).get("workerid")
         return f"-{wid}" if wid else ""
 
-    def get(self, topology: str | None) -> LabHandle:
+    def get(self, topology: str | None, name: str | None = None) -> LabHandle:
         attach = self.config.getoption("--labnet-attach")
         if attach:
             if attach not in self.labs:
@@ -133,22 +134,25 @@ class LabManager:
         if topology is None:
             raise pytest.UsageError("the `lab` fixture needs a topology: --labnet-topology FILE, "
                                     "@pytest.mark.topology('file.yaml') or --labnet-attach NAME")
-        key = str(Path(topology).resolve())
+        key = f"{Path(topology).resolve()}#{name or ''}"
         if key not in self.labs:
-            self.labs[key] = self._build(key)
+            self.labs[key] = self._build(str(Path(topology).resolve()), name)
         return self.labs[key]
 
-    def _build(self, path: str) -> LabHandle:
+    def _build(self, path: str, name: str | None) -> LabHandle:
         from labnet import lab
         from labnet.topology import load
 
         topo = load(path)
+        name = name or topo.name
         suffix = self.worker_suffix()
         if suffix:
-            topo = topo.model_copy(update={"name": (topo.name[: 20 - len(suffix)] + suffix)})
-        lab.up(topo, path, runtime=self.config.getoption("--labnet-runtime"),
-               progress=lab.Progress(topo.name, quiet=True))
-        return LabHandle(topo.name, built=True)
+            name = name[: 20 - len(suffix)] + suffix
+        topo = topo.model_copy(update={"name": name})
+        _journal, _timings, changed = lab.up(topo, path, runtime=self.config.getoption("--labnet-runtime"),
+                                             progress=lab.Progress(topo.name, quiet=True))
+        # A lab that was already running (say, from `make up`) is used, never removed.
+        return LabHandle(topo.name, built=changed)
 
     def finish(self) -> None:
         from labnet import lab
@@ -173,6 +177,7 @@ _MANAGER = pytest.StashKey[LabManager]()
 
 
 def _topology_for(request: pytest.FixtureRequest) -> str | None:
+    """From @pytest.mark.topology("file.yaml"[, name="lab-name"]) or --labnet-topology."""
     marker = request.node.get_closest_marker("topology")
     if marker is not None:
         path = Path(marker.args[0])
@@ -190,7 +195,9 @@ def lab(request: pytest.FixtureRequest) -> LabHandle:
     """The lab for this test's topology; built once per session, removed at the end."""
     if os.geteuid() != 0:
         pytest.skip("the lab fixture needs root to create namespaces")
-    return request.config.stash[_MANAGER].get(_topology_for(request))
+    marker = request.node.get_closest_marker("topology")
+    name = marker.kwargs.get("name") if marker is not None else None
+    return request.config.stash[_MANAGER].get(_topology_for(request), name)
 
 
 @pytest.fixture
