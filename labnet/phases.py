@@ -227,7 +227,10 @@ def phase_converge(ctx: Context) -> None:
 
 
 def register() -> None:
-    register_phase("etcd", phase_etcd, after="underlay")
+    from labnet.routers import phase_routers
+
+    register_phase("routers", phase_routers, after="underlay")
+    register_phase("etcd", phase_etcd, after="routers")
     register_phase("cni", phase_cni, after="etcd")
     register_phase("agents", phase_agents, after="cni")
     register_phase("pods", phase_pods, after="agents")
