@@ -107,12 +107,9 @@ class LabHandle:
         return get_host(f"labnet://{self.name}/{target}")
 
     def run_scenario(self, name: str, timeout: float = 15.0) -> list[Any]:
-        from labnet.scenarios import run_step
+        from labnet.scenarios import run_steps
 
-        out = []
-        for step in self.view.topo.scenarios[name]:
-            out += run_step(self.view, step.kind, step.args, timeout)
-        return out
+        return run_steps(self.view, self.view.topo.scenarios[name], timeout)
 
 
 class LabManager:
@@ -271,13 +268,12 @@ class ScenarioItem(pytest.Item):
         self.handle: LabHandle | None = None
 
     def runtest(self) -> None:
-        from labnet.scenarios import run_step
+        from labnet.scenarios import run_steps
 
         manager: LabManager = self.config.stash[_MANAGER]
         self.handle = manager.get(str(self.path))
         timeout = self.config.getoption("--labnet-timeout")
-        for step in self.handle.view.topo.scenarios[self.name]:
-            run_step(self.handle.view, step.kind, step.args, timeout)
+        run_steps(self.handle.view, self.handle.view.topo.scenarios[self.name], timeout)
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         from labnet.errors import LabnetError

@@ -21,7 +21,32 @@ from labnet.checks import (
 from labnet.errors import BadInput
 from labnet.labview import LabView
 
+
+class Undo:
+    """What a scenario changed (faults) and must put back when it ends, newest first."""
+
+    def __init__(self) -> None:
+        self.actions: list[tuple[str, Callable[[], None]]] = []
+
+    def push(self, what: str, fn: Callable[[], None]) -> None:
+        self.actions.append((what, fn))
+
+    def run(self) -> list[str]:
+        """Undo everything; return what could not be undone (never raises)."""
+        problems = []
+        while self.actions:
+            what, fn = self.actions.pop()
+            try:
+                fn()
+            except Exception as exc:
+                problems.append(f"undo {what}: {exc}")
+        return problems
+
+
 StepFn = Callable[[LabView, dict[str, Any], float], list[CheckResult]]
+# Steps that change the lab (faults) take the scenario's Undo as a fourth argument.
+FaultFn = Callable[[LabView, dict[str, Any], float, Undo], list[CheckResult]]
+FAULTS: dict[str, FaultFn] = {}
 
 
 def _ping(v: LabView, a: dict[str, Any], t: float) -> list[CheckResult]:
@@ -97,25 +122,52 @@ STEPS: dict[str, StepFn] = {
 }
 
 
-def run_step(view: LabView, kind: str, args: dict[str, Any], timeout: float = DEFAULT_TIMEOUT) -> list[CheckResult]:
+def run_step(view: LabView, kind: str, args: dict[str, Any], timeout: float = DEFAULT_TIMEOUT,
+             undo: Undo | None = None) -> list[CheckResult]:
     """Run one step; raises CheckFailed on the first check that does not hold."""
+    if kind in FAULTS:
+        if undo is None:
+            raise BadInput(f"step {kind!r} changes the lab: run it inside a scenario (it is undone at the end)")
+        return FAULTS[kind](view, args, timeout, undo)
     fn = STEPS.get(kind)
     if fn is None:
-        raise BadInput(f"step kind {kind!r} has no runner (known: {', '.join(sorted(STEPS))})")
+        raise BadInput(f"step kind {kind!r} has no runner (known: {', '.join(sorted([*STEPS, *FAULTS]))})")
     return fn(view, args, timeout)
+
+
+def run_steps(view: LabView, steps: list[Any], timeout: float = DEFAULT_TIMEOUT,
+              collect: bool = False) -> list[CheckResult]:
+    """Run steps in order, undoing their faults at the end whatever happens.
+
+    collect=False raises CheckFailed at the first failure (pytest); collect=True records
+    failures and goes on (the CLI's table). A fault that cannot be undone is a failure too.
+    """
+    from labnet.checks import CheckFailed, CheckResult
+
+    undo = Undo()
+    results: list[CheckResult] = []
+    try:
+        for step in steps:
+            try:
+                results += run_step(view, step.kind, step.args, timeout, undo)
+            except CheckFailed as exc:
+                if not collect:
+                    raise
+                results.append(exc.result)
+    finally:
+        problems = undo.run()
+    if problems:
+        result = CheckResult(False, "undo faults", view.name, "; ".join(problems), 0.0,
+                             message="the scenario's faults could not all be undone:\n" + "\n".join(problems))
+        if not collect:
+            raise CheckFailed(result)
+        results.append(result)
+    return results
 
 
 def run_scenario(view: LabView, name: str, timeout: float = DEFAULT_TIMEOUT) -> list[CheckResult]:
     """Every step of scenario `name`, collecting results (failed checks included, not raised)."""
-    from labnet.checks import CheckFailed
-
     steps = view.topo.scenarios.get(name)
     if steps is None:
         raise BadInput(f"lab {view.name}: no scenario {name!r} (have: {', '.join(view.topo.scenarios)})")
-    results: list[CheckResult] = []
-    for step in steps:
-        try:
-            results += run_step(view, step.kind, step.args, timeout)
-        except CheckFailed as exc:
-            results.append(exc.result)
-    return results
+    return run_steps(view, steps, timeout, collect=True)
