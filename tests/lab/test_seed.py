@@ -180,3 +180,17 @@ def test_item15_no_default_route_means_no_proxy_arp(lab, node) -> None:
     finally:
         run(n3, ["ip", "route", "add", "default", "via", "10.20.30.1", "dev", "ens32"])
     assert_proxy_arp(n3, lab.pod("net-test"), veth)
+
+
+def test_testinfra_sees_the_nodes_own_view(lab, labhost) -> None:
+    h = labhost("ubuntu-3")
+    (block,) = lab.view.blocks("ubuntu-3")
+    assert h.interface("tunl0").addresses == [str(block.network_address)]
+    veth = lab.view.pod("net-test")["host_veth"]
+    assert h.sysctl(f"net.ipv4.conf.{veth}.proxy_arp") == 1
+    conflist = h.file("/etc/cni/net.d/10-labnet.conflist")
+    assert conflist.exists and conflist.mode == 0o600
+    assert json.loads(conflist.content_string)["name"] == "k8s-pod-network"
+    assert h.socket("tcp://0.0.0.0:179").is_listening
+    p = labhost("ubuntu-3/net-test")
+    assert p.interface("eth0").addresses[0] == lab.address("net-test")

@@ -1,0 +1,597 @@
+"""labnet-agent: one per node, the seed's calico-node (registration, tunnel, BGP, routes, NAT).
+
+One asyncio loop owns the BGP speaker, the status socket and all decisions. Datastore and
+netlink calls block, so they run in worker threads; etcd watches run in their own threads and
+only wake the loop. Every pass of `sync()` is a full, idempotent reconciliation from a fresh
+read of the datastore and the speaker's Loc-RIB, so a missed event costs at most one
+`resync_interval`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from labnet import ipam
+from labnet.agent import kernel, nat
+from labnet.agent.config import AgentConfig, ClusterSettings
+from labnet.agent.detect import Detected, detect
+from labnet.agent.nodes import NodeRecord, name_problems, read_nodename
+from labnet.agent.peers import PeerSpec, compute_peers
+from labnet.agent.routes import (
+    IPIP_DEVICE,
+    DesiredRoute,
+    Learned,
+    Underlay,
+    blackholes,
+    desired_routes,
+    vxlan_plan,
+)
+from labnet.agent.tunnel import Tunnel, Vtep, ensure_vxlan, remove_vxlan, start_ipip, sync_vxlan
+from labnet.agent.tunnel.vxlan import IFNAME as VXLAN_DEVICE
+from labnet.agent.tunnel.vxlan import PROTO_FELIX
+from labnet.bgp.rib import Change
+from labnet.bgp.speaker import PeerConfig, Speaker
+from labnet.errors import LabnetError
+from labnet.etcd import keys
+from labnet.etcd.store import Datastore, DatastoreUnavailable
+
+log = logging.getLogger("labnet.agent")
+
+Net = ipaddress.IPv4Network
+
+
+@dataclass
+class Snapshot:
+    """What one pass read from the datastore."""
+
+    settings: ClusterSettings
+    nodes: list[NodeRecord]
+    my_blocks: list[str]
+    affine_nodes: set[str]
+    blocks_by_node: dict[str, list[str]]
+    borrowed: list[Net]
+
+
+@dataclass
+class State:
+    started: float = field(default_factory=time.time)
+    ready: bool = False
+    problems: list[str] = field(default_factory=list)
+    route_errors: list[str] = field(default_factory=list)
+    gateway_problem: str | None = None
+    routes: list[str] = field(default_factory=list)
+    blocks: list[str] = field(default_factory=list)
+    borrowed: list[str] = field(default_factory=list)
+    passes: int = 0
+    last_error: str | None = None
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig, store: Datastore | None = None) -> None:
+        self.cfg = cfg
+        self._store = store
+        self.state = State()
+        self.cni_name: str | None = None
+        self.name = ""
+        self.underlay: Detected | None = None
+        self.settings: ClusterSettings | None = None
+        self.tunnel: Tunnel | None = None
+        self.tunnel_address: str | None = None
+        self.vxlan_mac: str | None = None
+        self.speaker: Speaker | None = None
+        self.peers: dict[str, PeerSpec] = {}
+        self.peer_configs: dict[str, PeerConfig] = {}
+        self.originated: set[Net] = set()
+        self.nat_pool: str | None = None
+        self.snapshot: Snapshot | None = None
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._ds_dirty = True
+        self._watch_threads: list[threading.Thread] = []
+        self._server: asyncio.AbstractServer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._grace_until = 0.0
+
+    # -- datastore ---------------------------------------------------------------------------
+
+    @property
+    def store(self) -> Datastore:
+        if self._store is None:
+            from labnet.etcd.client import EtcdStore
+
+            self._store = EtcdStore(self.cfg.etcd.store_config())
+        return self._store
+
+    def _read_settings(self) -> ClusterSettings:
+        kv = self.store.get(keys.config("cluster"))
+        if kv is None:
+            raise LabnetError(f"no cluster settings at etcd key {keys.config('cluster')} yet")
+        return ClusterSettings.from_dict(json.loads(kv.value), where=f"etcd {keys.config('cluster')}")
+
+    def _read_snapshot(self) -> Snapshot:
+        settings = self._read_settings()
+        nodes = []
+        for kv in self.store.range(keys.NODES):
+            try:
+                nodes.append(NodeRecord.decode(kv.value, kv.key))
+            except LabnetError as exc:
+                log.warning("%s", exc)
+        host_prefix = keys.affinities()
+        by_node: dict[str, list[str]] = {}
+        for kv in self.store.range(host_prefix):
+            rest = kv.key[len(host_prefix):]  # <node>/ipv4/block/<cidr-key>
+            node, _, tail = rest.partition("/ipv4/block/")
+            if node and tail:
+                by_node.setdefault(node, []).append(keys.cidr_from_key(tail))
+        mine = sorted(by_node.get(self.name, []), key=ipaddress.IPv4Network)
+        borrowed: set[Net] = set()
+        my_nets = [ipaddress.IPv4Network(b) for b in mine]
+        for kv in self.store.range(keys.BLOCKS):
+            try:
+                block = ipam.Block.decode(kv.value)
+            except (ValueError, KeyError):
+                continue
+            if block.node == self.name:
+                continue
+            for i, h in enumerate(block.allocations):
+                if h is None or (block.attributes.get(h) or {}).get("node") != self.name:
+                    continue
+                addr = ipaddress.IPv4Address(block.address(i))
+                if not any(addr in n for n in my_nets):
+                    borrowed.add(ipaddress.IPv4Network(f"{addr}/32"))
+        return Snapshot(settings, nodes, mine, set(by_node), by_node, sorted(borrowed))
+
+    def _watch(self, prefix: str) -> None:
+        """Wake the loop on every change under `prefix` (runs in its own thread until stopped)."""
+        assert self._loop is not None
+        while not self._stop.is_set():
+            try:
+                for _ev in self.store.watch(prefix):
+                    self._loop.call_soon_threadsafe(self.kick, True)
+                    if self._stop.is_set():
+                        return
+            except Exception as exc:  # etcd gone for now: the periodic resync covers us meanwhile
+                log.debug("watch %s: %s", prefix, exc)
+            if self._stop.is_set():
+                return
+            time.sleep(1.0)  # watch reconnect backoff (a daemon timer)
+
+    def kick(self, datastore: bool = False) -> None:
+        if datastore:
+            self._ds_dirty = True
+        self._wake.set()
+
+    # -- startup -----------------------------------------------------------------------------
+
+    async def _retry(self, what: str, fn: Any, *args: Any) -> Any:
+        """Call a blocking fn in a thread until it works: etcd may come up after the agent."""
+        delay = 0.2
+        last = ""
+        while not self._stop.is_set():
+            try:
+                return await asyncio.to_thread(fn, *args)
+            except Exception as exc:  # etcd not up yet, IPAM full, a device in the way: say so, retry
+                text = f"{exc}" if isinstance(exc, (LabnetError, DatastoreUnavailable)) else f"{type(exc).__name__}: {exc}"
+                if text != last:
+                    log.warning("%s: %s (retrying)", what, text)
+                    last = text
+                self.state.last_error = f"{what}: {text}"
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+            delay = min(delay * 2, 5.0)
+        raise asyncio.CancelledError()
+
+    def _nodenames(self) -> None:
+        try:
+            self.cni_name = read_nodename(self.cfg.nodename_file)
+        except LabnetError as exc:
+            if not self.cfg.nodename:
+                raise
+            log.warning("%s", exc)
+        self.name = self.cfg.nodename or self.cni_name or ""
+        if self.cfg.nodename and self.cfg.nodename != self.cni_name:
+            log.warning("node name override: registering as %r while the CNI plugin uses %r",
+                        self.name, self.cni_name)
+
+    def _register(self) -> None:
+        assert self.underlay is not None and self.settings is not None
+        s = self.settings
+        asn = s.node_asn.get(self.name)
+        rec = NodeRecord(
+            name=self.name, ipv4_address=str(self.underlay.address), asn=asn,
+            ipip_tunnel_addr=self.tunnel_address if s.pool.encap == "ipip" else None,
+            vxlan_tunnel_addr=self.tunnel_address if s.pool.encap == "vxlan" else None,
+            vxlan_tunnel_mac=self.vxlan_mac, pid=os.getpid(),
+            started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.state.started)),
+            interface=self.underlay.ifname,
+        )
+        self.store.put(keys.node(self.name), rec.encode())
+
+    def _setup_tunnel(self) -> None:
+        assert self.underlay is not None and self.settings is not None
+        pool = self.settings.pool
+        # The node claims its first block now, also without encapsulation: its blackhole and BGP
+        # route exist before the first pod (labnet up waits for them). The block's first address
+        # is the tunnel address (reserved, unused, when there is no tunnel).
+        first = ipam.tunnel_address(self.store, self.name, ipam.Pool(pool.cidr, pool.block_size))
+        if pool.encap == "none":
+            return
+        self.tunnel_address = first
+        # cluster `mtu` is the pod MTU, which the tunnel must carry; default: underlay - overhead
+        mtu = self.settings.mtu
+        if pool.encap == "ipip":
+            self.tunnel = start_ipip(self.underlay.ip, first, mtu)
+            log.info("tunl0 up (%s): %s/32", self.tunnel.mode, first)
+        else:
+            self.vxlan_mac = ensure_vxlan(self.underlay.ip, first, mtu)
+            log.info("%s up: %s/32 mac %s", VXLAN_DEVICE, first, self.vxlan_mac)
+
+    async def _start_speaker(self) -> None:
+        assert self.underlay is not None and self.settings is not None
+        b = self.settings.bgp
+        if not b.enabled:
+            return
+        # Listen on 0.0.0.0:179 as BIRD does in calico-node (peers may come in on any address).
+        sp = Speaker(self.settings.asn_of(self.name), self.underlay.ip, self.underlay.ip,
+                     restart_time=b.restart_time, bind="0.0.0.0")
+        sp.on_change(self._on_rib_change)
+        await sp.start()
+        self.speaker = sp
+        if b.graceful_restart:
+            self._grace_until = time.monotonic() + b.restart_time
+
+    def _on_rib_change(self, _change: Change) -> None:
+        self._wake.set()
+
+    # -- one reconciliation pass ------------------------------------------------------------
+
+    async def _sync_peers(self, snap: Snapshot) -> None:
+        if self.speaker is None or self.underlay is None:
+            return
+        b = snap.settings.bgp
+        specs = {p.address: p for p in compute_peers(self.name, self.underlay.ip, snap.nodes, snap.settings)}
+        want = {
+            p.address: PeerConfig(
+                address=p.address, asn=p.asn, passive=p.passive, rr_client=p.rr_client,
+                next_hop_self=p.next_hop_self, graceful_restart=b.graceful_restart, hold_time=b.hold_time,
+                peer_type=p.peer_type, connect_retry=min(5.0, max(1.0, b.hold_time / 3)),
+            )
+            for p in specs.values()
+        }
+        for addr, have in list(self.peer_configs.items()):
+            if want.get(addr) != have:  # gone, or its session settings changed: re-create it
+                log.info("BGP peer %s (%s) removed", addr, have.peer_type)
+                await self.speaker.remove_peer(addr)
+                del self.peer_configs[addr]
+                self.peers.pop(addr, None)
+        for addr, pc in want.items():
+            if addr in self.peer_configs:
+                continue
+            self.speaker.add_peer(pc)
+            self.peer_configs[addr] = pc
+            spec = specs[addr]
+            self.peers[addr] = spec
+            log.info("BGP peer %s AS %d (%s%s%s)", addr, spec.asn, spec.peer_type,
+                     ", passive" if spec.passive else "", ", rr-client" if spec.rr_client else "")
+
+    def _sync_originated(self, snap: Snapshot) -> None:
+        if self.speaker is None:
+            return
+        want = {ipaddress.IPv4Network(b) for b in snap.my_blocks} | set(snap.borrowed)
+        for p in sorted(self.originated - want):
+            self.speaker.withdraw(p)
+        for p in sorted(want - self.originated):
+            self.speaker.originate(p)
+        self.originated = want
+
+    def _learned(self) -> list[Learned]:
+        if self.speaker is None:
+            return []
+        out = []
+        for prefix, path in self.speaker.loc_rib().items():
+            if path.source is None or path.next_hop is None:
+                continue
+            out.append(Learned(prefix, path.next_hop, path.source.address))
+        return out
+
+    def _vteps(self, snap: Snapshot) -> list[Vtep]:
+        out = []
+        for n in snap.nodes:
+            if n.name == self.name or not (n.vxlan_tunnel_addr and n.vxlan_tunnel_mac and n.address):
+                continue
+            try:
+                out.append(Vtep(n.name, str(n.address), n.vxlan_tunnel_addr, n.vxlan_tunnel_mac,
+                                tuple(snap.blocks_by_node.get(n.name, ()))))
+            except LabnetError as exc:
+                log.warning("node %s: bad VTEP: %s", n.name, exc)
+        return out
+
+    def _desired(self, snap: Snapshot) -> tuple[dict[Net, DesiredRoute], list[Vtep] | None]:
+        assert self.underlay is not None
+        pool = snap.settings.pool
+        under = Underlay(self.underlay.ifname, self.underlay.address)
+        if pool.encap == "vxlan":
+            tunnel, direct = vxlan_plan(vteps=self._vteps(snap), mode=pool.mode, underlay=under)
+            want = {r.dst: r for r in blackholes(snap.my_blocks)}
+            for dst, r in direct.items():
+                want.setdefault(dst, r)
+            # Pool routes come from the datastore here; BGP (if on) only carries what lies outside
+            learned = [ln for ln in self._learned() if not ln.prefix.subnet_of(pool.network)]
+            for dst, r in desired_routes(own_blocks=[], learned=learned, pool=pool.network, encap="none",
+                                         mode="never", underlay=under).items():
+                want.setdefault(dst, r)
+            return want, tunnel
+        return desired_routes(
+            own_blocks=snap.my_blocks, learned=self._learned(), pool=pool.network, encap=pool.encap,
+            mode=pool.mode, underlay=under, originated=self.originated, tunnel_dev=IPIP_DEVICE,
+        ), None
+
+    def _apply_kernel(self, want: dict[Net, DesiredRoute], vteps: list[Vtep] | None, keep: bool) -> None:
+        if vteps is not None:
+            res = sync_vxlan(vteps)
+            for x in res.added + res.removed:
+                log.info("vxlan: %s", x)
+        r = kernel.reconcile(want, keep_unicast=keep)
+        for x in r.added:
+            log.info("route + %s", x)
+        for x in r.removed:
+            log.info("route - %s", x)
+        for x in r.errors:
+            log.warning("route: %s", x)
+        self.state.route_errors = r.errors
+        vx = (PROTO_FELIX, VXLAN_DEVICE) if vteps is not None else (None, None)
+        self.state.routes = kernel.programmed(*vx)
+        self.state.gateway_problem = kernel.pod_gateway_problem()
+
+    def _apply_nat(self, snap: Snapshot) -> None:
+        pool = snap.settings.pool
+        want = pool.cidr if pool.nat_outgoing else None
+        if want == self.nat_pool:
+            return
+        devs = [IPIP_DEVICE, VXLAN_DEVICE]
+        if want:
+            nat.apply_nat(want, devs, where=f"node {self.name}")
+            log.info("nat_outgoing: masquerade %s leaving the pool (nft table ip %s)", want, nat.TABLE)
+        else:
+            nat.remove_nat(where=f"node {self.name}")
+        self.nat_pool = want
+
+    def _all_established(self) -> bool:
+        if self.speaker is None:
+            return True
+        return all(p.state == "Established" for p in self.speaker.status())
+
+    async def sync(self) -> None:
+        if self._ds_dirty or self.snapshot is None:
+            self._ds_dirty = False
+            try:
+                self.snapshot = await asyncio.to_thread(self._read_snapshot)
+            except (DatastoreUnavailable, LabnetError, ValueError) as exc:
+                self.state.last_error = f"datastore: {exc}"
+                log.warning("datastore read failed: %s", exc)
+                if self.snapshot is None:
+                    return
+            snap = self.snapshot
+            if not any(n.name == self.name for n in snap.nodes):  # our record went away: put it back
+                log.warning("node record %s missing from the datastore; registering again", keys.node(self.name))
+                try:
+                    await asyncio.to_thread(self._register)
+                except (DatastoreUnavailable, LabnetError) as exc:
+                    self.state.last_error = f"node registration: {exc}"
+            await self._sync_peers(snap)
+            self._sync_originated(snap)
+            await asyncio.to_thread(self._apply_nat, snap)
+        snap = self.snapshot
+        want, vteps = self._desired(snap)
+        keep = time.monotonic() < self._grace_until and not self._all_established()
+        await asyncio.to_thread(self._apply_kernel, want, vteps, keep)
+        registered = {n.name for n in snap.nodes}
+        problems = name_problems(self.name, self.cni_name, self.cfg.nodename_file, snap.affine_nodes, registered)
+        problems += [f"route not programmed: {e}" for e in self.state.route_errors]
+        if self.state.gateway_problem:
+            problems.append(self.state.gateway_problem)
+        if not snap.my_blocks:
+            problems.append(f"node {self.name!r} owns no IPAM block yet: nothing to blackhole or advertise")
+        self.state.problems = problems
+        self.state.blocks = list(snap.my_blocks)
+        self.state.borrowed = [str(b) for b in snap.borrowed]
+        self.state.passes += 1
+        self.state.ready = True
+        self.state.last_error = None
+
+    # -- status ------------------------------------------------------------------------------
+
+    def _tunnel_status(self) -> dict[str, Any]:
+        """Tunnel part of the status. Uses netlink, so call it off the event loop's thread
+        (pyroute2 refuses to start inside a running asyncio loop)."""
+        s = self.settings
+        tun: dict[str, Any] = {"mode": "none", "encap_mode": s.pool.mode if s else None, "device": None,
+                               "address": self.tunnel_address, "mtu": None, "counters": {}}
+        if self.tunnel is not None:
+            try:
+                ts = self.tunnel.status()
+            except Exception as exc:  # the status must answer even when the tunnel is broken
+                ts = {"error": str(exc)}
+            tun.update(mode=ts.get("mode", self.tunnel.mode), device=ts.get("ifname", IPIP_DEVICE),
+                       mtu=ts.get("mtu"), counters=ts.get("counters", {}))
+        elif self.vxlan_mac is not None:
+            tun.update(mode="vxlan", device=VXLAN_DEVICE, mtu=_link_mtu(VXLAN_DEVICE), mac=self.vxlan_mac)
+        return tun
+
+    def status(self, tunnel: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The status document (see labnet.agent.status). Call from the event loop's thread,
+        with `tunnel` from _tunnel_status() computed in a worker thread."""
+        u = self.underlay
+        s = self.settings
+        peers = []
+        if self.speaker is not None:
+            for ps in self.speaker.status():
+                spec = self.peers.get(ps.address)
+                peers.append({
+                    "peer_address": ps.address, "peer_type": ps.peer_type,
+                    "state": "up" if ps.state == "Established" else "start",
+                    "since": time.strftime("%H:%M:%S", time.gmtime(ps.since)), "since_epoch": ps.since,
+                    "info": ps.info or ps.state, "bgp_state": ps.state,
+                    "asn": spec.asn if spec else None, "name": spec.name if spec else None,
+                })
+        tun = tunnel if tunnel is not None else self._tunnel_status()
+        problems = list(self.state.problems)
+        if self.state.last_error:
+            problems.append(self.state.last_error)
+        return {
+            "nodename": self.name, "cni_nodename": self.cni_name, "pid": os.getpid(),
+            "supervisor_pid": _supervisor_pid(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.state.started)),
+            "ready": self.state.ready, "passes": self.state.passes,
+            "bgp_address": str(u.address) if u else None, "interface": u.ifname if u else None,
+            "router_id": u.ip if u and self.speaker else None,
+            "asn": s.asn_of(self.name) if s else None,
+            "tunnel": tun, "peers": peers, "blocks": self.state.blocks, "borrowed": self.state.borrowed,
+            "routes": self.state.routes,
+            "nat": {"enabled": self.nat_pool is not None, "table": f"ip {nat.TABLE}" if self.nat_pool else None,
+                    "pool": self.nat_pool},
+            "problems": problems,
+        }
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), 10)
+            text = line.decode(errors="replace").strip()
+            try:
+                req = json.loads(text) if text.startswith("{") else {"cmd": text or "status"}
+                cmd = str(req.get("cmd", "status"))
+            except ValueError:
+                cmd = "<bad json>"
+            if cmd == "status":
+                resp: dict[str, Any] = self.status(await asyncio.to_thread(self._tunnel_status))
+            elif cmd == "ping":
+                resp = {"ok": True, "pid": os.getpid()}
+            elif cmd == "resync":
+                self.kick(True)
+                resp = {"ok": True}
+            else:
+                resp = {"error": f"unknown command {cmd!r}; known: status, ping, resync"}
+            writer.write(json.dumps(resp).encode() + b"\n")
+            await writer.drain()
+        except (TimeoutError, ConnectionError) as exc:
+            log.debug("status client: %s", exc)
+        finally:
+            writer.close()
+
+    async def _start_status_server(self) -> None:
+        path = Path(self.cfg.status_socket)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        self._server = await asyncio.start_unix_server(self._serve, path=str(path))
+
+    # -- main --------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        self._loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._loop.add_signal_handler(sig, self._stop.set)
+        await self._start_status_server()  # first: status answers (with problems) while we start
+        try:
+            await self._retry("node name", self._nodenames)
+            self.underlay = await self._retry("BGP address detection", detect, self.cfg.bgp_address)
+            assert self.underlay is not None
+            log.info("node %s: BGP address %s on %s (method %s)", self.name, self.underlay.address,
+                     self.underlay.ifname, self.cfg.bgp_address)
+            self.settings = await self._retry("cluster settings", self._read_settings)
+            await self._retry("tunnel setup", self._setup_tunnel)
+            await self._retry("node registration", self._register)
+            await self._start_speaker()
+            for prefix in (keys.NODES, keys.affinities(), keys.BLOCKS, keys.config("cluster")):
+                t = threading.Thread(target=self._watch, args=(prefix,), name=f"watch:{prefix}", daemon=True)
+                t.start()
+                self._watch_threads.append(t)
+            await self._main_loop()
+        except asyncio.CancelledError:
+            pass
+        finally:
+            await self._shutdown()
+        return 0
+
+    async def _main_loop(self) -> None:
+        interval = self.cfg.resync_interval
+        next_full = time.monotonic()
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now >= next_full:
+                self._ds_dirty = True
+                next_full = now + interval
+            self._wake.clear()
+            try:
+                await self.sync()
+            except Exception:
+                log.exception("sync pass failed; retrying")
+                self.state.last_error = "sync pass failed (see the agent log)"
+            stop = asyncio.ensure_future(self._stop.wait())
+            wake = asyncio.ensure_future(self._wake.wait())
+            timeout = max(0.05, next_full - time.monotonic())
+            if self._grace_until > time.monotonic():
+                timeout = min(timeout, 1.0)
+            await asyncio.wait({stop, wake}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            for f in (stop, wake):
+                f.cancel()
+            # coalesce a burst of RIB changes / watch events into one pass
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), 0.05)
+
+    async def _shutdown(self) -> None:
+        self._stop.set()
+        log.info("shutting down: BGP sessions, routes, tunnel, NAT")
+        if self.speaker is not None:
+            with contextlib.suppress(Exception):
+                await self.speaker.close()
+        if self._store is not None:
+            with contextlib.suppress(Exception):
+                self._store.close()  # also ends the watch threads
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(kernel.remove_all)
+        if self.tunnel is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.tunnel.stop)
+        if self.vxlan_mac is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(remove_vxlan)
+        if self.nat_pool is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(nat.remove_nat, f"node {self.name}")
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()
+        with contextlib.suppress(OSError):
+            Path(self.cfg.status_socket).unlink()
+        log.info("stopped")
+
+
+def _link_mtu(ifname: str) -> int | None:
+    # netlink, not /sys/class/net: a net-only namespace still sees the root namespace's sysfs
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=ifname)
+        return int(ipr.get_links(found[0])[0].get("IFLA_MTU")) if found else None
+
+
+def _supervisor_pid() -> int | None:
+    sup = os.environ.get("LABNET_AGENT_SUPERVISOR")
+    return int(sup) if sup and sup.isdigit() else None
+
+
+def run_agent(cfg: AgentConfig) -> int:
+    return asyncio.run(Agent(cfg).run())

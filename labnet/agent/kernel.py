@@ -1,0 +1,195 @@
+"""Make the main table's `proto bird` routes match the agent's desired set (pyroute2, netlink).
+
+The agent owns exactly the proto-12 routes of the main table: what it wants is replaced in,
+what it no longer wants is deleted. A route of another protocol for the same destination
+(the admin's, the kernel's) is never overwritten: that is reported as a conflict instead.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from labnet.agent.routes import PROTO_BIRD, DesiredRoute
+
+RT_TABLE_MAIN = 254
+RTN_UNICAST = 1
+RTN_BLACKHOLE = 6
+RTNH_F_ONLINK = 4
+
+Net = ipaddress.IPv4Network
+
+
+@dataclass(frozen=True)
+class KernelRoute:
+    dst: Net
+    kind: str
+    gateway: str | None
+    oif: int | None
+    onlink: bool
+
+
+@dataclass
+class ReconcileResult:
+    added: list[str] = field(default_factory=list)  # replaced in (new or changed)
+    removed: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # one line each: route and the kernel's reason
+    kept: list[str] = field(default_factory=list)  # stale routes kept on purpose (graceful restart)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.added or self.removed)
+
+
+def _dst(r: Any) -> Net:
+    return ipaddress.IPv4Network(f"{r.get('RTA_DST') or '0.0.0.0'}/{r['dst_len']}")
+
+
+def _kernel_route(r: Any) -> KernelRoute:
+    kind = "blackhole" if r["type"] == RTN_BLACKHOLE else "unicast" if r["type"] == RTN_UNICAST else str(r["type"])
+    return KernelRoute(_dst(r), kind, r.get("RTA_GATEWAY"), r.get("RTA_OIF"), bool(r["flags"] & RTNH_F_ONLINK))
+
+
+def read_routes(ipr: Any) -> tuple[dict[Net, KernelRoute], set[Net]]:
+    """(our proto-bird routes by destination, destinations that other protocols hold at metric 0)."""
+    ours: dict[Net, KernelRoute] = {}
+    foreign: set[Net] = set()
+    for r in ipr.route("dump", family=socket.AF_INET, table=RT_TABLE_MAIN):
+        if r.get("RTA_TABLE", r["table"]) != RT_TABLE_MAIN:
+            continue
+        if r["proto"] == PROTO_BIRD:
+            ours[_dst(r)] = _kernel_route(r)
+        elif not r.get("RTA_PRIORITY"):
+            foreign.add(_dst(r))
+    return ours, foreign
+
+
+def _matches(have: KernelRoute, want: DesiredRoute, oif: int | None) -> bool:
+    if have.kind != want.kind:
+        return False
+    if want.kind == "blackhole":
+        return True
+    return (have.gateway == (str(want.gateway) if want.gateway else None) and have.onlink == want.onlink
+            and (oif is None or have.oif == oif))
+
+
+def reconcile(desired: Mapping[Net, DesiredRoute], *, keep_unicast: bool = False,
+              ipr: Any = None) -> ReconcileResult:
+    """One pass. keep_unicast: do not delete learned routes (a graceful restart is in progress)."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    res = ReconcileResult()
+    own = ipr is None
+    ipr = ipr or IPRoute()
+    try:
+        have, foreign = read_routes(ipr)
+        for dst, kr in sorted(have.items()):
+            if dst in desired:
+                continue
+            if keep_unicast and kr.kind == "unicast":
+                res.kept.append(str(dst))
+                continue
+            try:
+                ipr.route("del", dst=str(dst), table=RT_TABLE_MAIN, proto=PROTO_BIRD,
+                          type=RTN_BLACKHOLE if kr.kind == "blackhole" else RTN_UNICAST)
+                res.removed.append(f"{dst} ({kr.kind})")
+            except NetlinkError as exc:
+                if exc.code != 3:  # ESRCH: already gone
+                    res.errors.append(f"delete {dst}: {exc}")
+        for dst, want in sorted(desired.items()):
+            oif: int | None = None
+            if want.dev:
+                found = ipr.link_lookup(ifname=want.dev)
+                if not found:
+                    res.errors.append(f"{want}: device {want.dev} does not exist")
+                    continue
+                oif = int(found[0])
+            cur = have.get(dst)
+            if cur is not None and _matches(cur, want, oif):
+                continue
+            if cur is None and dst in foreign:
+                res.errors.append(f"{want}: not installed, a route of another protocol holds {dst}")
+                continue
+            spec: dict[str, Any] = {"dst": str(dst), "table": RT_TABLE_MAIN, "proto": PROTO_BIRD}
+            if want.kind == "blackhole":
+                spec["type"] = RTN_BLACKHOLE
+            else:
+                spec["type"] = RTN_UNICAST
+                if want.gateway is not None:
+                    spec["gateway"] = str(want.gateway)
+                if oif is not None:
+                    spec["oif"] = oif
+                if want.onlink:
+                    spec["flags"] = RTNH_F_ONLINK
+            try:
+                if cur is not None and cur.kind != want.kind:
+                    ipr.route("del", dst=str(dst), table=RT_TABLE_MAIN, proto=PROTO_BIRD,
+                              type=RTN_BLACKHOLE if cur.kind == "blackhole" else RTN_UNICAST)
+                ipr.route("replace", **spec)
+                res.added.append(str(want))
+            except NetlinkError as exc:
+                res.errors.append(f"{want}: {exc}")
+    finally:
+        if own:
+            ipr.close()
+    return res
+
+
+def remove_all() -> ReconcileResult:
+    """Delete every proto-bird route of the main table (clean shutdown)."""
+    return reconcile({})
+
+
+def programmed(extra_proto: int | None = None, extra_dev: str | None = None) -> list[str]:
+    """Our routes as `ip route` would print them (for status): proto bird, plus the routes of
+    `extra_proto` through `extra_dev` (the VXLAN routes tunnel.sync_vxlan programs, proto 80)."""
+    from pyroute2 import IPRoute
+
+    out = []
+    with IPRoute() as ipr:
+        names = {link["index"]: link.get("IFLA_IFNAME") for link in ipr.get_links()}
+        for r in ipr.route("dump", family=socket.AF_INET, table=RT_TABLE_MAIN):
+            proto = r["proto"]
+            kr = _kernel_route(r)
+            dev = names.get(kr.oif) if kr.oif is not None else None
+            if proto != PROTO_BIRD and not (proto == extra_proto and dev == extra_dev):
+                continue
+            name = "bird" if proto == PROTO_BIRD else str(proto)
+            if kr.kind == "blackhole":
+                out.append(f"blackhole {kr.dst} proto {name}")
+                continue
+            s = str(kr.dst)
+            if kr.gateway:
+                s += f" via {kr.gateway}"
+            if dev is not None:
+                s += f" dev {dev}"
+            s += f" proto {name}" + (" onlink" if kr.onlink else "")
+            out.append(s)
+    return sorted(out, key=lambda x: ipaddress.IPv4Network(x.split()[1] if x.startswith("blackhole") else x.split()[0]))
+
+
+POD_GATEWAY = "169.254.1.1"
+
+
+def pod_gateway_problem() -> str | None:
+    """The seed's proxy-ARP requirement 2: the node needs a route to 169.254.1.1 (normally its
+    default route), else the kernel will not proxy-answer the pods' ARP for their gateway."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    with IPRoute() as ipr:
+        try:
+            found = ipr.route("get", dst=POD_GATEWAY)
+        except NetlinkError as exc:
+            found = []
+            reason = str(exc)
+        else:
+            reason = "no route"
+        if found and found[0]["type"] == RTN_UNICAST:
+            return None
+    return (f"no route to {POD_GATEWAY} ({reason}; the node has no default route): proxy-ARP on the "
+            f"cali veths cannot answer the pods' ARP for their gateway {POD_GATEWAY}, so pods reach nothing")

@@ -1,0 +1,899 @@
+"""BGP-4 wire format: typed messages, encode/decode, stream framing. Pure: no I/O, no asyncio.
+
+Decoding raises BgpError carrying the RFC 4271 NOTIFICATION code/subcode the caller must send.
+UPDATE errors follow RFC 7606: only errors that make the message unparseable reset the session;
+the others come back on `Update.errors` and either turn the update into a withdrawal
+(`treat_as_withdraw`) or drop the one attribute (attribute-discard).
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+
+MARKER = b"\xff" * 16
+HEADER_LEN = 19
+MAX_MESSAGE_LEN = 4096
+BGP_VERSION = 4
+AS_TRANS = 23456
+AFI_IPV4 = 1
+SAFI_UNICAST = 1
+IPV4_UNICAST = (AFI_IPV4, SAFI_UNICAST)
+
+
+class MsgType(enum.IntEnum):
+    OPEN = 1
+    UPDATE = 2
+    NOTIFICATION = 3
+    KEEPALIVE = 4
+    ROUTE_REFRESH = 5
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+
+class ErrCode(enum.IntEnum):
+    HEADER = 1
+    OPEN = 2
+    UPDATE = 3
+    HOLD_TIMER = 4
+    FSM = 5
+    CEASE = 6
+    ROUTE_REFRESH = 7
+
+
+class HeaderSub(enum.IntEnum):
+    CONNECTION_NOT_SYNCHRONIZED = 1
+    BAD_MESSAGE_LENGTH = 2
+    BAD_MESSAGE_TYPE = 3
+
+
+class OpenSub(enum.IntEnum):
+    UNSPECIFIC = 0
+    UNSUPPORTED_VERSION = 1
+    BAD_PEER_AS = 2
+    BAD_BGP_IDENTIFIER = 3
+    UNSUPPORTED_OPTIONAL_PARAMETER = 4
+    UNACCEPTABLE_HOLD_TIME = 6
+    UNSUPPORTED_CAPABILITY = 7
+
+
+class UpdateSub(enum.IntEnum):
+    UNSPECIFIC = 0
+    MALFORMED_ATTRIBUTE_LIST = 1
+    UNRECOGNIZED_WELL_KNOWN_ATTRIBUTE = 2
+    MISSING_WELL_KNOWN_ATTRIBUTE = 3
+    ATTRIBUTE_FLAGS_ERROR = 4
+    ATTRIBUTE_LENGTH_ERROR = 5
+    INVALID_ORIGIN = 6
+    INVALID_NEXT_HOP = 8
+    OPTIONAL_ATTRIBUTE_ERROR = 9
+    INVALID_NETWORK_FIELD = 10
+    MALFORMED_AS_PATH = 11
+
+
+class CeaseSub(enum.IntEnum):
+    MAX_PREFIXES = 1
+    ADMINISTRATIVE_SHUTDOWN = 2
+    PEER_DECONFIGURED = 3
+    ADMINISTRATIVE_RESET = 4
+    CONNECTION_REJECTED = 5
+    OTHER_CONFIGURATION_CHANGE = 6
+    CONNECTION_COLLISION_RESOLUTION = 7
+    OUT_OF_RESOURCES = 8
+
+
+# Every (code, subcode) pair labnet may send; the fuzz test holds the decoder to this set.
+VALID_ERRORS: frozenset[tuple[int, int]] = frozenset(
+    [(1, s) for s in (1, 2, 3)]
+    + [(2, s) for s in (0, 1, 2, 3, 4, 6, 7)]
+    + [(3, s) for s in (0, 1, 2, 3, 4, 5, 6, 8, 9, 10, 11)]
+    + [(4, 0)]
+    + [(5, s) for s in (0, 1, 2, 3)]
+    + [(6, s) for s in range(0, 9)]
+    + [(7, s) for s in (0, 1)]
+)
+
+
+class Action(enum.Enum):
+    """RFC 7606 error handling approaches."""
+
+    SESSION_RESET = "session-reset"
+    TREAT_AS_WITHDRAW = "treat-as-withdraw"
+    ATTRIBUTE_DISCARD = "attribute-discard"
+
+
+class BgpError(Exception):
+    """A protocol error; `code`/`subcode`/`data` go into the NOTIFICATION (for session resets)."""
+
+    def __init__(
+        self,
+        code: int,
+        subcode: int,
+        data: bytes = b"",
+        reason: str = "",
+        action: Action = Action.SESSION_RESET,
+    ) -> None:
+        self.code = int(code)
+        self.subcode = int(subcode)
+        self.data = data
+        self.reason = reason
+        self.action = action
+        super().__init__(f"BGP error {self.code}/{self.subcode} ({error_name(self.code, self.subcode)})"
+                         f"{': ' + reason if reason else ''} [{action.value}]")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, BgpError) and (self.code, self.subcode, self.action) == (
+            other.code, other.subcode, other.action)
+
+    def __hash__(self) -> int:
+        return hash((self.code, self.subcode, self.action))
+
+
+_SUBS: dict[int, type[enum.IntEnum]] = {1: HeaderSub, 2: OpenSub, 3: UpdateSub, 6: CeaseSub}
+
+
+def error_name(code: int, subcode: int) -> str:
+    try:
+        cname = ErrCode(code).name.replace("_", " ").lower()
+    except ValueError:
+        return f"unknown code {code}"
+    sub_enum = _SUBS.get(code)
+    if sub_enum is None:
+        return cname if subcode == 0 else f"{cname}, subcode {subcode}"
+    try:
+        return f"{cname}: {sub_enum(subcode).name.replace('_', ' ').lower()}"
+    except ValueError:
+        return f"{cname}, subcode {subcode}"
+
+
+def _upd(sub: UpdateSub, reason: str, action: Action, data: bytes = b"") -> BgpError:
+    return BgpError(ErrCode.UPDATE, sub, data, reason, action)
+
+
+# --- messages -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GracefulRestart:
+    """RFC 4724 capability: restart time and, per AFI/SAFI, whether forwarding state was kept."""
+
+    restart_time: int = 120
+    restarting: bool = False  # R bit
+    notification: bool = False  # N bit (RFC 8538)
+    afis: tuple[tuple[int, int, bool], ...] = ((AFI_IPV4, SAFI_UNICAST, False),)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    four_octet_as: int | None = None
+    multiprotocol: tuple[tuple[int, int], ...] = ()
+    route_refresh: bool = False
+    graceful_restart: GracefulRestart | None = None
+    unknown: tuple[tuple[int, bytes], ...] = ()
+
+
+@dataclass(frozen=True)
+class Open:
+    asn: int  # the real AS (4-octet capability value when present)
+    hold_time: int
+    router_id: IPv4Address
+    capabilities: Capabilities = field(default_factory=Capabilities)
+    version: int = BGP_VERSION
+
+
+class Origin(enum.IntEnum):
+    IGP = 0
+    EGP = 1
+    INCOMPLETE = 2
+
+
+class SegType(enum.IntEnum):
+    AS_SET = 1
+    AS_SEQUENCE = 2
+    CONFED_SEQUENCE = 3
+    CONFED_SET = 4
+
+
+@dataclass(frozen=True)
+class AsSegment:
+    type: SegType
+    asns: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class MpReach:
+    afi: int
+    safi: int
+    next_hop: bytes
+    nlri: tuple[IPv4Network, ...]
+
+
+@dataclass(frozen=True)
+class MpUnreach:
+    afi: int
+    safi: int
+    withdrawn: tuple[IPv4Network, ...]
+
+
+@dataclass(frozen=True)
+class RawAttribute:
+    """An attribute labnet does not interpret (kept and passed on if optional transitive)."""
+
+    flags: int
+    type: int
+    value: bytes
+
+
+class Attr(enum.IntEnum):
+    ORIGIN = 1
+    AS_PATH = 2
+    NEXT_HOP = 3
+    MED = 4
+    LOCAL_PREF = 5
+    ATOMIC_AGGREGATE = 6
+    AGGREGATOR = 7
+    COMMUNITIES = 8
+    ORIGINATOR_ID = 9
+    CLUSTER_LIST = 10
+    MP_REACH_NLRI = 14
+    MP_UNREACH_NLRI = 15
+
+
+F_OPTIONAL = 0x80
+F_TRANSITIVE = 0x40
+F_PARTIAL = 0x20
+F_EXTENDED = 0x10
+
+# required (optional, transitive) bits for each recognised attribute
+_ATTR_FLAGS: dict[int, int] = {
+    Attr.ORIGIN: F_TRANSITIVE,
+    Attr.AS_PATH: F_TRANSITIVE,
+    Attr.NEXT_HOP: F_TRANSITIVE,
+    Attr.MED: F_OPTIONAL,
+    Attr.LOCAL_PREF: F_TRANSITIVE,
+    Attr.ATOMIC_AGGREGATE: F_TRANSITIVE,
+    Attr.AGGREGATOR: F_OPTIONAL | F_TRANSITIVE,
+    Attr.COMMUNITIES: F_OPTIONAL | F_TRANSITIVE,
+    Attr.ORIGINATOR_ID: F_OPTIONAL,
+    Attr.CLUSTER_LIST: F_OPTIONAL,
+    Attr.MP_REACH_NLRI: F_OPTIONAL,
+    Attr.MP_UNREACH_NLRI: F_OPTIONAL,
+}
+
+
+@dataclass(frozen=True)
+class PathAttributes:
+    origin: Origin | None = None
+    as_path: tuple[AsSegment, ...] | None = None
+    next_hop: IPv4Address | None = None
+    med: int | None = None
+    local_pref: int | None = None
+    atomic_aggregate: bool = False
+    aggregator: tuple[int, IPv4Address] | None = None
+    communities: tuple[int, ...] = ()
+    originator_id: IPv4Address | None = None
+    cluster_list: tuple[IPv4Address, ...] = ()
+    mp_reach: MpReach | None = None
+    mp_unreach: MpUnreach | None = None
+    unknown: tuple[RawAttribute, ...] = ()
+
+    def as_path_length(self) -> int:
+        """Path length for best-path selection: an AS_SET counts 1, confederation segments 0."""
+        n = 0
+        for seg in self.as_path or ():
+            if seg.type == SegType.AS_SEQUENCE:
+                n += len(seg.asns)
+            elif seg.type == SegType.AS_SET:
+                n += 1
+        return n
+
+    def as_path_asns(self) -> tuple[int, ...]:
+        return tuple(a for seg in self.as_path or () for a in seg.asns)
+
+    def neighbour_as(self) -> int | None:
+        """First AS of the AS_PATH (the AS we learned it from), None for routes of our own AS."""
+        for seg in self.as_path or ():
+            if seg.type == SegType.AS_SEQUENCE and seg.asns:
+                return seg.asns[0]
+            if seg.type in (SegType.AS_SET,):
+                return None
+        return None
+
+    def is_empty(self) -> bool:
+        return self == PathAttributes()
+
+
+@dataclass(frozen=True)
+class Update:
+    withdrawn: tuple[IPv4Network, ...] = ()
+    attrs: PathAttributes = field(default_factory=PathAttributes)
+    nlri: tuple[IPv4Network, ...] = ()
+    # RFC 7606 outcome of decoding (empty for updates we build)
+    errors: tuple[BgpError, ...] = ()
+    treat_as_withdraw: bool = False
+
+    def is_end_of_rib(self) -> bool:
+        """RFC 4724: an empty UPDATE marks End-of-RIB for IPv4 unicast."""
+        if self.withdrawn or self.nlri or self.treat_as_withdraw:
+            return False
+        a = self.attrs
+        if a.is_empty():
+            return True
+        mp = a.mp_unreach
+        return mp is not None and not mp.withdrawn and a == PathAttributes(mp_unreach=mp)
+
+    def announced(self) -> tuple[IPv4Network, ...]:
+        """Prefixes this update makes reachable (none when it is treated as a withdrawal)."""
+        if self.treat_as_withdraw:
+            return ()
+        mp = self.attrs.mp_reach
+        return self.nlri + (mp.nlri if mp and (mp.afi, mp.safi) == IPV4_UNICAST else ())
+
+    def unreachable(self) -> tuple[IPv4Network, ...]:
+        mp = self.attrs.mp_unreach
+        out = self.withdrawn + (mp.withdrawn if mp and (mp.afi, mp.safi) == IPV4_UNICAST else ())
+        if self.treat_as_withdraw:
+            mpr = self.attrs.mp_reach
+            out += self.nlri + (mpr.nlri if mpr else ())
+        return out
+
+    def next_hop(self) -> IPv4Address | None:
+        mp = self.attrs.mp_reach
+        if mp is not None and self.attrs.next_hop is None and len(mp.next_hop) == 4:
+            return IPv4Address(mp.next_hop[:4])
+        return self.attrs.next_hop
+
+
+def end_of_rib() -> Update:
+    return Update()
+
+
+@dataclass(frozen=True)
+class Notification:
+    code: int
+    subcode: int
+    data: bytes = b""
+
+    def describe(self) -> str:
+        return f"{self.code}/{self.subcode} {error_name(self.code, self.subcode)}"
+
+
+@dataclass(frozen=True)
+class Keepalive:
+    pass
+
+
+@dataclass(frozen=True)
+class RouteRefresh:
+    afi: int = AFI_IPV4
+    safi: int = SAFI_UNICAST
+    subtype: int = 0  # RFC 7313: 0 normal, 1 BoRR, 2 EoRR
+
+
+Message = Open | Update | Notification | Keepalive | RouteRefresh
+
+
+# --- encoding -----------------------------------------------------------------------------------
+
+
+def _header(mtype: MsgType, body: bytes) -> bytes:
+    total = HEADER_LEN + len(body)
+    if total > MAX_MESSAGE_LEN:
+        raise ValueError(f"BGP {mtype.name} message would be {total} bytes, over the {MAX_MESSAGE_LEN} limit")
+    return MARKER + struct.pack("!HB", total, mtype) + body
+
+
+def _cap(code: int, value: bytes) -> bytes:
+    return struct.pack("!BB", code, len(value)) + value
+
+
+def encode_capabilities(caps: Capabilities) -> bytes:
+    out = b""
+    for afi, safi in caps.multiprotocol:
+        out += _cap(1, struct.pack("!HBB", afi, 0, safi))
+    if caps.route_refresh:
+        out += _cap(2, b"")
+    gr = caps.graceful_restart
+    if gr is not None:
+        if not 0 <= gr.restart_time <= 0xFFF:
+            raise ValueError(f"graceful restart time {gr.restart_time} does not fit in 12 bits")
+        head = gr.restart_time | (0x8000 if gr.restarting else 0) | (0x4000 if gr.notification else 0)
+        body = struct.pack("!H", head)
+        for afi, safi, fwd in gr.afis:
+            body += struct.pack("!HBB", afi, safi, 0x80 if fwd else 0)
+        out += _cap(64, body)
+    if caps.four_octet_as is not None:
+        out += _cap(65, struct.pack("!I", caps.four_octet_as))
+    for code, value in caps.unknown:
+        out += _cap(code, value)
+    return out
+
+
+def encode_open(msg: Open) -> bytes:
+    if not 0 < msg.asn <= 0xFFFFFFFF:
+        raise ValueError(f"AS number {msg.asn} out of range")
+    my_as = msg.asn if msg.asn <= 0xFFFF else AS_TRANS
+    caps = encode_capabilities(msg.capabilities)
+    params = struct.pack("!BB", 2, len(caps)) + caps if caps else b""
+    if len(params) > 255:
+        raise ValueError("OPEN optional parameters exceed 255 bytes")
+    body = struct.pack("!BHH4sB", msg.version, my_as, msg.hold_time, msg.router_id.packed, len(params))
+    return _header(MsgType.OPEN, body + params)
+
+
+def encode_prefix(p: IPv4Network) -> bytes:
+    n = (p.prefixlen + 7) // 8
+    return bytes([p.prefixlen]) + p.network_address.packed[:n]
+
+
+def _attr(flags: int, code: int, value: bytes) -> bytes:
+    if len(value) > 255:
+        return struct.pack("!BBH", flags | F_EXTENDED, code, len(value)) + value
+    return struct.pack("!BBB", flags & ~F_EXTENDED, code, len(value)) + value
+
+
+def encode_as_path(segments: tuple[AsSegment, ...], four_octet: bool) -> bytes:
+    out = b""
+    fmt = "!I" if four_octet else "!H"
+    for seg in segments:
+        asns = seg.asns
+        # a segment holds at most 255 ASes: split longer ones
+        for i in range(0, max(len(asns), 1), 255):
+            chunk = asns[i:i + 255]
+            out += struct.pack("!BB", seg.type, len(chunk))
+            for a in chunk:
+                out += struct.pack(fmt, a if four_octet or a <= 0xFFFF else AS_TRANS)
+    return out
+
+
+def encode_attributes(a: PathAttributes, four_octet: bool = True) -> bytes:
+    out = b""
+    if a.origin is not None:
+        out += _attr(F_TRANSITIVE, Attr.ORIGIN, bytes([a.origin]))
+    if a.as_path is not None:
+        out += _attr(F_TRANSITIVE, Attr.AS_PATH, encode_as_path(a.as_path, four_octet))
+    if a.next_hop is not None:
+        out += _attr(F_TRANSITIVE, Attr.NEXT_HOP, a.next_hop.packed)
+    if a.med is not None:
+        out += _attr(F_OPTIONAL, Attr.MED, struct.pack("!I", a.med))
+    if a.local_pref is not None:
+        out += _attr(F_TRANSITIVE, Attr.LOCAL_PREF, struct.pack("!I", a.local_pref))
+    if a.atomic_aggregate:
+        out += _attr(F_TRANSITIVE, Attr.ATOMIC_AGGREGATE, b"")
+    if a.aggregator is not None:
+        asn, addr = a.aggregator
+        value = struct.pack("!I", asn) if four_octet else struct.pack("!H", asn if asn <= 0xFFFF else AS_TRANS)
+        out += _attr(F_OPTIONAL | F_TRANSITIVE, Attr.AGGREGATOR, value + addr.packed)
+    if a.communities:
+        out += _attr(F_OPTIONAL | F_TRANSITIVE, Attr.COMMUNITIES, b"".join(struct.pack("!I", c) for c in a.communities))
+    if a.originator_id is not None:
+        out += _attr(F_OPTIONAL, Attr.ORIGINATOR_ID, a.originator_id.packed)
+    if a.cluster_list:
+        out += _attr(F_OPTIONAL, Attr.CLUSTER_LIST, b"".join(c.packed for c in a.cluster_list))
+    if a.mp_reach is not None:
+        m = a.mp_reach
+        value = struct.pack("!HBB", m.afi, m.safi, len(m.next_hop)) + m.next_hop + b"\x00"
+        value += b"".join(encode_prefix(p) for p in m.nlri)
+        out += _attr(F_OPTIONAL, Attr.MP_REACH_NLRI, value)
+    if a.mp_unreach is not None:
+        u = a.mp_unreach
+        value = struct.pack("!HB", u.afi, u.safi) + b"".join(encode_prefix(p) for p in u.withdrawn)
+        out += _attr(F_OPTIONAL, Attr.MP_UNREACH_NLRI, value)
+    for raw in a.unknown:
+        out += _attr(raw.flags, raw.type, raw.value)
+    return out
+
+
+def encode_update(msg: Update, four_octet: bool = True) -> bytes:
+    withdrawn = b"".join(encode_prefix(p) for p in msg.withdrawn)
+    attrs = encode_attributes(msg.attrs, four_octet)
+    nlri = b"".join(encode_prefix(p) for p in msg.nlri)
+    body = struct.pack("!H", len(withdrawn)) + withdrawn + struct.pack("!H", len(attrs)) + attrs + nlri
+    return _header(MsgType.UPDATE, body)
+
+
+def encode(msg: Message, four_octet: bool = True) -> bytes:
+    if isinstance(msg, Open):
+        return encode_open(msg)
+    if isinstance(msg, Update):
+        return encode_update(msg, four_octet)
+    if isinstance(msg, Notification):
+        return _header(MsgType.NOTIFICATION, struct.pack("!BB", msg.code, msg.subcode) + msg.data)
+    if isinstance(msg, Keepalive):
+        return _header(MsgType.KEEPALIVE, b"")
+    if isinstance(msg, RouteRefresh):
+        return _header(MsgType.ROUTE_REFRESH, struct.pack("!HBB", msg.afi, msg.subtype, msg.safi))
+    raise TypeError(f"not a BGP message: {msg!r}")
+
+
+def pack_updates(
+    attrs: PathAttributes, nlri: list[IPv4Network], withdrawn: list[IPv4Network], four_octet: bool = True
+) -> Iterator[Update]:
+    """Split announcements (sharing `attrs`) and withdrawals into UPDATEs that fit in 4096 bytes."""
+    room = MAX_MESSAGE_LEN - HEADER_LEN - 4
+    i = 0
+    while i < len(withdrawn):
+        chunk: list[IPv4Network] = []
+        used = 0
+        while i < len(withdrawn) and used + 5 <= room:
+            chunk.append(withdrawn[i])
+            used += 1 + (withdrawn[i].prefixlen + 7) // 8
+            i += 1
+        yield Update(withdrawn=tuple(chunk))
+    if not nlri:
+        return
+    room -= len(encode_attributes(attrs, four_octet))
+    i = 0
+    while i < len(nlri):
+        chunk = []
+        used = 0
+        while i < len(nlri) and used + 5 <= room:
+            chunk.append(nlri[i])
+            used += 1 + (nlri[i].prefixlen + 7) // 8
+            i += 1
+        yield Update(attrs=attrs, nlri=tuple(chunk))
+
+
+# --- decoding -----------------------------------------------------------------------------------
+
+
+def check_header(data: bytes) -> tuple[int, int]:
+    """Validate a 19-byte header; return (length, type)."""
+    if data[:16] != MARKER:
+        raise BgpError(ErrCode.HEADER, HeaderSub.CONNECTION_NOT_SYNCHRONIZED, b"", "marker is not all ones")
+    length, mtype = struct.unpack_from("!HB", data, 16)
+    if not HEADER_LEN <= length <= MAX_MESSAGE_LEN:
+        raise BgpError(ErrCode.HEADER, HeaderSub.BAD_MESSAGE_LENGTH, data[16:18],
+                       f"length {length} outside {HEADER_LEN}..{MAX_MESSAGE_LEN}")
+    if mtype not in MsgType._value2member_map_:
+        raise BgpError(ErrCode.HEADER, HeaderSub.BAD_MESSAGE_TYPE, bytes([mtype]), f"unknown message type {mtype}")
+    minimum, exact = {
+        MsgType.OPEN: (29, False),
+        MsgType.UPDATE: (23, False),
+        MsgType.NOTIFICATION: (21, False),
+        MsgType.KEEPALIVE: (19, True),
+        MsgType.ROUTE_REFRESH: (23, False),
+    }[MsgType(mtype)]
+    if length < minimum or (exact and length != minimum):
+        raise BgpError(ErrCode.HEADER, HeaderSub.BAD_MESSAGE_LENGTH, data[16:18],
+                       f"{MsgType(mtype).name} message of length {length}")
+    return length, mtype
+
+
+def decode(data: bytes, four_octet: bool = True) -> Message:
+    """Decode exactly one message (header included)."""
+    if len(data) < HEADER_LEN:
+        raise BgpError(ErrCode.HEADER, HeaderSub.BAD_MESSAGE_LENGTH, b"", f"{len(data)} bytes is shorter than a header")
+    length, mtype = check_header(data)
+    if length != len(data):
+        raise BgpError(ErrCode.HEADER, HeaderSub.BAD_MESSAGE_LENGTH, data[16:18],
+                       f"header says {length} bytes, message has {len(data)}")
+    body = data[HEADER_LEN:]
+    if mtype == MsgType.OPEN:
+        return decode_open(body)
+    if mtype == MsgType.UPDATE:
+        return decode_update(body, four_octet)
+    if mtype == MsgType.NOTIFICATION:
+        return Notification(body[0], body[1], body[2:])
+    if mtype == MsgType.KEEPALIVE:
+        return Keepalive()
+    afi, subtype, safi = struct.unpack_from("!HBB", body)
+    if len(body) != 4:
+        if subtype in (1, 2):
+            raise BgpError(ErrCode.ROUTE_REFRESH, 1, body, f"ROUTE-REFRESH body of {len(body)} bytes")
+        raise BgpError(ErrCode.HEADER, HeaderSub.BAD_MESSAGE_LENGTH, data[16:18], f"ROUTE-REFRESH body of {len(body)} bytes")
+    return RouteRefresh(afi, safi, subtype)
+
+
+def _open_err(sub: OpenSub, reason: str, data: bytes = b"") -> BgpError:
+    return BgpError(ErrCode.OPEN, sub, data, reason)
+
+
+def decode_open(body: bytes) -> Open:
+    version, my_as, hold, rid, plen = struct.unpack_from("!BHH4sB", body)
+    if version != BGP_VERSION:
+        raise _open_err(OpenSub.UNSUPPORTED_VERSION, f"version {version}, labnet speaks 4", struct.pack("!H", BGP_VERSION))
+    if plen != len(body) - 10:
+        raise _open_err(OpenSub.UNSPECIFIC, f"optional parameters length {plen} but {len(body) - 10} bytes follow")
+    if hold in (1, 2):
+        raise _open_err(OpenSub.UNACCEPTABLE_HOLD_TIME, f"hold time {hold}s (must be 0 or at least 3)")
+    router_id = IPv4Address(rid)
+    if int(router_id) == 0 or router_id.is_multicast or int(router_id) == 0xFFFFFFFF:
+        raise _open_err(OpenSub.BAD_BGP_IDENTIFIER, f"BGP identifier {router_id} is not a unicast address")
+    caps = _decode_params(body[10:])
+    asn = my_as
+    if caps.four_octet_as is not None:
+        asn = caps.four_octet_as
+    if asn == 0:
+        raise _open_err(OpenSub.BAD_PEER_AS, "peer AS 0")
+    return Open(asn=asn, hold_time=hold, router_id=router_id, capabilities=caps, version=version)
+
+
+def _decode_params(params: bytes) -> Capabilities:
+    four: int | None = None
+    mp: list[tuple[int, int]] = []
+    rr = False
+    gr: GracefulRestart | None = None
+    unknown: list[tuple[int, bytes]] = []
+    i = 0
+    while i < len(params):
+        if i + 2 > len(params):
+            raise _open_err(OpenSub.UNSPECIFIC, "truncated optional parameter header")
+        ptype, plen = params[i], params[i + 1]
+        value = params[i + 2:i + 2 + plen]
+        if len(value) != plen:
+            raise _open_err(OpenSub.UNSPECIFIC, f"optional parameter {ptype} overruns the OPEN message")
+        i += 2 + plen
+        if ptype != 2:
+            raise _open_err(OpenSub.UNSUPPORTED_OPTIONAL_PARAMETER, f"optional parameter type {ptype}", bytes([ptype]))
+        j = 0
+        while j < len(value):
+            if j + 2 > len(value):
+                raise _open_err(OpenSub.UNSPECIFIC, "truncated capability header")
+            code, clen = value[j], value[j + 1]
+            cval = value[j + 2:j + 2 + clen]
+            if len(cval) != clen:
+                raise _open_err(OpenSub.UNSPECIFIC, f"capability {code} overruns its parameter")
+            j += 2 + clen
+            if code == 1:
+                if clen != 4:
+                    raise _open_err(OpenSub.UNSPECIFIC, f"multiprotocol capability of length {clen}")
+                afi, _res, safi = struct.unpack("!HBB", cval)
+                mp.append((afi, safi))
+            elif code == 2:
+                if clen != 0:
+                    raise _open_err(OpenSub.UNSPECIFIC, f"route refresh capability of length {clen}")
+                rr = True
+            elif code == 64:
+                if clen < 2 or (clen - 2) % 4:
+                    raise _open_err(OpenSub.UNSPECIFIC, f"graceful restart capability of length {clen}")
+                (head,) = struct.unpack_from("!H", cval)
+                afis = tuple(
+                    (a, s, bool(f & 0x80))
+                    for a, s, f in (struct.unpack_from("!HBB", cval, k) for k in range(2, clen, 4))
+                )
+                gr = GracefulRestart(head & 0xFFF, bool(head & 0x8000), bool(head & 0x4000), afis)
+            elif code == 65:
+                if clen != 4:
+                    raise _open_err(OpenSub.UNSPECIFIC, f"4-octet AS capability of length {clen}")
+                (four,) = struct.unpack("!I", cval)
+                if four == 0:
+                    raise _open_err(OpenSub.BAD_PEER_AS, "4-octet AS capability carries AS 0")
+            else:
+                unknown.append((code, cval))
+    return Capabilities(four, tuple(mp), rr, gr, tuple(unknown))
+
+
+def decode_prefixes(data: bytes, what: str) -> tuple[IPv4Network, ...]:
+    """Decode an IPv4 NLRI field; a bad one resets the session (RFC 7606 section 5.3)."""
+    out: list[IPv4Network] = []
+    i = 0
+    while i < len(data):
+        plen = data[i]
+        if plen > 32:
+            raise _upd(UpdateSub.INVALID_NETWORK_FIELD, f"{what}: prefix length {plen}", Action.SESSION_RESET)
+        n = (plen + 7) // 8
+        if i + 1 + n > len(data):
+            raise _upd(UpdateSub.INVALID_NETWORK_FIELD, f"{what}: prefix /{plen} overruns the field", Action.SESSION_RESET)
+        raw = data[i + 1:i + 1 + n] + b"\x00" * (4 - n)
+        out.append(IPv4Network((raw, plen), strict=False))
+        i += 1 + n
+    return tuple(out)
+
+
+def _decode_as_path(value: bytes, four_octet: bool) -> tuple[AsSegment, ...]:
+    size = 4 if four_octet else 2
+    segs: list[AsSegment] = []
+    i = 0
+    while i < len(value):
+        if i + 2 > len(value):
+            raise ValueError("truncated segment header")
+        stype, count = value[i], value[i + 1]
+        if stype not in SegType._value2member_map_:
+            raise ValueError(f"segment type {stype}")
+        if count == 0:
+            raise ValueError("empty segment")
+        end = i + 2 + count * size
+        if end > len(value):
+            raise ValueError(f"segment of {count} ASes overruns the attribute")
+        fmt = "!" + ("I" if four_octet else "H") * count
+        segs.append(AsSegment(SegType(stype), struct.unpack_from(fmt, value, i + 2)))
+        i = end
+    return tuple(segs)
+
+
+def _decode_mp_reach(value: bytes) -> MpReach:
+    if len(value) < 5:
+        raise ValueError(f"MP_REACH_NLRI of {len(value)} bytes")
+    afi, safi, nhlen = struct.unpack_from("!HBB", value)
+    if 4 + nhlen + 1 > len(value):
+        raise ValueError(f"next hop length {nhlen} overruns the attribute")
+    nh = value[4:4 + nhlen]
+    rest = value[5 + nhlen:]
+    if (afi, safi) == IPV4_UNICAST:
+        if nhlen not in (4, 16, 32):
+            raise ValueError(f"IPv4 unicast next hop of length {nhlen}")
+        return MpReach(afi, safi, nh, decode_prefixes(rest, "MP_REACH_NLRI"))
+    return MpReach(afi, safi, nh, ())  # other families are not ours: kept as an empty reach
+
+
+def _decode_mp_unreach(value: bytes) -> MpUnreach:
+    if len(value) < 3:
+        raise ValueError(f"MP_UNREACH_NLRI of {len(value)} bytes")
+    afi, safi = struct.unpack_from("!HB", value)
+    if (afi, safi) == IPV4_UNICAST:
+        return MpUnreach(afi, safi, decode_prefixes(value[3:], "MP_UNREACH_NLRI"))
+    return MpUnreach(afi, safi, ())
+
+
+def decode_update(body: bytes, four_octet: bool = True) -> Update:
+    (wlen,) = struct.unpack_from("!H", body)
+    if 2 + wlen + 2 > len(body):
+        raise _upd(UpdateSub.MALFORMED_ATTRIBUTE_LIST, f"withdrawn routes length {wlen} overruns the message",
+                   Action.SESSION_RESET)
+    withdrawn = decode_prefixes(body[2:2 + wlen], "withdrawn routes")
+    (alen,) = struct.unpack_from("!H", body, 2 + wlen)
+    astart = 4 + wlen
+    if astart + alen > len(body):
+        raise _upd(UpdateSub.MALFORMED_ATTRIBUTE_LIST, f"total path attribute length {alen} overruns the message",
+                   Action.SESSION_RESET)
+    nlri = decode_prefixes(body[astart + alen:], "NLRI")
+    attrs, errors, seen = _decode_attributes(body[astart:astart + alen], four_octet)
+    mp = attrs.mp_reach
+    if nlri or (mp is not None and mp.nlri):
+        # RFC 4271 6.3 / RFC 7606 3(d): missing well-known attributes make the update a withdrawal
+        wanted = [Attr.ORIGIN, Attr.AS_PATH] + ([Attr.NEXT_HOP] if nlri else [])
+        for code in wanted:
+            if code not in seen:
+                errors.append(_upd(UpdateSub.MISSING_WELL_KNOWN_ATTRIBUTE, f"{code.name} missing",
+                                   Action.TREAT_AS_WITHDRAW, bytes([code])))
+    taw = any(e.action == Action.TREAT_AS_WITHDRAW for e in errors)
+    return Update(withdrawn, attrs, nlri, tuple(errors), taw)
+
+
+def _decode_attributes(data: bytes, four_octet: bool) -> tuple[PathAttributes, list[BgpError], set[int]]:
+    fields: dict[str, object] = {}
+    unknown: list[RawAttribute] = []
+    errors: list[BgpError] = []
+    seen: set[int] = set()
+    i = 0
+    while i < len(data):
+        if i + 3 > len(data) or (data[i] & F_EXTENDED and i + 4 > len(data)):
+            errors.append(_upd(UpdateSub.MALFORMED_ATTRIBUTE_LIST, "truncated attribute header", Action.TREAT_AS_WITHDRAW))
+            break
+        flags, code = data[i], data[i + 1]
+        if flags & F_EXTENDED:
+            (length,) = struct.unpack_from("!H", data, i + 2)
+            hlen = 4
+        else:
+            length, hlen = data[i + 2], 3
+        raw = data[i:i + hlen + length]
+        value = data[i + hlen:i + hlen + length]
+        i += hlen + length
+        if len(value) != length:
+            # RFC 7606 section 4: an attribute overrunning the attribute field → treat-as-withdraw
+            if code in (Attr.MP_REACH_NLRI, Attr.MP_UNREACH_NLRI):
+                raise _upd(UpdateSub.MALFORMED_ATTRIBUTE_LIST, f"attribute {code} overruns the attribute field",
+                           Action.SESSION_RESET)
+            errors.append(_upd(UpdateSub.ATTRIBUTE_LENGTH_ERROR, f"attribute {code} of length {length} overruns",
+                               Action.TREAT_AS_WITHDRAW, raw))
+            break
+        if code in seen:
+            if code in (Attr.MP_REACH_NLRI, Attr.MP_UNREACH_NLRI):
+                raise _upd(UpdateSub.MALFORMED_ATTRIBUTE_LIST, f"attribute {code} repeated", Action.SESSION_RESET)
+            errors.append(_upd(UpdateSub.MALFORMED_ATTRIBUTE_LIST, f"attribute {code} repeated; later copies dropped",
+                               Action.ATTRIBUTE_DISCARD, raw))
+            continue
+        seen.add(code)
+        want = _ATTR_FLAGS.get(code)
+        if want is None:
+            if not flags & F_OPTIONAL:
+                raise _upd(UpdateSub.UNRECOGNIZED_WELL_KNOWN_ATTRIBUTE, f"unknown well-known attribute {code}",
+                           Action.SESSION_RESET, raw)
+            if flags & F_TRANSITIVE:
+                unknown.append(RawAttribute(flags & ~F_EXTENDED, code, value))
+            continue  # unknown optional non-transitive: quietly ignored (RFC 4271 5)
+        bad_flags = (flags & (F_OPTIONAL | F_TRANSITIVE)) != want or (
+            flags & F_PARTIAL and want != F_OPTIONAL | F_TRANSITIVE)
+        if bad_flags:
+            action = Action.SESSION_RESET if code in (Attr.MP_REACH_NLRI, Attr.MP_UNREACH_NLRI) else Action.TREAT_AS_WITHDRAW
+            errors.append(_upd(UpdateSub.ATTRIBUTE_FLAGS_ERROR, f"attribute {Attr(code).name} flags {flags:#04x}", action, raw))
+            if action == Action.SESSION_RESET:
+                raise errors[-1]
+            continue
+        err = _decode_known(Attr(code), value, raw, four_octet, fields)
+        if err is not None:
+            if err.action == Action.SESSION_RESET:
+                raise err
+            errors.append(err)
+    fields["unknown"] = tuple(unknown)
+    return PathAttributes(**fields), errors, seen  # type: ignore[arg-type]
+
+
+def _decode_known(code: Attr, value: bytes, raw: bytes, four_octet: bool, out: dict[str, object]) -> BgpError | None:
+    """Decode one recognised attribute into `out`, or return the RFC 7606 error for it."""
+    taw, discard = Action.TREAT_AS_WITHDRAW, Action.ATTRIBUTE_DISCARD
+    n = len(value)
+
+    def length_err(action: Action) -> BgpError:
+        return _upd(UpdateSub.ATTRIBUTE_LENGTH_ERROR, f"{code.name} of length {n}", action, raw)
+
+    if code == Attr.ORIGIN:
+        if n != 1:
+            return length_err(taw)
+        if value[0] > 2:
+            return _upd(UpdateSub.INVALID_ORIGIN, f"ORIGIN value {value[0]}", taw, raw)
+        out["origin"] = Origin(value[0])
+    elif code == Attr.AS_PATH:
+        try:
+            out["as_path"] = _decode_as_path(value, four_octet)
+        except ValueError as exc:
+            return _upd(UpdateSub.MALFORMED_AS_PATH, f"AS_PATH: {exc}", taw)
+    elif code == Attr.NEXT_HOP:
+        if n != 4:
+            return length_err(taw)
+        nh = IPv4Address(value)
+        if int(nh) == 0 or nh.is_multicast or int(nh) == 0xFFFFFFFF:
+            return _upd(UpdateSub.INVALID_NEXT_HOP, f"NEXT_HOP {nh}", taw, raw)
+        out["next_hop"] = nh
+    elif code in (Attr.MED, Attr.LOCAL_PREF):
+        if n != 4:
+            return length_err(taw)
+        out["med" if code == Attr.MED else "local_pref"] = struct.unpack("!I", value)[0]
+    elif code == Attr.ATOMIC_AGGREGATE:
+        if n != 0:
+            return length_err(discard)
+        out["atomic_aggregate"] = True
+    elif code == Attr.AGGREGATOR:
+        size = 8 if four_octet else 6
+        if n != size:
+            return length_err(discard)
+        asn = struct.unpack_from("!I" if four_octet else "!H", value)[0]
+        out["aggregator"] = (asn, IPv4Address(value[size - 4:]))
+    elif code == Attr.COMMUNITIES:
+        if n == 0 or n % 4:
+            return length_err(taw)
+        out["communities"] = struct.unpack(f"!{n // 4}I", value)
+    elif code == Attr.ORIGINATOR_ID:
+        if n != 4:
+            return length_err(taw)
+        out["originator_id"] = IPv4Address(value)
+    elif code == Attr.CLUSTER_LIST:
+        if n == 0 or n % 4:
+            return length_err(taw)
+        out["cluster_list"] = tuple(IPv4Address(value[k:k + 4]) for k in range(0, n, 4))
+    elif code in (Attr.MP_REACH_NLRI, Attr.MP_UNREACH_NLRI):
+        # the NLRI sits behind the next hop: a broken MP attribute cannot be withdrawn safely
+        try:
+            if code == Attr.MP_REACH_NLRI:
+                out["mp_reach"] = _decode_mp_reach(value)
+            else:
+                out["mp_unreach"] = _decode_mp_unreach(value)
+        except ValueError as exc:
+            return _upd(UpdateSub.OPTIONAL_ATTRIBUTE_ERROR, f"{code.name}: {exc}", Action.SESSION_RESET, raw)
+    return None
+
+
+class Framer:
+    """Splits a TCP byte stream into whole messages; header errors raise BgpError."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._buf += data
+        out: list[bytes] = []
+        while len(self._buf) >= HEADER_LEN:
+            length, _ = check_header(bytes(self._buf[:HEADER_LEN]))
+            if len(self._buf) < length:
+                break
+            out.append(bytes(self._buf[:length]))
+            del self._buf[:length]
+        return out
+
+    def pending(self) -> int:
+        return len(self._buf)

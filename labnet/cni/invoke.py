@@ -1,0 +1,207 @@
+"""Pods, the container-runtime side: what containerd/kubelet do around CNI.
+
+`add_pod` makes the pod's network namespace inside the node (`ip netns add` in the node's
+mount namespace, so it lands in the node's private /var/run/netns as with containerd),
+brings lo up through the loopback plugin, then runs the plugins of the node's first
+conflist (lexicographic, as kubelet does) with the CNI environment and the network config
+on stdin: ADD in order, DEL in reverse, prevResult chained. Everything runs inside the
+node's namespaces. A small record per pod (/var/lib/labnet/pods/<pod>.json inside the node)
+lets `del_pod`, `check_pod` and `exec` find the pod again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any
+
+from labnet import nsexec
+from labnet.errors import LabnetError
+from labnet.nsexec import NodeNS
+
+NET_D = "/etc/cni/net.d"
+CNI_BIN = "/opt/cni/bin"
+PODS_DIR = "/var/lib/labnet/pods"
+IFNAME = "eth0"
+
+
+class CniFailed(LabnetError):
+    """A plugin returned a CNI error; names node, pod, plugin, command and the spec code."""
+
+    def __init__(self, node: str, pod: str, plugin: str, command: str, code: int, msg: str, details: str = "") -> None:
+        self.node, self.pod, self.plugin, self.command, self.code = node, pod, plugin, command, code
+        self.msg, self.details = msg, details
+        extra = f" ({details})" if details else ""
+        super().__init__(f"node {node}, pod {pod}: CNI {command} by plugin {plugin!r} failed with code {code}: "
+                         f"{msg}{extra}")
+
+
+def container_id(lab: str, node: str, pod: str, namespace: str = "default") -> str:
+    return hashlib.sha256(f"{lab}/{node}/{namespace}/{pod}".encode()).hexdigest()
+
+
+def netns_name(cid: str) -> str:
+    return f"cni-{cid[:16]}"
+
+
+def _lab_of(node: NodeNS) -> str:
+    """The lab name, from the node's netns file name lnet-<lab>.<node> (best effort)."""
+    base = os.path.basename(node.netns)
+    for sep in (".", "-"):
+        suffix = f"{sep}{node.name}"
+        if base.startswith("lnet-") and base.endswith(suffix):
+            return base[5:-len(suffix)]
+    return base
+
+
+def read_conflist(node: NodeNS) -> dict[str, Any]:
+    """The node's first network config in lexicographic order (.conflist, or a single .conf)."""
+    names = nsexec.run(node, ["ls", "-1", NET_D], check=False).stdout.split()
+    confs = sorted(n for n in names if n.endswith((".conflist", ".conf", ".json")))
+    if not confs:
+        raise LabnetError(f"node {node.name}: no CNI network config in {NET_D} (is the CNI plugin installed?)")
+    path = f"{NET_D}/{confs[0]}"
+    text = nsexec.run(node, ["cat", path]).stdout
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise LabnetError(f"node {node.name}: {path} is not valid JSON: {exc}") from exc
+    if "plugins" not in doc:  # a single-plugin .conf
+        doc = {"name": doc.get("name"), "cniVersion": doc.get("cniVersion", "0.3.1"), "plugins": [doc]}
+    return dict(doc)
+
+
+def _env(command: str, cid: str, netns: str, pod: str, namespace: str, ifname: str = IFNAME) -> dict[str, str]:
+    return {
+        "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+        "CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_NETNS": netns, "CNI_IFNAME": ifname,
+        "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={pod};"
+                    f"K8S_POD_INFRA_CONTAINER_ID={cid}",
+        "CNI_PATH": CNI_BIN,
+    }
+
+
+def _exec_plugin(node: NodeNS, pod: str, plugin: dict[str, Any], conflist: dict[str, Any], command: str,
+                 env: dict[str, str], prev: dict[str, Any] | None, extra: dict[str, Any] | None = None
+                 ) -> dict[str, Any] | None:
+    conf = {**plugin, "name": conflist["name"], "cniVersion": conflist["cniVersion"]}
+    if extra:
+        conf.update(extra)
+    if prev is not None:
+        conf["prevResult"] = prev
+    ptype = str(plugin.get("type"))
+    proc = nsexec.run(node, [f"{CNI_BIN}/{ptype}"], input=json.dumps(conf), env=env, check=False, timeout=120)
+    out = proc.stdout.strip()
+    try:
+        doc = json.loads(out) if out else None
+    except ValueError:
+        doc = None
+    if proc.returncode != 0:
+        if isinstance(doc, dict) and "code" in doc:
+            raise CniFailed(node.name, pod, ptype, command, int(doc["code"]), str(doc.get("msg")),
+                            str(doc.get("details", "")))
+        raise CniFailed(node.name, pod, ptype, command, 999, f"exited {proc.returncode}",
+                        (proc.stderr or out).strip()[-2000:])
+    return doc if isinstance(doc, dict) else None
+
+
+def _record_path(pod: str, namespace: str) -> str:
+    return f"{PODS_DIR}/{pod}.json" if namespace == "default" else f"{PODS_DIR}/{namespace}.{pod}.json"
+
+
+def read_record(node: NodeNS, pod: str, namespace: str = "default") -> dict[str, Any] | None:
+    proc = nsexec.run(node, ["cat", _record_path(pod, namespace)], check=False)
+    return json.loads(proc.stdout) if proc.returncode == 0 and proc.stdout.strip() else None
+
+
+def _write_record(node: NodeNS, pod: str, namespace: str, record: dict[str, Any]) -> None:
+    nsexec.run(node, ["sh", "-c", f'mkdir -p {PODS_DIR} && cat > "$0.tmp" && mv "$0.tmp" "$0"',
+                      _record_path(pod, namespace)], input=json.dumps(record, indent=2))
+
+
+def _loopback(node: NodeNS, pod: str, cid: str, netns: str, command: str) -> None:
+    if nsexec.run(node, ["test", "-x", f"{CNI_BIN}/loopback"], check=False).returncode == 0:
+        lo = {"type": "loopback"}
+        _exec_plugin(node, pod, lo, {"name": "lo", "cniVersion": "1.0.0"}, command,
+                     _env(command, cid, netns, pod, "default", "lo"), None)
+    elif command == "ADD":
+        nsexec.run(node.pod(pod, netns), ["ip", "link", "set", "lo", "up"])
+
+
+def add_pod(node: NodeNS, pod: str, namespace: str = "default", labels: dict[str, str] | None = None,
+            lab: str | None = None) -> dict[str, Any]:
+    """Create pod `pod` on `node` through the node's CNI config; return the final CNI result.
+
+    Idempotent: for a pod that exists, the plugins see a repeated ADD and answer the same.
+    """
+    cid = container_id(lab if lab is not None else _lab_of(node), node.name, pod, namespace)
+    netns = f"/var/run/netns/{netns_name(cid)}"
+    conflist = read_conflist(node)
+    if nsexec.run(node, ["test", "-e", netns], check=False).returncode != 0:
+        nsexec.run(node, ["ip", "netns", "add", netns_name(cid)])
+    record: dict[str, Any] = {"pod": pod, "namespace": namespace, "container_id": cid, "netns": netns,
+                              "network": conflist["name"], "cniVersion": conflist["cniVersion"],
+                              "labels": labels or {}, "result": None}
+    _write_record(node, pod, namespace, record)  # first, so a failed ADD can still be deleted
+    env = _env("ADD", cid, netns, pod, namespace)
+    extra = {"args": {"labels": labels}} if labels else None
+    prev: dict[str, Any] | None = None
+    try:
+        _loopback(node, pod, cid, netns, "ADD")
+        for plugin in conflist["plugins"]:
+            prev = _exec_plugin(node, pod, plugin, conflist, "ADD", env, prev, extra)
+    except Exception:
+        try:
+            del_pod(node, pod, namespace, lab=lab)
+        except Exception:  # the ADD error is the one to report
+            pass
+        raise
+    record["result"] = prev
+    _write_record(node, pod, namespace, record)
+    return prev or {}
+
+
+def del_pod(node: NodeNS, pod: str, namespace: str = "default", lab: str | None = None) -> None:
+    """Delete pod `pod`: CNI DEL in reverse order, then its netns and record. Idempotent."""
+    record = read_record(node, pod, namespace)
+    cid = record["container_id"] if record else container_id(lab if lab is not None else _lab_of(node),
+                                                              node.name, pod, namespace)
+    netns = record["netns"] if record else f"/var/run/netns/{netns_name(cid)}"
+    conflist = read_conflist(node)
+    env = _env("DEL", cid, netns, pod, namespace)
+    prev = record.get("result") if record else None
+    for plugin in reversed(conflist["plugins"]):
+        _exec_plugin(node, pod, plugin, conflist, "DEL", env, prev)
+    nsexec.run(node, ["ip", "netns", "del", netns_name(cid)], check=False)
+    nsexec.run(node, ["rm", "-f", _record_path(pod, namespace)], check=False)
+
+
+def check_pod(node: NodeNS, pod: str, namespace: str = "default") -> None:
+    """CNI CHECK of every plugin with the stored result; raises CniFailed naming what differs."""
+    record = read_record(node, pod, namespace)
+    if record is None or not record.get("result"):
+        raise LabnetError(f"node {node.name}: no pod {pod!r} (no record in {PODS_DIR})")
+    conflist = read_conflist(node)
+    env = _env("CHECK", record["container_id"], record["netns"], pod, namespace)
+    for plugin in conflist["plugins"]:
+        _exec_plugin(node, pod, plugin, conflist, "CHECK", env, record["result"])
+
+
+def pod_ns(node: NodeNS, pod: str, namespace: str = "default") -> NodeNS:
+    """Namespaces to run commands in the pod (for `labnet exec NODE/POD`)."""
+    record = read_record(node, pod, namespace)
+    if record is None:
+        raise LabnetError(f"node {node.name}: no pod {pod!r} (no record in {PODS_DIR})")
+    return node.pod(pod, record["netns"])
+
+
+def list_pods(node: NodeNS) -> list[dict[str, Any]]:
+    names = nsexec.run(node, ["ls", "-1", PODS_DIR], check=False).stdout.split()
+    out = []
+    for n in sorted(names):
+        if n.endswith(".json"):
+            text = nsexec.run(node, ["cat", f"{PODS_DIR}/{n}"], check=False).stdout
+            if text.strip():
+                out.append(json.loads(text))
+    return out

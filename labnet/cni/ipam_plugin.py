@@ -1,0 +1,97 @@
+"""`labnet-ipam`: the CNI IPAM plugin (Calico's calico-ipam), block affinity over etcd.
+
+Handle id per container: `<network name>.<container id>`. The ADD result carries, besides
+the spec's `ips`, a `labnet` object naming the block, its owner and whether the address was
+borrowed from another node's block (the agent then routes a /32).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from labnet.cni import settings
+from labnet.cni.spec import (
+    CHECK_FAILED,
+    INVALID_CONFIG,
+    NOT_AVAILABLE,
+    UNKNOWN_CONTAINER,
+    CniError,
+    Env,
+    convert,
+    normalize,
+    run_plugin,
+    version_of,
+)
+from labnet.etcd.store import DatastoreUnavailable
+from labnet.ipam import allocator as ipam
+
+
+def handle_id(conf: dict[str, Any], container_id: str) -> str:
+    return f"{conf['name']}.{container_id}"
+
+
+def _pool(conf: dict[str, Any], store: Any) -> ipam.Pool:
+    c = settings.cluster(conf, store)
+    try:
+        return ipam.Pool(c.pool_cidr, c.block_size)
+    except ValueError as exc:
+        raise CniError(INVALID_CONFIG, str(exc)) from exc
+
+
+def handle(env: Env, conf: dict[str, Any]) -> dict[str, Any] | None:
+    store = settings.open_store(conf)
+    try:
+        return _dispatch(env, conf, store)
+    except DatastoreUnavailable as exc:
+        if env.command == "STATUS":
+            raise CniError(NOT_AVAILABLE, f"etcd at {conf.get('etcd_endpoints')} is unreachable", str(exc)) from exc
+        raise settings.unavailable(conf, exc) from exc
+    except ipam.IpamError as exc:
+        raise CniError(exc.code, str(exc)) from exc
+    finally:
+        store.close()
+
+
+def _dispatch(env: Env, conf: dict[str, Any], store: Any) -> dict[str, Any] | None:
+    version = version_of(conf)
+    node = settings.nodename(conf)
+    if env.command == "ADD":
+        if (conf.get("args") or {}).get("cni", {}).get("ips") or (conf.get("runtimeConfig") or {}).get("ips"):
+            raise CniError(2, "static IPs (args.cni.ips / runtimeConfig.ips) are not supported by labnet-ipam")
+        pool = _pool(conf, store)
+        attrs = {"node": node, "pod": env.pod or "", "namespace": env.namespace, "containerID": env.container_id}
+        a = ipam.auto_assign(store, node, handle_id(conf, env.container_id), pool, attrs)
+        result = {"ips": [{"address": f"{a.address}/32"}], "routes": [], "dns": {},
+                  "labnet": {**a.to_json(), "pool": pool.cidr, "node": node}}
+        return convert(result, version)
+    if env.command == "DEL":
+        ipam.release(store, handle_id(conf, env.container_id))
+        return None
+    if env.command == "CHECK":
+        held = ipam.lookup(store, handle_id(conf, env.container_id), node)
+        if not held:
+            raise CniError(UNKNOWN_CONTAINER, f"IPAM holds no address for container {env.container_id} "
+                           f"(handle {handle_id(conf, env.container_id)})")
+        prev = normalize(conf.get("prevResult") or {})
+        want = {ip["address"].split("/")[0] for ip in prev["ips"]}
+        have = {a.address for a in held}
+        if want and not have <= want:  # earlier plugins in a chain may have added other addresses
+            raise CniError(CHECK_FAILED, f"container {env.container_id}: IPAM holds {sorted(have)}, "
+                           f"prevResult has {sorted(want)}")
+        return None
+    if env.command == "GC":
+        valid = {a.get("containerID", "") for a in conf.get("cni.dev/valid-attachments") or []}
+        ipam.gc(store, conf["name"], valid)
+        return None
+    if env.command == "STATUS":
+        _pool(conf, store)
+        return None
+    raise CniError(4, f"unsupported CNI_COMMAND {env.command}")
+
+
+def main() -> None:
+    run_plugin(handle)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""Where the plugins get their settings: the conflist entry, the nodename file, and etcd.
+
+- etcd endpoints and TLS files: the conflist entry (`etcd_endpoints`, `etcd_key_file`,
+  `etcd_cert_file`, `etcd_ca_cert_file`), exactly as in the seed's cni_network_config.
+- node name: `nodename` in the conf, else /var/lib/labnet/nodename (written by install),
+  else the hostname, as Calico's plugin does.
+- lab-wide settings: etcd key keys.config("cluster"), which the conf's own `mtu` and
+  `ipam.pool` / `ipam.block_size` override.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from labnet.cni.spec import INVALID_CONFIG, TRY_AGAIN_LATER, CniError
+from labnet.etcd import keys
+from labnet.etcd.store import DatastoreUnavailable, EtcdConfig
+
+if TYPE_CHECKING:
+    from labnet.etcd.store import Datastore
+
+NODENAME_FILE = "/var/lib/labnet/nodename"
+IPIP_OVERHEAD = 20
+VXLAN_OVERHEAD = 50
+
+
+def etcd_config(conf: dict[str, Any]) -> EtcdConfig:
+    eps = conf.get("etcd_endpoints")
+    if not isinstance(eps, str) or not eps.strip():
+        raise CniError(INVALID_CONFIG, f"network {conf.get('name')!r}: 'etcd_endpoints' is missing "
+                       "(a comma-separated list like https://ubuntu-1:2379)")
+    endpoints = tuple(e.strip() for e in eps.split(",") if e.strip())
+    for key in ("etcd_ca_cert_file", "etcd_cert_file", "etcd_key_file"):
+        path = conf.get(key)
+        if path and not os.path.isfile(path):
+            raise CniError(INVALID_CONFIG, f"network {conf.get('name')!r}: {key} {path} does not exist")
+    if any(e.startswith("https://") for e in endpoints) and not conf.get("etcd_ca_cert_file"):
+        raise CniError(INVALID_CONFIG, f"etcd endpoints {eps} are https but etcd_ca_cert_file is not set")
+    return EtcdConfig(endpoints, conf.get("etcd_ca_cert_file") or None, conf.get("etcd_cert_file") or None,
+                      conf.get("etcd_key_file") or None, timeout=float(conf.get("etcd_timeout", 5.0)))
+
+
+def nodename(conf: dict[str, Any]) -> str:
+    name = conf.get("nodename")
+    if isinstance(name, str) and name:
+        return name
+    path = conf.get("nodename_file") or NODENAME_FILE
+    try:
+        with open(path) as f:
+            name = f.read().strip()
+        if name:
+            return name
+    except OSError:
+        pass
+    return socket.gethostname()
+
+
+def open_store(conf: dict[str, Any]) -> Datastore:
+    cfg = etcd_config(conf)
+    from labnet.etcd.client import EtcdStore  # imported late: VERSION and bad input never pay for it
+
+    try:
+        return EtcdStore(cfg)
+    except ValueError as exc:
+        raise CniError(INVALID_CONFIG, f"etcd_endpoints {conf.get('etcd_endpoints')!r}: {exc}") from exc
+
+
+def unavailable(conf: dict[str, Any], exc: BaseException) -> CniError:
+    return CniError(TRY_AGAIN_LATER, f"etcd at {conf.get('etcd_endpoints')} is unreachable, try again later",
+                    str(exc))
+
+
+@dataclass(frozen=True)
+class Cluster:
+    pool_cidr: str
+    block_size: int
+    encapsulation: str | None  # "ipip" | "vxlan" | None
+    mtu: int | None  # explicit workload MTU; None: underlay MTU minus the encapsulation overhead
+
+
+def _encap(pool: dict[str, Any]) -> str | None:
+    def on(v: object) -> bool:
+        return v not in (None, False, "never", "Never", "off", "")
+
+    if on(pool.get("vxlan")):
+        return "vxlan"
+    if on(pool.get("ipip", "always")):
+        return "ipip"
+    return None
+
+
+def cluster(conf: dict[str, Any], store: Datastore) -> Cluster:
+    try:
+        kv = store.get(keys.config("cluster"))
+    except DatastoreUnavailable as exc:
+        raise unavailable(conf, exc) from exc
+    doc: dict[str, Any] = json.loads(kv.value) if kv else {}
+    pool: dict[str, Any] = dict(doc.get("pool") or {})
+    ipam_conf = conf.get("ipam") or {}
+    if isinstance(ipam_conf.get("pool"), str):
+        pool["cidr"] = ipam_conf["pool"]
+    if ipam_conf.get("block_size"):
+        pool["block_size"] = ipam_conf["block_size"]
+    if not pool.get("cidr"):
+        raise CniError(INVALID_CONFIG, f"no IP pool: etcd key {keys.config('cluster')} has no pool.cidr "
+                       "and the network config has no ipam.pool")
+    mtu = conf.get("mtu", doc.get("mtu"))
+    return Cluster(str(pool["cidr"]), int(pool.get("block_size", 26)), _encap(pool),
+                   int(mtu) if mtu else None)

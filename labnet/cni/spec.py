@@ -1,0 +1,189 @@
+"""CNI spec plumbing shared by both plugins: versions, env, errors, results.
+
+Kept to the standard library: it is on the import path of every plugin run.
+Internal results use the 1.0.0 shape; `convert` renders them in the requested version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+LATEST = "1.1.0"
+COMMANDS = ("ADD", "DEL", "CHECK", "VERSION", "GC", "STATUS")
+
+# The spec's well-known error codes (https://www.cni.dev/docs/spec/#error)
+INCOMPATIBLE_VERSION = 1
+UNSUPPORTED_FIELD = 2
+UNKNOWN_CONTAINER = 3
+INVALID_ENV = 4
+IO_FAILURE = 5
+DECODE_FAILURE = 6
+INVALID_CONFIG = 7
+TRY_AGAIN_LATER = 11
+NOT_AVAILABLE = 50
+# labnet's own (100+)
+POOL_EXHAUSTED = 100
+DATAPATH_FAILED = 101
+DELEGATE_FAILED = 102
+CHECK_FAILED = 103
+IPAM_FAILED = 104
+
+_CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+class CniError(Exception):
+    def __init__(self, code: int, msg: str, details: str = "") -> None:
+        super().__init__(msg)
+        self.code, self.msg, self.details = code, msg, details
+
+    def to_json(self, version: str) -> dict[str, Any]:
+        out: dict[str, Any] = {"cniVersion": version, "code": self.code, "msg": self.msg}
+        if self.details:
+            out["details"] = self.details
+        return out
+
+
+def vtuple(v: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in v.split("."))
+    except ValueError:
+        return (0,)
+
+
+@dataclass(frozen=True)
+class Env:
+    command: str
+    container_id: str = ""
+    netns: str = ""
+    ifname: str = ""
+    path: tuple[str, ...] = ()
+    args: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def pod(self) -> str | None:
+        return self.args.get("K8S_POD_NAME")
+
+    @property
+    def namespace(self) -> str:
+        return self.args.get("K8S_POD_NAMESPACE", "default")
+
+
+def parse_env(environ: Mapping[str, str]) -> Env:
+    """The CNI_* variables, validated for the command (code 4 when something is missing)."""
+    cmd = environ.get("CNI_COMMAND", "")
+    if cmd not in COMMANDS:
+        raise CniError(INVALID_ENV, f"CNI_COMMAND is {cmd!r}; expected one of {', '.join(COMMANDS)}")
+    need = {
+        "ADD": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"),
+        "CHECK": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"),
+        "DEL": ("CNI_CONTAINERID", "CNI_IFNAME", "CNI_PATH"),
+        "GC": ("CNI_PATH",),
+    }.get(cmd, ())
+    missing = [v for v in need if not environ.get(v)]
+    if missing:
+        raise CniError(INVALID_ENV, f"CNI {cmd}: required environment variable(s) {', '.join(missing)} not set")
+    cid = environ.get("CNI_CONTAINERID", "")
+    if cid and not _CONTAINER_ID.match(cid):
+        raise CniError(INVALID_ENV, f"CNI_CONTAINERID {cid!r} has characters outside [A-Za-z0-9_.-]")
+    args: dict[str, str] = {}
+    for part in filter(None, environ.get("CNI_ARGS", "").split(";")):
+        k, sep, v = part.partition("=")
+        if not sep or not k:
+            raise CniError(INVALID_ENV, f"CNI_ARGS item {part!r} is not KEY=VALUE")
+        args[k] = v
+    path = tuple(p for p in environ.get("CNI_PATH", "").split(":") if p)
+    return Env(cmd, cid, environ.get("CNI_NETNS", ""), environ.get("CNI_IFNAME", ""), path, args)
+
+
+def parse_conf(raw: bytes | str, command: str) -> dict[str, Any]:
+    """Network config from stdin: code 6 if it is not a JSON object, 1 for a version we lack."""
+    if command in ("VERSION",) and not raw.strip():
+        return {}
+    try:
+        conf = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CniError(DECODE_FAILURE, f"network configuration on stdin is not valid JSON: {exc}") from exc
+    if not isinstance(conf, dict):
+        raise CniError(DECODE_FAILURE, f"network configuration on stdin is a JSON {type(conf).__name__}, not an object")
+    version = conf.get("cniVersion", "0.3.0" if command != "VERSION" else LATEST)
+    if not isinstance(version, str) or version not in SUPPORTED_VERSIONS:
+        raise CniError(INCOMPATIBLE_VERSION, f"cniVersion {version!r} is not supported",
+                       f"supported: {', '.join(SUPPORTED_VERSIONS)}")
+    if command == "VERSION":
+        return conf
+    if command == "CHECK" and vtuple(version) < (0, 4, 0):
+        raise CniError(INCOMPATIBLE_VERSION, f"CHECK needs cniVersion 0.4.0 or later, config has {version}")
+    if command in ("GC", "STATUS") and vtuple(version) < (1, 1, 0):
+        raise CniError(INCOMPATIBLE_VERSION, f"{command} needs cniVersion 1.1.0 or later, config has {version}")
+    for key in ("name", "type"):
+        if not isinstance(conf.get(key), str) or not conf[key]:
+            raise CniError(INVALID_CONFIG, f"network configuration has no {key!r} (a non-empty string)")
+    return conf
+
+
+def version_of(conf: Mapping[str, Any]) -> str:
+    v = conf.get("cniVersion")
+    return v if isinstance(v, str) and v in SUPPORTED_VERSIONS else LATEST
+
+
+def convert(result: dict[str, Any], version: str) -> dict[str, Any]:
+    """Render an internal (1.0.0-shaped) result in `version`."""
+    out = json.loads(json.dumps(result))
+    out["cniVersion"] = version
+    if vtuple(version) < (1, 0, 0):
+        for ip in out.get("ips", []):
+            ip["version"] = "6" if ":" in ip["address"] else "4"
+    return out
+
+
+def normalize(result: Mapping[str, Any]) -> dict[str, Any]:
+    """A prevResult of any supported version in the internal shape."""
+    out = json.loads(json.dumps(dict(result)))
+    for ip in out.get("ips", []):
+        ip.pop("version", None)
+    out.setdefault("interfaces", [])
+    out.setdefault("ips", [])
+    return out
+
+
+def version_result(conf: Mapping[str, Any]) -> dict[str, Any]:
+    return {"cniVersion": version_of(conf) if conf else LATEST, "supportedVersions": list(SUPPORTED_VERSIONS)}
+
+
+def fail(err: CniError, version: str) -> NoReturn:
+    sys.stdout.write(json.dumps(err.to_json(version)) + "\n")
+    sys.stdout.flush()
+    raise SystemExit(1)
+
+
+def run_plugin(handler: Callable[[Env, dict[str, Any]], dict[str, Any] | None]) -> None:
+    """The skeleton both plugins share: read env + stdin, dispatch, print the result or error."""
+    version = LATEST
+    try:
+        env = parse_env(os.environ)
+        raw = sys.stdin.buffer.read() if not sys.stdin.isatty() else b""
+        try:
+            peek = json.loads(raw) if raw.strip() else {}
+            if isinstance(peek, dict) and isinstance(peek.get("cniVersion"), str):
+                version = peek["cniVersion"] if peek["cniVersion"] in SUPPORTED_VERSIONS else LATEST
+        except ValueError:
+            pass
+        if env.command == "VERSION":
+            conf = parse_conf(raw, "VERSION")
+            result: dict[str, Any] | None = version_result(conf)
+        else:
+            conf = parse_conf(raw, env.command)
+            result = handler(env, conf)
+    except CniError as err:
+        fail(err, version)
+    except Exception as exc:  # last resort: still a CNI error, never a traceback on stdout
+        fail(CniError(999, f"internal error: {type(exc).__name__}: {exc}"), version)
+    if result is not None:
+        sys.stdout.write(json.dumps(result) + "\n")

@@ -1,0 +1,28 @@
+"""Block-affinity IPAM (Calico's model) over the Datastore Protocol.
+
+The agent calls `tunnel_address`; checks and doctor call `blocks_of` and `usage`; the CNI
+IPAM plugin calls `auto_assign`, `lookup`, `release` and `gc`.
+"""
+
+from labnet.ipam.allocator import (
+    Assignment,
+    Block,
+    IpamConflict,
+    IpamError,
+    Pool,
+    PoolExhausted,
+    auto_assign,
+    blocks_of,
+    cluster_pool,
+    gc,
+    lookup,
+    release,
+    tunnel_address,
+    tunnel_handle,
+    usage,
+)
+
+__all__ = [
+    "Assignment", "Block", "IpamConflict", "IpamError", "Pool", "PoolExhausted", "auto_assign",
+    "blocks_of", "cluster_pool", "gc", "lookup", "release", "tunnel_address", "tunnel_handle", "usage",
+]

@@ -1,0 +1,407 @@
+"""Calico's block-affinity IPAM over the Datastore Protocol.
+
+The pool is cut into blocks (/26 by default). A node claims a whole block by creating the
+block record with a compare-and-swap on "absent"; it then hands out addresses from its own
+blocks, one compare-and-swap on the block per address. Every write that can race is a cas
+on the key's mod_revision and is retried after re-reading on conflict, so any number of
+concurrent CNI processes (on one node or many) never hand out one address twice.
+
+Block record (JSON at keys.block(cidr)), Calico's AllocationBlock reduced to IPv4:
+  cidr, affinity ("host:<node>" or null), allocations[ordinal] = handle id or null,
+  unallocated = free ordinals in hand-out order (lowest first; a released ordinal is
+  appended, so it is reused last), attributes = {handle id: {...}}.
+Handle record (keys.handle(id)): {"handleID", "block": {cidr: count}} - one per container.
+Affinity record (keys.affinity(node, cidr)): {"state": "confirmed"}; the index the agent
+reads to blackhole its own blocks. The block's own `affinity` field is the truth.
+
+Block choice is deterministic: each node walks the pool's blocks from an offset derived
+from sha256(node name), so a lab rebuilt from the same topology gets the same addresses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from labnet.etcd import keys
+from labnet.etcd.store import KV, Datastore
+
+MAX_ATTEMPTS = 2000  # cas retries; each failure means another writer made progress
+
+
+class IpamError(Exception):
+    """An IPAM failure the CNI plugin reports with its own code (100+)."""
+
+    code = 100
+
+
+class PoolExhausted(IpamError):
+    code = 100
+
+
+class IpamConflict(IpamError):
+    """Gave up after MAX_ATTEMPTS lost compare-and-swaps (should not happen)."""
+
+    code = 105
+
+
+@dataclass(frozen=True)
+class Pool:
+    cidr: str
+    block_size: int = 26
+
+    def __post_init__(self) -> None:
+        try:
+            net = ipaddress.IPv4Network(self.cidr, strict=True)
+        except ValueError as exc:
+            raise ValueError(f"IP pool {self.cidr!r} is not an IPv4 network: {exc}") from exc
+        if not net.prefixlen <= self.block_size <= 32:
+            raise ValueError(
+                f"IP pool {self.cidr}: block_size /{self.block_size} must be between /{net.prefixlen} and /32"
+            )
+
+    @property
+    def network(self) -> ipaddress.IPv4Network:
+        return ipaddress.IPv4Network(self.cidr)
+
+    @property
+    def n_blocks(self) -> int:
+        return 1 << (self.block_size - self.network.prefixlen)
+
+    @property
+    def block_len(self) -> int:
+        return 1 << (32 - self.block_size)
+
+    def block_at(self, i: int) -> str:
+        base = int(self.network.network_address) + i * self.block_len
+        return f"{ipaddress.IPv4Address(base)}/{self.block_size}"
+
+    def contains_block(self, cidr: str) -> bool:
+        net = ipaddress.IPv4Network(cidr)
+        return net.prefixlen == self.block_size and net.subnet_of(self.network)
+
+    def node_order(self, node: str) -> list[str]:
+        """The node's deterministic walk over the pool's blocks."""
+        start = int(hashlib.sha256(node.encode()).hexdigest(), 16) % self.n_blocks
+        return [self.block_at((start + k) % self.n_blocks) for k in range(self.n_blocks)]
+
+    def rank(self, node: str) -> dict[str, int]:
+        return {c: i for i, c in enumerate(self.node_order(node))}
+
+
+@dataclass
+class Block:
+    cidr: str
+    affinity: str | None
+    allocations: list[str | None]
+    unallocated: list[int]
+    attributes: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def new(cls, cidr: str, node: str | None) -> Block:
+        size = ipaddress.IPv4Network(cidr).num_addresses
+        return cls(cidr, f"host:{node}" if node else None, [None] * size, list(range(size)))
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Block:
+        d = json.loads(raw)
+        return cls(d["cidr"], d.get("affinity"), d["allocations"], d["unallocated"], d.get("attributes", {}))
+
+    def encode(self) -> str:
+        return json.dumps({
+            "cidr": self.cidr, "affinity": self.affinity, "strictAffinity": False,
+            "allocations": self.allocations, "unallocated": self.unallocated,
+            "attributes": self.attributes,
+        }, separators=(",", ":"))
+
+    @property
+    def node(self) -> str | None:
+        return self.affinity[5:] if self.affinity and self.affinity.startswith("host:") else None
+
+    def address(self, ordinal: int) -> str:
+        return str(ipaddress.IPv4Network(self.cidr).network_address + ordinal)
+
+    def ordinal(self, address: str) -> int:
+        return int(ipaddress.IPv4Address(address)) - int(ipaddress.IPv4Network(self.cidr).network_address)
+
+    def take(self, handle_id: str, prefer: int | None, attrs: dict[str, Any] | None) -> int | None:
+        if not self.unallocated:
+            return None
+        ordinal = prefer if prefer is not None and prefer in self.unallocated else self.unallocated[0]
+        self.unallocated.remove(ordinal)
+        self.allocations[ordinal] = handle_id
+        if attrs:
+            self.attributes[handle_id] = attrs
+        return ordinal
+
+    def release(self, handle_id: str) -> list[int]:
+        freed = [i for i, h in enumerate(self.allocations) if h == handle_id]
+        for i in freed:
+            self.allocations[i] = None
+            self.unallocated.append(i)  # reused last: the release order is the hand-out order
+        self.attributes.pop(handle_id, None)
+        return freed
+
+    def undo(self, ordinal: int, handle_id: str) -> bool:
+        """Roll back one `take` that lost a race: the ordinal goes back to the front."""
+        if self.allocations[ordinal] != handle_id:
+            return False
+        self.allocations[ordinal] = None
+        self.unallocated.insert(0, ordinal)
+        if handle_id not in self.allocations:
+            self.attributes.pop(handle_id, None)
+        return True
+
+    def used(self) -> int:
+        return sum(1 for h in self.allocations if h is not None)
+
+
+@dataclass(frozen=True)
+class Assignment:
+    address: str
+    block: str
+    ordinal: int
+    handle: str
+    affinity: str | None  # the node owning the block
+    borrowed: bool  # True when the block belongs to another node (the agent routes a /32)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "address": self.address, "block": self.block, "ordinal": self.ordinal, "handle": self.handle,
+            "affinity": self.affinity, "borrowed": self.borrowed,
+        }
+
+
+# -- reading ------------------------------------------------------------------------------
+
+
+def _blocks(store: Datastore, pool: Pool | None = None) -> dict[str, tuple[KV, Block]]:
+    out: dict[str, tuple[KV, Block]] = {}
+    for kv in store.range(keys.BLOCKS):
+        block = Block.decode(kv.value)
+        if pool is None or pool.contains_block(block.cidr):
+            out[block.cidr] = (kv, block)
+    return out
+
+
+def _handle(store: Datastore, handle_id: str) -> tuple[KV, dict[str, Any]] | None:
+    kv = store.get(keys.handle(handle_id))
+    return (kv, json.loads(kv.value)) if kv else None
+
+
+def lookup(store: Datastore, handle_id: str, node: str | None = None) -> list[Assignment]:
+    """The addresses a handle holds now (empty when it holds none)."""
+    found = _handle(store, handle_id)
+    if found is None:
+        return []
+    out = []
+    for cidr in found[1].get("block", {}):
+        kv = store.get(keys.block(cidr))
+        if kv is None:
+            continue
+        block = Block.decode(kv.value)
+        for i, h in enumerate(block.allocations):
+            if h == handle_id:
+                out.append(Assignment(block.address(i), cidr, i, handle_id, block.node,
+                                      node is not None and block.node != node))
+    return out
+
+
+def blocks_of(store: Datastore, node: str) -> list[str]:
+    """CIDRs of the blocks affine to `node` (from its affinity records), sorted."""
+    prefix = keys.affinities(node)
+    cidrs = [keys.cidr_from_key(kv.key[len(prefix):]) for kv in store.range(prefix)]
+    return sorted(cidrs, key=lambda c: ipaddress.IPv4Network(c))
+
+
+def usage(store: Datastore) -> dict[str, Any]:
+    """Every block with its owner and allocations, and every handle: for checks and doctor."""
+    blocks = []
+    total = 0
+    for cidr, (_, b) in sorted(_blocks(store).items(), key=lambda x: ipaddress.IPv4Network(x[0])):
+        used = {b.address(i): h for i, h in enumerate(b.allocations) if h is not None}
+        total += len(used)
+        blocks.append({"cidr": cidr, "node": b.node, "allocated": used, "free": len(b.unallocated)})
+    handles = sorted(kv.key[len(keys.HANDLES):] for kv in store.range(keys.HANDLES))
+    return {"blocks": blocks, "handles": handles, "allocated": total}
+
+
+# -- writing ------------------------------------------------------------------------------
+
+
+def _allocate_in(
+    store: Datastore, cidr: str, handle_id: str, node: str, attrs: dict[str, Any] | None,
+    prefer: int | None = None,
+) -> Assignment | None:
+    for _ in range(MAX_ATTEMPTS):
+        kv = store.get(keys.block(cidr))
+        if kv is None:
+            return None
+        block = Block.decode(kv.value)
+        ordinal = block.take(handle_id, prefer, attrs)
+        if ordinal is None:
+            return None
+        if store.cas(kv.key, block.encode(), kv.mod_revision):
+            return Assignment(block.address(ordinal), cidr, ordinal, handle_id, block.node, block.node != node)
+    raise IpamConflict(f"block {cidr}: gave up after {MAX_ATTEMPTS} conflicting updates")
+
+
+def _claim(store: Datastore, node: str, pool: Pool, taken: set[str]) -> str | None:
+    """Claim the node's first unclaimed block; its cidr, or None if the pool has none left.
+
+    A lost race (a sibling process claimed the same block) still returns that cidr: the
+    caller re-reads and finds it affine, or moves on.
+    """
+    for cidr in pool.node_order(node):
+        if cidr in taken:
+            continue
+        if store.cas(keys.block(cidr), Block.new(cidr, node).encode(), 0):
+            store.cas(keys.affinity(node, cidr), json.dumps({"state": "confirmed", "deleted": False}), 0)
+        return cidr
+    return None
+
+
+def _write_handle(store: Datastore, handle_id: str, cidr: str) -> bool:
+    for _ in range(MAX_ATTEMPTS):
+        found = _handle(store, handle_id)
+        if found is None:
+            return store.cas(keys.handle(handle_id), json.dumps({"handleID": handle_id, "block": {cidr: 1}}), 0)
+        kv, doc = found
+        if doc.get("block") and lookup(store, handle_id):
+            return False  # the container already holds an address (a concurrent ADD won)
+        doc["block"] = {cidr: 1}  # new, or stale (its addresses were swept): take it over
+        if store.cas(kv.key, json.dumps(doc), kv.mod_revision):
+            return True
+    raise IpamConflict(f"handle {handle_id}: gave up after {MAX_ATTEMPTS} conflicting updates")
+
+
+def _release_in(store: Datastore, cidr: str, handle_id: str) -> list[str]:
+    for _ in range(MAX_ATTEMPTS):
+        kv = store.get(keys.block(cidr))
+        if kv is None:
+            return []
+        block = Block.decode(kv.value)
+        freed = block.release(handle_id)
+        if not freed:
+            return []
+        if store.cas(kv.key, block.encode(), kv.mod_revision):
+            return [block.address(i) for i in freed]
+    raise IpamConflict(f"block {cidr}: gave up after {MAX_ATTEMPTS} conflicting updates")
+
+
+def _undo(store: Datastore, a: Assignment) -> None:
+    for _ in range(MAX_ATTEMPTS):
+        kv = store.get(keys.block(a.block))
+        if kv is None:
+            return
+        block = Block.decode(kv.value)
+        if not block.undo(a.ordinal, a.handle) or store.cas(kv.key, block.encode(), kv.mod_revision):
+            return
+    raise IpamConflict(f"block {a.block}: gave up after {MAX_ATTEMPTS} conflicting updates")
+
+
+def auto_assign(
+    store: Datastore, node: str, handle_id: str, pool: Pool,
+    attrs: dict[str, Any] | None = None, prefer_first: bool = False,
+) -> Assignment:
+    """One address for `handle_id`; the same one again if the handle already holds one.
+
+    Order: the node's own blocks (in its walk order, lowest free ordinal first), then a newly
+    claimed block, then an address borrowed from another node's block. Raises PoolExhausted.
+    """
+    held = lookup(store, handle_id, node)
+    if held:
+        return held[0]
+    for _ in range(MAX_ATTEMPTS):
+        blocks = _blocks(store, pool)
+        rank = pool.rank(node)
+        mine = sorted((c for c, (_, b) in blocks.items() if b.node == node), key=rank.__getitem__)
+        got: Assignment | None = None
+        for cidr in mine:
+            if blocks[cidr][1].unallocated:
+                got = _allocate_in(store, cidr, handle_id, node, attrs, 0 if prefer_first else None)
+                if got:
+                    break
+        if got is None:
+            if _claim(store, node, pool, set(blocks)) is not None:
+                continue  # allocate from the claimed block on the next pass
+            others = sorted((c for c in blocks if c not in mine), key=rank.__getitem__)
+            for cidr in others:
+                if blocks[cidr][1].unallocated:
+                    got = _allocate_in(store, cidr, handle_id, node, attrs)
+                    if got:
+                        break
+            if got is None:
+                if any(b.unallocated for _, b in _blocks(store, pool).values()):
+                    continue  # someone released meanwhile
+                raise PoolExhausted(
+                    f"IP pool {pool.cidr} is exhausted: all {pool.network.num_addresses} addresses in its "
+                    f"{pool.n_blocks} /{pool.block_size} blocks are assigned (node {node}, handle {handle_id})"
+                )
+        if _write_handle(store, handle_id, got.block):
+            return got
+        # A concurrent ADD for the same container got there first: give ours back, use theirs.
+        _undo(store, got)
+        held = lookup(store, handle_id, node)
+        if held:
+            return held[0]
+    raise IpamConflict(f"handle {handle_id}: gave up after {MAX_ATTEMPTS} attempts")
+
+
+def release(store: Datastore, handle_id: str) -> list[str]:
+    """Free every address of `handle_id` and delete the handle. Unknown handle: nothing to do."""
+    for _ in range(MAX_ATTEMPTS):
+        found = _handle(store, handle_id)
+        if found is None:
+            return []
+        kv, doc = found
+        freed: list[str] = []
+        for cidr in doc.get("block", {}):
+            freed += _release_in(store, cidr, handle_id)
+        if store.delete(kv.key, kv.mod_revision):
+            return freed
+    raise IpamConflict(f"handle {handle_id}: gave up after {MAX_ATTEMPTS} attempts")
+
+
+def tunnel_handle(node: str) -> str:
+    return f"ipip-tunnel-addr-{node}"
+
+
+def cluster_pool(store: Datastore) -> Pool:
+    kv = store.get(keys.config("cluster"))
+    if kv is None:
+        raise IpamError(f"no lab settings at etcd key {keys.config('cluster')} (pool cidr unknown)")
+    pool = json.loads(kv.value).get("pool") or {}
+    return Pool(pool["cidr"], int(pool.get("block_size", 26)))
+
+
+def tunnel_address(store: Datastore, node: str, pool: Pool | None = None) -> str:
+    """The tunl0 address of `node`: the first address of its first block (idempotent)."""
+    pool = pool or cluster_pool(store)
+    return auto_assign(store, node, tunnel_handle(node), pool, {"node": node, "type": "ipipTunnelAddress"},
+                       prefer_first=True).address
+
+
+def gc(store: Datastore, network: str, valid_container_ids: set[str]) -> list[str]:
+    """Release the handles of `network` whose container is not in `valid_container_ids`.
+
+    Also sweeps block entries of the network whose handle record is missing (a plugin that
+    died between the block write and the handle write).
+    """
+    prefix = f"{network}."
+    released: list[str] = []
+    for kv in store.range(keys.HANDLES + prefix):
+        hid = kv.key[len(keys.HANDLES):]
+        if hid[len(prefix):] not in valid_container_ids:
+            release(store, hid)
+            released.append(hid)
+    for cidr, (_, block) in _blocks(store).items():
+        for hid in {h for h in block.allocations if h and h.startswith(prefix)}:
+            if hid[len(prefix):] not in valid_container_ids and store.get(keys.handle(hid)) is None:
+                _release_in(store, cidr, hid)
+                if hid not in released:
+                    released.append(hid)
+    return released
