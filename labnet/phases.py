@@ -6,16 +6,14 @@ rolled-back `up` stop it by its recorded pid.
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from labnet import paths
 from labnet.errors import LabnetError
-from labnet.etcd import keys
+from labnet.etcd.settings import write_cluster_config
 from labnet.etcd.store import EtcdConfig
 from labnet.lab import Context, record_process, register_phase
 from labnet.nsexec import spawn
@@ -28,10 +26,11 @@ AGENT_CONFIG_INSIDE = "/var/lib/labnet/agent.json"
 
 
 def admin_config(ctx_info: dict[str, Any]) -> EtcdConfig:
-    """How the host-side CLI reaches the lab's etcd (run it inside `via`'s netns)."""
+    """How the host-side CLI reaches the lab's etcd: the admin certificate, and connections
+    opened from inside the etcd node's network namespace (the only place etcd is reachable)."""
     e = ctx_info["etcd"]
     return EtcdConfig(endpoints=tuple(e["endpoints"]), ca_file=e.get("ca"), cert_file=e.get("cert"),
-                      key_file=e.get("key"))
+                      key_file=e.get("key"), extra={"netns": e["netns"]})
 
 
 def phase_etcd(ctx: Context) -> None:
@@ -54,19 +53,10 @@ def phase_etcd(ctx: Context) -> None:
             # /var/lib/labnet, and point its flags at the paths it sees there.
             host_tls = rt.host_path(m.name, ETCD_TLS_INSIDE)
             host_tls.mkdir(mode=0o700, parents=True, exist_ok=True)
-            wanted = [pki.ca_cert, pki.server.cert, pki.server.key, pki.peers[m.name].cert, pki.peers[m.name].key]
-            for f in wanted:
+            peer = pki.peers[m.name]
+            for f in (pki.ca_cert, pki.server.cert, pki.server.key, peer.cert, peer.key):
                 shutil.copy2(f, host_tls / f.name)
-
-            def inside(p: Path) -> Path:
-                return Path(ETCD_TLS_INSIDE) / p.name
-
-            inside_pki = replace(
-                pki, dir=Path(ETCD_TLS_INSIDE), ca_cert=inside(pki.ca_cert), ca_key=inside(pki.ca_key),
-                server=replace(pki.server, cert=inside(pki.server.cert), key=inside(pki.server.key)),
-                peers={m.name: replace(pki.peers[m.name], cert=inside(pki.peers[m.name].cert),
-                                       key=inside(pki.peers[m.name].key))},
-            )
+            inside_pki = pki.moved(ETCD_TLS_INSIDE)
         data = rt.host_path(m.name, ETCD_DATA_INSIDE)
         data.mkdir(mode=0o700, parents=True, exist_ok=True)
         log = rt.host_path(m.name, "/var/log/labnet/etcd.log")
@@ -86,8 +76,7 @@ def phase_etcd(ctx: Context) -> None:
     }
     ctx.journal.save()
     server.wait_healthy(cfg, timeout=30, netns=rt.ns(via).netns, pids=logs)
-    with_store(ctx.journal.info, lambda store: store.put(keys.config("cluster"),
-                                                         json.dumps(cluster_settings(ctx.topo))))
+    with_store(ctx.journal.info, lambda store: write_cluster_config(store, cluster_settings(ctx.topo)))
 
 
 def cluster_settings(topo: Any) -> dict[str, Any]:
@@ -106,20 +95,14 @@ def cluster_settings(topo: Any) -> dict[str, Any]:
 
 
 def with_store(info: dict[str, Any], fn: Any) -> Any:
-    """Run fn(store) with the admin certificate, from inside the etcd node's network namespace."""
+    """Run fn(store) with the lab's admin store."""
     from labnet.etcd.client import EtcdStore
-    from labnet.etcd.netns import call_in_netns
 
-    netns = info["etcd"]["netns"]
-
-    def go() -> Any:
-        store = EtcdStore(admin_config(info))
-        try:
-            return fn(store)
-        finally:
-            store.close()
-
-    return call_in_netns(netns, go)
+    store = EtcdStore(admin_config(info))
+    try:
+        return fn(store)
+    finally:
+        store.close()
 
 
 def phase_cni(ctx: Context) -> None:

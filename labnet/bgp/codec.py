@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network
 
 MARKER = b"\xff" * 16
@@ -228,6 +228,16 @@ class RawAttribute:
     value: bytes
 
 
+def path_length(segments: tuple[AsSegment, ...]) -> int:
+    n = 0
+    for seg in segments:
+        if seg.type == SegType.AS_SEQUENCE:
+            n += len(seg.asns)
+        elif seg.type == SegType.AS_SET:
+            n += 1
+    return n
+
+
 class Attr(enum.IntEnum):
     ORIGIN = 1
     AS_PATH = 2
@@ -241,6 +251,8 @@ class Attr(enum.IntEnum):
     CLUSTER_LIST = 10
     MP_REACH_NLRI = 14
     MP_UNREACH_NLRI = 15
+    AS4_PATH = 17  # RFC 6793: only between a 4-octet speaker and a 2-octet one
+    AS4_AGGREGATOR = 18
 
 
 F_OPTIONAL = 0x80
@@ -262,6 +274,8 @@ _ATTR_FLAGS: dict[int, int] = {
     Attr.CLUSTER_LIST: F_OPTIONAL,
     Attr.MP_REACH_NLRI: F_OPTIONAL,
     Attr.MP_UNREACH_NLRI: F_OPTIONAL,
+    Attr.AS4_PATH: F_OPTIONAL | F_TRANSITIVE,
+    Attr.AS4_AGGREGATOR: F_OPTIONAL | F_TRANSITIVE,
 }
 
 
@@ -283,13 +297,7 @@ class PathAttributes:
 
     def as_path_length(self) -> int:
         """Path length for best-path selection: an AS_SET counts 1, confederation segments 0."""
-        n = 0
-        for seg in self.as_path or ():
-            if seg.type == SegType.AS_SEQUENCE:
-                n += len(seg.asns)
-            elif seg.type == SegType.AS_SET:
-                n += 1
-        return n
+        return path_length(self.as_path or ())
 
     def as_path_asns(self) -> tuple[int, ...]:
         return tuple(a for seg in self.as_path or () for a in seg.asns)
@@ -316,15 +324,24 @@ class Update:
     errors: tuple[BgpError, ...] = ()
     treat_as_withdraw: bool = False
 
-    def is_end_of_rib(self) -> bool:
-        """RFC 4724: an empty UPDATE marks End-of-RIB for IPv4 unicast."""
+    def end_of_rib_family(self) -> tuple[int, int] | None:
+        """RFC 4724 2: the (AFI, SAFI) this UPDATE marks End-of-RIB for, or None.
+
+        IPv4 unicast: an empty UPDATE; other families: an empty MP_UNREACH_NLRI and nothing else.
+        """
         if self.withdrawn or self.nlri or self.treat_as_withdraw:
-            return False
+            return None
         a = self.attrs
         if a.is_empty():
-            return True
+            return IPV4_UNICAST
         mp = a.mp_unreach
-        return mp is not None and not mp.withdrawn and a == PathAttributes(mp_unreach=mp)
+        if mp is not None and not mp.withdrawn and a == PathAttributes(mp_unreach=mp):
+            return (mp.afi, mp.safi)
+        return None
+
+    def is_end_of_rib(self) -> bool:
+        """End-of-RIB for IPv4 unicast, the family labnet carries."""
+        return self.end_of_rib_family() == IPV4_UNICAST
 
     def announced(self) -> tuple[IPv4Network, ...]:
         """Prefixes this update makes reachable (none when it is treated as a withdrawal)."""
@@ -483,6 +500,14 @@ def encode_attributes(a: PathAttributes, four_octet: bool = True) -> bytes:
         u = a.mp_unreach
         value = struct.pack("!HB", u.afi, u.safi) + b"".join(encode_prefix(p) for p in u.withdrawn)
         out += _attr(F_OPTIONAL, Attr.MP_UNREACH_NLRI, value)
+    if not four_octet:
+        # RFC 6793 4.2.2: a 2-octet peer gets AS_TRANS in place of large ASes, the truth in AS4_*
+        segs = tuple(g for g in a.as_path or () if g.type in (SegType.AS_SEQUENCE, SegType.AS_SET))
+        if any(x > 0xFFFF for g in segs for x in g.asns):
+            out += _attr(F_OPTIONAL | F_TRANSITIVE, Attr.AS4_PATH, encode_as_path(segs, True))
+        if a.aggregator is not None and a.aggregator[0] > 0xFFFF:
+            value = struct.pack("!I", a.aggregator[0]) + a.aggregator[1].packed
+            out += _attr(F_OPTIONAL | F_TRANSITIVE, Attr.AS4_AGGREGATOR, value)
     for raw in a.unknown:
         out += _attr(raw.flags, raw.type, raw.value)
     return out
@@ -751,8 +776,66 @@ def decode_update(body: bytes, four_octet: bool = True) -> Update:
             if code not in seen:
                 errors.append(_upd(UpdateSub.MISSING_WELL_KNOWN_ATTRIBUTE, f"{code.name} missing",
                                    Action.TREAT_AS_WITHDRAW, bytes([code])))
+    attrs = _merge_as4(attrs, four_octet, errors)
     taw = any(e.action == Action.TREAT_AS_WITHDRAW for e in errors)
     return Update(withdrawn, attrs, nlri, tuple(errors), taw)
+
+
+def _merge_as4(attrs: PathAttributes, four_octet: bool, errors: list[BgpError]) -> PathAttributes:
+    """RFC 6793 4.2.3: rebuild the real AS_PATH/AGGREGATOR from AS4_PATH/AS4_AGGREGATOR."""
+    as4 = [r for r in attrs.unknown if r.type in (Attr.AS4_PATH, Attr.AS4_AGGREGATOR)]
+    if not as4:
+        return attrs
+    attrs = replace(attrs, unknown=tuple(r for r in attrs.unknown if r not in as4))
+    if four_octet:
+        return attrs  # 4.1: between 4-octet speakers AS4_* are discarded
+    as4_path: tuple[AsSegment, ...] | None = None
+    as4_aggr: tuple[int, IPv4Address] | None = None
+    for r in as4:
+        try:
+            if r.type == Attr.AS4_PATH:
+                as4_path = _decode_as_path(r.value, True)
+                if any(g.type not in (SegType.AS_SEQUENCE, SegType.AS_SET) for g in as4_path):
+                    raise ValueError("confederation segment in AS4_PATH")
+            elif len(r.value) == 8:
+                as4_aggr = (struct.unpack_from("!I", r.value)[0], IPv4Address(r.value[4:]))
+            else:
+                raise ValueError(f"AS4_AGGREGATOR of length {len(r.value)}")
+        except ValueError as exc:  # RFC 6793 6 / RFC 7606 7.7: malformed AS4_* are discarded
+            errors.append(_upd(UpdateSub.OPTIONAL_ATTRIBUTE_ERROR, f"{Attr(r.type).name}: {exc}",
+                               Action.ATTRIBUTE_DISCARD))
+    if attrs.aggregator is not None and attrs.aggregator[0] != AS_TRANS:
+        return attrs  # the aggregating speaker was 2-octet: the AS4_* attributes are stale
+    if as4_aggr is not None and attrs.aggregator is not None:
+        attrs = replace(attrs, aggregator=as4_aggr)
+    if as4_path is not None and attrs.as_path is not None:
+        attrs = replace(attrs, as_path=_merge_paths(attrs.as_path, as4_path))
+    return attrs
+
+
+def _merge_paths(as_path: tuple[AsSegment, ...], as4_path: tuple[AsSegment, ...]) -> tuple[AsSegment, ...]:
+    keep = path_length(as_path) - path_length(as4_path)
+    if keep < 0:
+        return as_path  # AS4_PATH longer than AS_PATH: ignore it
+    out: list[AsSegment] = []
+    for seg in as_path:
+        if seg.type in (SegType.CONFED_SEQUENCE, SegType.CONFED_SET):
+            out.append(seg)  # confederation segments live only in AS_PATH
+        elif keep > 0 and seg.type == SegType.AS_SEQUENCE:
+            out.append(AsSegment(seg.type, seg.asns[:keep]))
+            keep -= len(out[-1].asns)
+        elif keep > 0:
+            out.append(seg)
+            keep -= 1
+    merged: list[AsSegment] = []
+    for seg in out + list(as4_path):  # join the seam: (65001) (4200000000 65000) → (65001 4200000000 65000)
+        prev = merged[-1] if merged else None
+        if (prev is not None and prev.type == seg.type == SegType.AS_SEQUENCE
+                and len(prev.asns) + len(seg.asns) <= 255):
+            merged[-1] = AsSegment(SegType.AS_SEQUENCE, prev.asns + seg.asns)
+        else:
+            merged.append(seg)
+    return tuple(merged)
 
 
 def _decode_attributes(data: bytes, four_octet: bool) -> tuple[PathAttributes, list[BgpError], set[int]]:
@@ -804,6 +887,9 @@ def _decode_attributes(data: bytes, four_octet: bool) -> tuple[PathAttributes, l
             errors.append(_upd(UpdateSub.ATTRIBUTE_FLAGS_ERROR, f"attribute {Attr(code).name} flags {flags:#04x}", action, raw))
             if action == Action.SESSION_RESET:
                 raise errors[-1]
+            continue
+        if code in (Attr.AS4_PATH, Attr.AS4_AGGREGATOR):
+            unknown.append(RawAttribute(flags & ~F_EXTENDED, code, value))  # merged in _merge_as4
             continue
         err = _decode_known(Attr(code), value, raw, four_octet, fields)
         if err is not None:

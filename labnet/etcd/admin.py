@@ -1,7 +1,7 @@
 """The lab's etcd from the host: the admin certificate, used from inside the lab's network.
 
-The lab's etcd listens only on lab addresses, so every call runs in a thread that has entered
-the etcd node's network namespace (labnet.etcd.netns); the rest of the CLI stays where it is.
+The lab's etcd listens only on lab addresses; the store opens its connections from inside the
+etcd node's network namespace (EtcdConfig.extra["netns"], see labnet.etcd.client).
 """
 
 from __future__ import annotations
@@ -11,40 +11,18 @@ from typing import TYPE_CHECKING, Any
 from labnet.errors import LabnetError
 
 if TYPE_CHECKING:
+    from labnet.etcd.client import EtcdStore
     from labnet.labview import LabView
 
 
-class NetnsStore:
-    """A Datastore whose every call runs inside `netns` (an nsfs path)."""
-
-    def __init__(self, netns: str, config: Any) -> None:
-        from labnet.etcd.client import EtcdStore
-
-        self._netns = netns
-        self._store = EtcdStore(config)
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._store, name)
-        if not callable(attr) or name == "close":
-            return attr
-        from labnet.etcd.netns import call_in_netns
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            return call_in_netns(self._netns, attr, *args, **kwargs)
-
-        return call
-
-    def close(self) -> None:
-        self._store.close()
-
-
-def admin_store(info: dict[str, Any]) -> NetnsStore:
+def admin_store(info: dict[str, Any]) -> EtcdStore:
     """The admin store of a lab, from its journal's info."""
+    from labnet.etcd.client import EtcdStore
     from labnet.phases import admin_config
 
     if "etcd" not in info:
         raise LabnetError("this lab has no etcd (its topology has no cluster)")
-    return NetnsStore(info["etcd"]["netns"], admin_config(info))
+    return EtcdStore(admin_config(info))
 
 
 def etcd_ls_text(view: LabView, prefix: str = "/labnet/") -> str:

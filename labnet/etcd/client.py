@@ -144,6 +144,10 @@ class EtcdStore:
     def __init__(self, config: EtcdConfig) -> None:
         if not config.endpoints:
             raise ValueError("EtcdConfig has no endpoints")
+        for what, path in (("ca_file", config.ca_file), ("cert_file", config.cert_file),
+                           ("key_file", config.key_file)):
+            if path and not (isinstance(path, str) and os.path.isfile(path)):
+                raise ValueError(f"etcd {what} {path} does not exist (or is not a file)")
         self.config = config
         self._session = requests.Session()
         # Not the environment's: REQUESTS_CA_BUNDLE would replace our CA, and an http(s)_proxy
@@ -185,6 +189,8 @@ class EtcdStore:
             except _UNREACHABLE as exc:
                 errors.append(f"{self._endpoint(i)}: {_reason(exc)}")
                 continue
+            except OSError as exc:  # requests' own check of the cert files, e.g. one deleted since
+                raise DatastoreUnavailable(f"etcd {what}: {exc}") from exc
             except gw_exc.Etcd3Exception as exc:
                 if "lease not found" in _reason(exc):
                     raise LeaseExpired(f"{what}: {_reason(exc)}") from exc

@@ -1,0 +1,287 @@
+"""Real etcd (3.4, /usr/bin/etcd) with the lab's PKI, inside throw-away namespaces.
+
+The test process stays in the root namespace; client code that must reach etcd runs in a
+thread that entered the etcd node's network namespace (labnet.etcd.netns).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from labnet.etcd import server
+from labnet.etcd.client import EtcdStore
+from labnet.etcd.netns import call_in_netns, thread_in_netns
+from labnet.etcd.server import EtcdMember, EtcdStartError
+from labnet.etcd.store import Conflict, DatastoreUnavailable, EtcdConfig, Event, LeaseExpired
+from labnet.nsexec import NodeNS, pid_alive, run
+from labnet.pki import Pki, ensure_pki
+from labnet.wait import poll
+
+ADDR = "10.99.0.1"
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    d = tmp_path_factory.mktemp("pki")
+    return ensure_pki(d, "t", [("etcd-1", ADDR), ("etcd-2", "10.99.0.2"), ("etcd-3", "10.99.0.3")],
+                      ["node-a", "node-b"])
+
+
+@pytest.fixture(scope="module")
+def foreign_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """Another lab's CA: its certificates must not open this lab's etcd."""
+    return ensure_pki(tmp_path_factory.mktemp("foreign"), "other", [("etcd-1", ADDR)], ["node-a"])
+
+
+class Single:
+    def __init__(self, ns: NodeNS, member: EtcdMember, pki: Pki, data: Path, log: Path) -> None:
+        self.ns, self.member, self.pki, self.data, self.log = ns, member, pki, data, log
+        self.config = server.client_config([member], pki)
+
+    def start(self, track: object) -> int:
+        pid = server.start_member(self.ns, self.member, [self.member], self.pki, self.data, self.log)
+        track(pid)  # type: ignore[operator]
+        server.wait_healthy(self.config, 30, netns=self.ns.netns, pids={pid: self.log})
+        return pid
+
+
+@pytest.fixture
+def etcd1(netns_factory, pki: Pki, tmp_path: Path) -> tuple[Single, int]:  # type: ignore[no-untyped-def]
+    ns = netns_factory("etcd")
+    run(ns, ["ip", "addr", "add", f"{ADDR}/32", "dev", "lo"])
+    s = Single(ns, EtcdMember("etcd-1", ADDR), pki, tmp_path / "data", tmp_path / "etcd.log")
+    pid = s.start(netns_factory.track_pid)
+    return s, pid
+
+
+def curl(ns: NodeNS, pki: Pki, *extra: str) -> subprocess.CompletedProcess[str]:
+    return run(ns, ["curl", "-sS", "--noproxy", "*", "--max-time", "5", "--cacert", str(pki.ca_cert), *extra,
+                    f"https://{ADDR}:2379/health"], check=False)
+
+
+def test_client_cert_required_and_from_this_lab_ca(etcd1: tuple[Single, int], pki: Pki,
+                                                   foreign_pki: Pki) -> None:
+    s, _ = etcd1
+    ok = curl(s.ns, pki, "--cert", str(pki.admin.cert), "--key", str(pki.admin.key))
+    assert ok.returncode == 0 and '"health":"true"' in ok.stdout.replace(" ", ""), ok
+    node = curl(s.ns, pki, "--cert", str(pki.nodes["node-b"].cert), "--key", str(pki.nodes["node-b"].key))
+    assert node.returncode == 0, f"node-b's client cert was refused: {node.stderr}"
+
+    none = curl(s.ns, pki)
+    assert none.returncode != 0, f"etcd answered a request without client certificate: {none.stdout}"
+    other = curl(s.ns, pki, "--cert", str(foreign_pki.admin.cert), "--key", str(foreign_pki.admin.key))
+    assert other.returncode != 0, f"etcd accepted a client cert from another CA: {other.stdout}"
+
+    # The same with Python's ssl: the handshake (or the first read, with TLS 1.3) fails.
+    def handshake(cert: tuple[str, str] | None) -> str:
+        ctx = ssl.create_default_context(cafile=str(pki.ca_cert))
+        if cert:
+            ctx.load_cert_chain(*cert)
+        with socket.create_connection((ADDR, 2379), timeout=5) as raw, \
+                ctx.wrap_socket(raw, server_hostname=ADDR) as tls:
+            tls.sendall(f"GET /health HTTP/1.1\r\nHost: {ADDR}\r\nConnection: close\r\n\r\n".encode())
+            data = b""
+            while chunk := tls.recv(4096):
+                data += chunk
+            return data.decode(errors="replace")
+
+    for cert, who in [(None, "no client cert"), ((str(foreign_pki.admin.cert), str(foreign_pki.admin.key)),
+                                                 "another CA's cert")]:
+        with pytest.raises((ssl.SSLError, ConnectionResetError, BrokenPipeError)):
+            answer = call_in_netns(s.ns.netns, handshake, cert)
+            pytest.fail(f"{who}: etcd answered {answer[:200]!r}")
+    answer = call_in_netns(s.ns.netns, handshake, (str(pki.admin.cert), str(pki.admin.key)))
+    assert "200 OK" in answer, answer
+
+    # The store with the foreign cert cannot reach the datastore.
+    bad = EtcdConfig(endpoints=s.config.endpoints, ca_file=str(pki.ca_cert),
+                     cert_file=str(foreign_pki.admin.cert), key_file=str(foreign_pki.admin.key))
+    with pytest.raises(DatastoreUnavailable):
+        call_in_netns(s.ns.netns, lambda: EtcdStore(bad).get("/x"))
+
+
+def test_store_operations(etcd1: tuple[Single, int]) -> None:
+    s, _ = etcd1
+
+    def body() -> None:
+        with EtcdStore(s.config) as st:
+            assert st.get("/labnet/t/a") is None
+            rev = st.put("/labnet/t/a", b"1")
+            kv = st.get("/labnet/t/a")
+            assert kv is not None and kv.value == b"1" and kv.mod_revision == rev
+            st.put("/labnet/t/b/ü", "zwei")
+            st.put("/labnet/tx", "not under /labnet/t/")
+            assert [k.key for k in st.range("/labnet/t/")] == ["/labnet/t/a", "/labnet/t/b/ü"]
+            assert st.get("/labnet/t/b/ü").text() == "zwei"  # type: ignore[union-attr]
+            # cas: 0 means "must not exist"
+            assert st.cas("/labnet/t/new", "x", 0) is True
+            assert st.cas("/labnet/t/new", "y", 0) is False
+            assert st.cas("/labnet/t/a", "2", rev) is True
+            assert st.cas("/labnet/t/a", "3", rev) is False
+            with pytest.raises(Conflict, match="/labnet/t/a: expected mod_revision"):
+                st.cas_or_raise("/labnet/t/a", "3", rev)
+            cur = st.get("/labnet/t/a")
+            assert cur is not None
+            assert st.delete("/labnet/t/a", cur.mod_revision - 1) is False
+            assert st.delete("/labnet/t/a", cur.mod_revision) is True
+            assert st.delete("/labnet/t/a") is False
+            assert st.delete_prefix("/labnet/t/") == 2
+            assert st.range("/labnet/t/") == []
+            # leases: a key with a lease goes when the lease is revoked
+            lease = st.grant_lease(30)
+            st.put("/labnet/t/leased", "v", lease=lease)
+            st.keepalive(lease)
+            st.revoke_lease(lease)
+            assert st.get("/labnet/t/leased") is None
+            with pytest.raises(LeaseExpired):
+                st.keepalive(lease)
+            with pytest.raises(LeaseExpired, match="lease not found"):
+                st.put("/labnet/t/leased", "v", lease=lease)
+
+    call_in_netns(s.ns.netns, body)
+
+
+def test_cas_race_has_exactly_one_winner(etcd1: tuple[Single, int]) -> None:
+    s, _ = etcd1
+    key = "/labnet/t/race"
+    rounds = 15
+    results: dict[str, list[object]] = {"w0": [], "w1": []}
+    barrier = threading.Barrier(2, timeout=30)
+
+    def writer(name: str) -> None:
+        with EtcdStore(s.config) as st:
+            for i in range(rounds):
+                barrier.wait()
+                if name == "w0":
+                    st.put(key, f"round {i}")  # reset the key; both read it after the next barrier
+                barrier.wait()
+                kv = st.get(key)
+                assert kv is not None
+                barrier.wait()  # both hold the same mod_revision now
+                try:
+                    st.cas_or_raise(key, f"{name} won round {i}", kv.mod_revision)
+                    results[name].append(True)
+                except Conflict as exc:
+                    results[name].append(exc)
+
+    threads = [thread_in_netns(s.ns.netns, lambda n=n: writer(n), name=n) for n in results]  # type: ignore[misc]
+    for t in threads:
+        t.join(60)
+    assert all(len(r) == rounds for r in results.values()), f"a writer died: {results}"
+    for i in range(rounds):
+        outcome = [results["w0"][i], results["w1"][i]]
+        wins = [o for o in outcome if o is True]
+        assert len(wins) == 1, f"round {i}: expected exactly one winner, got {outcome}"
+        loser = next(o for o in outcome if o is not True)
+        assert isinstance(loser, Conflict) and key in str(loser)
+
+
+def test_watch_resumes_after_etcd_restart(netns_factory, etcd1: tuple[Single, int]) -> None:  # type: ignore[no-untyped-def]
+    s, pid = etcd1
+
+    def body() -> None:
+        with EtcdStore(s.config) as st:
+            st.put("/labnet/w/before", "1")
+            events = st.watch("/labnet/w/")
+            st.put("/labnet/w/one", "1")
+            first = next(events)
+            assert (first.type, first.kv.key) == ("put", "/labnet/w/one")
+
+            os.kill(pid, signal.SIGKILL)
+            poll(lambda: not pid_alive(pid), timeout=10, what=f"etcd pid {pid} to die")
+            os.waitpid(pid, 0)
+            s.start(netns_factory.track_pid)
+
+            # Written while the watch is disconnected: it must come after the reconnect,
+            # resumed from the revision after the last event seen.
+            with EtcdStore(s.config) as other:
+                other.put("/labnet/w/two", "2")
+                other.delete("/labnet/w/one")
+            got: list[Event] = [next(events), next(events)]
+            assert [(e.type, e.kv.key) for e in got] == [("put", "/labnet/w/two"), ("delete", "/labnet/w/one")]
+            assert got[0].kv.mod_revision > first.kv.mod_revision
+            before = st.get("/labnet/w/before")
+            assert before is not None and before.value == b"1", "data did not survive the restart"
+
+    call_in_netns(s.ns.netns, body)
+
+
+def test_unreachable_etcd_raises_datastore_unavailable(etcd1: tuple[Single, int]) -> None:
+    s, _ = etcd1
+    cfg = EtcdConfig(endpoints=(f"https://{ADDR}:2399",), ca_file=s.config.ca_file,
+                     cert_file=s.config.cert_file, key_file=s.config.key_file, timeout=2)
+
+    def body() -> None:
+        st = EtcdStore(cfg)
+        with pytest.raises(DatastoreUnavailable, match=f"{ADDR}:2399"):
+            st.put("/labnet/x", "1")
+        with pytest.raises(DatastoreUnavailable):
+            st.watch("/labnet/")
+
+    call_in_netns(s.ns.netns, body)
+
+
+def test_stop_and_remove_data_leaves_no_process(etcd1: tuple[Single, int]) -> None:
+    s, pid = etcd1
+    assert pid_alive(pid)
+    assert Path(f"/proc/{pid}/exe").resolve() == Path(server.ETCD_BIN).resolve()
+    server.stop(pid)
+    assert not pid_alive(pid) and not Path(f"/proc/{pid}").exists(), f"etcd pid {pid} still there after stop"
+    server.remove_data(s.data)
+    assert not s.data.exists()
+    refused = curl(s.ns, s.pki, "--cert", str(s.pki.admin.cert), "--key", str(s.pki.admin.key))
+    assert refused.returncode != 0, "something still answers on :2379 after stop"
+
+
+def test_failed_member_stops_the_started_ones(netns_factory, pki: Pki, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    ns = netns_factory("half")
+    run(ns, ["ip", "addr", "add", f"{ADDR}/32", "dev", "lo"])
+    # etcd-2's address does not exist in its namespace: it cannot bind and exits.
+    cluster = [EtcdMember("etcd-1", ADDR), EtcdMember("etcd-2", "10.99.0.2")]
+    with pytest.raises(EtcdStartError) as err:
+        server.start_cluster({"etcd-1": ns, "etcd-2": ns}, cluster, pki,
+                             {m.name: tmp_path / m.name for m in cluster},
+                             {m.name: tmp_path / f"{m.name}.log" for m in cluster}, timeout=30)
+    for pid in err.value.pids.values():
+        netns_factory.track_pid(pid)
+    assert set(err.value.pids) == {"etcd-1", "etcd-2"}
+    assert "died while starting" in str(err.value) and "10.99.0.2" in str(err.value)
+    for name, pid in err.value.pids.items():
+        assert not pid_alive(pid), f"etcd member {name} (pid {pid}) left running after a failed start"
+
+
+
+def test_store_with_netns_in_config_works_from_the_host(etcd1: tuple[Single, int]) -> None:
+    """extra["netns"]: connections open inside the node's netns; this thread stays in the root one."""
+    s, _ = etcd1
+    cfg = EtcdConfig(endpoints=s.config.endpoints, ca_file=s.config.ca_file, cert_file=s.config.cert_file,
+                     key_file=s.config.key_file, extra={"netns": s.ns.netns})
+    root_ns = os.readlink("/proc/thread-self/ns/net")
+    with EtcdStore(cfg) as st:
+        events = st.watch("/labnet/h/")
+        st.put("/labnet/h/k", "v")
+        ev = next(events)
+        assert (ev.type, ev.kv.key, ev.kv.value) == ("put", "/labnet/h/k", b"v")
+        assert st.health() == {s.config.endpoints[0]: (True, '{"health": "true"}')}
+    assert os.readlink("/proc/thread-self/ns/net") == root_ns
+
+    # close() ends a watch that another thread is blocked in
+    st = EtcdStore(cfg)
+    seen: list[Event] = []
+    reader = threading.Thread(target=lambda: seen.extend(st.watch("/labnet/none/")), daemon=True)
+    reader.start()
+    poll(lambda: st._streams, timeout=10, what="the watch stream to open")
+    st.close()
+    reader.join(10)
+    assert not reader.is_alive(), "watch still blocked after close()"
+    assert seen == []
+    with pytest.raises(ValueError, match="does not exist"):
+        EtcdStore(EtcdConfig(endpoints=("http://x:1",), extra={"netns": "/run/netns/lnet-test-none"}))
