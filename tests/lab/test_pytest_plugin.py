@@ -148,3 +148,25 @@ def test_ctrl_c_during_a_session_leaves_nothing(pytester: pytest.Pytester) -> No
         if proc.poll() is None:
             proc.kill()
     assert not snapshot(name).leftovers(before), "Ctrl-C left the lab behind"
+
+
+def test_xdist_workers_build_their_own_labs(pytester: pytest.Pytester) -> None:
+    name = "t-plug-xd"
+    befores = {w: snapshot(f"{name}-gw{w}") for w in (0, 1)}
+    _write(pytester, name)
+    pytester.makepyfile(test_two=textwrap.dedent(f"""
+        import pathlib, pytest
+        from labnet.checks import assert_ping
+        pytestmark = pytest.mark.topology("{name}.yaml")
+
+        @pytest.mark.parametrize("n", [1, 2])
+        def test_lab_per_worker(lab, node, n):
+            assert_ping(node("h1"), lab.address("h2"))
+            pathlib.Path(f"used-{{n}}").write_text(lab.name)
+    """))
+    res = pytester.runpytest_subprocess("test_two.py", "-n", "2", "-p", "xdist")
+    res.assert_outcomes(passed=2)
+    used = {(pytester.path / f"used-{n}").read_text() for n in (1, 2)}
+    assert used == {f"{name}-gw0", f"{name}-gw1"}, f"labs used by the workers: {used}"
+    for w, before in befores.items():
+        assert not snapshot(f"{name}-gw{w}").leftovers(before)
