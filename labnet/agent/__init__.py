@@ -1,5 +1,17 @@
-"""labnet-agent: the per-node daemon (registration, tunnel, BGP, routes, NAT, status).
+"""labnet-agent: the per-node daemon, the seed's calico-node (registration, tunnel, BGP, routes, NAT).
 
-`labnet.agent.tunnel` is the tunnel datapath; `config.AgentConfig` is the file the lab writes;
-`status.query_status(ns)` and `status.format_bgp_status(doc)` serve the lab and the CLI.
+How the lab starts it, inside the node's namespaces (net + mount + UTS):
+
+    AgentConfig(etcd=EtcdSettings([...endpoints], ca_file, cert_file, key_file),
+                bgp_address="first-found", log_file="/var/log/labnet/agent.log")
+        .save(<host path of the node's /var/lib/labnet/agent.json>)
+    labnet-agent supervise --config /var/lib/labnet/agent.json        (record this pid)
+      = python -m labnet.agent.main supervise --config /var/lib/labnet/agent.json
+    which runs and restarts `python -m labnet.agent.main run --config /var/lib/labnet/agent.json`.
+
+Status: `labnet-agent status [--json]` inside the node, or `status.query_status(ns)` from the
+host; `status.format_bgp_status(doc)` prints calicoctl's table. The socket protocol is in
+`labnet.agent.status`. Modules: config (files and settings), detect (BGP address), nodes
+(records, name checks), peers, routes (desired state), kernel (netlink), nat (nftables),
+daemon (the loop), main (CLI, supervisor). `labnet.agent.tunnel` is the tunnel datapath.
 """

@@ -70,6 +70,7 @@ class State:
     problems: list[str] = field(default_factory=list)
     route_errors: list[str] = field(default_factory=list)
     gateway_problem: str | None = None
+    routes_skipped: list[str] = field(default_factory=list)
     routes: list[str] = field(default_factory=list)
     blocks: list[str] = field(default_factory=list)
     borrowed: list[str] = field(default_factory=list)
@@ -350,6 +351,7 @@ class Agent:
         for x in r.errors:
             log.warning("route: %s", x)
         self.state.route_errors = r.errors
+        self.state.routes_skipped = r.skipped
         vx = (PROTO_FELIX, VXLAN_DEVICE) if vteps is not None else (None, None)
         self.state.routes = kernel.programmed(*vx)
         self.state.gateway_problem = kernel.pod_gateway_problem()
@@ -458,7 +460,7 @@ class Agent:
             "router_id": u.ip if u and self.speaker else None,
             "asn": s.asn_of(self.name) if s else None,
             "tunnel": tun, "peers": peers, "blocks": self.state.blocks, "borrowed": self.state.borrowed,
-            "routes": self.state.routes,
+            "routes": self.state.routes, "routes_skipped": self.state.routes_skipped,
             "nat": {"enabled": self.nat_pool is not None, "table": f"ip {nat.TABLE}" if self.nat_pool else None,
                     "pool": self.nat_pool},
             "problems": problems,
@@ -502,6 +504,7 @@ class Agent:
         self._loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(sig, self._stop.set)
+        self._loop.add_signal_handler(signal.SIGHUP, self.kick, True)  # re-read the datastore now
         await self._start_status_server()  # first: status answers (with problems) while we start
         try:
             await self._retry("node name", self._nodenames)

@@ -38,6 +38,9 @@ class ReconcileResult:
     removed: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # one line each: route and the kernel's reason
     kept: list[str] = field(default_factory=list)  # stale routes kept on purpose (graceful restart)
+    # learned prefixes the kernel already routes otherwise (e.g. the ToR advertising our own LAN):
+    # the connected/admin route wins, as with BIRD, and that is not a fault
+    skipped: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -112,7 +115,7 @@ def reconcile(desired: Mapping[Net, DesiredRoute], *, keep_unicast: bool = False
             if cur is not None and _matches(cur, want, oif):
                 continue
             if cur is None and dst in foreign:
-                res.errors.append(f"{want}: not installed, a route of another protocol holds {dst}")
+                res.skipped.append(f"{want}: a route of another protocol holds {dst}")
                 continue
             spec: dict[str, Any] = {"dst": str(dst), "table": RT_TABLE_MAIN, "proto": PROTO_BIRD}
             if want.kind == "blackhole":

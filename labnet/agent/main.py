@@ -45,6 +45,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_agent(cfg)
 
 
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the supervisor dies, even by SIGKILL, so no agent is orphaned
+    (the lab records and signals only the supervisor's pid)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def supervise(argv: Sequence[str], log_file: str | None = None) -> int:
     """Run argv; restart it with backoff whenever it exits, until SIGTERM/SIGINT (forwarded to it)."""
     _setup_logging(log_file)
@@ -66,7 +75,7 @@ def supervise(argv: Sequence[str], log_file: str | None = None) -> int:
     rc = 0
     while not stopping:
         started = time.monotonic()
-        child = subprocess.Popen(list(argv), env=env)
+        child = subprocess.Popen(list(argv), env=env, preexec_fn=_die_with_parent)
         log.info("supervisor %d: started agent pid %d: %s", os.getpid(), child.pid, " ".join(argv))
         rc = child.wait()
         if stopping:

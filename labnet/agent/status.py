@@ -14,7 +14,11 @@ The status document:
    "peers": [{"peer_address", "peer_type", "state": "up"|"start", "since": "HH:MM:SS",
               "since_epoch", "info", "bgp_state", "asn", "name"}],
    "blocks": [...], "borrowed": [...], "routes": ["blackhole 10.100.163.128/26 proto bird", ...],
-   "nat": {"enabled", "table"}, "problems": [...]}
+   "routes_skipped": [...],   # learned prefixes another protocol's route already holds (not a fault)
+   "nat": {"enabled", "table", "pool"}, "problems": [...],  # problems: one sentence each, by name
+   "cni_nodename", "passes"}
+Signals to the agent: SIGTERM/SIGINT stop it cleanly (Cease to peers; routes, tunnel and NAT
+table removed), SIGHUP re-reads the datastore now.
 """
 
 from __future__ import annotations
@@ -88,7 +92,7 @@ def format_status(status: Mapping[str, Any]) -> str:
     lines.append("Blocks: " + (", ".join(status.get("blocks") or []) or "none"))
     if status.get("borrowed"):
         lines.append("Borrowed /32s: " + ", ".join(status["borrowed"]))
-    lines.append("Routes (proto bird):")
+    lines.append("Routes (proto bird, and the VXLAN routes it owns):")
     lines += [f"  {r}" for r in status.get("routes") or []] or ["  none"]
     problems = status.get("problems") or []
     lines.append("Problems:" if problems else "Problems: none")
