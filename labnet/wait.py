@@ -41,5 +41,5 @@ def poll(
         now = time.monotonic()
         if now >= deadline:
             raise WaitTimeout(what, now - start, last)
-        time.sleep(min(interval, max(0.0, deadline - now)))  # noqa: sleep (poll interval, not a fixed wait)
+        time.sleep(min(interval, max(0.0, deadline - now)))  # the poll interval, not a fixed wait
         interval = min(interval * 1.5, max_interval)
