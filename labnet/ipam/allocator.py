@@ -264,13 +264,14 @@ def _claim(store: Datastore, node: str, pool: Pool, taken: set[str]) -> str | No
     return None
 
 
-def _write_handle(store: Datastore, handle_id: str, cidr: str) -> bool:
+def _write_handle(store: Datastore, handle_id: str, got: Assignment) -> bool:
+    cidr = got.block
     for _ in range(MAX_ATTEMPTS):
         found = _handle(store, handle_id)
         if found is None:
             return store.cas(keys.handle(handle_id), json.dumps({"handleID": handle_id, "block": {cidr: 1}}), 0)
         kv, doc = found
-        if doc.get("block") and lookup(store, handle_id):
+        if doc.get("block") and any(a.address != got.address for a in lookup(store, handle_id)):
             return False  # the container already holds an address (a concurrent ADD won)
         doc["block"] = {cidr: 1}  # new, or stale (its addresses were swept): take it over
         if store.cas(kv.key, json.dumps(doc), kv.mod_revision):
@@ -341,7 +342,7 @@ def auto_assign(
                     f"IP pool {pool.cidr} is exhausted: all {pool.network.num_addresses} addresses in its "
                     f"{pool.n_blocks} /{pool.block_size} blocks are assigned (node {node}, handle {handle_id})"
                 )
-        if _write_handle(store, handle_id, got.block):
+        if _write_handle(store, handle_id, got):
             return got
         # A concurrent ADD for the same container got there first: give ours back, use theirs.
         _undo(store, got)

@@ -1,0 +1,129 @@
+"""CNI ADD/DEL latency: labnet's plugins vs Debian's reference Go plugins (ptp + host-local).
+
+Both run in the same node (net + mount + UTS namespaces, real etcd for labnet), invoked the
+same way a runtime does (exec inside the node, env + config on stdin), interleaved pod by
+pod so both see the same machine load. Needs root. Prints p50/p99 and labnet/reference ratios.
+
+    .venv/bin/python bench/cni.py --pods 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "lab"))
+
+from _cni_node import cni_env, make_node  # noqa: E402
+
+from labnet import nsexec  # noqa: E402
+from labnet.nsexec import NodeNS, pid_alive  # noqa: E402
+from labnet.paths import NETNS_DIR  # noqa: E402
+
+REFERENCE = {"cniVersion": "1.0.0", "name": "ref", "type": "ptp", "ipMasq": False, "mtu": 1480,
+             "ipam": {"type": "host-local", "subnet": "10.200.0.0/16", "dataDir": "/var/lib/labnet/host-local",
+                      "routes": [{"dst": "0.0.0.0/0"}]}}
+
+
+class Factory:
+    """netns_factory's shape for a script: lnet-test-bench-* namespaces and pids, all removed."""
+
+    def __init__(self) -> None:
+        self.run_id = uuid.uuid4().hex[:6]
+        self.made: list[str] = []
+        self.pids: list[int] = []
+
+    def __call__(self, tag: str = "") -> NodeNS:
+        name = f"lnet-test-bench-{self.run_id}-{len(self.made)}-{tag}"
+        subprocess.run(["ip", "netns", "add", name], check=True)
+        self.made.append(name)
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        return NodeNS(name=name, netns=str(NETNS_DIR / name))
+
+    def track_pid(self, pid: int) -> int:
+        self.pids.append(pid)
+        return pid
+
+    def cleanup(self) -> None:
+        for pid in self.pids:
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+        for name in reversed(self.made):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def timed(node: NodeNS, binary: str, env: dict[str, str], conf: dict[str, Any]) -> float:
+    t0 = time.perf_counter()
+    proc = nsexec.run(node, [binary], input=json.dumps(conf), env=env, check=False)
+    dt = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"{binary} {env['CNI_COMMAND']} failed: {proc.stdout} {proc.stderr}")
+    return dt
+
+
+def pct(xs: list[float], p: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--pods", type=int, default=200)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("bench/cni.py needs root (it builds namespaces)")
+    factory = Factory()
+    tmp = Path(tempfile.mkdtemp(prefix="labnet-bench-cni-"))
+    node = None
+    try:
+        node = make_node(factory, tmp, name="bench")
+        ours = node.conf()
+        times: dict[str, dict[str, list[float]]] = {k: {"ADD": [], "DEL": []} for k in ("labnet", "reference")}
+        ver = {"labnet": [], "reference": []}  # type: dict[str, list[float]]
+        for i in range(args.pods):
+            for kind, binary, conf, path in (
+                ("labnet", "/opt/cni/bin/labnet", ours, "/opt/cni/bin"),
+                ("reference", "/usr/lib/cni/ptp", REFERENCE, "/usr/lib/cni"),
+            ):
+                nsname = f"b-{kind[0]}-{i}"
+                nsexec.run(node.ns, ["ip", "netns", "add", nsname])
+                netns = f"/var/run/netns/{nsname}"
+                env = {**cni_env("ADD", f"{kind}-{i}", netns, pod=f"{kind}-{i}"), "CNI_PATH": path}
+                times[kind]["ADD"].append(timed(node.ns, binary, env, conf))
+                times[kind]["DEL"].append(timed(node.ns, binary, {**env, "CNI_COMMAND": "DEL"}, conf))
+                nsexec.run(node.ns, ["ip", "netns", "del", nsname])
+                if i < 20:
+                    ver[kind].append(timed(node.ns, binary, {"PATH": "/usr/bin:/bin", "CNI_COMMAND": "VERSION"},
+                                           {"cniVersion": "1.0.0"}))
+        print(f"CNI latency over {args.pods} pods on one node (ms; exec inside the node incl. nsenter)")
+        print(f"{'':10} {'labnet p50':>11} {'p99':>8} {'ref p50':>9} {'p99':>8} {'ratio p50':>10} {'p99':>6}")
+        for cmd in ("ADD", "DEL"):
+            a, r = times["labnet"][cmd], times["reference"][cmd]
+            print(f"{cmd:10} {pct(a, 50) * 1e3:11.1f} {pct(a, 99) * 1e3:8.1f} {pct(r, 50) * 1e3:9.1f} "
+                  f"{pct(r, 99) * 1e3:8.1f} {pct(a, 50) / pct(r, 50):10.1f} {pct(a, 99) / pct(r, 99):6.1f}")
+        v_a, v_r = statistics.median(ver["labnet"]), statistics.median(ver["reference"])
+        print(f"{'VERSION':10} {v_a * 1e3:11.1f} {'':8} {v_r * 1e3:9.1f} {'':8} {v_a / v_r:10.1f}   (process start only)")
+    finally:
+        if node is not None:
+            node.cleanup()
+        factory.cleanup()
+        subprocess.run(["rm", "-rf", str(tmp)], check=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,234 @@
+"""CNI conformance: the installed binaries driven by env + stdin, every command and version.
+
+Each test builds a node (net + mount + UTS namespaces), a real etcd inside it and installs
+the plugins with labnet.cni.install, then execs /opt/cni/bin/labnet inside the node.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _cni_node import CniNode, cni_env, make_node, pod_netns, run_bin
+
+from labnet import ipam, nsexec
+from labnet.etcd import keys
+
+VERSIONS = ("0.3.1", "0.4.0", "1.0.0", "1.1.0")
+
+
+@pytest.fixture
+def node(netns_factory: Any, tmp_path: Path) -> Any:
+    n = make_node(netns_factory, tmp_path)
+    try:
+        yield n
+    finally:
+        n.cleanup()
+
+
+def assert_error(rc: int, doc: dict[str, Any] | None, code: int, *words: str) -> None:
+    assert rc != 0, f"expected a CNI error {code}, the plugin exited 0 with {doc}"
+    assert isinstance(doc, dict) and doc.get("code") == code, f"expected error code {code}, got {doc}"
+    assert "cniVersion" in doc and doc.get("msg"), f"error JSON lacks cniVersion/msg: {doc}"
+    for w in words:
+        assert w in doc["msg"] + doc.get("details", ""), f"expected {w!r} in the error message, got {doc}"
+
+
+def test_version_lists_all_supported_versions(node: CniNode) -> None:
+    for binary in ("labnet", "labnet-ipam"):
+        rc, doc, _ = run_bin(node, binary, cni_env("VERSION", ifname=""), {"cniVersion": "1.1.0"})
+        assert rc == 0 and doc is not None
+        assert set(VERSIONS) <= set(doc["supportedVersions"]) and doc["cniVersion"] == "1.1.0"
+        rc, doc, _ = run_bin(node, binary, cni_env("VERSION", ifname=""), "")
+        assert rc == 0 and doc is not None and doc["supportedVersions"]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_add_check_del_in_every_version(node: CniNode, version: str) -> None:
+    cid = f"c{version.replace('.', '')}"
+    netns = pod_netns(node, f"p-{cid}")
+    conf = node.conf(cniVersion=version)
+    rc, res, err = run_bin(node, "labnet", cni_env("ADD", cid, netns, pod=f"pod-{cid}"), conf)
+    assert rc == 0, f"ADD {version} failed: {res} {err}"
+    assert res is not None and res["cniVersion"] == version
+    host, cont = res["interfaces"]
+    assert host["name"].startswith("cali") and len(host["name"]) == 15 and host["mac"] == "ee:ee:ee:ee:ee:ee"
+    assert cont["name"] == "eth0" and cont["sandbox"] == netns
+    (ip,) = res["ips"]
+    assert ip["interface"] == 1 and ip["address"].endswith("/32") and "gateway" not in ip
+    assert ("version" in ip) == (version < "1.0.0"), f"ips[].version presence wrong for {version}: {ip}"
+    if version >= "0.4.0":
+        rc, doc, _ = run_bin(node, "labnet", cni_env("CHECK", cid, netns, pod=f"pod-{cid}"),
+                             {**conf, "prevResult": res})
+        assert rc == 0, f"CHECK {version} failed: {doc}"
+    else:
+        rc, doc, _ = run_bin(node, "labnet", cni_env("CHECK", cid, netns, pod=f"pod-{cid}"),
+                             {**conf, "prevResult": res})
+        assert_error(rc, doc, 1, "0.4.0")
+    for _ in range(2):  # DEL, and DEL again: both succeed
+        rc, doc, _ = run_bin(node, "labnet", cni_env("DEL", cid, netns, pod=f"pod-{cid}"),
+                             {**conf, "prevResult": res})
+        assert rc == 0 and doc is None, f"DEL {version} failed: {doc}"
+    assert node.store_call(lambda s: ipam.lookup(s, f"k8s-pod-network.{cid}")) == []
+
+
+def test_errors_use_spec_codes(node: CniNode) -> None:
+    netns = pod_netns(node, "p-err")
+    conf = node.conf()
+    env = cni_env("ADD", "cerr", netns, pod="perr")
+    assert_error(*run_bin(node, "labnet", env, "{not json")[:2], 6, "not valid JSON")
+    assert_error(*run_bin(node, "labnet", env, "[1, 2]")[:2], 6)
+    no_cid = {k: v for k, v in env.items() if k != "CNI_CONTAINERID"}
+    assert_error(*run_bin(node, "labnet", no_cid, conf)[:2], 4, "CNI_CONTAINERID")
+    assert_error(*run_bin(node, "labnet", {**env, "CNI_COMMAND": "FROB"}, conf)[:2], 4, "CNI_COMMAND")
+    assert_error(*run_bin(node, "labnet", {**env, "CNI_ARGS": "garbage"}, conf)[:2], 4, "CNI_ARGS")
+    for bad in ("0.2.0", "9.9.9"):
+        assert_error(*run_bin(node, "labnet", env, {**conf, "cniVersion": bad})[:2], 1, bad)
+    assert_error(*run_bin(node, "labnet", env, {k: v for k, v in conf.items() if k != "etcd_endpoints"})[:2],
+                 7, "etcd_endpoints")
+    assert_error(*run_bin(node, "labnet", env, {k: v for k, v in conf.items() if k != "name"})[:2], 7, "name")
+    missing = cni_env("ADD", "cerr", "/var/run/netns/does-not-exist", pod="perr")
+    assert_error(*run_bin(node, "labnet", missing, conf)[:2], 3, "/var/run/netns/does-not-exist")
+    static = {**conf, "args": {"cni": {"ips": ["10.100.0.9"]}}}
+    assert_error(*run_bin(node, "labnet", env, static)[:2], 2, "static IPs")
+    dead = {**conf, "etcd_endpoints": "http://127.0.0.1:2399"}
+    assert_error(*run_bin(node, "labnet", env, dead)[:2], 11, "etcd", "127.0.0.1:2399")
+    # nothing was left behind by the failures
+    assert "cali" not in nsexec.run(node.ns, ["ip", "-o", "link"]).stdout
+    assert node.store_call(lambda s: ipam.usage(s))["allocated"] == 0
+
+
+def test_del_succeeds_when_container_netns_and_addresses_are_gone(node: CniNode) -> None:
+    conf = node.conf()
+    env = cni_env("DEL", "never-seen", "/var/run/netns/never", pod="ghost")
+    for _ in range(2):
+        rc, doc, _ = run_bin(node, "labnet", env, conf)
+        assert rc == 0, f"DEL of an unknown container failed: {doc}"
+    netns = pod_netns(node, "p-gone")
+    rc, res, _ = run_bin(node, "labnet", cni_env("ADD", "cgone", netns, pod="gone"), conf)
+    assert rc == 0
+    nsexec.run(node.ns, ["ip", "netns", "del", "p-gone"])
+    for _ in range(2):
+        rc, doc, _ = run_bin(node, "labnet", cni_env("DEL", "cgone", netns, pod="gone"), conf)
+        assert rc == 0, f"DEL with the netns gone failed: {doc}"
+    assert "cali" not in nsexec.run(node.ns, ["ip", "-o", "link"]).stdout
+    assert node.store_call(lambda s: ipam.usage(s))["allocated"] == 0
+    assert node.store_call(lambda s: s.range(keys.workload_endpoints())) == []
+
+
+def test_check_catches_a_deleted_route_and_unknown_container(node: CniNode) -> None:
+    conf = node.conf()
+    netns = pod_netns(node, "p-chk")
+    env = cni_env("ADD", "cchk", netns, pod="chk")
+    rc, res, _ = run_bin(node, "labnet", env, conf)
+    assert rc == 0 and res is not None
+    chk = {**env, "CNI_COMMAND": "CHECK"}
+    assert run_bin(node, "labnet", chk, {**conf, "prevResult": res})[0] == 0
+    nsexec.run(node.ns.pod("chk", netns), ["ip", "route", "del", "default"])
+    rc, doc, _ = run_bin(node, "labnet", chk, {**conf, "prevResult": res})
+    assert_error(rc, doc, 103, "default via 169.254.1.1", "node-a")
+    host = res["interfaces"][0]["name"]
+    nsexec.run(node.ns, ["sh", "-c", f"echo 0 > /proc/sys/net/ipv4/conf/{host}/proxy_arp"])
+    rc, doc, _ = run_bin(node, "labnet", chk, {**conf, "prevResult": res})
+    assert_error(rc, doc, 103, f"net.ipv4.conf.{host}.proxy_arp: expected 1, found 0")
+    rc, doc, _ = run_bin(node, "labnet", {**chk, "CNI_NETNS": "/var/run/netns/nope"}, {**conf, "prevResult": res})
+    assert_error(rc, doc, 3)
+    assert_error(*run_bin(node, "labnet", chk, conf)[:2], 7, "prevResult")
+
+
+def test_gc_releases_attachments_the_runtime_no_longer_has(node: CniNode) -> None:
+    conf = node.conf(cniVersion="1.1.0")
+    results: dict[str, dict[str, Any]] = {}
+    for c in ("keep", "drop"):
+        netns = pod_netns(node, f"p-{c}")
+        rc, res, _ = run_bin(node, "labnet", cni_env("ADD", c, netns, pod=c), conf)
+        assert rc == 0 and res is not None
+        results[c] = res
+    gc_conf = {**conf, "cni.dev/valid-attachments": [{"containerID": "keep", "ifname": "eth0"}]}
+    rc, doc, _ = run_bin(node, "labnet", cni_env("GC", ifname=""), gc_conf)
+    assert rc == 0, f"GC failed: {doc}"
+    links = nsexec.run(node.ns, ["ip", "-o", "link"]).stdout
+    assert results["keep"]["interfaces"][0]["name"] in links
+    assert results["drop"]["interfaces"][0]["name"] not in links
+    handles = node.store_call(lambda s: ipam.usage(s))["handles"]
+    assert handles == ["k8s-pod-network.keep"]
+    weps = node.store_call(lambda s: [json.loads(kv.value)["containerID"] for kv in s.range(keys.workload_endpoints())])
+    assert weps == ["keep"]
+    # GC needs a 1.1.0 config
+    assert_error(*run_bin(node, "labnet", cni_env("GC", ifname=""), {**gc_conf, "cniVersion": "1.0.0"})[:2], 1)
+
+
+def test_status_reports_etcd_reachability(node: CniNode) -> None:
+    conf = node.conf(cniVersion="1.1.0")
+    rc, doc, _ = run_bin(node, "labnet", cni_env("STATUS", ifname=""), conf)
+    assert rc == 0 and doc is None, f"STATUS failed: {doc}"
+    dead = {**conf, "etcd_endpoints": "http://127.0.0.1:2399"}
+    assert_error(*run_bin(node, "labnet", cni_env("STATUS", ifname=""), dead)[:2], 50, "etcd")
+
+
+def test_ipam_plugin_alone(node: CniNode) -> None:
+    conf = node.conf()
+    env = cni_env("ADD", "ipam1", "/var/run/netns/x", pod="x")
+    rc, res, _ = run_bin(node, "labnet-ipam", env, conf)
+    assert rc == 0 and res is not None
+    again = run_bin(node, "labnet-ipam", env, conf)[1]
+    assert again is not None and again["ips"] == res["ips"]
+    assert res["labnet"]["affinity"] == "node-a" and res["labnet"]["borrowed"] is False
+    assert run_bin(node, "labnet-ipam", {**env, "CNI_COMMAND": "CHECK"}, {**conf, "prevResult": res})[0] == 0
+    assert run_bin(node, "labnet-ipam", {**env, "CNI_COMMAND": "DEL"}, conf)[0] == 0
+    rc, doc, _ = run_bin(node, "labnet-ipam", {**env, "CNI_COMMAND": "CHECK"}, {**conf, "prevResult": res})
+    assert_error(rc, doc, 3, "ipam1")
+
+
+def test_plugin_talks_to_etcd_with_tls_client_certs_as_in_the_seed(netns_factory: Any, tmp_path: Path) -> None:
+    from labnet.cni import invoke
+    from labnet.cni.install import TlsFiles, install
+    from labnet.etcd import server
+    from labnet.etcd.client import EtcdStore
+    from labnet.etcd.netns import call_in_netns
+    from labnet.pki import ensure_pki
+
+    node = make_node(netns_factory, tmp_path, etcd=False)
+    try:
+        member = server.EtcdMember("node-a", "10.99.0.2")
+        pki = ensure_pki(tmp_path / "pki", "t", [("node-a", "10.99.0.2")], ["node-a"])
+        pid = netns_factory.track_pid(server.start_member(node.net, member, [member], pki, tmp_path / "etcd-data",
+                                                          tmp_path / "etcd.log"))
+        cfg = server.client_config([member], pki, "node-a")
+        server.wait_healthy(cfg, 30, netns=node.ns.netns, pids={pid: tmp_path / "etcd.log"})
+        cluster = json.dumps({"pool": {"cidr": "10.100.0.0/16", "block_size": 26, "ipip": "always"}})
+
+        def put() -> None:
+            with EtcdStore(cfg) as s:
+                s.put(keys.config("cluster"), cluster)
+        call_in_netns(node.ns.netns, put)
+        client = pki.client("node-a")
+        install(node.paths, "node-a", "https://10.99.0.2:2379", TlsFiles(pki.ca_cert, client.cert, client.key))
+        res = invoke.add_pod(node.ns, "net-test", lab="t")
+        assert res["ips"][0]["address"].startswith("10.100.")
+        conf = node.conf()
+        assert conf["etcd_key_file"] == "/etc/cni/net.d/labnet-tls/etcd-key"
+        # without its client certificate the plugin cannot get in: "try again later", naming etcd
+        no_cert = {k: v for k, v in conf.items() if k not in ("etcd_cert_file", "etcd_key_file")}
+        netns = pod_netns(node, "p-nocert")
+        assert_error(*run_bin(node, "labnet", cni_env("ADD", "nocert", netns, pod="nocert"), no_cert)[:2],
+                     11, "etcd", "https://10.99.0.2:2379")
+        invoke.del_pod(node.ns, "net-test", lab="t")
+    finally:
+        node.cleanup()
+
+
+def test_add_with_a_prev_result_appends_to_it(node: CniNode) -> None:
+    netns = pod_netns(node, "p-prev")
+    prev = {"cniVersion": "1.0.0", "interfaces": [{"name": "bridge0", "mac": "02:00:00:00:00:01"}],
+            "ips": [{"address": "192.0.2.10/24", "interface": 0}], "routes": [{"dst": "192.0.2.0/24"}]}
+    conf = {**node.conf(), "prevResult": prev}
+    rc, res, _ = run_bin(node, "labnet", cni_env("ADD", "cprev", netns, pod="prev"), conf)
+    assert rc == 0 and res is not None, res
+    assert [i["name"] for i in res["interfaces"]][0] == "bridge0" and len(res["interfaces"]) == 3
+    assert res["ips"][0] == prev["ips"][0] and res["ips"][1]["interface"] == 2
+    assert res["routes"] == prev["routes"]
+    rc, doc, _ = run_bin(node, "labnet", cni_env("CHECK", "cprev", netns, pod="prev"), {**node.conf(), "prevResult": res})
+    assert rc == 0, doc

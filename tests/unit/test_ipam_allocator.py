@@ -1,0 +1,180 @@
+"""Block-affinity IPAM against the in-memory store (same revision/cas semantics as etcd)."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import threading
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from labnet import ipam
+from labnet.etcd import keys
+from labnet.ipam.memstore import MemStore
+
+POOL = ipam.Pool("10.100.0.0/16", 26)
+
+
+def test_first_address_is_lowest_ordinal_of_a_26_with_host_affinity() -> None:
+    s = MemStore()
+    a = ipam.auto_assign(s, "ubuntu-3", "net.c1", POOL)
+    net = ipaddress.IPv4Network(a.block)
+    assert net.prefixlen == 26 and a.ordinal == 0 and a.address == str(net.network_address)
+    assert a.affinity == "ubuntu-3" and not a.borrowed
+    assert ipam.blocks_of(s, "ubuntu-3") == [a.block]
+    assert json.loads(s.get(keys.block(a.block)).value)["affinity"] == "host:ubuntu-3"  # type: ignore[union-attr]
+    assert json.loads(s.get(keys.handle("net.c1")).value) == {"handleID": "net.c1", "block": {a.block: 1}}  # type: ignore[union-attr]
+
+
+def test_block_choice_is_deterministic_per_node_and_differs_between_nodes() -> None:
+    blocks = {n: ipam.auto_assign(MemStore(), n, "net.x", POOL).block for n in ("ubuntu-1", "ubuntu-3")}
+    again = {n: ipam.auto_assign(MemStore(), n, "net.x", POOL).block for n in ("ubuntu-1", "ubuntu-3")}
+    assert blocks == again
+    assert blocks["ubuntu-1"] != blocks["ubuntu-3"]
+
+
+def test_same_handle_gets_same_address() -> None:
+    s = MemStore()
+    a = ipam.auto_assign(s, "n1", "net.c1", POOL)
+    assert ipam.auto_assign(s, "n1", "net.c1", POOL) == a
+    assert ipam.usage(s)["allocated"] == 1
+
+
+def test_released_address_is_reused_last() -> None:
+    s = MemStore()
+    addrs = [ipam.auto_assign(s, "n1", f"net.c{i}", POOL).address for i in range(3)]
+    assert ipam.release(s, "net.c0") == [addrs[0]]
+    nxt = ipam.auto_assign(s, "n1", "net.c3", POOL).address
+    assert nxt != addrs[0] and ipaddress.IPv4Address(nxt) == ipaddress.IPv4Address(addrs[2]) + 1
+    # fill the rest of the block: the released one comes back only at the very end
+    got = [ipam.auto_assign(s, "n1", f"net.d{i}", POOL).address for i in range(61)]
+    assert got[-1] == addrs[0]
+
+
+def test_release_unknown_handle_is_a_no_op() -> None:
+    s = MemStore()
+    assert ipam.release(s, "net.nothing") == []
+    assert ipam.release(s, "net.nothing") == []
+
+
+def test_full_block_claims_another_then_borrows_then_exhausts_naming_the_pool() -> None:
+    s = MemStore()
+    pool = ipam.Pool("10.9.0.0/28", 29)  # two blocks of 8
+    b = ipam.auto_assign(s, "node-b", "net.b0", pool)
+    got = [ipam.auto_assign(s, "node-a", f"net.a{i}", pool) for i in range(15)]
+    own = [g for g in got if not g.borrowed]
+    borrowed = [g for g in got if g.borrowed]
+    assert len(own) == 8 and len(borrowed) == 7
+    assert all(g.block == b.block and g.affinity == "node-b" for g in borrowed)
+    assert ipam.blocks_of(s, "node-a") == [own[0].block]
+    with pytest.raises(ipam.PoolExhausted, match=r"10\.9\.0\.0/28"):
+        ipam.auto_assign(s, "node-a", "net.a-last", pool)
+    assert len({g.address for g in got} | {b.address}) == 16
+
+
+def test_node_claims_a_second_block_when_its_first_is_full() -> None:
+    s = MemStore()
+    pool = ipam.Pool("10.9.0.0/24", 28)
+    got = [ipam.auto_assign(s, "n1", f"net.c{i}", pool) for i in range(17)]
+    assert len({g.block for g in got}) == 2 and not any(g.borrowed for g in got)
+    assert len(ipam.blocks_of(s, "n1")) == 2
+
+
+def test_tunnel_address_is_first_of_the_nodes_block_and_idempotent() -> None:
+    s = MemStore()
+    s.put(keys.config("cluster"), json.dumps({"pool": {"cidr": "10.100.0.0/16", "block_size": 26}}))
+    t = ipam.tunnel_address(s, "ubuntu-3")
+    assert t == str(ipaddress.IPv4Network(ipam.blocks_of(s, "ubuntu-3")[0]).network_address)
+    assert ipam.tunnel_address(s, "ubuntu-3") == t
+    assert ipam.tunnel_handle("ubuntu-3") in ipam.usage(s)["handles"]
+
+
+def test_gc_releases_invalid_attachments_and_orphans_only() -> None:
+    s = MemStore()
+    for c in ("keep", "drop"):
+        ipam.auto_assign(s, "n1", f"k8s-pod-network.{c}", POOL)
+    ipam.auto_assign(s, "n1", "other-net.drop", POOL)
+    tunnel = ipam.auto_assign(s, "n1", ipam.tunnel_handle("n1"), POOL)
+    # an orphan: block entry without handle record
+    orphan = ipam.auto_assign(s, "n1", "k8s-pod-network.orphan", POOL)
+    s.delete(keys.handle("k8s-pod-network.orphan"))
+    released = ipam.gc(s, "k8s-pod-network", {"keep"})
+    assert sorted(released) == ["k8s-pod-network.drop", "k8s-pod-network.orphan"]
+    used = {a for b in ipam.usage(s)["blocks"] for a in b["allocated"]}
+    assert tunnel.address in used and orphan.address not in used
+    assert ipam.usage(s)["handles"] == sorted(["k8s-pod-network.keep", "other-net.drop", ipam.tunnel_handle("n1")])
+
+
+def test_concurrent_assignments_never_share_an_address() -> None:
+    s = MemStore()
+    results: list[ipam.Assignment] = []
+    lock = threading.Lock()
+
+    def worker(node: str, i: int) -> None:
+        a = ipam.auto_assign(s, node, f"net.{node}-{i}", POOL)
+        with lock:
+            results.append(a)
+
+    threads = [threading.Thread(target=worker, args=(f"n{i % 3}", i)) for i in range(90)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({r.address for r in results}) == 90
+    for node in ("n0", "n1", "n2"):
+        assert len(ipam.blocks_of(s, node)) == 1  # racing siblings never claim a spare block
+
+
+def test_same_container_concurrently_gets_one_address() -> None:
+    s = MemStore()
+    results: list[str] = []
+    threads = [threading.Thread(target=lambda: results.append(ipam.auto_assign(s, "n1", "net.same", POOL).address))
+               for _ in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(results)) == 1 and ipam.usage(s)["allocated"] == 1
+
+
+def test_bad_pool_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="block_size /8"):
+        ipam.Pool("10.0.0.0/16", 8)
+    with pytest.raises(ValueError, match="not an IPv4 network"):
+        ipam.Pool("10.0.0.1/16", 26)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 20)), max_size=60))
+def test_model_never_double_allocates(ops: list[tuple[bool, int]]) -> None:
+    """Random assign/release sequences: allocations stay unique and the store stays consistent."""
+    s = MemStore()
+    pool = ipam.Pool("10.9.0.0/27", 29)
+    held: dict[str, str] = {}
+    for assign, k in ops:
+        hid = f"net.c{k}"
+        if assign:
+            try:
+                held[hid] = ipam.auto_assign(s, f"n{k % 2}", hid, pool).address
+            except ipam.PoolExhausted:
+                assert len(held) == 32
+        else:
+            ipam.release(s, hid)
+            held.pop(hid, None)
+        assert len(set(held.values())) == len(held)
+        u = ipam.usage(s)
+        assert u["allocated"] == len(held)
+        assert sorted(u["handles"]) == sorted(held)
+
+
+def test_a_stale_handle_without_addresses_is_taken_over() -> None:
+    s = MemStore()
+    a = ipam.auto_assign(s, "n1", "net.c1", POOL)
+    # the block lost the allocation (e.g. swept by hand) but the handle record stayed
+    blk = ipam.Block.decode(s.get(keys.block(a.block)).value)  # type: ignore[union-attr]
+    blk.release("net.c1")
+    s.put(keys.block(a.block), blk.encode())
+    b = ipam.auto_assign(s, "n1", "net.c1", POOL)
+    assert ipam.lookup(s, "net.c1") == [b]
