@@ -125,16 +125,48 @@ def phase_cni(ctx: Context) -> None:
         install(NodePaths(opt_cni_bin=rt.host_path(node, "/opt/cni/bin"),
                           etc_cni_netd=rt.host_path(node, "/etc/cni/net.d"),
                           var_lib_labnet=rt.host_path(node, "/var/lib/labnet")),
-                nodename=node, etcd_endpoints=endpoints, tls=tls, settings=settings or None)
+                nodename=node, etcd_endpoints=endpoints, tls=tls, settings=settings or None,
+                shim_cache=paths.lab_dir(ctx.topo.name) / "cni-shim")
+    _start_cni_servers(ctx)
+
+
+# --- CNI fast path (owner: labnet/cni) -------------------------------------------------------
+def _start_cni_servers(ctx: Context) -> None:
+    """Start labnet's CNI server in every node (the shim /opt/cni/bin/labnet talks to it; without
+    it the shim execs the Python plugin) and wait until each answers on its socket."""
+    from labnet.cni.server import DEFAULT_SOCKET, ping
+    from labnet.nsexec import pid_alive
+
+    assert ctx.topo.cluster is not None
+    rt, pids = ctx.runtime, {}
+    for node in ctx.topo.cluster.nodes:
+        argv = [sys.executable, "-m", "labnet.cni.server", "--socket", DEFAULT_SOCKET]
+        pid = spawn(rt.ns(node), argv, log=rt.host_path(node, "/var/log/labnet/cni-server.log"))
+        record_process(ctx.journal, pid, node, "cni-server")
+        pids[node] = pid
+
+    def probe() -> dict[str, str]:
+        return {n: "answers" if ping(rt.host_path(n, DEFAULT_SOCKET), timeout=2)
+                else ("starting" if pid_alive(pid) else "exited (see /var/log/labnet/cni-server.log)")
+                for n, pid in pids.items()}
+
+    state = poll(probe, lambda st: all(v != "starting" for v in st.values()), timeout=60,
+                 what="every node's CNI server to answer on " + DEFAULT_SOCKET)
+    dead = {n: v for n, v in state.items() if v != "answers"}
+    if dead:
+        raise LabnetError(f"CNI server not running: {dead}")
+# --- end CNI fast path ------------------------------------------------------------------------
 
 
 def phase_pods(ctx: Context) -> None:
     from labnet import pods
+    from labnet.policy.enforce import apply_all
 
     if ctx.topo.cluster is None:
         return
     for pod, spec in ctx.topo.cluster.pods.items():
         pods.add_to(ctx.journal, ctx.runtime.ns(spec.node), spec.node, pod, labels=spec.labels or None)
+    apply_all(ctx.journal.info, ctx.runtime.ns)  # the topology's policy, on the pods' host veths
 
 
 def phase_agents(ctx: Context) -> None:

@@ -32,9 +32,16 @@ def add_to(journal: Journal, ns: NodeNS, node: str, pod: str, labels: dict[str, 
     pods[pod] = {"node": node, "ip": None, "host_veth": None, "netns": netns, "container_id": cid}
     journal.save()
     result = invoke.add_pod(ns, pod, labels=labels, lab=journal.lab)
-    pods[pod] = _record(node, pod, result, netns, cid)
+    pods[pod] = {**_record(node, pod, result, netns, cid), "labels": dict(labels or {})}
     journal.save()
     return pods[pod]  # type: ignore[no-any-return]
+
+
+def reapply_policy(journal: Journal) -> None:
+    """Pods changed: every node's policy table follows (sources are pod IPs by selector)."""
+    from labnet.policy.enforce import apply_all
+
+    apply_all(journal.info, lambda node: lablib.node_ns(journal.lab, node))
 
 
 def add(lab: str, node: str, pod: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
@@ -42,7 +49,9 @@ def add(lab: str, node: str, pod: str, labels: dict[str, str] | None = None) -> 
         journal = _journal(lab)
         if pod in journal.info.get("pods", {}):
             raise BadInput(f"lab {lab}: pod {pod!r} exists already (on {journal.info['pods'][pod]['node']})")
-        return add_to(journal, lablib.node_ns(lab, node), node, pod, labels)
+        rec = add_to(journal, lablib.node_ns(lab, node), node, pod, labels)
+        reapply_policy(journal)
+        return rec
 
 
 def remove(lab: str, node: str, pod: str) -> None:
@@ -56,6 +65,7 @@ def remove(lab: str, node: str, pod: str) -> None:
         invoke.del_pod(lablib.node_ns(lab, node), pod, lab=lab)
         journal.info.get("pods", {}).pop(pod, None)
         journal.save()
+        reapply_policy(journal)
 
 
 def pod_ns(lab: str, node: str, pod: str) -> NodeNS:

@@ -21,6 +21,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from labnet.policy.model import PolicySettings
 from labnet.topology.steps import STEP_KINDS
 
 LAB_NAME_RE = r"^[a-z][a-z0-9-]{0,19}$"
@@ -193,6 +194,10 @@ class Cluster(_Model):
     mtu: Mtu | None = Field(default=None, description="pod MTU; default underlay MTU - 20 (ipip) / - 50 (vxlan)")
     nodes: dict[str, ClusterNode] = Field(min_length=1)
     pods: dict[str, PodSpec] = {}
+    policy: PolicySettings = Field(
+        default_factory=PolicySettings,
+        description="ingress policy on the pods' host-side veths: default allow|deny, allow rules by selector/cidr/port",
+    )
 
 
 class Step(_Model):

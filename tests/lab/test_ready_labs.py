@@ -7,7 +7,7 @@ import json
 import pytest
 from _labtools import TOPOLOGIES, lab_exec, labnet, snapshot
 
-LABS = ["minimal", "cross-subnet", "vxlan", "route-reflectors", "tor-bird", "two-labs-b"]
+LABS = ["minimal", "cross-subnet", "vxlan", "route-reflectors", "tor-bird", "two-labs-b", "policy"]
 
 
 @pytest.mark.parametrize("topology", LABS)

@@ -1,0 +1,204 @@
+"""Render the policy model into one nftables table per node, apply it atomically, read counters.
+
+Layout (Calico enforces on the host side of each pod's veth; so do we):
+
+    table inet labnet-policy
+      set src_<policy>_<rule>      the IPs of the pods a rule's `from.selector` matches (all nodes)
+      chain forward                hook forward: `oifname "caliX" jump to_caliX`, one per local pod
+      chain to_caliX               ingress to one pod: established/related, the allow rules of
+                                   every policy selecting the pod (in order), then the default
+
+Only the forward hook is filtered: traffic from the node itself to its pods (output hook) and
+from pods to the node (input hook) is never dropped, as with the seed's
+FELIX_DEFAULTENDPOINTTOHOSTACTION=ACCEPT and Calico's host-to-local-workload allowance
+(kubelet probes must reach pods). Every rule has a counter and a comment; the comments are
+what `explain_drop` matches on.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from typing import Any
+
+from labnet.errors import BadInput, CommandFailed
+from labnet.nsexec import NodeNS, run
+from labnet.policy.model import PolicySettings, PolicySpec, Rule
+from labnet.policy.selector import parse
+
+TABLE = "labnet-policy"
+FAMILY = "inet"
+_IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+_LABEL_TEXT = re.compile(r'^[^"\\\n]*$')
+
+
+@dataclass(frozen=True)
+class PodInfo:
+    """What enforcement needs to know of a pod: its IP, its host-side veth, its labels."""
+
+    name: str
+    ip: IPv4Address
+    host_veth: str
+    labels: dict[str, str] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ip", IPv4Address(self.ip))
+        if not _IFNAME.match(self.host_veth):
+            raise BadInput(f"pod {self.name}: host veth {self.host_veth!r} is not an interface name")
+        if not _LABEL_TEXT.match(self.name):
+            raise BadInput(f"pod name {self.name!r} has a quote, backslash or newline")
+
+
+def chain_name(pod: PodInfo) -> str:
+    return f"to_{pod.host_veth}"
+
+
+def set_name(policy: PolicySpec, index: int) -> str:
+    return f"src_{policy.name}_{index}"
+
+
+def rule_comment(policy: PolicySpec, index: int) -> str:
+    return f"policy={policy.name} rule={index}"
+
+
+def default_comment(settings: PolicySettings, selected_by: Sequence[PolicySpec]) -> str:
+    """The verdict for a packet no rule allows (see model.py for the semantics)."""
+    if settings.default == "deny":
+        return "policy=default-deny"
+    return "policy=end-of-policies" if selected_by else "policy=default-allow"
+
+
+def policies_for(settings: PolicySettings, pod: PodInfo) -> list[PolicySpec]:
+    return [p for p in settings.policies if p.target().matches(pod.labels)]
+
+
+def source_pods(rule: Rule, all_pods: Iterable[PodInfo]) -> list[PodInfo]:
+    if rule.from_ is None or rule.from_.selector is None:
+        return []
+    sel = parse(rule.from_.selector)
+    return sorted((p for p in all_pods if sel.matches(p.labels)), key=lambda p: p.ip)
+
+
+def _match(policy: PolicySpec, index: int, rule: Rule) -> str:
+    parts: list[str] = []
+    if rule.from_ is not None:
+        if rule.from_.selector is not None:
+            parts.append(f"ip saddr @{set_name(policy, index)}")
+        if rule.from_.cidr is not None:
+            parts.append(f"ip saddr {rule.from_.cidr}")
+    if rule.protocol is not None:
+        ranges = rule.port_ranges()
+        if ranges:
+            elems = ", ".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in ranges)
+            parts.append(f"{rule.protocol} dport {{ {elems} }}")
+        else:
+            parts.append(f"meta l4proto {rule.protocol}")
+    return " ".join(parts)
+
+
+def _unique(pods: Sequence[PodInfo], attr: str, what: str) -> None:
+    seen: dict[object, str] = {}
+    for pod in pods:
+        value = getattr(pod, attr)
+        if value in seen and seen[value] != pod.name:
+            raise BadInput(f"pods {seen[value]} and {pod.name} have the same {what} {value}")
+        seen[value] = pod.name
+
+
+def render(settings: PolicySettings, pods_on_node: Sequence[PodInfo], all_pods: Sequence[PodInfo]) -> str:
+    """The nft script (one table definition) for a node. Pure and deterministic."""
+    _unique(pods_on_node, "host_veth", "host veth")
+    _unique(all_pods, "ip", "IP")
+    out = [f"table {FAMILY} {TABLE} {{", f'\tcomment "labnet policy, default {settings.default}"']
+    for policy in settings.policies:
+        for i, rule in enumerate(policy.ingress):
+            if rule.from_ is None or rule.from_.selector is None:
+                continue
+            # nft comments hold 128 bytes and no quotes: name the rule, not its selector text.
+            out += [f"\tset {set_name(policy, i)} {{", "\t\ttype ipv4_addr", f'\t\tcomment "{rule_comment(policy, i)}"']
+            members = source_pods(rule, all_pods)
+            if members:
+                out.append("\t\telements = { " + ", ".join(str(p.ip) for p in members) + " }")
+            out.append("\t}")
+    local = sorted(pods_on_node, key=lambda p: p.host_veth)
+    out += ["\tchain forward {", "\t\ttype filter hook forward priority filter; policy accept;"]
+    for pod in local:
+        out.append(f'\t\toifname "{pod.host_veth}" counter jump {chain_name(pod)} comment "pod={pod.name}"')
+    out.append("\t}")
+    for pod in local:
+        selected = policies_for(settings, pod)
+        out += [f"\tchain {chain_name(pod)} {{",
+                '\t\tct state established,related counter accept comment "labnet=established"']
+        for policy in selected:
+            for i, rule in enumerate(policy.ingress):
+                match = _match(policy, i, rule)
+                out.append(f'\t\t{match + " " if match else ""}counter accept comment "{rule_comment(policy, i)}"')
+        comment = default_comment(settings, selected)
+        verdict = "drop" if comment != "policy=default-allow" else "accept"
+        out += [f'\t\tcounter {verdict} comment "{comment}"', "\t}"]
+    out.append("}")
+    return "\n".join(out) + "\n"
+
+
+# --- the node side --------------------------------------------------------------------------------
+
+# `table X` creates the table when absent, so the `delete` that follows never fails: one nft
+# transaction replaces the whole table, and applying the same script twice changes nothing.
+_REPLACE = f"table {FAMILY} {TABLE}\ndelete table {FAMILY} {TABLE}\n"
+
+
+def apply(node_ns: NodeNS, script: str) -> None:
+    """Replace labnet's policy table in the node atomically (`nft -f -`, one transaction)."""
+    try:
+        run(node_ns, ["nft", "-f", "-"], input=_REPLACE + script)
+    except CommandFailed as exc:
+        raise CommandFailed(node_ns.name, ["nft", "-f", "-", f"(table {FAMILY} {TABLE})"], exc.rc,
+                            exc.stderr) from None
+
+
+def remove(node_ns: NodeNS) -> None:
+    """Delete labnet's policy table from the node; nothing to do when it is absent."""
+    run(node_ns, ["nft", "-f", "-"], input=_REPLACE)
+
+
+def ruleset(node_ns: NodeNS) -> list[dict[str, Any]] | None:
+    """The table as `nft -j` objects, or None when the node has no labnet policy table."""
+    proc = run(node_ns, ["nft", "-j", "list", "table", FAMILY, TABLE], check=False)
+    if proc.returncode != 0:
+        if "No such file" in proc.stderr or "does not exist" in proc.stderr:
+            return None
+        raise CommandFailed(node_ns.name, ["nft", "-j", "list", "table", FAMILY, TABLE], proc.returncode,
+                            proc.stderr)
+    items: list[dict[str, Any]] = json.loads(proc.stdout)["nftables"]
+    return items
+
+
+@dataclass(frozen=True)
+class RuleCounter:
+    chain: str
+    comment: str
+    packets: int
+    bytes: int
+
+
+def counters(objects: Sequence[dict[str, Any]]) -> dict[tuple[str, str], RuleCounter]:
+    """Counter of every commented rule, keyed by (chain, comment)."""
+    out: dict[tuple[str, str], RuleCounter] = {}
+    for obj in objects:
+        rule = obj.get("rule")
+        if not rule or "comment" not in rule:
+            continue
+        for expr in rule.get("expr", []):
+            if isinstance(expr, dict) and "counter" in expr:
+                c = expr["counter"]
+                out[(rule["chain"], rule["comment"])] = RuleCounter(rule["chain"], rule["comment"],
+                                                                    int(c["packets"]), int(c["bytes"]))
+    return out
+
+
+def node_counters(node_ns: NodeNS) -> dict[tuple[str, str], RuleCounter]:
+    objects = ruleset(node_ns)
+    return counters(objects) if objects is not None else {}
