@@ -71,6 +71,14 @@ def _mark(node: yaml.Node) -> tuple[int, int]:
     return node.start_mark.line + 1, node.start_mark.column + 1
 
 
+MAX_NODES = 200_000  # far beyond any real lab; a few chained anchors ("billion laughs") exceed it
+
+
+class _TooBig(Exception):
+    def __init__(self, node: yaml.Node) -> None:
+        self.node = node
+
+
 class _Builder:
     """Turns a composed YAML node graph into plain data, recording positions and dup keys."""
 
@@ -79,8 +87,12 @@ class _Builder:
         self.pos = _Positions()
         self.issues: list[Issue] = []
         self._stack: set[int] = set()
+        self._count = 0
 
     def build(self, node: yaml.Node, path: PathT) -> Any:
+        self._count += 1
+        if self._count > MAX_NODES:  # aliases expanding without bound: stop walking at once
+            raise _TooBig(node)
         self.pos.values[path] = _mark(node)
         if id(node) in self._stack:
             self.issues.append(Issue(path, "recursive YAML alias"))
@@ -231,6 +243,11 @@ def loads(text: str, filename: str = "<string>") -> Topology:
         raw = builder.build(root, ())
     except yaml.YAMLError as exc:
         raise TopologyError([_yaml_error(exc, filename, text)]) from None
+    except _TooBig as exc:
+        line, col = _mark(exc.node)
+        raise TopologyError([Diagnostic(filename, line, col, "<yaml>",
+                                        f"YAML aliases expand to more than {MAX_NODES} values",
+                                        "anchors referring to anchors multiply; write the values out")]) from None
     finally:
         loader.dispose()
     pos = builder.pos
