@@ -254,6 +254,17 @@ def record_process(journal: Journal, pid: int, node: str, what: str) -> dict[str
     return journal.record("process", pid=pid, start=proc_starttime(pid), node=node, what=what)
 
 
+def respawn_process(journal: Journal, entry: dict[str, Any], ns: NodeNS, argv: list[str], *, log: Path,
+                    env: dict[str, str] | None = None) -> int:
+    """Start a recorded process again (a fault's undo: labnet.faults) with `argv`, and record the
+    new pid in its journal entry, so `down` stops the new process."""
+    from labnet.nsexec import spawn
+
+    pid = spawn(ns, argv, log=log, env=env)
+    journal.update(entry, pid=pid, start=proc_starttime(pid), argv=list(argv))
+    return pid
+
+
 def _teardown(journal: Journal) -> list[str]:
     journal.state = "tearing-down"
     journal.save()
@@ -274,6 +285,10 @@ def down(lab: str) -> list[str]:
     with lab_lock(lab):
         journal = load_journal(lab)
         if journal is None:
+            from labnet.runtime.docker import remove_lab_containers
+
+            if remove_lab_containers(lab):  # a docker lab whose journal is gone: found by label
+                return []
             raise BadInput(f"no lab named {lab!r} (running labs: {', '.join(list_labs()) or 'none'})")
         return _teardown(journal)
 
@@ -291,6 +306,9 @@ def gc() -> list[str]:
                 problems = _teardown(journal)
             removed.append(f"lab {lab}" + (f" (problems: {'; '.join(problems)})" if problems else ""))
     known = set(list_labs())
+    from labnet.runtime.docker import orphan_containers
+
+    removed += orphan_containers(known)  # containers labelled with a lab that has no journal
     if paths.NETNS_DIR.is_dir():
         for f in sorted(paths.NETNS_DIR.iterdir()):
             name = f.name

@@ -273,7 +273,11 @@ class ScenarioItem(pytest.Item):
         manager: LabManager = self.config.stash[_MANAGER]
         self.handle = manager.get(str(self.path))
         timeout = self.config.getoption("--labnet-timeout")
-        run_steps(self.handle.view, self.handle.view.topo.scenarios[self.name], timeout)
+        results = run_steps(self.handle.view, self.handle.view.topo.scenarios[self.name], timeout)
+        from labnet.checks import format_results
+
+        # What each step saw (convergence times included): shown with -rP, or on failure.
+        self.add_report_section("call", "labnet", format_results(results))
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         from labnet.errors import LabnetError
