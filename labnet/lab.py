@@ -97,15 +97,20 @@ def list_labs() -> list[str]:
 
 
 @contextlib.contextmanager
-def lab_lock(lab: str) -> Iterator[None]:
-    """One `up`/`down` per lab at a time."""
+def lab_lock(lab: str, wait: bool = True) -> Iterator[bool]:
+    """One `up`/`down` per lab at a time. With wait=False, yields False when someone holds it
+    (a flock dies with its process, so a held lock always has a live owner)."""
     root = paths.state_root() / "labs"
     root.mkdir(parents=True, exist_ok=True)
     lock = root / f".{lab}.lock"
     fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
     finally:
         if not (paths.lab_dir(lab)).exists():
             lock.unlink(missing_ok=True)
@@ -229,6 +234,13 @@ def up(topo: Topology, topology_file: str, *, runtime: str | None = None,
         return journal, ctx.timings, True
 
 
+def _dead(journal: Journal) -> bool:
+    """Left behind: its `up`/`down` died midway, or it is 'up' but its namespaces vanished."""
+    if journal.state == "up":
+        return not _alive(journal)
+    return not journal.owner_alive()
+
+
 def _alive(journal: Journal) -> bool:
     """An 'up' lab whose namespaces are gone (say, after a reboot cleared /run) is dead."""
     return all((paths.NETNS_DIR / e["name"]).exists() for e in journal.of_kind("netns"))
@@ -267,7 +279,7 @@ def respawn_process(journal: Journal, entry: dict[str, Any], ns: NodeNS, argv: l
 
 def _teardown(journal: Journal) -> list[str]:
     journal.state = "tearing-down"
-    journal.save()
+    journal.claim()  # this process owns the lab now: gc leaves it alone unless we die too
     problems: list[str] = []
     for entry in reversed(journal.of_kind("process")):
         try:
@@ -297,39 +309,41 @@ def gc() -> list[str]:
     """Remove labs whose owner died mid-build or whose namespaces vanished, and orphans."""
     removed: list[str] = []
     for lab in list_labs():
-        journal = load_journal(lab)
-        if journal is None:
-            continue
-        dead = (journal.state != "up" and not journal.owner_alive()) or (journal.state == "up" and not _alive(journal))
-        if dead:
-            with lab_lock(lab):
-                problems = _teardown(journal)
-            removed.append(f"lab {lab}" + (f" (problems: {'; '.join(problems)})" if problems else ""))
-    known = set(list_labs())
-    from labnet.runtime.docker import orphan_containers
+        with lab_lock(lab, wait=False) as mine:
+            if not mine:
+                continue  # an `up` or `down` of it is running right now
+            # Decide under the lock, on a fresh read.
+            journal = load_journal(lab)
+            if journal is None or not _dead(journal):
+                continue
+            problems = _teardown(journal)
+        removed.append(f"lab {lab}" + (f" (problems: {'; '.join(problems)})" if problems else ""))
+    from labnet.runtime.netns import _umount
 
-    removed += orphan_containers(known)  # containers labelled with a lab that has no journal
+    def orphan(lab: str) -> bool:
+        """No journal and nobody building it: an `up` holds the lock before it writes anything."""
+        with lab_lock(lab, wait=False) as free:
+            return free and load_journal(lab) is None
+
     if paths.NETNS_DIR.is_dir():
         for f in sorted(paths.NETNS_DIR.iterdir()):
-            name = f.name
-            owner = paths.lab_of_netns(name)
-            if owner is not None and owner not in known:
-                from labnet.runtime.netns import _umount
-
+            owner = paths.lab_of_netns(f.name)
+            if owner is not None and orphan(owner):
                 _umount(f)
                 f.unlink(missing_ok=True)
-                removed.append(f"orphan namespace {name}")
+                removed.append(f"orphan namespace {f.name}")
     rr = paths.run_root()
     if rr.is_dir():
         for d in sorted(rr.iterdir()):
-            if d.is_dir() and d.name not in known:
-                from labnet.runtime.netns import _umount
-
+            if d.is_dir() and orphan(d.name):
                 for f in d.iterdir():
                     _umount(f)
                 _umount(d)
                 shutil.rmtree(d, ignore_errors=True)
                 removed.append(f"orphan namespace files {d}")
+    from labnet.runtime.docker import orphan_containers
+
+    removed += orphan_containers()  # containers labelled with a lab that has no journal
     return removed
 
 
