@@ -238,7 +238,13 @@ def cmd_routes(args: argparse.Namespace) -> int:
     return 0
 
 
-EXTRA: list[Callable[[argparse._SubParsersAction], None]] = [_register_etcd]  # type: ignore[type-arg]
+def _register_doctor(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from labnet.doctor import register
+
+    register(sub)
+
+
+EXTRA: list[Callable[[argparse._SubParsersAction], None]] = [_register_etcd, _register_doctor]  # type: ignore[type-arg]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -31,7 +31,13 @@ def add_to(journal: Journal, ns: NodeNS, node: str, pod: str, labels: dict[str, 
     pods = journal.info.setdefault("pods", {})
     pods[pod] = {"node": node, "ip": None, "host_veth": None, "netns": netns, "container_id": cid}
     journal.save()
-    result = invoke.add_pod(ns, pod, labels=labels, lab=journal.lab)
+    try:
+        result = invoke.add_pod(ns, pod, labels=labels, lab=journal.lab)
+    except BaseException:
+        # add_pod has already rolled the pod back (CNI DEL); forget it, so a retry can work.
+        pods.pop(pod, None)
+        journal.save()
+        raise
     pods[pod] = {**_record(node, pod, result, netns, cid), "labels": dict(labels or {})}
     journal.save()
     return pods[pod]  # type: ignore[no-any-return]
