@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -60,7 +61,7 @@ def sh(script: str) -> float:
     return time.perf_counter() - t0
 
 
-def measure(label: str, text: str, runs: int, underlay_only: bool) -> dict[str, object]:
+def measure(label: str, text: str, runs: int, underlay_only: bool, runtime: str = "netns") -> dict[str, object]:
     with tempfile.TemporaryDirectory() as d:
         f = Path(d) / "lab.yaml"
         if underlay_only:  # the underlay alone: cluster nodes become plain hosts
@@ -73,12 +74,13 @@ def measure(label: str, text: str, runs: int, underlay_only: bool) -> dict[str, 
                 spec.pop("bgp_address", None)
             data.pop("scenarios", None)
             text = yaml.safe_dump(data)
+        text = re.sub(r"^name: *(\S+)", r"name: bench-\1", text, count=1, flags=re.M)  # never another's lab
         f.write_text(text)
         name = loads(text).name
         ups, inner, downs, refs_up, refs_down = [], [], [], [], []
         ref_up, ref_down = ip_script(text, "b")
         for _ in range(runs):
-            wall, out = labnet("up", str(f), "-q", "--timings")
+            wall, out = labnet("up", str(f), "-q", "--timings", "--runtime", runtime)
             ups.append(wall)
             inner.append(json.loads(out)["total"])
             downs.append(labnet("down", "--name", name)[0])
@@ -91,17 +93,36 @@ def measure(label: str, text: str, runs: int, underlay_only: bool) -> dict[str, 
             "up_ratio_vs_ip_script": round(med(ups) / med(refs_up), 2)}
 
 
+def docker_rows(seed: str, runs: int, full: bool) -> list[dict[str, object]]:
+    """The seed lab on the docker runtime, in the same run as netns (the image is ready first)."""
+    from labnet.image import ensure_image
+    from labnet.runtime.dockerd import client, ensure_dockerd
+
+    ensure_dockerd()
+    ref = ensure_image(client(timeout=900))
+    rows = [measure("seed underlay (docker)", seed, runs, True, runtime="docker")]
+    if full:
+        rows.append(measure("seed full (docker)", seed, runs, False, runtime="docker"))
+    for r in rows:
+        r["image"] = f"{ref.tag} ({'built' if ref.built else 'reused'} in {ref.seconds:.1f}s, not timed)"
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--nodes", type=int, default=50)
     ap.add_argument("--full", action="store_true", help="also time the full lab (etcd, agents, pods)")
+    ap.add_argument("--docker", action="store_true",
+                    help="also time the seed lab with the docker runtime (node image built first, not timed)")
     a = ap.parse_args()
     seed = (REPO / "topologies" / "seed.yaml").read_text()
     rows = [measure("seed underlay", seed, a.runs, True),
             measure(f"{a.nodes}-node underlay", generate(a.nodes), a.runs, True)]
     if a.full:
         rows.append(measure("seed full", seed, a.runs, False))
+    if a.docker:
+        rows += docker_rows(seed, a.runs, a.full)
     print(json.dumps(rows, indent=2))
 
 

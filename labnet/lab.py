@@ -262,6 +262,34 @@ def stop_process(entry: dict[str, Any], timeout: float = 5.0) -> None:
              what=f"{entry.get('what', 'process')} pid {pid} to die after SIGKILL")
 
 
+def stop_processes(entries: list[dict[str, Any]], timeout: float = 5.0) -> list[str]:
+    """Stop many recorded processes at once: SIGTERM (and SIGCONT, for frozen ones) to all,
+    one shared deadline, then SIGKILL for what is left. Returns what would not die."""
+    mine = [e for e in entries if pid_alive(e["pid"])
+            and (e.get("start") is None or proc_starttime(e["pid"]) == e.get("start"))]
+    for sig in (signal.SIGTERM, signal.SIGCONT):
+        for e in mine:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(e["pid"], sig)
+
+    def alive() -> list[str]:
+        return [f"{e.get('what', 'process')} pid {e['pid']} on {e.get('node', '?')}" for e in mine
+                if pid_alive(e["pid"])]
+
+    try:
+        poll(alive, lambda left: not left, timeout=timeout, what="the lab's processes to exit after SIGTERM")
+        return []
+    except LabnetError:
+        for e in mine:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(e["pid"], signal.SIGKILL)
+    try:
+        poll(alive, lambda left: not left, timeout=5, what="the lab's processes to die after SIGKILL")
+    except LabnetError as exc:
+        return [str(exc)]
+    return []
+
+
 def record_process(journal: Journal, pid: int, node: str, what: str) -> dict[str, Any]:
     return journal.record("process", pid=pid, start=proc_starttime(pid), node=node, what=what)
 
@@ -281,11 +309,10 @@ def _teardown(journal: Journal) -> list[str]:
     journal.state = "tearing-down"
     journal.claim()  # this process owns the lab now: gc leaves it alone unless we die too
     problems: list[str] = []
-    for entry in reversed(journal.of_kind("process")):
-        try:
-            stop_process(entry)
-        except LabnetError as exc:
-            problems.append(str(exc))
+    procs = journal.of_kind("process")
+    # Agents, CNI servers and routers first (their shutdown may still talk to etcd), then etcd.
+    problems += stop_processes([e for e in procs if e.get("what") != "etcd"])
+    problems += stop_processes([e for e in procs if e.get("what") == "etcd"])
     rt = get_runtime(journal.runtime)(journal.lab, journal)
     problems += rt.teardown()
     if not problems:

@@ -193,7 +193,7 @@ def phase_agents(ctx: Context) -> None:
     # Pods come next: each agent must have claimed its block and put the block's first address
     # on its tunnel first (the seed's tunl0 10.100.163.128, net-test .129).
     poll(lambda: {n: _agent_brief(ctx, n) for n in c.nodes}, lambda st: all(s.get("tunnel_ready") for s in st.values()),
-         timeout=60, what="every agent to register and claim its block and tunnel address")
+         timeout=_scaled(c), what="every agent to register and claim its block and tunnel address")
 
 
 def _agent_brief(ctx: Context, node: str) -> dict[str, Any]:
@@ -238,7 +238,13 @@ def phase_converge(ctx: Context) -> None:
                 return False
         return True
 
-    poll(probe, converged, timeout=90, what="BGP sessions Established and every node's blocks routed everywhere")
+    poll(probe, converged, timeout=30 + _scaled(c),
+         what="BGP sessions Established and every node's blocks routed everywhere")
+
+
+def _scaled(cluster: Any) -> float:
+    """Deadlines grow with the lab: 50 agents start one after another on a 2-core machine."""
+    return 60.0 + 2.0 * len(cluster.nodes)
 
 
 def register() -> None:
