@@ -96,13 +96,17 @@ def measure(label: str, text: str, runs: int, underlay_only: bool, runtime: str 
 def docker_rows(seed: str, runs: int, full: bool) -> list[dict[str, object]]:
     """The seed lab on the docker runtime, in the same run as netns (the image is ready first)."""
     from labnet.image import ensure_image
-    from labnet.runtime.dockerd import client, ensure_dockerd
+    from labnet.runtime.dockerd import client, ensure_dockerd, stop_dockerd
 
-    ensure_dockerd()
-    ref = ensure_image(client(timeout=900))
-    rows = [measure("seed underlay (docker)", seed, runs, True, runtime="docker")]
-    if full:
-        rows.append(measure("seed full (docker)", seed, runs, False, runtime="docker"))
+    engine = ensure_dockerd()
+    try:
+        ref = ensure_image(client(timeout=900))
+        rows = [measure("seed underlay (docker)", seed, runs, True, runtime="docker")]
+        if full:
+            rows.append(measure("seed full (docker)", seed, runs, False, runtime="docker"))
+    finally:
+        if engine.started:  # leave the machine as we found it
+            stop_dockerd(engine)
     for r in rows:
         r["image"] = f"{ref.tag} ({'built' if ref.built else 'reused'} in {ref.seconds:.1f}s, not timed)"
     return rows

@@ -244,7 +244,15 @@ def _register_doctor(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     register(sub)
 
 
-EXTRA: list[Callable[[argparse._SubParsersAction], None]] = [_register_etcd, _register_doctor]  # type: ignore[type-arg]
+def _register_image(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from labnet.image import register
+
+    register(sub)
+
+
+EXTRA: list[Callable[[argparse._SubParsersAction], None]] = [  # type: ignore[type-arg]
+    _register_etcd, _register_doctor, _register_image,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,6 +22,9 @@ class NodeNS:
     # A pod's netns lives in its node's private /var/run/netns, as with containerd: that path
     # only resolves inside the node's mount namespace, so we enter the node first, then the pod.
     inner_netns: str | None = None
+    # The interpreter that runs labnet's own code inside this machine (agents, CNI plugin
+    # shebangs, probes); None: this process's (the netns runtime shares the host's files).
+    python: str | None = None
 
     def argv(self, cmd: Sequence[str]) -> list[str]:
         pre = ["nsenter", f"--net={self.netns}"]
@@ -35,7 +38,8 @@ class NodeNS:
 
     def pod(self, pod: str, netns_path: str) -> NodeNS:
         """The namespaces of a pod on this node (netns_path as seen inside the node)."""
-        return NodeNS(f"{self.name}/{pod}", self.netns, self.mntns, self.utsns, inner_netns=netns_path)
+        return NodeNS(f"{self.name}/{pod}", self.netns, self.mntns, self.utsns, inner_netns=netns_path,
+                      python=self.python)
 
 
 def run(

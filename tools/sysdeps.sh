@@ -5,6 +5,7 @@ declare -A want=(
   [ip]=iproute2 [nsenter]=util-linux [unshare]=util-linux [iptables]=iptables [nft]=nftables
   [etcd]=etcd-server [etcdctl]=etcd-client [bird]=bird2 [tcpdump]=tcpdump [dot]=graphviz
   [iperf3]=iperf3 [curl]=curl [ping]=iputils-ping [pkill]=procps [git]=git
+  [dockerd]=docker.io [docker]=docker.io [debootstrap]=debootstrap [cc]=gcc
 )
 missing=()
 for cmd in "${!want[@]}"; do
@@ -20,12 +21,21 @@ mapfile -t pkgs < <(printf '%s\n' "${missing[@]}" | sort -u)
 echo "sysdeps: installing ${pkgs[*]}"
 if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
 export DEBIAN_FRONTEND=noninteractive
+# Debian starts services on install. labnet runs its own etcd, BIRD and dockerd (the last with
+# no bridge and no iptables rules), so nothing may start in the root network namespace:
+# a policy-rc.d that refuses every start, for the length of this install only.
+made_policy=
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+  $SUDO chmod +x /usr/sbin/policy-rc.d
+  made_policy=1
+fi
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
-# Debian starts services on install; labnet runs its own etcd and BIRD inside lab namespaces.
-for svc in etcd bird; do
-  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
-    $SUDO systemctl stop "$svc" || true
+[ -n "$made_policy" ] && $SUDO rm -f /usr/sbin/policy-rc.d
+for svc in etcd bird docker.socket docker; do
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled --quiet "$svc" 2>/dev/null; then
+    $SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || true
   fi
 done
 echo "sysdeps: done"

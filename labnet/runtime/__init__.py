@@ -10,6 +10,10 @@ def get_runtime(name: str) -> type[Runtime]:
         from labnet.runtime.netns import NetnsRuntime
 
         return NetnsRuntime
+    if name == "docker":
+        from labnet.runtime.docker import DockerRuntime
+
+        return DockerRuntime
     from labnet.errors import BadInput
 
-    raise BadInput(f"runtime {name!r} is not available here (known: netns)")
+    raise BadInput(f"runtime {name!r} is not available here (known: netns, docker)")
