@@ -179,5 +179,9 @@ def stop_dockerd(handle: DockerdHandle, timeout: float = 60.0) -> None:
 def client(timeout: float = 120.0) -> Any:
     """A docker SDK client on labnet's dockerd (imported late: the SDK costs ~0.2 s)."""
     # importlib: for type checkers the repository's docker/ directory (the Dockerfile) shadows the SDK
-    docker = importlib.import_module("docker")
+    try:
+        docker = importlib.import_module("docker")
+        docker.DockerClient  # noqa: B018  (a namespace package of a docker/ folder has no client)
+    except (ImportError, AttributeError):
+        raise LabnetError("the docker runtime needs the docker SDK: pip install 'labnet[docker]'") from None
     return docker.DockerClient(base_url=base_url(), timeout=int(timeout))
