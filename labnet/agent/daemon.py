@@ -3,8 +3,9 @@
 One asyncio loop owns the BGP speaker, the status socket and all decisions. Datastore and
 netlink calls block, so they run in worker threads; etcd watches run in their own threads and
 only wake the loop. Every pass of `sync()` is a full, idempotent reconciliation from a fresh
-read of the datastore and the speaker's Loc-RIB, so a missed event costs at most one
-`resync_interval`.
+view of the datastore and the speaker's Loc-RIB. The datastore view is a cache
+(labnet.agent.cache) that watch events update in place; a full read every `resync_interval`
+(and after a watch reconnects) is the safety net, so a missed event costs at most one interval.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 
 from labnet import ipam
 from labnet.agent import kernel, nat
+from labnet.agent.cache import KeyCache
 from labnet.agent.config import AgentConfig, ClusterSettings
 from labnet.agent.detect import Detected, detect
 from labnet.agent.nodes import NodeRecord, name_problems, read_nodename
@@ -44,11 +46,15 @@ from labnet.bgp.rib import Change
 from labnet.bgp.speaker import PeerConfig, Speaker
 from labnet.errors import LabnetError
 from labnet.etcd import keys
-from labnet.etcd.store import Datastore, DatastoreUnavailable
+from labnet.etcd.store import KV, Datastore, DatastoreUnavailable, Event
 
 log = logging.getLogger("labnet.agent")
 
 Net = ipaddress.IPv4Network
+SETTINGS_KEY = keys.config("cluster")
+WATCHED = (keys.NODES, keys.affinities(), keys.BLOCKS, SETTINGS_KEY)
+BURST_PASSES = 3  # back-to-back passes before a pause: bounds the pass rate under sustained churn
+COALESCE = 0.05  # that pause: seconds to gather a burst of RIB changes / watch events
 
 
 @dataclass
@@ -98,7 +104,15 @@ class Agent:
         self.snapshot: Snapshot | None = None
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
-        self._ds_dirty = True
+        self._ds_dirty = True  # full re-read of the datastore wanted
+        self._cache = KeyCache(WATCHED)
+        self._cache_dirty = False  # watch events changed the cache since the last pass
+        self._block_memo: dict[str, tuple[int, ipam.Block | None]] = {}
+        self._applied: tuple[Any, ...] | None = None  # what the last kernel pass programmed
+        self._kernel_due = True
+        self._peers_input: tuple[Any, ...] | None = None  # what _sync_peers last worked from
+        self._routes_vx: tuple[int | None, str | None] | None = None  # set: state.routes is stale
+        self._routes_lock = asyncio.Lock()
         self._watch_threads: list[threading.Thread] = []
         self._server: asyncio.AbstractServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -115,22 +129,50 @@ class Agent:
         return self._store
 
     def _read_settings(self) -> ClusterSettings:
-        kv = self.store.get(keys.config("cluster"))
-        if kv is None:
-            raise LabnetError(f"no cluster settings at etcd key {keys.config('cluster')} yet")
-        return ClusterSettings.from_dict(json.loads(kv.value), where=f"etcd {keys.config('cluster')}")
+        return _decode_settings(self.store.get(SETTINGS_KEY))
+
+    def _read_all(self) -> dict[str, list[KV]]:
+        """One full read of everything the agent watches (4 requests)."""
+        kv = self.store.get(SETTINGS_KEY)
+        out = {SETTINGS_KEY: [kv] if kv is not None else []}
+        for prefix in (keys.NODES, keys.affinities(), keys.BLOCKS):
+            out[prefix] = self.store.range(prefix)
+        return out
 
     def _read_snapshot(self) -> Snapshot:
-        settings = self._read_settings()
+        read = self._read_all()
+        settings = read[SETTINGS_KEY]
+        return self._build_snapshot(settings[0] if settings else None, read[keys.NODES],
+                                    read[keys.affinities()], read[keys.BLOCKS])
+
+    def _cached_snapshot(self) -> Snapshot:
+        c = self._cache
+        return self._build_snapshot(c.get(SETTINGS_KEY, SETTINGS_KEY), c.values(keys.NODES),
+                                    c.values(keys.affinities()), c.values(keys.BLOCKS))
+
+    def _decode_block(self, kv: KV) -> ipam.Block | None:
+        hit = self._block_memo.get(kv.key)
+        if hit is not None and hit[0] == kv.mod_revision:
+            return hit[1]
+        try:
+            block: ipam.Block | None = ipam.Block.decode(kv.value)
+        except (ValueError, KeyError):
+            block = None
+        self._block_memo[kv.key] = (kv.mod_revision, block)
+        return block
+
+    def _build_snapshot(self, settings_kv: KV | None, node_kvs: list[KV], affinity_kvs: list[KV],
+                        block_kvs: list[KV]) -> Snapshot:
+        settings = _decode_settings(settings_kv)
         nodes = []
-        for kv in self.store.range(keys.NODES):
+        for kv in node_kvs:
             try:
                 nodes.append(NodeRecord.decode(kv.value, kv.key))
             except LabnetError as exc:
                 log.warning("%s", exc)
         host_prefix = keys.affinities()
         by_node: dict[str, list[str]] = {}
-        for kv in self.store.range(host_prefix):
+        for kv in affinity_kvs:
             rest = kv.key[len(host_prefix):]  # <node>/ipv4/block/<cidr-key>
             node, _, tail = rest.partition("/ipv4/block/")
             if node and tail:
@@ -138,12 +180,11 @@ class Agent:
         mine = sorted(by_node.get(self.name, []), key=ipaddress.IPv4Network)
         borrowed: set[Net] = set()
         my_nets = [ipaddress.IPv4Network(b) for b in mine]
-        for kv in self.store.range(keys.BLOCKS):
-            try:
-                block = ipam.Block.decode(kv.value)
-            except (ValueError, KeyError):
-                continue
-            if block.node == self.name:
+        present: set[str] = set()
+        for kv in block_kvs:
+            present.add(kv.key)
+            block = self._decode_block(kv)
+            if block is None or block.node == self.name:
                 continue
             for i, h in enumerate(block.allocations):
                 if h is None or (block.attributes.get(h) or {}).get("node") != self.name:
@@ -151,15 +192,20 @@ class Agent:
                 addr = ipaddress.IPv4Address(block.address(i))
                 if not any(addr in n for n in my_nets):
                     borrowed.add(ipaddress.IPv4Network(f"{addr}/32"))
+        for gone in set(self._block_memo) - present:
+            del self._block_memo[gone]
         return Snapshot(settings, nodes, mine, set(by_node), by_node, sorted(borrowed))
 
     def _watch(self, prefix: str) -> None:
-        """Wake the loop on every change under `prefix` (runs in its own thread until stopped)."""
+        """Feed every change under `prefix` to the loop (runs in its own thread until stopped)."""
         assert self._loop is not None
         while not self._stop.is_set():
             try:
-                for _ev in self.store.watch(prefix):
-                    self._loop.call_soon_threadsafe(self.kick, True)
+                events = self.store.watch(prefix)  # fixes its start revision now
+                # events between our last full read and this watch are not in the cache
+                self._loop.call_soon_threadsafe(self.kick, True)
+                for ev in events:
+                    self._loop.call_soon_threadsafe(self._on_event, prefix, ev)
                     if self._stop.is_set():
                         return
             except Exception as exc:  # etcd gone for now: the periodic resync covers us meanwhile
@@ -168,7 +214,13 @@ class Agent:
                 return
             time.sleep(1.0)  # watch reconnect backoff (a daemon timer)
 
+    def _on_event(self, prefix: str, ev: Event) -> None:
+        if self._cache.apply(prefix, ev):
+            self._cache_dirty = True
+            self._wake.set()
+
     def kick(self, datastore: bool = False) -> None:
+        """Wake the loop; `datastore`: re-read the datastore fully (and program the kernel)."""
         if datastore:
             self._ds_dirty = True
         self._wake.set()
@@ -343,7 +395,13 @@ class Agent:
             res = sync_vxlan(vteps)
             for x in res.added + res.removed:
                 log.info("vxlan: %s", x)
-        r = kernel.reconcile(want, keep_unicast=keep)
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:  # one netlink socket for the whole kernel step
+            r = kernel.reconcile(want, keep_unicast=keep, ipr=ipr)
+            self._report_kernel(r, vteps, ipr)
+
+    def _report_kernel(self, r: kernel.ReconcileResult, vteps: list[Vtep] | None, ipr: Any) -> None:
         for x in r.added:
             log.info("route + %s", x)
         for x in r.removed:
@@ -353,12 +411,17 @@ class Agent:
         self.state.route_errors = r.errors
         self.state.routes_skipped = r.skipped
         vx = (PROTO_FELIX, VXLAN_DEVICE) if vteps is not None else (None, None)
-        self.state.routes = kernel.programmed(*vx)
-        self.state.gateway_problem = kernel.pod_gateway_problem()
+        # state.routes (status only) is read back when a status asks for it: a dump less per pass
+        self._routes_vx = vx
+        self.state.gateway_problem = kernel.pod_gateway_problem(ipr)
+
+    @staticmethod
+    def _nat_want(snap: Snapshot) -> str | None:
+        pool = snap.settings.pool
+        return pool.cidr if pool.nat_outgoing else None
 
     def _apply_nat(self, snap: Snapshot) -> None:
-        pool = snap.settings.pool
-        want = pool.cidr if pool.nat_outgoing else None
+        want = self._nat_want(snap)
         if want == self.nat_pool:
             return
         devs = [IPIP_DEVICE, VXLAN_DEVICE]
@@ -374,30 +437,64 @@ class Agent:
             return True
         return all(p.state == "Established" for p in self.speaker.status())
 
-    async def sync(self) -> None:
+    async def _refresh_snapshot(self) -> bool:
+        """Bring self.snapshot up to date: a full read when due, else from the watch cache.
+        False when there is no snapshot to work with yet."""
         if self._ds_dirty or self.snapshot is None:
             self._ds_dirty = False
+            self._cache_dirty = False
+            self._kernel_due = True  # the full pass also repairs the kernel (drift, errors)
+            self._peers_input = None
+            mark = self._cache.mark()
             try:
-                self.snapshot = await asyncio.to_thread(self._read_snapshot)
+                read = await asyncio.to_thread(self._read_all)
+                self._cache.load(mark, read)
+                self.snapshot = self._cached_snapshot()
             except (DatastoreUnavailable, LabnetError, ValueError) as exc:
                 self.state.last_error = f"datastore: {exc}"
                 log.warning("datastore read failed: %s", exc)
-                if self.snapshot is None:
-                    return
+                return self.snapshot is not None
+            return True
+        self._cache_dirty = False
+        try:
+            self.snapshot = self._cached_snapshot()
+        except (LabnetError, ValueError) as exc:
+            self.state.last_error = f"datastore: {exc}"
+            log.warning("datastore read failed: %s", exc)
+        return True
+
+    async def sync(self) -> None:
+        if self._ds_dirty or self._cache_dirty or self.snapshot is None:
+            if not await self._refresh_snapshot():
+                return
             snap = self.snapshot
+            assert snap is not None
             if not any(n.name == self.name for n in snap.nodes):  # our record went away: put it back
                 log.warning("node record %s missing from the datastore; registering again", keys.node(self.name))
                 try:
                     await asyncio.to_thread(self._register)
                 except (DatastoreUnavailable, LabnetError) as exc:
                     self.state.last_error = f"node registration: {exc}"
-            await self._sync_peers(snap)
+            peers_input = (snap.nodes, snap.settings)
+            if peers_input != self._peers_input:  # most events (block claims) do not touch peers
+                await self._sync_peers(snap)
+                self._peers_input = peers_input
             self._sync_originated(snap)
-            await asyncio.to_thread(self._apply_nat, snap)
+            if self._nat_want(snap) != self.nat_pool:
+                await asyncio.to_thread(self._apply_nat, snap)
         snap = self.snapshot
+        assert snap is not None
         want, vteps = self._desired(snap)
         keep = time.monotonic() < self._grace_until and not self._all_established()
-        await asyncio.to_thread(self._apply_kernel, want, vteps, keep)
+        # netlink dumps cost ~10 ms of CPU per pass: skip them when nothing to program changed
+        # since a clean pass (a full pass, every resync_interval, always programs and re-reads)
+        applied = (want, vteps, keep)
+        if self._kernel_due or applied != self._applied:
+            self._kernel_due = False
+            self._applied = None
+            await asyncio.to_thread(self._apply_kernel, want, vteps, keep)
+            if not (self.state.route_errors or self.state.routes_skipped or self.state.gateway_problem):
+                self._applied = applied
         registered = {n.name for n in snap.nodes}
         problems = name_problems(self.name, self.cni_name, self.cfg.nodename_file, snap.affine_nodes, registered)
         problems += [f"route not programmed: {e}" for e in self.state.route_errors]
@@ -466,6 +563,20 @@ class Agent:
             "problems": problems,
         }
 
+    async def _refresh_routes(self) -> None:
+        """state.routes as the kernel has them since the last kernel step (read once per step)."""
+        async with self._routes_lock:  # a concurrent status waits for this read, not the old list
+            vx = self._routes_vx
+            if vx is None:
+                return
+            self._routes_vx = None  # a kernel step from now on marks it stale again
+            try:
+                self.state.routes = await asyncio.to_thread(kernel.programmed, vx[0], vx[1])
+            except Exception as exc:  # the status must answer anyway: keep the last list, retry next time
+                log.warning("reading programmed routes: %s", exc)
+                if self._routes_vx is None:
+                    self._routes_vx = vx
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             line = await asyncio.wait_for(reader.readline(), 10)
@@ -476,6 +587,7 @@ class Agent:
             except ValueError:
                 cmd = "<bad json>"
             if cmd == "status":
+                await self._refresh_routes()
                 resp: dict[str, Any] = self.status(await asyncio.to_thread(self._tunnel_status))
             elif cmd == "ping":
                 resp = {"ok": True, "pid": os.getpid()}
@@ -516,7 +628,7 @@ class Agent:
             await self._retry("tunnel setup", self._setup_tunnel)
             await self._retry("node registration", self._register)
             await self._start_speaker()
-            for prefix in (keys.NODES, keys.affinities(), keys.BLOCKS, keys.config("cluster")):
+            for prefix in WATCHED:
                 t = threading.Thread(target=self._watch, args=(prefix,), name=f"watch:{prefix}", daemon=True)
                 t.start()
                 self._watch_threads.append(t)
@@ -530,6 +642,7 @@ class Agent:
     async def _main_loop(self) -> None:
         interval = self.cfg.resync_interval
         next_full = time.monotonic()
+        burst = 0
         while not self._stop.is_set():
             now = time.monotonic()
             if now >= next_full:
@@ -541,6 +654,15 @@ class Agent:
             except Exception:
                 log.exception("sync pass failed; retrying")
                 self.state.last_error = "sync pass failed (see the agent log)"
+                self._kernel_due = True
+            if self._wake.is_set():  # changes came in during the pass: they form the next one
+                burst += 1
+                if burst >= BURST_PASSES:  # still churning: gather a little before going on
+                    burst = 0
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stop.wait(), COALESCE)
+                continue
+            burst = 0
             stop = asyncio.ensure_future(self._stop.wait())
             wake = asyncio.ensure_future(self._wake.wait())
             timeout = max(0.05, next_full - time.monotonic())
@@ -549,9 +671,9 @@ class Agent:
             await asyncio.wait({stop, wake}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             for f in (stop, wake):
                 f.cancel()
-            # coalesce a burst of RIB changes / watch events into one pass
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), 0.05)
+            # idle until now: run at once. Let the callbacks already queued (the other key of a
+            # block claim, the rest of an UPDATE) land first, so they join this pass.
+            await asyncio.sleep(0)
 
     async def _shutdown(self) -> None:
         self._stop.set()
@@ -580,6 +702,12 @@ class Agent:
         with contextlib.suppress(OSError):
             Path(self.cfg.status_socket).unlink()
         log.info("stopped")
+
+
+def _decode_settings(kv: KV | None) -> ClusterSettings:
+    if kv is None:
+        raise LabnetError(f"no cluster settings at etcd key {SETTINGS_KEY} yet")
+    return ClusterSettings.from_dict(json.loads(kv.value), where=f"etcd {SETTINGS_KEY}")
 
 
 def _link_mtu(ifname: str) -> int | None:

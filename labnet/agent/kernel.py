@@ -7,9 +7,10 @@ what it no longer wants is deleted. A route of another protocol for the same des
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,6 +89,7 @@ def reconcile(desired: Mapping[Net, DesiredRoute], *, keep_unicast: bool = False
     res = ReconcileResult()
     own = ipr is None
     ipr = ipr or IPRoute()
+    oifs: dict[str, list[Any]] = {}  # device -> link_lookup result: one request per device, not per route
     try:
         have, foreign = read_routes(ipr)
         for dst, kr in sorted(have.items()):
@@ -106,7 +108,9 @@ def reconcile(desired: Mapping[Net, DesiredRoute], *, keep_unicast: bool = False
         for dst, want in sorted(desired.items()):
             oif: int | None = None
             if want.dev:
-                found = ipr.link_lookup(ifname=want.dev)
+                if want.dev not in oifs:
+                    oifs[want.dev] = ipr.link_lookup(ifname=want.dev)
+                found = oifs[want.dev]
                 if not found:
                     res.errors.append(f"{want}: device {want.dev} does not exist")
                     continue
@@ -147,13 +151,13 @@ def remove_all() -> ReconcileResult:
     return reconcile({})
 
 
-def programmed(extra_proto: int | None = None, extra_dev: str | None = None) -> list[str]:
+def programmed(extra_proto: int | None = None, extra_dev: str | None = None, ipr: Any = None) -> list[str]:
     """Our routes as `ip route` would print them (for status): proto bird, plus the routes of
     `extra_proto` through `extra_dev` (the VXLAN routes tunnel.sync_vxlan programs, proto 80)."""
     from pyroute2 import IPRoute
 
     out = []
-    with IPRoute() as ipr:
+    with _socket(ipr, IPRoute) as ipr:
         names = {link["index"]: link.get("IFLA_IFNAME") for link in ipr.get_links()}
         for r in ipr.route("dump", family=socket.AF_INET, table=RT_TABLE_MAIN):
             proto = r["proto"]
@@ -178,13 +182,13 @@ def programmed(extra_proto: int | None = None, extra_dev: str | None = None) -> 
 POD_GATEWAY = "169.254.1.1"
 
 
-def pod_gateway_problem() -> str | None:
+def pod_gateway_problem(ipr: Any = None) -> str | None:
     """The seed's proxy-ARP requirement 2: the node needs a route to 169.254.1.1 (normally its
     default route), else the kernel will not proxy-answer the pods' ARP for their gateway."""
     from pyroute2 import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError
 
-    with IPRoute() as ipr:
+    with _socket(ipr, IPRoute) as ipr:
         try:
             found = ipr.route("get", dst=POD_GATEWAY)
         except NetlinkError as exc:
@@ -196,3 +200,14 @@ def pod_gateway_problem() -> str | None:
             return None
     return (f"no route to {POD_GATEWAY} ({reason}; the node has no default route): proxy-ARP on the "
             f"cali veths cannot answer the pods' ARP for their gateway {POD_GATEWAY}, so pods reach nothing")
+
+
+@contextlib.contextmanager
+def _socket(ipr: Any, factory: Any) -> Iterator[Any]:
+    """The caller's netlink socket (left open), else a new one closed afterwards: the agent's
+    kernel step opens one socket for all its requests."""
+    if ipr is not None:
+        yield ipr
+        return
+    with factory() as own:
+        yield own
