@@ -1,8 +1,13 @@
 """CNI ADD/DEL latency: labnet's plugins vs Debian's reference Go plugins (ptp + host-local).
 
-Both run in the same node (net + mount + UTS namespaces, real etcd for labnet), invoked the
+All run in the same node (net + mount + UTS namespaces, real etcd for labnet), invoked the
 same way a runtime does (exec inside the node, env + config on stdin), interleaved pod by
-pod so both see the same machine load. Needs root. Prints p50/p99 and labnet/reference ratios.
+pod so all see the same machine load. Needs root. Prints p50/p99 and labnet/reference ratios.
+
+  labnet fast   /opt/cni/bin/labnet (the C shim) answered by labnet's CNI server in the node
+  labnet exec   the same shim with no server to reach: it execs the Python plugin (which
+                execs labnet-ipam), the fallback path
+  reference     /usr/lib/cni/ptp + host-local
 
     .venv/bin/python bench/cni.py --pods 200
 """
@@ -25,7 +30,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "lab"))
 
-from _cni_node import cni_env, make_node  # noqa: E402
+from _cni_node import cni_env, make_node, start_cni_server  # noqa: E402
 
 from labnet import nsexec  # noqa: E402
 from labnet.nsexec import NodeNS, pid_alive  # noqa: E402
@@ -81,6 +86,9 @@ def pct(xs: list[float], p: float) -> float:
     return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
 
 
+KINDS = ("labnet fast", "labnet exec", "reference")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--pods", type=int, default=200)
@@ -92,32 +100,46 @@ def main() -> None:
     node = None
     try:
         node = make_node(factory, tmp, name="bench")
+        start_cni_server(factory, node)
         ours = node.conf()
-        times: dict[str, dict[str, list[float]]] = {k: {"ADD": [], "DEL": []} for k in ("labnet", "reference")}
-        ver = {"labnet": [], "reference": []}  # type: dict[str, list[float]]
+        no_server = {"LABNET_CNI_SOCKET": "/var/run/labnet/no-server-here.sock"}  # the shim falls back
+        runs = {
+            "labnet fast": ("/opt/cni/bin/labnet", ours, "/opt/cni/bin", {}),
+            "labnet exec": ("/opt/cni/bin/labnet", ours, "/opt/cni/bin", no_server),
+            "reference": ("/usr/lib/cni/ptp", REFERENCE, "/usr/lib/cni", {}),
+        }
+        times: dict[str, dict[str, list[float]]] = {k: {"ADD": [], "DEL": []} for k in KINDS}
+        ver: dict[str, list[float]] = {k: [] for k in KINDS}
+        load = [os.getloadavg()[0]]
         for i in range(args.pods):
-            for kind, binary, conf, path in (
-                ("labnet", "/opt/cni/bin/labnet", ours, "/opt/cni/bin"),
-                ("reference", "/usr/lib/cni/ptp", REFERENCE, "/usr/lib/cni"),
-            ):
-                nsname = f"b-{kind[0]}-{i}"
+            for kind, (binary, conf, path, extra) in runs.items():
+                tag = kind.replace(" ", "-")
+                nsname = f"b-{tag}-{i}"
                 nsexec.run(node.ns, ["ip", "netns", "add", nsname])
                 netns = f"/var/run/netns/{nsname}"
-                env = {**cni_env("ADD", f"{kind}-{i}", netns, pod=f"{kind}-{i}"), "CNI_PATH": path}
+                env = {**cni_env("ADD", f"{tag}-{i}", netns, pod=f"{tag}-{i}"), "CNI_PATH": path, **extra}
                 times[kind]["ADD"].append(timed(node.ns, binary, env, conf))
                 times[kind]["DEL"].append(timed(node.ns, binary, {**env, "CNI_COMMAND": "DEL"}, conf))
                 nsexec.run(node.ns, ["ip", "netns", "del", nsname])
                 if i < 20:
-                    ver[kind].append(timed(node.ns, binary, {"PATH": "/usr/bin:/bin", "CNI_COMMAND": "VERSION"},
+                    ver[kind].append(timed(node.ns, binary, {"PATH": "/usr/bin:/bin", "CNI_COMMAND": "VERSION", **extra},
                                            {"cniVersion": "1.0.0"}))
-        print(f"CNI latency over {args.pods} pods on one node (ms; exec inside the node incl. nsenter)")
-        print(f"{'':10} {'labnet p50':>11} {'p99':>8} {'ref p50':>9} {'p99':>8} {'ratio p50':>10} {'p99':>6}")
+            if i % 50 == 49:
+                load.append(os.getloadavg()[0])
+        load.append(os.getloadavg()[0])
+        print(f"CNI latency over {args.pods} pods on one node (ms; exec inside the node incl. nsenter); "
+              f"1-min load average during the run: {min(load):.1f}..{max(load):.1f} on {os.cpu_count()} CPUs")
+        print(f"{'':8} {'':12} {'p50':>8} {'p99':>8} {'÷ref p50':>9} {'÷ref p99':>9}")
         for cmd in ("ADD", "DEL"):
-            a, r = times["labnet"][cmd], times["reference"][cmd]
-            print(f"{cmd:10} {pct(a, 50) * 1e3:11.1f} {pct(a, 99) * 1e3:8.1f} {pct(r, 50) * 1e3:9.1f} "
-                  f"{pct(r, 99) * 1e3:8.1f} {pct(a, 50) / pct(r, 50):10.1f} {pct(a, 99) / pct(r, 99):6.1f}")
-        v_a, v_r = statistics.median(ver["labnet"]), statistics.median(ver["reference"])
-        print(f"{'VERSION':10} {v_a * 1e3:11.1f} {'':8} {v_r * 1e3:9.1f} {'':8} {v_a / v_r:10.1f}   (process start only)")
+            r = times["reference"][cmd]
+            for kind in KINDS:
+                a = times[kind][cmd]
+                print(f"{cmd:8} {kind:12} {pct(a, 50) * 1e3:8.1f} {pct(a, 99) * 1e3:8.1f} "
+                      f"{pct(a, 50) / pct(r, 50):9.2f} {pct(a, 99) / pct(r, 99):9.2f}")
+        v_r = statistics.median(ver["reference"])
+        for kind in KINDS:
+            v = statistics.median(ver[kind])
+            print(f"{'VERSION':8} {kind:12} {v * 1e3:8.1f} {'':8} {v / v_r:9.2f}   (process start only, median of 20)")
     finally:
         if node is not None:
             node.cleanup()

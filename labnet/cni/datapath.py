@@ -56,8 +56,9 @@ def _setns(fd: int) -> None:
 
 @contextmanager
 def in_netns(path: str) -> Iterator[None]:
-    """Run the block inside the netns at `path`, then come back (single-threaded plugin)."""
-    home = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    """Run the block inside the netns at `path`, then come back. setns(2) moves only the calling
+    thread, so the CNI server's worker threads can do this concurrently."""
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         _setns(target)

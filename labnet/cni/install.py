@@ -1,7 +1,12 @@
 """Install the CNI plugins into a node, as Calico's install-cni container does.
 
 Writes, through the host-side directories that are bind-mounted into the node:
-  /opt/cni/bin/labnet, /opt/cni/bin/labnet-ipam   shebang scripts on this interpreter
+  /opt/cni/bin/labnet, /opt/cni/bin/labnet-ipam   the C shim (labnet/cni/shim.c): a thin client of
+                                                 the node's CNI server (labnet.cni.server), which
+                                                 execs the Python plugin below when no server answers
+  /opt/cni/bin/.labnet-py, .labnet-ipam-py       the Python plugins, shebang scripts on this
+                                                 interpreter (also installed as labnet/labnet-ipam
+                                                 when no C compiler is present)
   /opt/cni/bin/loopback                          Debian's reference plugin, when present
   /etc/cni/net.d/10-labnet.conflist (0600)       network config, Calico's shape
   /etc/cni/net.d/labnet-tls/etcd-{ca,cert,key}   TLS assets (0600)
@@ -10,9 +15,12 @@ Writes, through the host-side directories that are bind-mounted into the node:
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import shutil
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +31,9 @@ CONFLIST = "10-labnet.conflist"
 NODE_NETD = "/etc/cni/net.d"  # as the node sees it
 LOOPBACK_SRC = Path("/usr/lib/cni/loopback")
 PLUGINS = {"labnet": "labnet.cni.plugin", "labnet-ipam": "labnet.cni.ipam_plugin"}
+SHIM_SOURCE = Path(__file__).with_name("shim.c")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -58,6 +69,38 @@ def plugin_script(module: str, python: str) -> str:
     return f"#!{python} -s\nimport sys\nfrom {module} import main\nsys.exit(main())\n"
 
 
+def fallback_name(plugin: str) -> str:
+    """Where the shim finds the Python plugin it execs when no server answers (next to itself)."""
+    return f".{plugin}-py"
+
+
+def build_shim(cache_dir: Path) -> Path | None:
+    """Compile shim.c once per source hash into `cache_dir`; None if that cannot be done
+    (no C compiler, no source shipped): the plugins are then the Python scripts themselves."""
+    try:
+        source = SHIM_SOURCE.read_bytes()
+    except OSError as exc:
+        log.warning("CNI fast path off: shim source %s unreadable (%s); installing the Python plugins", SHIM_SOURCE, exc)
+        return None
+    out = cache_dir / f"labnet-cni-shim-{hashlib.sha256(source).hexdigest()[:16]}"
+    if out.exists():
+        return out
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        log.warning("CNI fast path off: no C compiler (cc) to build %s; installing the Python plugins", SHIM_SOURCE)
+        return None
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    proc = subprocess.run([cc, "-O2", "-o", str(tmp), str(SHIM_SOURCE)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        log.warning("CNI fast path off: `%s -O2 %s` failed (exit %d): %s; installing the Python plugins",
+                    cc, SHIM_SOURCE, proc.returncode, proc.stderr.strip()[-500:])
+        return None
+    os.replace(tmp, out)  # concurrent installs: the last identical binary wins
+    return out
+
+
 def conflist(etcd_endpoints: str, tls: bool, settings: dict[str, Any] | None = None) -> dict[str, Any]:
     plugin: dict[str, Any] = {
         "type": "labnet",
@@ -86,12 +129,26 @@ def install(
     tls: TlsFiles | None = None,
     settings: dict[str, Any] | None = None,
     python: str = sys.executable,
+    shim_cache: Path | None = None,
+    shim: bool = True,
 ) -> Path:
-    """Install plugins, conflist, TLS assets and nodename; return the conflist's host path."""
+    """Install plugins, conflist, TLS assets and nodename; return the conflist's host path.
+
+    shim_cache: where the compiled shim is kept (default: <state root>/cache); shim=False
+    installs the Python plugins as labnet/labnet-ipam (no fast path).
+    """
+    from labnet import paths
+
     for d in (node.opt_cni_bin, node.etc_cni_netd, node.var_lib_labnet):
         d.mkdir(parents=True, exist_ok=True)
+    binary = build_shim(shim_cache or paths.state_root() / "cache") if shim else None
     for name, module in PLUGINS.items():
-        _write(node.opt_cni_bin / name, plugin_script(module, python), 0o755)
+        script = plugin_script(module, python)
+        _write(node.opt_cni_bin / fallback_name(name), script, 0o755)
+        if binary is not None:
+            _write(node.opt_cni_bin / name, binary.read_bytes(), 0o755)
+        else:
+            _write(node.opt_cni_bin / name, script, 0o755)
     if LOOPBACK_SRC.exists():
         tmp = node.opt_cni_bin / ".loopback.tmp"
         shutil.copy2(LOOPBACK_SRC, tmp)

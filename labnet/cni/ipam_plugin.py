@@ -7,6 +7,7 @@ borrowed from another node's block (the agent then routes a /32).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from labnet.cni import settings
@@ -17,8 +18,10 @@ from labnet.cni.spec import (
     UNKNOWN_CONTAINER,
     CniError,
     Env,
+    Services,
     convert,
     normalize,
+    run,
     run_plugin,
     version_of,
 )
@@ -38,18 +41,21 @@ def _pool(conf: dict[str, Any], store: Any) -> ipam.Pool:
         raise CniError(INVALID_CONFIG, str(exc)) from exc
 
 
-def handle(env: Env, conf: dict[str, Any]) -> dict[str, Any] | None:
-    store = settings.open_store(conf)
+def _run(env: Env, conf: dict[str, Any], services: Services) -> dict[str, Any] | None:
     try:
-        return _dispatch(env, conf, store)
+        with settings.store_for(conf, services.store_pool) as store:
+            return _dispatch(env, conf, store)
     except DatastoreUnavailable as exc:
         if env.command == "STATUS":
             raise CniError(NOT_AVAILABLE, f"etcd at {conf.get('etcd_endpoints')} is unreachable", str(exc)) from exc
         raise settings.unavailable(conf, exc) from exc
     except ipam.IpamError as exc:
         raise CniError(exc.code, str(exc)) from exc
-    finally:
-        store.close()
+
+
+def handle(environ: Mapping[str, str], stdin: bytes, *, store_pool: Any = None) -> tuple[int, bytes, str]:
+    """One IPAM plugin run, without process state: (exit status, stdout, stderr)."""
+    return run(_run, Services(environ, store_pool), stdin)
 
 
 def _dispatch(env: Env, conf: dict[str, Any], store: Any) -> dict[str, Any] | None:

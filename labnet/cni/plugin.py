@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from labnet.cni import settings
@@ -24,63 +26,104 @@ from labnet.cni.spec import (
     UNKNOWN_CONTAINER,
     CniError,
     Env,
+    Services,
     convert,
     normalize,
+    run,
     run_plugin,
     version_of,
 )
 from labnet.etcd import keys
 from labnet.etcd.store import DatastoreUnavailable
 
-
-def _start_delegate(env: Env, conf: dict[str, Any], command: str) -> tuple[str, subprocess.Popen[bytes]]:
-    """Exec the IPAM plugin with the same environment and network config, as libcni does."""
-    ipam = conf.get("ipam")
-    if not isinstance(ipam, dict) or not isinstance(ipam.get("type"), str):
-        raise CniError(INVALID_CONFIG, f"network {conf['name']!r} has no ipam.type")
-    binary = next((os.path.join(d, ipam["type"]) for d in env.path
-                   if os.access(os.path.join(d, ipam["type"]), os.X_OK)), None)
-    if binary is None:
-        raise CniError(DELEGATE_FAILED, f"IPAM plugin {ipam['type']!r} not found in CNI_PATH {':'.join(env.path)}")
-    proc = subprocess.Popen([binary], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=dict(os.environ, CNI_COMMAND=command))
-    assert proc.stdin is not None
-    proc.stdin.write(json.dumps(conf).encode())
-    proc.stdin.close()
-    return binary, proc
+IN_PROCESS_IPAM = "labnet-ipam"  # the IPAM type labnet's CNI server runs in-process
 
 
-def _finish_delegate(binary: str, proc: subprocess.Popen[bytes], command: str) -> dict[str, Any] | None:
-    assert proc.stdout is not None and proc.stderr is not None
-    stdout, stderr = proc.stdout.read(), proc.stderr.read()
-    proc.wait()
-    out = stdout.decode(errors="replace").strip()
-    try:
-        doc = json.loads(out) if out else None
-    except ValueError:
-        doc = None
-    if proc.returncode != 0:
-        if isinstance(doc, dict) and "code" in doc:
-            raise CniError(int(doc["code"]), str(doc.get("msg", "")), str(doc.get("details", "")))
-        raise CniError(DELEGATE_FAILED, f"IPAM plugin {binary} {command} exited {proc.returncode}",
-                       (stderr.decode(errors="replace") or out)[-2000:])
-    if command == "ADD" and not isinstance(doc, dict):
-        raise CniError(DELEGATE_FAILED, f"IPAM plugin {binary} ADD printed no result: {out[:200]!r}")
-    return doc if isinstance(doc, dict) else None
+class _Delegate:
+    """One run of the IPAM plugin: exec'd from CNI_PATH as libcni does (it runs while this
+    process imports the etcd client and the datapath), or labnet-ipam in-process in the server."""
+
+    def __init__(self, env: Env, conf: dict[str, Any], command: str, services: Services) -> None:
+        ipam = conf.get("ipam")
+        if not isinstance(ipam, dict) or not isinstance(ipam.get("type"), str):
+            raise CniError(INVALID_CONFIG, f"network {conf['name']!r} has no ipam.type")
+        self.command = command
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.done: tuple[int, bytes, str] | None = None
+        environ = dict(services.environ, CNI_COMMAND=command)
+        self.thread: threading.Thread | None = None
+        if ipam["type"] == IN_PROCESS_IPAM and services.ipam is not None:
+            # A thread, as the exec'd one is a process: IPAM's etcd round trips overlap the
+            # plugin's own (cluster settings, MTU; on DEL the veth teardown).
+            self.binary = f"{IN_PROCESS_IPAM} (in-process)"
+            run_ipam, stdin = services.ipam, json.dumps(conf).encode()
+
+            def go() -> None:
+                try:
+                    self.done = run_ipam(environ, stdin)
+                except BaseException as exc:  # handle() answers errors itself; this is a last guard
+                    self.done = (1, b"", f"{type(exc).__name__}: {exc}")
+
+            self.thread = threading.Thread(target=go, name=f"ipam-{command}", daemon=True)
+            self.thread.start()
+            return
+        binary = next((os.path.join(d, ipam["type"]) for d in env.path
+                       if os.access(os.path.join(d, ipam["type"]), os.X_OK)), None)
+        if binary is None:
+            raise CniError(DELEGATE_FAILED, f"IPAM plugin {ipam['type']!r} not found in CNI_PATH {':'.join(env.path)}")
+        self.binary = binary
+        self.proc = subprocess.Popen([binary], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     env=environ)
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(conf).encode())
+        self.proc.stdin.close()
+
+    def _outcome(self) -> tuple[int, bytes, str]:
+        if self.thread is not None:
+            self.thread.join()
+        if self.done is None:
+            assert self.proc is not None and self.proc.stdout is not None and self.proc.stderr is not None
+            stdout, stderr = self.proc.stdout.read(), self.proc.stderr.read()
+            self.proc.wait()
+            self.done = (self.proc.returncode, stdout, stderr.decode(errors="replace"))
+        return self.done
+
+    def result(self) -> dict[str, Any] | None:
+        code, stdout, stderr = self._outcome()
+        out = stdout.decode(errors="replace").strip()
+        try:
+            doc = json.loads(out) if out else None
+        except ValueError:
+            doc = None
+        if code != 0:
+            if isinstance(doc, dict) and "code" in doc:
+                raise CniError(int(doc["code"]), str(doc.get("msg", "")), str(doc.get("details", "")))
+            raise CniError(DELEGATE_FAILED, f"IPAM plugin {self.binary} {self.command} exited {code}",
+                           (stderr or out)[-2000:])
+        if self.command == "ADD" and not isinstance(doc, dict):
+            raise CniError(DELEGATE_FAILED, f"IPAM plugin {self.binary} ADD printed no result: {out[:200]!r}")
+        return doc if isinstance(doc, dict) else None
 
 
-def delegate(env: Env, conf: dict[str, Any], command: str) -> dict[str, Any] | None:
-    return _finish_delegate(*_start_delegate(env, conf, command), command)
+def delegate(env: Env, conf: dict[str, Any], command: str, services: Services) -> dict[str, Any] | None:
+    return _Delegate(env, conf, command, services).result()
 
 
 def _labels(env: Env, conf: dict[str, Any]) -> dict[str, str]:
     labels = {"projectcalico.org/namespace": env.namespace, "projectcalico.org/orchestrator": "k8s"}
     args = conf.get("args") or {}
-    for source in (args.get("labels"), (args.get("cni") or {}).get("labels")):
+    cni = args.get("cni") if isinstance(args, dict) else None
+    if not isinstance(args, dict) or (cni is not None and not isinstance(cni, dict)):
+        raise CniError(INVALID_CONFIG, "'args' and 'args.cni' must be JSON objects")
+    for source in (args.get("labels"), (cni or {}).get("labels")):
         if isinstance(source, dict):
             labels.update({str(k): str(v) for k, v in source.items()})
         elif isinstance(source, list):  # the CNI convention: [{"key": ..., "value": ...}]
-            labels.update({str(i["key"]): str(i["value"]) for i in source if isinstance(i, dict) and "key" in i})
+            for item in source:
+                if not (isinstance(item, dict) and "key" in item and "value" in item):
+                    raise CniError(INVALID_CONFIG, f"a label in args must be {{\"key\": ..., \"value\": ...}}, "
+                                   f"not {str(item)[:60]}")
+                labels[str(item["key"])] = str(item["value"])
     return labels
 
 
@@ -104,7 +147,7 @@ def _mtu(conf: dict[str, Any], store: Any) -> int:
     return underlay_mtu() - overhead
 
 
-def cmd_add(env: Env, conf: dict[str, Any], store: Any, ipam: tuple[str, subprocess.Popen[bytes]]) -> dict[str, Any]:
+def cmd_add(env: Env, conf: dict[str, Any], store: Any, ipam: _Delegate, services: Services) -> dict[str, Any]:
     from labnet.cni import datapath
 
     node = settings.nodename(conf)
@@ -112,12 +155,12 @@ def cmd_add(env: Env, conf: dict[str, Any], store: Any, ipam: tuple[str, subproc
         mtu = _mtu(conf, store)
     except BaseException:
         try:  # give back what the IPAM plugin may have assigned meanwhile
-            if _finish_delegate(*ipam, "ADD"):
-                delegate(env, conf, "DEL")
+            if ipam.result():
+                delegate(env, conf, "DEL", services)
         except CniError:
             pass
         raise
-    ipam_result = normalize(_finish_delegate(*ipam, "ADD") or {})
+    ipam_result = normalize(ipam.result() or {})
     if not ipam_result["ips"]:
         raise CniError(DELEGATE_FAILED, "IPAM plugin returned no IP address")
     address = ipam_result["ips"][0]["address"].split("/")[0]
@@ -126,7 +169,7 @@ def cmd_add(env: Env, conf: dict[str, Any], store: Any, ipam: tuple[str, subproc
         ep = datapath.setup(host_if, env.netns, env.ifname, address, mtu)
     except Exception as exc:
         try:
-            delegate(env, conf, "DEL")
+            delegate(env, conf, "DEL", services)
         finally:
             raise CniError(DATAPATH_FAILED, f"node {node}: setting up {host_if} <-> {env.ifname} in {env.netns} "
                            f"for {address} failed: {type(exc).__name__}: {exc}") from exc
@@ -153,7 +196,7 @@ def cmd_add(env: Env, conf: dict[str, Any], store: Any, ipam: tuple[str, subproc
     return convert(result, version_of(conf))
 
 
-def cmd_del(env: Env, conf: dict[str, Any], store: Any, ipam: tuple[str, subprocess.Popen[bytes]]) -> None:
+def cmd_del(env: Env, conf: dict[str, Any], store: Any, ipam: _Delegate) -> None:
     from labnet.cni import datapath
 
     node = settings.nodename(conf)
@@ -174,14 +217,14 @@ def cmd_del(env: Env, conf: dict[str, Any], store: Any, ipam: tuple[str, subproc
     finally:
         ipam_error: CniError | None = None
         try:
-            _finish_delegate(*ipam, "DEL")
+            ipam.result()
         except CniError as err:
             ipam_error = err
     if ipam_error is not None:
         raise ipam_error
 
 
-def cmd_check(env: Env, conf: dict[str, Any], store: Any) -> None:
+def cmd_check(env: Env, conf: dict[str, Any], store: Any, services: Services) -> None:
     from labnet.cni import datapath
 
     if not os.path.exists(env.netns):
@@ -194,7 +237,7 @@ def cmd_check(env: Env, conf: dict[str, Any], store: Any) -> None:
         [ip["address"].split("/")[0] for ip in prev["ips"]]
     if not ips:
         raise CniError(CHECK_FAILED, f"prevResult has no address for {env.ifname}")
-    delegate(env, conf, "CHECK")
+    delegate(env, conf, "CHECK", services)
     node = settings.nodename(conf)
     problems = datapath.check(_host_if(env), env.netns, env.ifname, ips[0])
     if store.get(_wep_key(node, env)) is None:
@@ -203,7 +246,7 @@ def cmd_check(env: Env, conf: dict[str, Any], store: Any) -> None:
         raise CniError(CHECK_FAILED, f"node {node}, container {env.container_id}: " + "; ".join(problems))
 
 
-def cmd_gc(env: Env, conf: dict[str, Any], store: Any) -> None:
+def cmd_gc(env: Env, conf: dict[str, Any], store: Any, services: Services) -> None:
     from labnet.cni import datapath
 
     node = settings.nodename(conf)
@@ -213,40 +256,46 @@ def cmd_gc(env: Env, conf: dict[str, Any], store: Any) -> None:
         if wep.get("network") == conf["name"] and wep.get("containerID") not in valid:
             datapath.teardown(wep.get("interface", ""), None, wep.get("ifname", "eth0"))
             store.delete(kv.key, kv.mod_revision)
-    delegate(env, conf, "GC")
+    delegate(env, conf, "GC", services)
 
 
-def cmd_status(env: Env, conf: dict[str, Any], store: Any) -> None:
+def cmd_status(env: Env, conf: dict[str, Any], store: Any, services: Services) -> None:
     try:
         settings.cluster(conf, store)
     except CniError as err:
         raise CniError(NOT_AVAILABLE, err.msg, err.details) from err
-    delegate(env, conf, "STATUS")
+    delegate(env, conf, "STATUS", services)
 
 
-def handle(env: Env, conf: dict[str, Any]) -> dict[str, Any] | None:
+def _run(env: Env, conf: dict[str, Any], services: Services) -> dict[str, Any] | None:
     ipam = None
     if env.command == "ADD" and not os.path.exists(env.netns):
         raise CniError(UNKNOWN_CONTAINER, f"container {env.container_id}: netns {env.netns} does not exist")
     if env.command in ("ADD", "DEL"):
         settings.etcd_config(conf)  # bad config: fail before anything is assigned
-        # The IPAM plugin runs while this process imports the etcd client and the datapath.
-        ipam = _start_delegate(env, conf, env.command)
-    store = settings.open_store(conf)
+        # An exec'd IPAM plugin runs while this process imports the etcd client and the datapath.
+        ipam = _Delegate(env, conf, env.command, services)
     try:
-        if env.command == "ADD" and ipam is not None:
-            return cmd_add(env, conf, store, ipam)
-        if env.command == "DEL" and ipam is not None:
-            cmd_del(env, conf, store, ipam)
+        with settings.store_for(conf, services.store_pool) as store:
+            if env.command == "ADD" and ipam is not None:
+                return cmd_add(env, conf, store, ipam, services)
+            if env.command == "DEL" and ipam is not None:
+                cmd_del(env, conf, store, ipam)
+                return None
+            {"CHECK": cmd_check, "GC": cmd_gc, "STATUS": cmd_status}[env.command](env, conf, store, services)
             return None
-        {"CHECK": cmd_check, "GC": cmd_gc, "STATUS": cmd_status}[env.command](env, conf, store)
-        return None
     except DatastoreUnavailable as exc:
         if env.command == "STATUS":
             raise CniError(NOT_AVAILABLE, f"etcd at {conf.get('etcd_endpoints')} is unreachable", str(exc)) from exc
         raise settings.unavailable(conf, exc) from exc
-    finally:
-        store.close()
+
+
+def handle(environ: Mapping[str, str], stdin: bytes, *, store_pool: Any = None,
+           ipam: Callable[[Mapping[str, str], bytes], tuple[int, bytes, str]] | None = None
+           ) -> tuple[int, bytes, str]:
+    """One plugin run, without process state: the CNI_* environment and the config bytes in,
+    (exit status, stdout bytes, stderr text) out. The exec'd plugin and the server share it."""
+    return run(_run, Services(environ, store_pool, ipam), stdin)
 
 
 def main() -> None:

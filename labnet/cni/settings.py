@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -36,12 +38,19 @@ def etcd_config(conf: dict[str, Any]) -> EtcdConfig:
     endpoints = tuple(e.strip() for e in eps.split(",") if e.strip())
     for key in ("etcd_ca_cert_file", "etcd_cert_file", "etcd_key_file"):
         path = conf.get(key)
+        if path is not None and not isinstance(path, str):
+            raise CniError(INVALID_CONFIG, f"network {conf.get('name')!r}: {key} must be a path string, "
+                           f"not {type(path).__name__}")
         if path and not os.path.isfile(path):
             raise CniError(INVALID_CONFIG, f"network {conf.get('name')!r}: {key} {path} does not exist")
     if any(e.startswith("https://") for e in endpoints) and not conf.get("etcd_ca_cert_file"):
         raise CniError(INVALID_CONFIG, f"etcd endpoints {eps} are https but etcd_ca_cert_file is not set")
+    timeout = conf.get("etcd_timeout", 5.0)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 300:
+        raise CniError(INVALID_CONFIG, f"network {conf.get('name')!r}: etcd_timeout must be seconds "
+                       f"(a number from 0 to 300), not {timeout!r}")
     return EtcdConfig(endpoints, conf.get("etcd_ca_cert_file") or None, conf.get("etcd_cert_file") or None,
-                      conf.get("etcd_key_file") or None, timeout=float(conf.get("etcd_timeout", 5.0)))
+                      conf.get("etcd_key_file") or None, timeout=float(timeout))
 
 
 def nodename(conf: dict[str, Any]) -> str:
@@ -67,6 +76,20 @@ def open_store(conf: dict[str, Any]) -> Datastore:
         return EtcdStore(cfg)
     except ValueError as exc:
         raise CniError(INVALID_CONFIG, f"etcd_endpoints {conf.get('etcd_endpoints')!r}: {exc}") from exc
+
+
+@contextmanager
+def store_for(conf: dict[str, Any], pool: Any = None) -> Iterator[Datastore]:
+    """The store for this run: the pool's shared one (the CNI server keeps it warm), else a
+    fresh one closed at the end (an exec'd plugin)."""
+    if pool is not None:
+        yield pool.get(conf)
+        return
+    store = open_store(conf)
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 def unavailable(conf: dict[str, Any], exc: BaseException) -> CniError:

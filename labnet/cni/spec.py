@@ -110,6 +110,8 @@ def parse_conf(raw: bytes | str, command: str) -> dict[str, Any]:
         conf = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise CniError(DECODE_FAILURE, f"network configuration on stdin is not valid JSON: {exc}") from exc
+    except RecursionError:  # hostile nesting: still a decode failure, never a crash
+        raise CniError(DECODE_FAILURE, "network configuration on stdin is nested too deeply") from None
     if not isinstance(conf, dict):
         raise CniError(DECODE_FAILURE, f"network configuration on stdin is a JSON {type(conf).__name__}, not an object")
     version = conf.get("cniVersion", "0.3.0" if command != "VERSION" else LATEST)
@@ -157,33 +159,60 @@ def version_result(conf: Mapping[str, Any]) -> dict[str, Any]:
     return {"cniVersion": version_of(conf) if conf else LATEST, "supportedVersions": list(SUPPORTED_VERSIONS)}
 
 
-def fail(err: CniError, version: str) -> NoReturn:
-    sys.stdout.write(json.dumps(err.to_json(version)) + "\n")
-    sys.stdout.flush()
-    raise SystemExit(1)
+@dataclass(frozen=True)
+class Services:
+    """What one plugin run may reuse. An exec'd plugin gets the defaults (its own environment, a
+    fresh etcd client); labnet's CNI server passes warm ones and runs labnet-ipam in-process.
+
+    store_pool: an object with `get(conf) -> Datastore` returning a shared, open store (never
+    closed by the plugin); None: open a store per run and close it after.
+    ipam: runs the `labnet-ipam` plugin in-process, handle()-shaped; None: exec it from CNI_PATH.
+    """
+
+    environ: Mapping[str, str]
+    store_pool: Any = None
+    ipam: Callable[[Mapping[str, str], bytes], tuple[int, bytes, str]] | None = None
 
 
-def run_plugin(handler: Callable[[Env, dict[str, Any]], dict[str, Any] | None]) -> None:
-    """The skeleton both plugins share: read env + stdin, dispatch, print the result or error."""
+Handler = Callable[[Env, dict[str, Any], Services], "dict[str, Any] | None"]
+
+
+def _error_out(err: CniError, version: str) -> tuple[int, bytes, str]:
+    return 1, (json.dumps(err.to_json(version)) + "\n").encode(), ""
+
+
+def run(handler: Handler, services: Services, stdin: bytes) -> tuple[int, bytes, str]:
+    """The skeleton both plugins share, without process state: parse env + config, dispatch,
+    and return (exit status, stdout bytes, stderr text) for the result or the CNI error."""
     version = LATEST
+    try:  # the config's version first: errors about the environment are rendered in it too
+        peek = json.loads(stdin) if stdin.strip() else {}
+        if isinstance(peek, dict) and isinstance(peek.get("cniVersion"), str):
+            version = peek["cniVersion"] if peek["cniVersion"] in SUPPORTED_VERSIONS else LATEST
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        pass
     try:
-        env = parse_env(os.environ)
-        raw = sys.stdin.buffer.read() if not sys.stdin.isatty() else b""
-        try:
-            peek = json.loads(raw) if raw.strip() else {}
-            if isinstance(peek, dict) and isinstance(peek.get("cniVersion"), str):
-                version = peek["cniVersion"] if peek["cniVersion"] in SUPPORTED_VERSIONS else LATEST
-        except ValueError:
-            pass
+        env = parse_env(services.environ)
         if env.command == "VERSION":
-            conf = parse_conf(raw, "VERSION")
+            conf = parse_conf(stdin, "VERSION")
             result: dict[str, Any] | None = version_result(conf)
         else:
-            conf = parse_conf(raw, env.command)
-            result = handler(env, conf)
+            conf = parse_conf(stdin, env.command)
+            result = handler(env, conf, services)
     except CniError as err:
-        fail(err, version)
+        return _error_out(err, version)
     except Exception as exc:  # last resort: still a CNI error, never a traceback on stdout
-        fail(CniError(999, f"internal error: {type(exc).__name__}: {exc}"), version)
-    if result is not None:
-        sys.stdout.write(json.dumps(result) + "\n")
+        return _error_out(CniError(999, f"internal error: {type(exc).__name__}: {exc}"), version)
+    return 0, (json.dumps(result) + "\n").encode() if result is not None else b"", ""
+
+
+def run_plugin(handle: Callable[[Mapping[str, str], bytes], tuple[int, bytes, str]]) -> NoReturn:
+    """main() of an exec'd plugin: os.environ + stdin in, stdout + exit status out."""
+    raw = sys.stdin.buffer.read() if not sys.stdin.isatty() else b""
+    code, out, err = handle(os.environ, raw)
+    if err:
+        sys.stderr.write(err)
+        sys.stderr.flush()
+    sys.stdout.buffer.write(out)
+    sys.stdout.flush()
+    raise SystemExit(code)

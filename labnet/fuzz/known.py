@@ -1,16 +1,18 @@
-"""Crashes bench/fuzz.py found that the owners have not fixed yet.
+"""Crashes bench/fuzz.py found: the fixed ones (regression tests) and any not fixed yet.
 
 Key: `Type@file:function` (labnet.fuzz.targets.crash_key) -> (reproducer in
-fixtures/fuzz/crashes/, the bug). tests/unit/test_fuzz_regressions.py turns each entry into an
-xfail(strict=True) test; the CI fuzz run tolerates these keys and fails on any other. Delete an
-entry (and its reproducer) once the owner's fix makes its regression test XPASS.
+fixtures/fuzz/crashes/, the bug). tests/unit/test_fuzz_regressions.py runs every FIXED
+reproducer as a plain test and every KNOWN one as xfail(strict=True); the CI fuzz run
+tolerates KNOWN keys only. When a fix lands, move its entry from KNOWN to FIXED.
 """
 
 from __future__ import annotations
 
-# Owner of all five: labnet/cni. In the real plugin run_plugin catches them as code 999
-# "internal error: KeyError: 'value'", where the spec wants 7 (invalid config) or 6 (decode).
-KNOWN: dict[str, tuple[str, str]] = {
+KNOWN: dict[str, tuple[str, str]] = {}
+
+# All five were in labnet/cni: the real plugin answered code 999 "internal error" where the
+# spec wants 7 (invalid config) or 6 (decode). Fixed; kept as regressions.
+FIXED: dict[str, tuple[str, str]] = {
     "KeyError@plugin.py:_labels": (
         "cni_request-1.bin",
         "labnet/cni/plugin.py _labels: an args.cni.labels item with 'key' but no 'value' raises KeyError "

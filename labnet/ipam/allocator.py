@@ -20,6 +20,7 @@ from sha256(node name), so a lab rebuilt from the same topology gets the same ad
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import json
@@ -85,11 +86,25 @@ class Pool:
 
     def node_order(self, node: str) -> list[str]:
         """The node's deterministic walk over the pool's blocks."""
-        start = int(hashlib.sha256(node.encode()).hexdigest(), 16) % self.n_blocks
-        return [self.block_at((start + k) % self.n_blocks) for k in range(self.n_blocks)]
+        return list(_node_order(self, node))
 
     def rank(self, node: str) -> dict[str, int]:
-        return {c: i for i, c in enumerate(self.node_order(node))}
+        """Block cidr -> position in the node's walk (shared and cached: do not modify)."""
+        return _rank(self, node)
+
+
+# Cached: a /16 of /26 blocks is 1024 cidrs, built on every ADD (and every cas retry) otherwise;
+# labnet's CNI server keeps these across requests.
+@functools.lru_cache(maxsize=64)
+def _node_order(pool: Pool, node: str) -> tuple[str, ...]:
+    n, base, step = pool.n_blocks, int(pool.network.network_address), pool.block_len
+    start = int(hashlib.sha256(node.encode()).hexdigest(), 16) % n
+    return tuple(f"{ipaddress.IPv4Address(base + ((start + k) % n) * step)}/{pool.block_size}" for k in range(n))
+
+
+@functools.lru_cache(maxsize=64)
+def _rank(pool: Pool, node: str) -> dict[str, int]:
+    return {c: i for i, c in enumerate(_node_order(pool, node))}
 
 
 @dataclass

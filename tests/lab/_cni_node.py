@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,11 +23,12 @@ from labnet.etcd import keys
 from labnet.etcd.client import EtcdStore
 from labnet.etcd.netns import call_in_netns
 from labnet.etcd.store import EtcdConfig
-from labnet.nsexec import NodeNS
+from labnet.nsexec import NodeNS, pid_alive
 from labnet.wait import poll
 
 T = TypeVar("T")
 ETCD_URL = "http://127.0.0.1:2379"
+SERVER_SOCKET = "/var/run/labnet/cni.sock"
 NODE_IP = "10.99.0.2"
 GW_IP = "10.99.0.1"
 
@@ -155,3 +157,19 @@ def run_bin(node: CniNode, binary: str, env: dict[str, str], stdin: str | dict[s
 def pod_netns(node: CniNode, name: str) -> str:
     nsexec.run(node.ns, ["ip", "netns", "add", name])
     return f"/var/run/netns/{name}"
+
+
+def start_cni_server(factory: Any, node: CniNode) -> int:
+    """Start labnet's CNI server inside the node (as phase_cni does) and wait until it answers."""
+    from labnet.cni.server import ping
+
+    log = node.base / "cni-server.log"
+    pid = factory.track_pid(nsexec.spawn(node.ns, [sys.executable, "-m", "labnet.cni.server",
+                                                   "--socket", SERVER_SOCKET], log=log))
+    sock = node.base / "run" / "labnet" / "cni.sock"
+    state = poll(lambda: {"alive": pid_alive(pid), "answers": ping(sock, timeout=2)},
+                 lambda st: st["answers"] or not st["alive"], timeout=60,
+                 what=f"node {node.name}: CNI server (pid {pid}) to answer on {sock}")
+    if not state["answers"]:
+        raise AssertionError(f"node {node.name}: CNI server pid {pid} exited; log:\n{log.read_text()[-2000:]}")
+    return pid

@@ -1,8 +1,8 @@
 """Crashes found by bench/fuzz.py, one reproducer each in fixtures/fuzz/crashes/.
 
-Each test is xfail(strict=True) naming the bug: when the owner fixes it the test XPASSes,
-which fails the run, so the fix is noticed and the lead removes the entry from
-labnet/fuzz/known.py (and the reproducer). tests/unit/test_fuzz_targets.py tolerates KNOWN keys only.
+Fixed crashes (labnet.fuzz.known.FIXED) are plain regression tests. A crash not fixed yet
+(KNOWN) is xfail(strict=True) naming the bug, so its fix is noticed (XPASS fails the run) and
+moved to FIXED. tests/unit/test_fuzz_targets.py tolerates KNOWN keys only.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from labnet.fuzz.known import KNOWN
+from labnet.fuzz.known import FIXED, KNOWN
 from labnet.fuzz.targets import run_target
 
 CRASHES = Path(__file__).resolve().parents[2] / "fixtures" / "fuzz" / "crashes"
@@ -22,7 +22,8 @@ CRASHES = Path(__file__).resolve().parents[2] / "fixtures" / "fuzz" / "crashes"
 @pytest.mark.parametrize(
     ("key", "reproducer"),
     [pytest.param(key, path, marks=pytest.mark.xfail(strict=True, reason=bug), id=Path(path).stem)
-     for key, (path, bug) in sorted(KNOWN.items())],
+     for key, (path, bug) in sorted(KNOWN.items())]
+    + [pytest.param(key, path, id=Path(path).stem) for key, (path, _bug) in sorted(FIXED.items())],
 )
 def test_fuzz_crash_is_fixed(key: str, reproducer: str) -> None:
     target = Path(reproducer).stem.rsplit("-", 1)[0]
@@ -32,7 +33,7 @@ def test_fuzz_crash_is_fixed(key: str, reproducer: str) -> None:
 
 def test_every_reproducer_is_listed() -> None:
     files = sorted(p.name for p in CRASHES.glob("*.bin")) if CRASHES.is_dir() else []
-    assert files == sorted(path for path, _ in KNOWN.values())
+    assert files == sorted(path for path, _ in [*KNOWN.values(), *FIXED.values()])
 
 
 def _invoke_plugin(reproducer: str) -> dict[str, object]:
@@ -54,12 +55,10 @@ def _invoke_plugin(reproducer: str) -> dict[str, object]:
 
 @pytest.mark.parametrize(
     ("reproducer", "code"),
-    [pytest.param(path, code, id=Path(path).stem, marks=pytest.mark.xfail(strict=True, reason=KNOWN[key][1]))
-     for key, path, code in [("TypeError@settings.py:etcd_config", "cni_request-2.bin", 7),
-                             ("ValueError@settings.py:etcd_config", "cni_request-4.bin", 7),
-                             ("RecursionError@spec.py:parse_conf", "cni_request-5.bin", 6)]],
+    [pytest.param(path, code, id=Path(path).stem)
+     for path, code in [("cni_request-2.bin", 7), ("cni_request-4.bin", 7), ("cni_request-5.bin", 6)]],
 )
 def test_real_plugin_run_answers_with_a_spec_code(reproducer: str, code: int) -> None:
-    # These fail before the plugin talks to etcd, so the real binary shows the bug: code 999.
+    # These fail before the plugin talks to etcd: the real binary must answer with the spec's code.
     doc = _invoke_plugin(reproducer)
     assert doc.get("code") == code, f"labnet CNI plugin on {reproducer}: expected code {code}, got {doc}"
