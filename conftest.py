@@ -8,16 +8,12 @@ test into a failure, so the suite can never pass by running nothing.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from labnet.nsexec import NodeNS, pid_alive
-from labnet.paths import NETNS_DIR
+from labnet.scratchns import ScratchNamespaces
 
 pytest_plugins = ("pytester",)
 
@@ -32,42 +28,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.lab)
 
 
-class NetnsFactory:
-    """Throw-away network namespaces for component tests, named lnet-test-<run>-<n>.
-
-    Everything made here (namespaces, daemons started with `track_pid`) is removed at teardown.
-    """
-
-    def __init__(self) -> None:
-        self.run_id = uuid.uuid4().hex[:6]
-        self.made: list[str] = []
-        self.pids: list[int] = []
-
-    def __call__(self, tag: str = "") -> NodeNS:
-        name = f"lnet-test-{self.run_id}-{len(self.made)}{('-' + tag) if tag else ''}"
-        subprocess.run(["ip", "netns", "add", name], check=True)
-        self.made.append(name)
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-        return NodeNS(name=name, netns=str(NETNS_DIR / name))
-
-    def track_pid(self, pid: int) -> int:
-        self.pids.append(pid)
-        return pid
-
-    def cleanup(self) -> None:
-        for pid in reversed(self.pids):
-            if pid_alive(pid):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        for pid in self.pids:
-            try:
-                os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass
-        for name in reversed(self.made):
-            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+NetnsFactory = ScratchNamespaces  # the fixture's type, for annotations in tests
 
 
 @pytest.fixture

@@ -18,13 +18,10 @@ import json
 import os
 import re
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,41 +32,8 @@ sys.path.insert(0, str(ROOT / "tests" / "lab"))
 from _bgp_bird import Bird, LabnetSpeaker, link, start_bird, start_labnet  # noqa: E402
 
 from labnet.bgp.cli import control  # noqa: E402
-from labnet.nsexec import NodeNS, pid_alive  # noqa: E402
-from labnet.paths import NETNS_DIR  # noqa: E402
+from labnet.scratchns import ScratchNamespaces  # noqa: E402
 from labnet.wait import poll  # noqa: E402
-
-
-class Namespaces:
-    """Like the tests' netns_factory: lnet-test-bench-* namespaces, our pids killed, all removed."""
-
-    def __init__(self) -> None:
-        self.run_id = uuid.uuid4().hex[:6]
-        self.made: list[str] = []
-        self.pids: list[int] = []
-
-    def __call__(self, tag: str) -> NodeNS:
-        name = f"lnet-test-bench-{self.run_id}-{len(self.made)}-{tag}"
-        subprocess.run(["ip", "netns", "add", name], check=True)
-        self.made.append(name)
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-        return NodeNS(name=name, netns=str(NETNS_DIR / name))
-
-    def track_pid(self, pid: int) -> int:
-        self.pids.append(pid)
-        return pid
-
-    def cleanup(self) -> None:
-        for pid in reversed(self.pids):
-            if pid_alive(pid):
-                os.kill(pid, signal.SIGKILL)
-        for pid in self.pids:
-            try:
-                os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass
-        for name in reversed(self.made):
-            subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
 def injector_config(n: int) -> str:
@@ -147,7 +111,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench/bgp.py needs root (it builds network namespaces)", file=sys.stderr)
         return 2
-    nss = Namespaces()
+    nss = ScratchNamespaces("lnet-test-bench")
     tmp = Path(tempfile.mkdtemp(prefix="labnet-bench-bgp-"))
     try:
         inj, rx_l, rx_b = nss("inject"), nss("rx-labnet"), nss("rx-bird")

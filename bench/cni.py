@@ -17,13 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -33,43 +31,12 @@ sys.path.insert(0, str(ROOT / "tests" / "lab"))
 from _cni_node import cni_env, make_node, start_cni_server  # noqa: E402
 
 from labnet import nsexec  # noqa: E402
-from labnet.nsexec import NodeNS, pid_alive  # noqa: E402
-from labnet.paths import NETNS_DIR  # noqa: E402
+from labnet.nsexec import NodeNS  # noqa: E402
+from labnet.scratchns import ScratchNamespaces  # noqa: E402
 
 REFERENCE = {"cniVersion": "1.0.0", "name": "ref", "type": "ptp", "ipMasq": False, "mtu": 1480,
              "ipam": {"type": "host-local", "subnet": "10.200.0.0/16", "dataDir": "/var/lib/labnet/host-local",
                       "routes": [{"dst": "0.0.0.0/0"}]}}
-
-
-class Factory:
-    """netns_factory's shape for a script: lnet-test-bench-* namespaces and pids, all removed."""
-
-    def __init__(self) -> None:
-        self.run_id = uuid.uuid4().hex[:6]
-        self.made: list[str] = []
-        self.pids: list[int] = []
-
-    def __call__(self, tag: str = "") -> NodeNS:
-        name = f"lnet-test-bench-{self.run_id}-{len(self.made)}-{tag}"
-        subprocess.run(["ip", "netns", "add", name], check=True)
-        self.made.append(name)
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-        return NodeNS(name=name, netns=str(NETNS_DIR / name))
-
-    def track_pid(self, pid: int) -> int:
-        self.pids.append(pid)
-        return pid
-
-    def cleanup(self) -> None:
-        for pid in self.pids:
-            if pid_alive(pid):
-                os.kill(pid, signal.SIGKILL)
-            try:
-                os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass
-        for name in reversed(self.made):
-            subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
 def timed(node: NodeNS, binary: str, env: dict[str, str], conf: dict[str, Any]) -> float:
@@ -95,7 +62,7 @@ def main() -> None:
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench/cni.py needs root (it builds namespaces)")
-    factory = Factory()
+    factory = ScratchNamespaces("lnet-test-bench")
     tmp = Path(tempfile.mkdtemp(prefix="labnet-bench-cni-"))
     node = None
     try:

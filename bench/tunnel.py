@@ -15,10 +15,8 @@ import argparse
 import json
 import os
 import signal
-import subprocess
 import sys
 import tempfile
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -26,43 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from labnet.agent.tunnel import testbed as tb  # noqa: E402
 from labnet.agent.tunnel.vxlan import Vtep, ensure_vxlan, sync_vxlan, vtep_mac  # noqa: E402
 from labnet.nsexec import NodeNS, pid_alive, run, spawn  # noqa: E402
-from labnet.paths import NETNS_DIR  # noqa: E402
+from labnet.scratchns import ScratchNamespaces  # noqa: E402
 from labnet.wait import poll  # noqa: E402
 
 
-class Namespaces:
-    """Like the tests' netns_factory: makes lnet-test-bench-* namespaces, kills our pids, removes all."""
-
-    def __init__(self) -> None:
-        self.run_id = uuid.uuid4().hex[:6]
-        self.made: list[str] = []
-        self.pids: list[int] = []
-
-    def __call__(self, tag: str) -> NodeNS:
-        name = f"lnet-test-bench-{self.run_id}-{len(self.made)}-{tag}"
-        subprocess.run(["ip", "netns", "add", name], check=True)
-        self.made.append(name)
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-        return NodeNS(name=name, netns=str(NETNS_DIR / name))
-
-    def track_pid(self, pid: int) -> int:
-        self.pids.append(pid)
-        return pid
-
-    def cleanup(self) -> None:
-        for pid in reversed(self.pids):
-            if pid_alive(pid):
-                os.kill(pid, signal.SIGKILL)
-        for pid in self.pids:
-            try:
-                os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass
-        for name in reversed(self.made):
-            subprocess.run(["ip", "netns", "del", name], capture_output=True)
-
-
-def iperf3(nss: Namespaces, client: NodeNS, server: NodeNS, dst: str, seconds: float, logdir: Path) -> float:
+def iperf3(nss: ScratchNamespaces, client: NodeNS, server: NodeNS, dst: str, seconds: float, logdir: Path) -> float:
     """Mbit/s received, client -> server, one TCP stream."""
     nss.track_pid(spawn(server, ["iperf3", "-s", "-1"], log=logdir / f"iperf3-{server.name}.log"))
     poll(lambda: run(server, ["ss", "-Hltn", "sport", "= :5201"]).stdout, timeout=10,
@@ -84,7 +50,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench/tunnel.py needs root (it builds network namespaces)", file=sys.stderr)
         return 2
-    nss = Namespaces()
+    nss = ScratchNamespaces("lnet-test-bench")
     res: dict[str, float] = {}
     try:
         with tempfile.TemporaryDirectory(prefix="labnet-bench-") as tmp:
