@@ -24,8 +24,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # Everything under tests/lab/ is a lab test; labnet's plugin turns their skips into
     # failures under CI=true or LABNET_REQUIRE_LAB=1.
     for item in items:
-        if "/tests/lab/" in str(item.fspath) and item.get_closest_marker("lab") is None:
+        path = Path(str(item.fspath))
+        if "/tests/lab/" in str(path) and item.get_closest_marker("lab") is None:
             item.add_marker(pytest.mark.lab)
+        # Docker tests share one labnet dockerd: tox runs them in their own env, one at a time.
+        if path.name.startswith("test_docker_") or path.name == "test_runtimes.py":
+            item.add_marker(pytest.mark.docker)
 
 
 NetnsFactory = ScratchNamespaces  # the fixture's type, for annotations in tests
