@@ -57,9 +57,13 @@ class Snapshot:
 def snapshot(lab: str, pids: frozenset[int] = frozenset()) -> Snapshot:
     ns = frozenset(n for n in os.listdir(paths.NETNS_DIR) if paths.lab_of_netns(n) == lab) \
         if paths.NETNS_DIR.is_dir() else frozenset()
-    marks = (f"/run/labnet/{lab}", f"/run/netns/lnet-{lab}.", f"/labs/{lab}/")
+    def ours(mountpoint: str) -> bool:
+        # exact prefixes: lab "t-seed" must not claim the mounts of lab "t-seedfull"
+        return (mountpoint == f"/run/labnet/{lab}" or mountpoint.startswith(f"/run/labnet/{lab}/")
+                or mountpoint.startswith(f"/run/netns/lnet-{lab}.") or f"/labs/{lab}/" in mountpoint)
+
     with open("/proc/self/mountinfo") as f:
-        mounts = frozenset(line.split()[4] for line in f if any(m in line for m in marks))
+        mounts = frozenset(mp for mp in (line.split()[4] for line in f) if ours(mp))
     links = json.loads(subprocess.run(["ip", "-j", "link"], capture_output=True, text=True, check=True).stdout)
     root_links = frozenset(f"{x['ifname']}" for x in links)
     alive = frozenset(p for p in pids if os.path.exists(f"/proc/{p}") and _not_zombie(p))
