@@ -107,3 +107,23 @@ def proc_starttime(pid: int) -> int | None:
             return int(f.read().rsplit(")", 1)[1].split()[19])
     except (OSError, IndexError, ValueError):
         return None
+
+
+def processes_in(netns_files: list[str]) -> list[int]:
+    """Pids (other than ours) whose network namespace is one of these nsfs files."""
+    inodes = set()
+    for f in netns_files:
+        try:
+            inodes.add(os.stat(f).st_ino)
+        except OSError:
+            pass
+    found = []
+    for pid_s in os.listdir("/proc"):
+        if not pid_s.isdigit() or int(pid_s) == os.getpid():
+            continue
+        try:
+            if os.stat(f"/proc/{pid_s}/ns/net").st_ino in inodes:
+                found.append(int(pid_s))
+        except OSError:
+            continue
+    return found

@@ -12,8 +12,9 @@ import signal
 import subprocess
 import uuid
 
-from labnet.nsexec import NodeNS, pid_alive
+from labnet.nsexec import NodeNS, pid_alive, processes_in
 from labnet.paths import NETNS_DIR
+from labnet.wait import poll
 
 
 class ScratchNamespaces:
@@ -35,12 +36,17 @@ class ScratchNamespaces:
         return pid
 
     def cleanup(self) -> None:
-        for pid in reversed(self.pids):
+        # The recorded pids, and whatever else still runs inside these namespaces (a daemon's
+        # own children, such as the agent's tunl0 datapath, which outlives a killed agent).
+        inside = processes_in([str(NETNS_DIR / n) for n in self.made])
+        for pid in [*reversed(self.pids), *inside]:
             if pid_alive(pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         for pid in self.pids:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
+        poll(lambda: [p for p in inside if pid_alive(p)], lambda left: not left, timeout=10,
+             what="processes in the scratch namespaces to exit")
         for name in reversed(self.made):
             subprocess.run(["ip", "netns", "del", name], capture_output=True)

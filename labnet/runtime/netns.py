@@ -20,7 +20,7 @@ from typing import Any
 
 from labnet import paths
 from labnet.errors import LabnetError
-from labnet.nsexec import NodeNS, pid_alive
+from labnet.nsexec import NodeNS, pid_alive, processes_in
 from labnet.runtime.base import NODE_DIRS, LinkSpec, MachineSpec, Runtime
 from labnet.wait import poll
 
@@ -145,28 +145,9 @@ class NetnsRuntime(Runtime):
                     ns.route("add", dst="0.0.0.0/0", gateway=str(gw), proto=RTPROT_BOOT)
 
     # -- teardown ---------------------------------------------------------------------
-    def lab_netns_inodes(self) -> set[int]:
-        inodes = set()
-        for e in self.journal.of_kind("netns"):
-            try:
-                inodes.add(os.stat(paths.NETNS_DIR / e["name"]).st_ino)
-            except OSError:
-                pass
-        return inodes
-
     def stragglers(self) -> list[int]:
         """Processes still inside the lab's network namespaces (e.g. left by `labnet exec`)."""
-        inodes = self.lab_netns_inodes()
-        found = []
-        for pid_s in os.listdir("/proc"):
-            if not pid_s.isdigit():
-                continue
-            try:
-                if os.stat(f"/proc/{pid_s}/ns/net").st_ino in inodes:
-                    found.append(int(pid_s))
-            except OSError:
-                continue
-        return [p for p in found if p != os.getpid()]
+        return processes_in([str(paths.NETNS_DIR / e["name"]) for e in self.journal.of_kind("netns")])
 
     def teardown(self) -> list[str]:
         problems: list[str] = []
