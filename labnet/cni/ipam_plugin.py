@@ -33,8 +33,8 @@ def handle_id(conf: dict[str, Any], container_id: str) -> str:
     return f"{conf['name']}.{container_id}"
 
 
-def _pool(conf: dict[str, Any], store: Any) -> ipam.Pool:
-    c = settings.cluster(conf, store)
+def _pool(conf: dict[str, Any], store: Any, memo: settings.RequestMemo | None = None) -> ipam.Pool:
+    c = settings.cluster(conf, store, memo)
     try:
         return ipam.Pool(c.pool_cidr, c.block_size)
     except ValueError as exc:
@@ -44,7 +44,7 @@ def _pool(conf: dict[str, Any], store: Any) -> ipam.Pool:
 def _run(env: Env, conf: dict[str, Any], services: Services) -> dict[str, Any] | None:
     try:
         with settings.store_for(conf, services.store_pool) as store:
-            return _dispatch(env, conf, store)
+            return _dispatch(env, conf, store, services.memo)
     except DatastoreUnavailable as exc:
         if env.command == "STATUS":
             raise CniError(NOT_AVAILABLE, f"etcd at {conf.get('etcd_endpoints')} is unreachable", str(exc)) from exc
@@ -53,18 +53,20 @@ def _run(env: Env, conf: dict[str, Any], services: Services) -> dict[str, Any] |
         raise CniError(exc.code, str(exc)) from exc
 
 
-def handle(environ: Mapping[str, str], stdin: bytes, *, store_pool: Any = None) -> tuple[int, bytes, str]:
+def handle(environ: Mapping[str, str], stdin: bytes, *, store_pool: Any = None,
+           memo: settings.RequestMemo | None = None) -> tuple[int, bytes, str]:
     """One IPAM plugin run, without process state: (exit status, stdout, stderr)."""
-    return run(_run, Services(environ, store_pool), stdin)
+    return run(_run, Services(environ, store_pool, memo=memo), stdin)
 
 
-def _dispatch(env: Env, conf: dict[str, Any], store: Any) -> dict[str, Any] | None:
+def _dispatch(env: Env, conf: dict[str, Any], store: Any,
+              memo: settings.RequestMemo | None = None) -> dict[str, Any] | None:
     version = version_of(conf)
     node = settings.nodename(conf)
     if env.command == "ADD":
         if (conf.get("args") or {}).get("cni", {}).get("ips") or (conf.get("runtimeConfig") or {}).get("ips"):
             raise CniError(2, "static IPs (args.cni.ips / runtimeConfig.ips) are not supported by labnet-ipam")
-        pool = _pool(conf, store)
+        pool = _pool(conf, store, memo)
         attrs = {"node": node, "pod": env.pod or "", "namespace": env.namespace, "containerID": env.container_id}
         a = ipam.auto_assign(store, node, handle_id(conf, env.container_id), pool, attrs)
         result = {"ips": [{"address": f"{a.address}/32"}], "routes": [], "dns": {},

@@ -137,10 +137,10 @@ def _wep_key(node: str, env: Env) -> str:
     return keys.workload_endpoint(node, env.pod or env.container_id, env.container_id)
 
 
-def _mtu(conf: dict[str, Any], store: Any) -> int:
+def _mtu(conf: dict[str, Any], store: Any, memo: settings.RequestMemo | None = None) -> int:
     from labnet.cni.datapath import underlay_mtu
 
-    c = settings.cluster(conf, store)
+    c = settings.cluster(conf, store, memo)
     if c.mtu:
         return c.mtu
     overhead = {"ipip": settings.IPIP_OVERHEAD, "vxlan": settings.VXLAN_OVERHEAD}.get(c.encapsulation or "", 0)
@@ -152,7 +152,7 @@ def cmd_add(env: Env, conf: dict[str, Any], store: Any, ipam: _Delegate, service
 
     node = settings.nodename(conf)
     try:
-        mtu = _mtu(conf, store)
+        mtu = _mtu(conf, store, services.memo)
     except BaseException:
         try:  # give back what the IPAM plugin may have assigned meanwhile
             if ipam.result():
@@ -291,11 +291,12 @@ def _run(env: Env, conf: dict[str, Any], services: Services) -> dict[str, Any] |
 
 
 def handle(environ: Mapping[str, str], stdin: bytes, *, store_pool: Any = None,
-           ipam: Callable[[Mapping[str, str], bytes], tuple[int, bytes, str]] | None = None
-           ) -> tuple[int, bytes, str]:
+           ipam: Callable[[Mapping[str, str], bytes], tuple[int, bytes, str]] | None = None,
+           memo: settings.RequestMemo | None = None) -> tuple[int, bytes, str]:
     """One plugin run, without process state: the CNI_* environment and the config bytes in,
-    (exit status, stdout bytes, stderr text) out. The exec'd plugin and the server share it."""
-    return run(_run, Services(environ, store_pool, ipam), stdin)
+    (exit status, stdout bytes, stderr text) out. The exec'd plugin and the server share it.
+    `memo` (one per request) must be the one the in-process `ipam` uses, or None."""
+    return run(_run, Services(environ, store_pool, ipam, memo), stdin)
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ Runs inside the node (net + mount + UTS namespaces), like the exec'd plugin woul
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -78,12 +79,16 @@ class Dispatcher:
     def __init__(self) -> None:
         self.stores = StorePool()
 
-    def ipam(self, environ: Mapping[str, str], stdin: bytes) -> tuple[int, bytes, str]:
-        return ipam_plugin.handle(environ, stdin, store_pool=self.stores)
+    def ipam(self, environ: Mapping[str, str], stdin: bytes,
+             memo: settings.RequestMemo | None = None) -> tuple[int, bytes, str]:
+        return ipam_plugin.handle(environ, stdin, store_pool=self.stores, memo=memo)
 
     def __call__(self, req: framing.Request) -> tuple[int, bytes, str]:
         if req.plugin == "labnet":
-            return plugin.handle(req.env, req.stdin, store_pool=self.stores, ipam=self.ipam)
+            # One memo per request: the plugin and its in-process IPAM share the cluster settings read.
+            memo = settings.RequestMemo()
+            return plugin.handle(req.env, req.stdin, store_pool=self.stores,
+                                 ipam=functools.partial(self.ipam, memo=memo), memo=memo)
         if req.plugin == "labnet-ipam":
             return self.ipam(req.env, req.stdin)
         err = CniError(4, f"labnet CNI server: unknown plugin {req.plugin!r}; expected labnet or labnet-ipam")

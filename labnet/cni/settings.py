@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 from collections.abc import Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -23,7 +25,7 @@ from labnet.etcd import keys
 from labnet.etcd.store import DatastoreUnavailable, EtcdConfig
 
 if TYPE_CHECKING:
-    from labnet.etcd.store import Datastore
+    from labnet.etcd.store import KV, Datastore
 
 NODENAME_FILE = "/var/lib/labnet/nodename"
 IPIP_OVERHEAD = 20
@@ -116,9 +118,32 @@ def _encap(pool: dict[str, Any]) -> str | None:
     return None
 
 
-def cluster(conf: dict[str, Any], store: Datastore) -> Cluster:
+class RequestMemo:
+    """Datastore reads shared within ONE request (never across requests, so nothing goes
+    stale): the first reader of a key does the round trip, concurrent and later readers of
+    the same key (the plugin and its in-process IPAM thread) wait for and share its answer."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._reads: dict[str, Future[KV | None]] = {}
+
+    def get(self, store: Datastore, key: str) -> KV | None:
+        with self._lock:
+            fut = self._reads.get(key)
+            owner = fut is None
+            if fut is None:
+                fut = self._reads[key] = Future()
+        if owner:
+            try:
+                fut.set_result(store.get(key))
+            except BaseException as exc:  # every waiter sees the same failure
+                fut.set_exception(exc)
+        return fut.result()
+
+
+def cluster(conf: dict[str, Any], store: Datastore, memo: RequestMemo | None = None) -> Cluster:
     try:
-        kv = store.get(keys.config("cluster"))
+        kv = memo.get(store, keys.config("cluster")) if memo is not None else store.get(keys.config("cluster"))
     except DatastoreUnavailable as exc:
         raise unavailable(conf, exc) from exc
     doc: dict[str, Any] = json.loads(kv.value) if kv else {}

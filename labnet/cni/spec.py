@@ -167,11 +167,14 @@ class Services:
     store_pool: an object with `get(conf) -> Datastore` returning a shared, open store (never
     closed by the plugin); None: open a store per run and close it after.
     ipam: runs the `labnet-ipam` plugin in-process, handle()-shaped; None: exec it from CNI_PATH.
+    memo: a settings.RequestMemo shared by the plugin and its in-process IPAM for one request
+    (so both read the cluster settings with one etcd round trip); None: read on every use.
     """
 
     environ: Mapping[str, str]
     store_pool: Any = None
     ipam: Callable[[Mapping[str, str], bytes], tuple[int, bytes, str]] | None = None
+    memo: Any = None
 
 
 Handler = Callable[[Env, dict[str, Any], Services], "dict[str, Any] | None"]

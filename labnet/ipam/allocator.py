@@ -209,9 +209,14 @@ def _handle(store: Datastore, handle_id: str) -> tuple[KV, dict[str, Any]] | Non
 
 def lookup(store: Datastore, handle_id: str, node: str | None = None) -> list[Assignment]:
     """The addresses a handle holds now (empty when it holds none)."""
+    return _lookup(store, handle_id, node)[0]
+
+
+def _lookup(store: Datastore, handle_id: str, node: str | None = None) -> tuple[list[Assignment], bool]:
+    """lookup(), and whether the handle record exists."""
     found = _handle(store, handle_id)
     if found is None:
-        return []
+        return [], False
     out = []
     for cidr in found[1].get("block", {}):
         kv = store.get(keys.block(cidr))
@@ -222,7 +227,7 @@ def lookup(store: Datastore, handle_id: str, node: str | None = None) -> list[As
             if h == handle_id:
                 out.append(Assignment(block.address(i), cidr, i, handle_id, block.node,
                                       node is not None and block.node != node))
-    return out
+    return out, True
 
 
 def blocks_of(store: Datastore, node: str) -> list[str]:
@@ -249,10 +254,12 @@ def usage(store: Datastore) -> dict[str, Any]:
 
 def _allocate_in(
     store: Datastore, cidr: str, handle_id: str, node: str, attrs: dict[str, Any] | None,
-    prefer: int | None = None,
+    prefer: int | None = None, seen: KV | None = None,
 ) -> Assignment | None:
+    """`seen`: the block as just read (by the range read); the first cas uses it, which is
+    safe as the cas is on its mod_revision; a lost cas re-reads the block."""
     for _ in range(MAX_ATTEMPTS):
-        kv = store.get(keys.block(cidr))
+        kv, seen = (seen, None) if seen is not None else (store.get(keys.block(cidr)), None)
         if kv is None:
             return None
         block = Block.decode(kv.value)
@@ -279,8 +286,12 @@ def _claim(store: Datastore, node: str, pool: Pool, taken: set[str]) -> str | No
     return None
 
 
-def _write_handle(store: Datastore, handle_id: str, got: Assignment) -> bool:
+def _write_handle(store: Datastore, handle_id: str, got: Assignment, absent: bool = False) -> bool:
+    """`absent`: the handle was found absent just before; try the create first (a cas on
+    "absent", so a concurrent writer still makes it fail) and read only if it lost."""
     cidr = got.block
+    if absent and store.cas(keys.handle(handle_id), json.dumps({"handleID": handle_id, "block": {cidr: 1}}), 0):
+        return True
     for _ in range(MAX_ATTEMPTS):
         found = _handle(store, handle_id)
         if found is None:
@@ -328,7 +339,7 @@ def auto_assign(
     Order: the node's own blocks (in its walk order, lowest free ordinal first), then a newly
     claimed block, then an address borrowed from another node's block. Raises PoolExhausted.
     """
-    held = lookup(store, handle_id, node)
+    held, exists = _lookup(store, handle_id, node)
     if held:
         return held[0]
     for _ in range(MAX_ATTEMPTS):
@@ -338,7 +349,8 @@ def auto_assign(
         got: Assignment | None = None
         for cidr in mine:
             if blocks[cidr][1].unallocated:
-                got = _allocate_in(store, cidr, handle_id, node, attrs, 0 if prefer_first else None)
+                got = _allocate_in(store, cidr, handle_id, node, attrs, 0 if prefer_first else None,
+                                   blocks[cidr][0])
                 if got:
                     break
         if got is None:
@@ -347,7 +359,7 @@ def auto_assign(
             others = sorted((c for c in blocks if c not in mine), key=rank.__getitem__)
             for cidr in others:
                 if blocks[cidr][1].unallocated:
-                    got = _allocate_in(store, cidr, handle_id, node, attrs)
+                    got = _allocate_in(store, cidr, handle_id, node, attrs, seen=blocks[cidr][0])
                     if got:
                         break
             if got is None:
@@ -357,11 +369,11 @@ def auto_assign(
                     f"IP pool {pool.cidr} is exhausted: all {pool.network.num_addresses} addresses in its "
                     f"{pool.n_blocks} /{pool.block_size} blocks are assigned (node {node}, handle {handle_id})"
                 )
-        if _write_handle(store, handle_id, got):
+        if _write_handle(store, handle_id, got, absent=not exists):
             return got
         # A concurrent ADD for the same container got there first: give ours back, use theirs.
         _undo(store, got)
-        held = lookup(store, handle_id, node)
+        held, exists = _lookup(store, handle_id, node)
         if held:
             return held[0]
     raise IpamConflict(f"handle {handle_id}: gave up after {MAX_ATTEMPTS} attempts")
