@@ -95,7 +95,8 @@ def _no_route(v: LabView, a: dict[str, Any], t: float) -> list[CheckResult]:
 def _route(v: LabView, a: dict[str, Any], t: float) -> list[CheckResult]:
     if a.get("present", True):
         return [assert_route(v.ns(a["node"]), a["match"], timeout=t)]
-    return [assert_no_route(v.ns(a["node"]), a["match"].get("dst"), timeout=t)]
+    # The whole match counts (dev, protocol, type, table...), not just its dst.
+    return [assert_no_route(v.ns(a["node"]), match=a["match"], timeout=t)]
 
 
 def _bgp(v: LabView, a: dict[str, Any], t: float) -> list[CheckResult]:

@@ -1,0 +1,96 @@
+"""Scenario steps → assertions, without namespaces: the step runners pass every argument through.
+
+The node's route table is the seed's ubuntu-3 table (fixtures/checks/node_route.json, made by
+make_seed_routes.sh in a real namespace); `get_routes` is replaced so no namespace is needed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import labnet.checks.assertions as A
+from labnet import scenarios
+from labnet.checks import CheckFailed
+from labnet.checks.routes import Route, parse_routes
+from labnet.nsexec import NodeNS
+
+FIX = Path(__file__).resolve().parents[2] / "fixtures" / "checks"
+ROUTES = parse_routes((FIX / "node_route.json").read_text())
+
+
+class FakeView:
+    """The little of LabView the route steps use."""
+
+    name = "fake"
+
+    def ns(self, node: str) -> NodeNS:
+        return NodeNS(name=node, netns=f"/nonexistent/{node}")
+
+    def address(self, name: str) -> str:
+        return {"ubuntu-4": "192.168.50.74"}[name]
+
+
+@pytest.fixture(autouse=True)
+def seed_table(monkeypatch: pytest.MonkeyPatch) -> list[Route]:
+    tables: list[str] = []
+
+    def fake(ns: NodeNS, table: str | int = "main") -> list[Route]:
+        tables.append(str(table))
+        return ROUTES
+
+    monkeypatch.setattr(A, "get_routes", fake)
+    return ROUTES
+
+
+def step(kind: str, args: dict[str, Any], timeout: float = 0.2) -> list[Any]:
+    return scenarios.run_step(FakeView(), kind, args, timeout)  # type: ignore[arg-type]
+
+
+def test_the_table_is_the_seed_one() -> None:
+    # guards the tests below: they rely on tunl0 routes and a blackhole being there
+    assert any(r.dev == "tunl0" for r in ROUTES), [str(r) for r in ROUTES]
+    assert any(r.type == "blackhole" for r in ROUTES), [str(r) for r in ROUTES]
+
+
+def test_route_absent_by_dev_only() -> None:
+    # `{route: {node, match: {dev: tunl0}, present: false}}` used to raise BadInput (only dst was passed)
+    with pytest.raises(CheckFailed) as info:
+        step("route", {"node": "ubuntu-3", "match": {"dev": "tunl0"}, "present": False})
+    msg = str(info.value)
+    assert "check failed on ubuntu-3: no route dev tunl0" in msg, msg
+    assert "actual:   present: `10.100." in msg and "dev tunl0" in msg, msg
+    (res,) = step("route", {"node": "ubuntu-3", "match": {"dev": "tunl9"}, "present": False})
+    assert res.ok and res.name == "no route dev tunl9", res
+
+
+def test_route_absent_uses_every_field_of_the_match() -> None:
+    tunnel = next(r for r in ROUTES if r.dev == "tunl0")
+    dst, via = str(tunnel.dst), str(tunnel.gateway)
+    # same dst, another gateway: no such route, so the step passes (dst alone would have failed it)
+    (res,) = step("route", {"node": "ubuntu-3", "match": {"dst": dst, "gateway": "192.0.2.1"}, "present": False})
+    assert res.ok, res
+    assert res.name == f"no route {dst} via 192.0.2.1", res.name
+    with pytest.raises(CheckFailed, match=f"no route {dst} via {via} dev tunl0 proto bird"):
+        step("route", {"node": "ubuntu-3", "present": False,
+                       "match": {"dst": dst, "via": via, "dev": "tunl0", "proto": 12}})
+
+
+def test_route_absent_passes_the_timeout() -> None:
+    with pytest.raises(CheckFailed) as info:
+        step("route", {"node": "ubuntu-3", "match": {"type": "blackhole"}, "present": False}, timeout=0.6)
+    res = info.value.result
+    assert res.elapsed >= 0.6 and res.attempts > 1, f"waited {res.elapsed:.2f}s over {res.attempts} attempts"
+    assert "(waited 0." in str(info.value) or "(waited 1." in str(info.value), str(info.value)
+
+
+def test_route_present_and_no_route_steps() -> None:
+    tunnel = next(r for r in ROUTES if r.dev == "tunl0")
+    (res,) = step("route", {"node": "ubuntu-3", "match": {"dst": str(tunnel.dst), "dev": "tunl0", "onlink": True}})
+    assert res.ok, res
+    (res,) = step("no_route", {"node": "ubuntu-3", "dst": "198.51.100.0/24"})
+    assert res.ok and res.name == "no route 198.51.100.0/24", res
+    with pytest.raises(CheckFailed, match=f"no route {tunnel.dst}"):
+        step("no_route", {"node": "ubuntu-3", "dst": str(tunnel.dst)})
