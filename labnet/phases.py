@@ -42,6 +42,8 @@ def phase_etcd(ctx: Context) -> None:
         return
     rt, lab = ctx.runtime, ctx.topo.name
     members = [server.EtcdMember(n, str(ctx.topo.address_of(n))) for n in c.etcd.nodes]
+    for m in members:  # before any member starts: nothing half-way
+        server.require_binary(m.name)
     pki = None
     if c.etcd.tls:
         pki = ensure_pki(paths.lab_dir(lab) / "pki", lab, [(m.name, m.address) for m in members], list(c.nodes))
@@ -61,9 +63,6 @@ def phase_etcd(ctx: Context) -> None:
         data.mkdir(mode=0o700, parents=True, exist_ok=True)
         log = rt.host_path(m.name, "/var/log/labnet/etcd.log")
         argv = server.etcd_argv(m, members, inside_pki, Path(ETCD_DATA_INSIDE))
-        if not Path(server.ETCD_BIN).exists():
-            raise LabnetError(f"node {m.name}: etcd binary {server.ETCD_BIN} not found; "
-                              "install it with `apt-get install etcd-server`")
         pid = spawn(rt.ns(m.name), argv, log=log, env=server.etcd_env())  # pid recorded next
         record_process(ctx.journal, pid, m.name, "etcd")
         logs[pid] = log

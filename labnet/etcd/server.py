@@ -22,7 +22,8 @@ from labnet.nsexec import NodeNS, pid_alive, spawn
 from labnet.pki import Pki
 from labnet.wait import poll
 
-ETCD_BIN = "/usr/bin/etcd"
+# LABNET_ETCD_BIN: another etcd binary (tests point it at a missing file to check the error).
+ETCD_BIN = os.environ.get("LABNET_ETCD_BIN", "/usr/bin/etcd")
 CLIENT_PORT = 2379
 PEER_PORT = 2380
 
@@ -106,12 +107,17 @@ def etcd_argv(member: EtcdMember, cluster: Sequence[EtcdMember], pki: Pki | None
     return argv
 
 
+def require_binary(node: str, etcd_bin: str = ETCD_BIN) -> None:
+    """Fail, naming the Debian package, when the etcd binary is missing (before anything starts)."""
+    if not (os.path.isfile(etcd_bin) and os.access(etcd_bin, os.X_OK)):
+        raise LabnetError(f"node {node}: etcd binary {etcd_bin} not found; "
+                          "install it with `apt-get install etcd-server`")
+
+
 def start_member(ns: NodeNS, member: EtcdMember, cluster: list[EtcdMember], pki: Pki | None,
                  data_dir: Path, log: Path, *, etcd_bin: str = ETCD_BIN) -> int:
     """Spawn one etcd member inside `ns`; return its pid (it is not healthy yet: see wait_healthy)."""
-    if not (os.path.isfile(etcd_bin) and os.access(etcd_bin, os.X_OK)):
-        raise LabnetError(f"node {ns.name}: etcd binary {etcd_bin} not found; "
-                          "install it with `apt-get install etcd-server`")
+    require_binary(ns.name, etcd_bin)
     argv = etcd_argv(member, cluster, pki, data_dir, etcd_bin=etcd_bin)
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     data_dir.mkdir(mode=0o700, exist_ok=True)

@@ -6,22 +6,28 @@ thread that entered the etcd node's network namespace (labnet.etcd.netns).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
+from _labtools import REPO, lab_exec, lab_pids, labnet, snapshot
 
+from labnet import lab as labmod
+from labnet import paths
 from labnet.etcd import server
 from labnet.etcd.client import EtcdStore
 from labnet.etcd.netns import call_in_netns, thread_in_netns
 from labnet.etcd.server import EtcdMember, EtcdStartError
 from labnet.etcd.store import Conflict, DatastoreUnavailable, EtcdConfig, Event, LeaseExpired
 from labnet.nsexec import NodeNS, pid_alive, run
+from labnet.phases import ETCD_DATA_INSIDE, with_store
 from labnet.pki import Pki, ensure_pki
 from labnet.wait import poll
 
@@ -285,3 +291,135 @@ def test_store_with_netns_in_config_works_from_the_host(etcd1: tuple[Single, int
     assert seen == []
     with pytest.raises(ValueError, match="does not exist"):
         EtcdStore(EtcdConfig(endpoints=("http://x:1",), extra={"netns": "/run/netns/lnet-test-none"}))
+
+
+# -- etcd as `labnet up` builds it: three members, plain HTTP, a missing binary -------------------
+FIXTURES = REPO / "fixtures" / "topologies" / "good"
+
+
+def _etcd_pids(lab: str) -> dict[str, int]:
+    rows = json.loads(labnet("status", "-l", lab, "--json").stdout)
+    return {p["node"]: p["pid"] for p in rows[0]["processes"] if p["what"] == "etcd"}
+
+
+def _etcd_processes(members: dict[str, str]) -> list[str]:
+    """etcd processes of these members (name -> client URL), found by scanning /proc/*/cmdline:
+    inside its node every lab's etcd has the same --data-dir, so a member is known by its name and URL."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            argv = (d / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        for name, url in members.items():
+            if f"--name={name}" in argv and f"--advertise-client-urls={url}" in argv:
+                found.append(f"pid {d.name}: etcd member {name} ({' '.join(argv)[:160]})")
+    return found
+
+
+def _down_leaves_no_etcd(lab: str, before: object) -> None:
+    """`labnet down`: no process in the lab's namespaces (etcd among them), its data dirs gone."""
+    journal = labmod.load_journal(lab)
+    assert journal is not None, f"lab {lab}: no journal before down"
+    members = journal.info["etcd"]["members"]
+    data_dirs = [paths.node_dir(lab, m) for m in members]
+    host_data = [labmod.get_runtime(journal.runtime)(lab, journal).host_path(m, ETCD_DATA_INSIDE) for m in members]
+    for m, d in zip(members, host_data, strict=True):
+        assert (d / "member").is_dir(), f"lab {lab}: etcd member {m} has no data in {d} while up"
+    urls = dict(zip(members, journal.info["etcd"]["endpoints"], strict=True))
+    pids = lab_pids(lab)
+    running = _etcd_processes(urls)
+    assert running, f"lab {lab}: the /proc scan finds no etcd member of {urls} while the lab is up"
+    labnet("down", "--name", lab)
+    left = _etcd_processes(urls)
+    assert not left, f"lab {lab}: etcd processes left after down: {left}"
+    for m, d in zip(members, host_data, strict=True):
+        assert not d.exists(), f"lab {lab}: etcd member {m}'s data dir {d} still there after down"
+    assert not any(d.exists() for d in data_dirs), f"lab {lab}: node dirs left: {data_dirs}"
+    leftovers = snapshot(lab, pids).leftovers(before)  # type: ignore[arg-type]
+    assert not leftovers, f"lab {lab} left things behind after down: {leftovers}"
+
+
+def test_three_member_etcd_from_labnet_up_survives_a_killed_member() -> None:
+    """Issue 3: `etcd: {nodes: [a, b, c]}` brought up by `labnet up`; one member killed by its
+    recorded pid; writes still work; `down` leaves no etcd process and no data."""
+    lab = "t-etcd3"
+    before = snapshot(lab)
+    labnet("up", str(FIXTURES / "etcd-three.yaml"), "--name", lab, "-q")
+    try:
+        members = ["e3-a", "e3-b", "e3-c"]
+        pids = _etcd_pids(lab)
+        assert sorted(pids) == members, f"lab {lab}: etcd processes by node: expected {members}, got {pids}"
+        health = json.loads(labnet("etcd", "-l", lab, "health", "--json").stdout)
+        want = {f"https://10.77.3.{i}:2379" for i in (11, 12, 13)}
+        assert set(health) == want, f"lab {lab}: etcd endpoints: expected {sorted(want)}, got {sorted(health)}"
+        sick = {ep: h for ep, h in health.items() if not h["healthy"]}
+        assert not sick, f"lab {lab}: unhealthy etcd members right after up: {sick}"
+        info = labmod.load_journal(lab).info  # type: ignore[union-attr]
+        with_store(info, lambda st: st.put("/labnet/t/before-kill", "1"))
+
+        victim = pids["e3-a"]  # the member the CLI connects through: the client must move on
+        os.kill(victim, signal.SIGKILL)
+        poll(lambda: pid_alive(victim), lambda alive: not alive, timeout=10,
+             what=f"lab {lab}: etcd on e3-a (pid {victim}) to die")
+        poll(lambda: with_store(info, lambda st: st.put("/labnet/t/after-kill", "2")), timeout=20,
+             what=f"lab {lab}: a write to the 2-of-3 etcd cluster after e3-a's member was killed")
+        got = labnet("etcd", "-l", lab, "get", "/labnet/t/after-kill").stdout.strip()
+        assert got == "2", f"lab {lab}: /labnet/t/after-kill: expected '2', got {got!r}"
+        got = labnet("etcd", "-l", lab, "get", "/labnet/t/before-kill").stdout.strip()
+        assert got == "1", f"lab {lab}: /labnet/t/before-kill lost after the kill: got {got!r}"
+        res = labnet("etcd", "-l", lab, "health", "--json", check=False)
+        assert res.returncode == 1, f"lab {lab}: `etcd health` with a member down: expected exit 1, got {res}"
+        health = json.loads(res.stdout)
+        state = {ep: h["healthy"] for ep, h in health.items()}
+        assert state == {"https://10.77.3.11:2379": False, "https://10.77.3.12:2379": True,
+                         "https://10.77.3.13:2379": True}, f"lab {lab}: health after killing e3-a: {health}"
+        _down_leaves_no_etcd(lab, before)
+    finally:
+        labnet("down", "--name", lab, check=False)
+
+
+def test_plain_http_etcd_from_labnet_up() -> None:
+    """Issue 3: `tls: false` gives a plain-HTTP etcd that any node can curl; `down` removes it."""
+    lab = "t-etcdplain"
+    before = snapshot(lab)
+    labnet("up", str(FIXTURES / "etcd-plain.yaml"), "--name", lab, "-q")
+    try:
+        info = labmod.load_journal(lab).info  # type: ignore[union-attr]
+        assert info["etcd"]["endpoints"] == ["http://10.77.4.11:2379"] and info["etcd"]["tls"] is False, \
+            f"lab {lab}: etcd in the journal: expected plain http://10.77.4.11:2379, got {info['etcd']}"
+        res = lab_exec(lab, "ep-b", "curl", "-sS", "--noproxy", "*", "--max-time", "5",
+                       "http://10.77.4.11:2379/health", check=False)
+        assert res.returncode == 0 and '"health":"true"' in res.stdout.replace(" ", ""), \
+            f"lab {lab}: node ep-b: curl http://10.77.4.11:2379/health: exit {res.returncode}, {res.stdout}{res.stderr}"
+        tls = lab_exec(lab, "ep-b", "curl", "-sSk", "--noproxy", "*", "--max-time", "5",
+                       "https://10.77.4.11:2379/health", check=False)
+        assert tls.returncode != 0, f"lab {lab}: tls: false, yet etcd answered HTTPS: {tls.stdout}"
+        # The agents and the CNI config use plain http as well: the agents came up on it.
+        keys = labnet("etcd", "-l", lab, "ls", "/labnet/", "--json").stdout
+        assert "ep-b" in keys, f"lab {lab}: node ep-b did not register in the plain-HTTP etcd: {keys[:500]}"
+        _down_leaves_no_etcd(lab, before)
+    finally:
+        labnet("down", "--name", lab, check=False)
+
+
+def test_missing_etcd_binary_fails_up_and_rolls_back() -> None:
+    """Issue 3: without the etcd binary, `up` says what to install and leaves nothing behind."""
+    lab = "t-noetcd"
+    before = snapshot(lab)
+    missing = "/nonexistent/labnet-test/etcd"
+    proc = subprocess.run([sys.executable, "-m", "labnet.cli", "up", str(FIXTURES / "etcd-plain.yaml"),
+                           "--name", lab, "-q"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "LABNET_ETCD_BIN": missing})
+    try:
+        assert proc.returncode == 1, f"lab {lab}: up without etcd: expected exit 1, got {proc.returncode}: {proc.stderr}"
+        assert f"etcd binary {missing} not found" in proc.stderr \
+            and "apt-get install etcd-server" in proc.stderr, f"lab {lab}: up's error: {proc.stderr!r}"
+        left = snapshot(lab).leftovers(before)
+        assert not left, f"lab {lab}: a failed up (no etcd binary) left: {left}"
+        status = json.loads(labnet("status", "-l", lab, "--json").stdout)
+        assert status == [], f"lab {lab}: status after a failed up: {status}"
+    finally:
+        labnet("down", "--name", lab, check=False)
