@@ -7,13 +7,17 @@ One lab for the module, built by labnet's own pytest plugin from topologies/seed
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import json
 import re
 import subprocess
 import sys
+from typing import Any
 
 import pytest
+from _labtools import labnet
 
+from labnet import paths
 from labnet.checks import (
     CheckFailed,
     assert_blackhole_route,
@@ -129,6 +133,95 @@ def test_item12_full_mesh_router_ids_and_passive_side(lab) -> None:
         assert set(peers) == {lab.address(o) for o in NODES if o != n}, f"{n} peers: {sorted(peers)}"
         assert all(p["bgp_state"] == "Established" and p["peer_type"] == "node-to-node mesh"
                    for p in peers.values()), f"{n}: {peers}"
+    # "the higher address is passive", seen in the kernel: of each pair's one BGP connection, the
+    # :179 end (the one that accepted) is on the higher address; the lower one connected out.
+    conns: dict[frozenset[str], list[tuple[str, str, str]]] = {}
+    for n in NODES:
+        for local, peer in _bgp_connections(lab.node(n)):
+            (lip, lport), (pip, pport) = local.rsplit(":", 1), peer.rsplit(":", 1)
+            assert "179" in (lport, pport), f"{n}: BGP connection {local} <-> {peer} has no :179 end"
+            listener = lip if lport == "179" else pip
+            conns.setdefault(frozenset((lip, pip)), []).append((n, f"{local} <-> {peer}", listener))
+    addrs = {lab.address(n): n for n in NODES}
+    for a, b in itertools.combinations(sorted(addrs, key=ipaddress.IPv4Address), 2):
+        seen = conns.get(frozenset((a, b)), [])
+        # each connection is seen once from each end; collision detection leaves one per pair
+        assert len(seen) == 2, f"{addrs[a]} ({a}) / {addrs[b]} ({b}): expected one established BGP connection " \
+                               f"(seen from both ends), got {seen}"
+        for n, conn, listener in seen:
+            assert listener == b, f"{n}: BGP connection {conn}: expected the higher address {b} ({addrs[b]}) " \
+                                  f"on the :179 (passive) end, got {listener}"
+
+
+def _bgp_connections(ns) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
+    """(local, peer) of every established TCP connection to or from port 179, from `ss` in the node."""
+    out = run(ns, ["ss", "-Htn", "state", "established", "( sport = :179 or dport = :179 )"]).stdout
+    return [(f[-2], f[-1]) for f in (line.split() for line in out.splitlines()) if len(f) >= 2]
+
+
+def test_routes_cli_json_and_table(lab) -> None:
+    blocks = {n: lab.view.blocks(n) for n in NODES}
+    res = labnet("routes", "ubuntu-3", "-l", lab.name, "--json")
+    routes = json.loads(res.stdout)
+    by_dst: dict[str, list[dict[str, Any]]] = {}
+    for r in routes:
+        by_dst.setdefault(r["dst"], []).append(r)
+    (own,) = blocks["ubuntu-3"]
+    got = by_dst.get(str(own), [])
+    assert [(r["type"], r["protocol"]) for r in got] == [("blackhole", "bird")], \
+        f"ubuntu-3 routes --json: expected blackhole {own} proto bird, got {got}"
+    for other in NODES:
+        if other == "ubuntu-3":
+            continue
+        for b in blocks[other]:
+            got = by_dst.get(str(b), [])
+            want = {"type": "unicast", "gateway": lab.address(other), "dev": "tunl0", "protocol": "bird",
+                    "onlink": True}
+            assert len(got) == 1 and {k: got[0].get(k) for k in want} == want, \
+                f"ubuntu-3 routes --json: {other}'s block {b}: expected {want}, got {got}"
+    kernel = {r["dst"] if "/" in r["dst"] or r["dst"] == "default" else f"{r['dst']}/32"
+              for r in _ip(lab.node("ubuntu-3"), "route", "show", "table", "main")}
+    cli = {"default" if r["dst"] == "0.0.0.0/0" else r["dst"] for r in routes}
+    assert cli == kernel, f"ubuntu-3: routes --json destinations {sorted(cli)} != kernel's {sorted(kernel)}"
+    table = labnet("routes", "ubuntu-3", "-l", lab.name).stdout
+    for line in [f"blackhole {own}", *(f"{b} via {lab.address(o)} dev tunl0" for o in NODES if o != "ubuntu-3"
+                                      for b in blocks[o])]:
+        assert line in table, f"ubuntu-3 `labnet routes` table: no line with {line!r}:\n{table}"
+
+
+def test_bgp_status_cli_prints_calicoctl_table(lab) -> None:
+    out = labnet("bgp", "status", "ubuntu-3", "-l", lab.name).stdout
+    lines = out.rstrip("\n").splitlines()  # calicoctl ends with a blank line too
+    assert lines[0] == "IPv4 BGP status", f"ubuntu-3 bgp status: first line {lines[0]!r}:\n{out}"
+    assert lines[-2:] == ["IPv6 BGP status", "No IPv6 peers found."], f"ubuntu-3 bgp status tail:\n{out}"
+    table = [x for x in lines if x.startswith(("+", "|"))]
+    border = table[0]
+    assert re.fullmatch(r"(\+-+)+\+", border) and table[2] == table[-1] == border, f"ubuntu-3 table borders:\n{out}"
+    assert all(len(x) == len(border) for x in table), f"ubuntu-3 table: ragged lines:\n{out}"
+    cells = [[c.strip() for c in x.strip("|").split("|")] for x in table if x.startswith("|")]
+    assert cells[0] == ["PEER ADDRESS", "PEER TYPE", "STATE", "SINCE", "INFO"], f"ubuntu-3 header: {cells[0]}"
+    rows = {c[0]: c[1:] for c in cells[1:]}
+    want_peers = {lab.address(o) for o in NODES if o != "ubuntu-3"}
+    assert set(rows) == want_peers, f"ubuntu-3 bgp status peers: expected {sorted(want_peers)}, got {sorted(rows)}"
+    for peer, (ptype, state, since, info) in rows.items():
+        assert (ptype, state, info) == ("node-to-node mesh", "up", "Established"), \
+            f"ubuntu-3 peer {peer}: expected node-to-node mesh | up | Established, got {ptype} | {state} | {info}"
+        assert re.fullmatch(r"\d\d:\d\d:\d\d", since), f"ubuntu-3 peer {peer}: SINCE {since!r} is not HH:MM:SS"
+    peers = json.loads(labnet("bgp", "status", "ubuntu-3", "-l", lab.name, "--json").stdout)
+    assert {p["peer_address"] for p in peers} == want_peers, f"ubuntu-3 bgp status --json: {peers}"
+
+
+def test_agent_logs_to_the_nodes_var_log(lab) -> None:
+    for n in NODES:
+        log = paths.node_dir(lab.name, n) / "var-log-labnet" / "agent.log"
+        assert log.is_file() and log.stat().st_size > 0, \
+            f"{n}: agent log {log} (the node's /var/log/labnet/agent.log): expected a non-empty file, " \
+            f"exists={log.exists()}"
+        text = log.read_text()
+        want = f"node {n}: BGP address {lab.address(n)}"
+        assert want in text, f"{n}: agent log {log} has no {want!r}; last lines: {text.splitlines()[-5:]}"
+        inside = run(lab.node(n), ["wc", "-c", "/var/log/labnet/agent.log"]).stdout.split()[0]
+        assert int(inside) > 0, f"{n}: /var/log/labnet/agent.log inside the node is empty"
 
 
 def test_pods_across_the_router_over_ipip(lab, node) -> None:

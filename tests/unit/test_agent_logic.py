@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -41,20 +42,33 @@ LINKS = [
     link("docker0", "172.17.0.1/16"),
     link("tunl0", "10.100.163.128/32", mtu=1480),
     link("cali182f84bfeba"),
+    link("vxlan.calico", "10.100.163.129/32", mtu=1450),
+    link("veth1a2b3c", "172.18.0.1/16"),
     link("ens33", "192.168.1.5/24", up=False),
     link("ens32", "10.20.30.73/24"),
     link("ens34", "192.168.50.73/24", mtu=9000),
 ]
 
 
-def test_first_found_skips_lo_cali_tunl_docker_and_down_links() -> None:
+def test_first_found_skips_lo_cali_tunl_vxlan_veth_docker_and_down_links() -> None:
     d = choose("first-found", LINKS)
     assert (str(d.address), d.ifname, d.mtu) == ("10.20.30.73/24", "ens32", 1500)
 
 
+@pytest.mark.parametrize("name", ["vxlan.calico", "veth1a2b3c"])
+def test_first_found_skips_vxlan_and_veth_even_when_listed_first(name: str) -> None:
+    # up, with a global IPv4 address, before the real NIC: only the name prefix rules it out
+    skipped = next(x for x in LINKS if x["ifname"] == name)
+    d = choose("first-found", [skipped, *LINKS])
+    assert d.ifname == "ens32", f"first-found picked {d.ifname} ({d.address}); {name} must be skipped"
+    with pytest.raises(DetectError, match=re.escape(f"{name}=")):
+        choose("first-found", [skipped])
+
+
 def test_first_found_with_nothing_usable_names_what_it_saw() -> None:
-    with pytest.raises(DetectError, match=r"docker0=172\.17\.0\.1/16"):
-        choose("first-found", LINKS[:4])
+    usable = [x for x in LINKS if x["ifname"] in ("ens32", "ens34")]
+    with pytest.raises(DetectError, match=r"docker0=172\.17\.0\.1/16.*vxlan\.calico=.*veth1a2b3c="):
+        choose("first-found", [x for x in LINKS if x not in usable])
 
 
 def test_interface_regex_must_match_the_whole_name() -> None:

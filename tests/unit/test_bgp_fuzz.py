@@ -11,6 +11,7 @@ from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -41,13 +42,49 @@ MARKER = b"\xff" * 16
 FUZZ = settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
+# RFC 4271 6.1: the smallest (and, for KEEPALIVE, the only) length of each message type
+MIN_LEN = {1: 29, 2: 23, 3: 21, 4: 19, 5: 23}
+# once the header is sound, the error's code is the message's own (RFC 4271 6.2/6.3, RFC 7313 5)
+CODE_OF_TYPE = {1: {2}, 2: {3}, 3: set(), 4: set(), 5: {7, 1}}
+
+
+def expected_error(data: bytes) -> tuple[int, int] | None:
+    """The (code, subcode) the RFCs fix for `data`, where they fix one; None where the body decides.
+
+    Written from RFC 4271 6.1/6.2 independently of the codec: header errors, then OPEN's version.
+    """
+    if len(data) < 19:
+        return (1, 2)
+    if data[:16] != MARKER:
+        return (1, 1)
+    length, mtype = struct.unpack_from("!HB", data, 16)
+    if not 19 <= length <= 4096:
+        return (1, 2)
+    if mtype not in MIN_LEN:
+        return (1, 3)
+    if length < MIN_LEN[mtype] or (mtype == 4 and length != 19) or length != len(data):
+        return (1, 2)
+    if mtype == 1 and data[19] != 4:
+        return (2, 1)  # unsupported version number, checked before anything else in the OPEN
+    return None
+
+
 def check_decoder(data: bytes) -> None:
+    want = expected_error(data)
     for four_octet in (True, False):
         try:
             msg = decode(data, four_octet)
         except BgpError as e:
-            assert (e.code, e.subcode) in VALID_ERRORS, f"invalid error pair {e.code}/{e.subcode}: {e}"
+            got = (e.code, e.subcode)
+            assert got in VALID_ERRORS, f"invalid error pair {e.code}/{e.subcode}: {e}"
+            if want is not None:
+                assert got == want, f"{data.hex()}: expected error {want}, decoder raised {got}: {e}"
+            else:
+                allowed = CODE_OF_TYPE[data[18]]
+                assert e.code in allowed, f"{data.hex()}: message type {data[18]} with a sound header: " \
+                                          f"expected error code in {sorted(allowed)}, got {got}: {e}"
             continue
+        assert want is None, f"{data.hex()}: expected error {want}, decoded {msg!r}"
         if isinstance(msg, Update):
             for problem in msg.errors:
                 assert (problem.code, problem.subcode) in VALID_ERRORS, str(problem)
@@ -58,6 +95,29 @@ def check_decoder(data: bytes) -> None:
 
 def framed(mtype: int, body: bytes) -> bytes:
     return MARKER + struct.pack("!HB", (19 + len(body)) & 0xFFFF, mtype) + body
+
+
+OPEN_BODY = bytes.fromhex("04fc00005a0a141e4900")  # version 4, AS 64512, hold 90, id 10.20.30.73, no params
+DETERMINED = [
+    ("18 bytes", MARKER + b"\x00\x13", (1, 2)),
+    ("marker not all ones", b"\xfe" + MARKER[1:] + b"\x00\x13\x04", (1, 1)),
+    ("length 4097", MARKER + struct.pack("!HB", 4097, 4) + bytes(4078), (1, 2)),
+    ("type 9", framed(9, b""), (1, 3)),
+    ("KEEPALIVE of 20 bytes", framed(4, b"\x00"), (1, 2)),
+    ("UPDATE of 22 bytes", framed(2, b"\x00\x00\x00"), (1, 2)),
+    ("length field 1 byte short", framed(4, b"") + b"\x00", (1, 2)),
+    ("OPEN version 3", framed(1, b"\x03" + OPEN_BODY[1:]), (2, 1)),
+]
+
+
+@pytest.mark.parametrize(("what", "data", "want"), DETERMINED, ids=[d[0] for d in DETERMINED])
+def test_determined_errors_get_their_exact_pair(what: str, data: bytes, want: tuple[int, int]) -> None:
+    assert expected_error(data) == want, f"{what}: oracle says {expected_error(data)}, table says {want}"
+    with pytest.raises(BgpError) as info:
+        decode(data)
+    got = (info.value.code, info.value.subcode)
+    assert got == want, f"{what}: expected NOTIFICATION {want}, decoder raised {got}: {info.value}"
+    assert decode(framed(1, OPEN_BODY)).asn == 64512  # the control: a sound OPEN decodes
 
 
 @FUZZ
@@ -132,6 +192,7 @@ def test_fuzz_framer(chunks: list[bytes]) -> None:
                 check_decoder(frame)
     except BgpError as e:
         assert (e.code, e.subcode) in VALID_ERRORS
+        assert e.code == 1, f"the framer sees only headers: expected a header error (code 1), got {e.code}/{e.subcode}"
 
 
 # --- generated valid messages round-trip ------------------------------------------------------
