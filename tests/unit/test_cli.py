@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import subprocess
@@ -74,3 +75,60 @@ def test_graph_unknown_format_is_bad_input(tmp_path: Path) -> None:
 def test_down_needs_a_lab_name() -> None:
     res = labnet("down")
     assert res.returncode == 2
+
+
+def test_graph_png_or_a_clear_error_without_graphviz(tmp_path: Path) -> None:
+    out = tmp_path / "seed.png"
+    if shutil.which("dot") is not None:
+        res = labnet("graph", str(SEED), "-o", str(out))
+        assert res.returncode == 0, f"graph -o {out}: exit {res.returncode}, {res.stderr}"
+        assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{out} is not a PNG: {out.read_bytes()[:16]!r}"
+    # Without Graphviz on PATH: exit 1, and the message says what to install; no file written.
+    nodot = tmp_path / "nodot.png"
+    res = subprocess.run([sys.executable, "-m", "labnet.cli", "graph", str(SEED), "-o", str(nodot)],
+                         capture_output=True, text=True, timeout=60, env={"PATH": str(tmp_path / "empty")})
+    assert res.returncode == 1, f"graph without dot: expected exit 1, got {res.returncode}: {res.stderr}"
+    assert "Graphviz `dot` is not installed: apt-get install graphviz" in res.stderr, res.stderr
+    assert not nodot.exists(), f"graph without dot wrote {nodot}"
+
+
+class _Stream(io.StringIO):
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self._tty = tty
+
+    def isatty(self) -> bool:
+        return self._tty
+
+
+def test_progress_rewrites_one_line_on_a_terminal() -> None:
+    from labnet.lab import Progress
+
+    s = _Stream(tty=True)
+    p = Progress("seed", stream=s)
+    p.start("underlay")
+    p.done("underlay", 0.5)
+    p.start("etcd", "3 members")
+    p.done("etcd", 1.25)
+    text = s.getvalue()
+    # Each phase's "..." line is overwritten in place (\r + erase line), then "done" ends the line.
+    assert text == ("\r\033[Klabnet: seed: underlay ..." "\r\033[Klabnet: seed: underlay done in 0.50s\n"
+                    "\r\033[Klabnet: seed: etcd (3 members) ..." "\r\033[Klabnet: seed: etcd done in 1.25s\n"), \
+        f"progress on a tty: {text!r}"
+
+
+def test_progress_plain_lines_elsewhere_and_quiet() -> None:
+    from labnet.lab import Progress
+
+    s = _Stream(tty=False)
+    p = Progress("seed", stream=s)
+    p.start("underlay")
+    p.done("underlay", 0.5)
+    text = s.getvalue()
+    assert "\r" not in text and "\033" not in text, f"control characters in non-tty progress: {text!r}"
+    assert text.splitlines() == ["labnet: seed: underlay ...", "labnet: seed: underlay done in 0.50s"], text
+    q = _Stream(tty=True)
+    quiet = Progress("seed", stream=q, quiet=True)
+    quiet.start("underlay")
+    quiet.done("underlay", 0.5)
+    assert q.getvalue() == "", f"-q still printed progress: {q.getvalue()!r}"
