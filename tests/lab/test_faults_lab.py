@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -28,7 +29,7 @@ from labnet.checks import (
     assert_tunnel_route,
 )
 from labnet.nsexec import pid_alive, run
-from labnet.scenarios import Undo, run_step
+from labnet.scenarios import FAULTS, Undo, run_step
 from labnet.topology.steps import STEP_KINDS
 from labnet.wait import poll
 
@@ -103,6 +104,35 @@ def test_packet_loss_drops_with_nftables_and_undo_removes_the_table(lab) -> None
         assert 'iifname "ens32"' in ruleset and 'oifname "ens32"' in ruleset, ruleset
     assert "labnet-loss-ens32" not in _nft_tables(n2)
     assert_ping(lab.pod("pod-1"), lab.address("pod-2"), timeout=30)
+
+
+def _ping_loss(lab: Any, src: str, dst: str, count: int = 200) -> tuple[int, int, str]:
+    """`count` pings 10 ms apart from src to dst, inside the lab: (sent, received, ping's summary)."""
+    proc = run(lab.pod(src), ["ping", "-n", "-q", "-c", str(count), "-i", "0.01", "-W", "1",
+                              lab.address(dst)], check=False, timeout=60)
+    m = re.search(r"(\d+) packets transmitted, (\d+) received", proc.stdout)
+    assert m, f"{src} → {dst}: expected ping's summary line, got exit {proc.returncode}: {proc.stdout}{proc.stderr}"
+    return int(m.group(1)), int(m.group(2)), m.group(0)
+
+
+def test_fifty_percent_loss_drops_about_half_and_undo_drops_nothing(lab) -> None:
+    # only the way in: each echo request crosses node-2's ens32 inbound once (IPIP from node-1),
+    # so the loss seen by ping is the rule's own 50% (both ways would compound to 75%)
+    with fault(lab, "packet_loss", machine="node-2", interface="ens32", percent=50, direction="in") as (r,):
+        assert "50%" in r.name, r.name
+        sent, got, line = _ping_loss(lab, "pod-1", "pod-2")
+        lost = 100 * (sent - got) / sent
+        # binomial(200, 0.5): sd 3.5 points, so 20-80% is over 8 sd either side
+        assert sent == 200 and 20 <= lost <= 80, (
+            f"node-2 ens32 with 50% inbound loss, pod-1 → pod-2: expected 20-80% of 200 pings lost, "
+            f"got {lost:.1f}% ({line})")
+        counters = run(lab.node("node-2"), ["nft", "list", "table", "inet", "labnet-loss-ens32"]).stdout
+        dropped = [int(x) for x in re.findall(r"counter packets (\d+)", counters)]
+        assert dropped and dropped[0] >= sent - got, (
+            f"node-2 table labnet-loss-ens32: expected its drop counter ≥ {sent - got}, got {counters}")
+    sent, got, line = _ping_loss(lab, "pod-1", "pod-2")
+    assert (sent, got) == (200, 200), (
+        f"node-2 ens32 after the loss was undone, pod-1 → pod-2: expected 0% of 200 pings lost, got {line}")
 
 
 def test_kill_agent_the_supervisor_starts_a_new_one_and_routes_come_back(lab) -> None:
@@ -210,7 +240,44 @@ def test_stop_node_freezes_and_cuts_it_off_start_node_resumes(lab) -> None:
     assert_ping(lab.pod("pod-1"), lab.address("pod-3"), timeout=30)
 
 
-def test_labnet_check_runs_a_fault_scenario_and_shows_the_convergence_time(lab) -> None:
+def _scenario_steps() -> dict[str, list[str]]:
+    from labnet.topology import load
+
+    return {name: [s.kind for s in steps] for name, steps in load(TOPOLOGY).scenarios.items()}
+
+
+SCENARIOS = _scenario_steps()
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_labnet_check_runs_every_fault_scenario_and_the_lab_comes_back(lab, scenario: str) -> None:
+    """Every scenario of faults.yaml, one after the other on the one lab: each breaks something,
+    sees the effect, and undoes it at the end, so the next one starts from a converged lab."""
+    proc = labnet("check", "-l", lab.name, TOPOLOGY, scenario, "--json", check=False)
+    doc = json.loads(proc.stdout or "{}")
+    rows = doc.get("results", [])
+    failed = [f"[{r['target']}] {r['name']}: {r['detail']}\n{r.get('message') or ''}" for r in rows if not r["ok"]]
+    assert proc.returncode == 0 and doc.get("failed") == 0, (
+        f"lab {lab.name}, scenario {scenario}: expected 0 failed, exit 0; got {doc.get('failed')} failed, "
+        f"exit {proc.returncode}\n" + "\n".join(failed) + f"\nstderr:\n{proc.stderr}")
+    kinds = SCENARIOS[scenario]
+    faults_run = [r["name"] for r in rows if r["name"].startswith("fault: ")]
+    want_faults = [k for k in kinds if k in FAULTS]
+    assert len(faults_run) == len(want_faults), (
+        f"lab {lab.name}, scenario {scenario}: expected a result for each fault step {want_faults}, got {faults_run}")
+    converged = [r for r in rows if r["name"].startswith("converge ")]
+    assert len(converged) == kinds.count("converge"), (
+        f"lab {lab.name}, scenario {scenario}: expected {kinds.count('converge')} converge results, "
+        f"got {[r['name'] for r in converged]}")
+    for r in converged:
+        assert re.fullmatch(r"reached after \d+\.\d\d s \(\d+ pings\)", r["detail"]), (
+            f"[{r['target']}] {r['name']}: expected 'reached after X.XX s (N pings)', got {r['detail']!r}")
+        assert r["elapsed"] > 0, f"[{r['target']}] {r['name']}: expected a convergence time > 0, got {r['elapsed']}"
+    # back where it started: every agent answers, BGP up, every block routed everywhere
+    faults.wait_converged(lab.view, 10)
+
+
+def test_labnet_check_prints_the_convergence_time(lab) -> None:
     out = labnet("check", "-l", lab.name, TOPOLOGY, "agent-crash").stdout
     assert "fault: kill_agent node-2" in out and "reached after" in out, out
     assert "0 failed" in out, out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -108,6 +109,59 @@ def test_cni_side_does_not_import_topology() -> None:
     code = "import sys, labnet.cni.plugin; print('labnet.topology' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "False", "labnet.cni.plugin imports labnet.topology"
+
+
+def _alias_bomb(levels: int, width: int, under: str) -> str:
+    """Chained anchors ("billion laughs"): level k holds `width` aliases of level k-1, so the
+    last one stands for width**levels values while the text stays a few lines long."""
+    lines = [f"l0: &l0 [{', '.join(['lol'] * width)}]"]
+    lines += [f"l{k}: &l{k} [{', '.join([f'*l{k - 1}'] * width)}]" for k in range(1, levels)]
+    return LAB + "x-anchors:\n" + "".join(f"  {line}\n" for line in lines) + under.replace("LAST", f"*l{levels - 1}")
+
+
+# In a child process, as a guard only: without the loader's cap, walking 10**10 values would
+# never end and would eat the machine's memory; the child has an address-space limit and a
+# deadline, so a regression fails this test instead of hanging it.
+_CHILD = """\
+import json, resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (1 << 31, 1 << 31))
+from labnet.topology import TopologyError, loads
+try:
+    loads(sys.stdin.read(), "bomb.yaml")
+except TopologyError as exc:
+    print(json.dumps([d.to_dict() for d in exc.diagnostics]))
+else:
+    print("[]")
+"""
+
+
+def test_yaml_alias_bomb_is_refused_with_a_clear_error() -> None:
+    """Regression (fuzz campaign): chained anchors made the loader walk every expanded value."""
+    text = _alias_bomb(levels=10, width=10, under="  bomb: LAST\n")  # 10**10 values once expanded
+    assert len(text) < 3000, len(text)
+    try:
+        proc = subprocess.run([sys.executable, "-c", _CHILD], input=text, capture_output=True, text=True,
+                              cwd=ROOT, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("alias bomb: expected a TopologyError, the loader was still walking after 120 s")
+    assert proc.returncode == 0, (f"alias bomb: expected a TopologyError, the loader died "
+                                  f"(exit {proc.returncode}): {proc.stderr[-2000:]}")
+    diags = json.loads(proc.stdout)
+    assert [(d["file"], d["path"], d["message"], d["hint"]) for d in diags] == [
+        ("bomb.yaml", "<yaml>", "YAML aliases expand to more than 200000 values",
+         "anchors referring to anchors multiply; write the values out")], f"alias bomb: got {diags}"
+    # it points into the anchors, not at line 1
+    first_anchor = LAB.count("\n") + 2
+    assert diags[0]["line"] >= first_anchor, f"alias bomb: expected a line ≥ {first_anchor}, got {diags[0]}"
+
+
+def test_yaml_aliases_below_the_cap_still_load() -> None:
+    # the cap refuses bombs, not anchors: a label map shared by two pods loads as written
+    text = LAB.replace("p1: {node: n1}", "p1: {node: n1, labels: &l {app: web, tier: front}}").replace(
+        "p2: {node: n2}", "p2: {node: n2, labels: *l}")
+    topo = loads(text, "lab.yaml")
+    assert topo.cluster is not None
+    assert topo.cluster.pods["p1"].labels == topo.cluster.pods["p2"].labels == {"app": "web", "tier": "front"}
 
 
 # -- fuzzing: whatever the input, the loader answers with a Topology or a TopologyError ------------
