@@ -80,7 +80,7 @@ def cmd_down(args: argparse.Namespace) -> int:
     elif args.name:
         names = [args.name]
     elif args.file:
-        names = [_lab_name_of(args.file)]
+        names = [_lab_of_file(args.file)]
     else:
         raise BadInput("say which lab: labnet down FILE | --name NAME | --all")
     rc = 0
@@ -92,6 +92,37 @@ def cmd_down(args: argparse.Namespace) -> int:
         else:
             print(f"lab {name}: removed")
     return rc
+
+
+def _lab_of_file(path: str) -> str:
+    """The lab `labnet up FILE` made. The file's `name:` when a lab of that name exists; else (the file
+    was edited: broken YAML, no or another name) the one lab whose journal records this file."""
+    from labnet import lab
+
+    try:
+        name: str | None = _lab_name_of(path)
+        problem: BadInput | None = None
+    except BadInput as exc:
+        name, problem = None, exc
+    if name is not None and lab.load_journal(name) is not None:
+        return name
+    resolved = str(Path(path).resolve())
+    recorded = []
+    for other in lab.list_labs():
+        try:
+            journal = lab.load_journal(other)
+        except LabnetError:
+            continue
+        if journal is not None and journal.topology_file == resolved:
+            recorded.append(other)
+    if len(recorded) == 1:
+        return recorded[0]
+    if len(recorded) > 1:
+        raise BadInput(f"{path}: labs {', '.join(recorded)} were brought up from this file; choose one with --name")
+    if problem is not None:
+        raise problem
+    assert name is not None
+    return name  # lab.down says there is no such lab (or removes a docker lab found by its label)
 
 
 def _lab_name_of(path: str) -> str:
