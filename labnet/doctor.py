@@ -569,9 +569,14 @@ class Doctor:
             policy = comment.removeprefix("policy=").split(" ")[0] or "?"
             allows = [c for c in chains.get(chain, []) if c.startswith("policy=") and " rule=" in c]
             names = sorted({c.removeprefix("policy=").split(" ")[0] for c in allows})
-            why = ("the lab's default is deny and no rule allows this traffic" if policy == "default-deny" else
-                   f"policies {', '.join(names)} select the pod and none of their rules allow this traffic"
-                   if policy == "end-of-policies" else f"policy {policy} drops it")
+            if policy == "default-deny":  # name who selects the pod: their rules are the ones to extend
+                why = "the lab's default is deny and no rule allows this traffic (" + (
+                    f"policies selecting {pod}: {', '.join(names)}; none of their rules match it)" if names
+                    else f"no policy selects {pod})")
+            elif policy == "end-of-policies":
+                why = f"policies {', '.join(names)} select the pod and none of their rules allow this traffic"
+            else:
+                why = f"policy {policy} drops it"
             self.add(f.name, f"policy {policy} dropped {packets} packet(s) to pod {pod}",
                      f"Traffic to {pod} is filtered on {f.name} (nft table inet labnet-policy, chain {chain}): "
                      f"{why}. As in the seed's comments: everything not explicitly allowed is dropped; add an "
