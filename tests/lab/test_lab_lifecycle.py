@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 from _labtools import TOPOLOGIES, lab_exec, lab_pids, labnet, snapshot
@@ -18,12 +19,34 @@ from labnet.wait import poll
 SEED = str(TOPOLOGIES / "seed.yaml")
 
 
+def root_netns_state() -> dict[str, list[tuple[str, ...]]]:
+    """The root network namespace as `ip -j` shows it: links, addresses, IPv4 and IPv6 routes of all tables."""
+    def ip(*args: str) -> list[dict[str, Any]]:
+        out = subprocess.run(["ip", "-j", *args], capture_output=True, text=True, check=True).stdout
+        return json.loads(out) if out.strip() else []
+
+    keys = ("dst", "dev", "gateway", "table", "protocol", "type", "scope", "prefsrc")
+    return {
+        "links": sorted((str(x["ifindex"]), x["ifname"]) for x in ip("link")),
+        "addresses": sorted((x["ifname"], a["family"], a["local"], str(a["prefixlen"]))
+                            for x in ip("addr") for a in x.get("addr_info", [])),
+        "routes": sorted(tuple(str(r.get(k, "")) for k in keys)
+                         for fam in ("-4", "-6") for r in ip(fam, "route", "show", "table", "all")),
+    }
+
+
+# What `up --timings` printed, and the root namespace before `up`, per lab: the tests read them.
+UP: dict[str, dict[str, Any]] = {}
+
+
 @pytest.fixture
 def seed_lab():
     """The seed lab under a test-only name, removed afterwards whatever happens."""
     name = "t-seed"
     before = snapshot(name)
-    labnet("up", SEED, "--name", name, "-q")
+    root = root_netns_state()
+    res = labnet("up", SEED, "--name", name, "-q", "--timings")
+    UP[name] = {"timings": res.stdout, "root": root}
     pids = lab_pids(name)
     try:
         yield name
@@ -72,9 +95,35 @@ def test_underlay_details(seed_lab: str) -> None:
     assert fwd == "1", f"router gw ip_forward: expected 1, got {fwd}"
     fwd = lab_exec(lab, "ext", "sysctl", "-n", "net.ipv4.ip_forward").stdout.strip()
     assert fwd == "0", f"host ext ip_forward: expected 0, got {fwd}"
+    # IPv6 is off unless the topology asks (`ipv6: true`: tests/lab/test_lab_cli.py).
+    for m in ("ubuntu-3", "gw", "ext"):
+        off = lab_exec(lab, m, "sysctl", "-n", "net.ipv6.conf.all.disable_ipv6").stdout.strip()
+        assert off == "1", f"{m}: net.ipv6.conf.all.disable_ipv6 expected 1 (no ipv6: in seed.yaml), got {off}"
+    # Nothing of the lab is in the root namespace while the whole seed lab runs (underlay, etcd, CNI,
+    # agents, pods): its links, addresses and routes are exactly what they were before `up`.
+    before, now = UP[seed_lab]["root"], root_netns_state()
+    for what in before:
+        assert now[what] == before[what], (
+            f"root netns {what} changed while lab {seed_lab} is up: "
+            f"added {sorted(set(now[what]) - set(before[what]))}, removed {sorted(set(before[what]) - set(now[what]))}")
+    # and the lab's pods really are up somewhere else
+    rows = json.loads(labnet("status", "-l", seed_lab, "--json").stdout)
+    assert set(rows[0]["pods"]) == {"net-test", "net-test-2"}, f"lab {seed_lab} pods: {rows[0]['pods']}"
 
 
 def test_second_up_changes_nothing(seed_lab: str) -> None:
+    from labnet import lab, phases  # noqa: F401  (phases registers etcd, cni, agents, pods)
+
+    # The fixture's `up --timings`: JSON with every phase, in order.
+    first = json.loads(UP[seed_lab]["timings"])
+    want = [n for n, _ in lab.PHASES]
+    assert first["lab"] == seed_lab and first["changed"] is True, f"up --timings: {first}"
+    assert list(first["phases"]) == want, f"up --timings phases: expected {want} in order, got {list(first['phases'])}"
+    assert all(isinstance(t, float | int) and t >= 0 for t in first["phases"].values()), first["phases"]
+    assert abs(first["total"] - sum(first["phases"].values())) < 0.01, f"total {first['total']} != sum {first['phases']}"
+    again = json.loads(labnet("up", SEED, "--name", seed_lab, "--timings").stdout)
+    assert again == {"lab": seed_lab, "changed": False, "phases": {}, "total": 0}, f"second up --timings: {again}"
+
     before = json.loads(labnet("status", "-l", seed_lab, "--json").stdout)
     out = labnet("up", SEED, "--name", seed_lab).stdout
     assert "already up; nothing changed" in out
