@@ -1,5 +1,5 @@
 # Two commands do all set-up on a fresh machine:
-#   make up    installs what is missing and brings up the seed lab (netns runtime), then prints its status
+#   make up    installs what is missing and brings up the seed lab (netns runtime); `labnet up` prints its status
 #   make test  installs what is missing and runs the whole suite through tox
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -9,9 +9,9 @@ SEED := topologies/seed.yaml
 
 .PHONY: up down test sysdeps venv lint type unit lab bench clean
 
+# `labnet up` prints the lab's status table itself: no second `labnet status`.
 up: sysdeps venv
 	$(BIN)/labnet up $(SEED)
-	$(BIN)/labnet status
 
 down: venv
 	$(BIN)/labnet down --all
