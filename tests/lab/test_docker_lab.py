@@ -126,6 +126,34 @@ def test_testinfra_docker_backend(lab: UpLab, monkeypatch: pytest.MonkeyPatch) -
     assert host.run("ping -c1 -W2 203.0.113.10").rc == 0
 
 
+@pytest.mark.parametrize("lab", ["docker"], indirect=True)
+def test_testinfra_labnet_backend_on_containers(lab: UpLab) -> None:
+    """labnet's own `labnet://lab/node` backend reaches into the container, as docker exec does."""
+    from labnet.testinfra_backend import get_host
+
+    host = get_host(f"labnet://{lab.name}/ubuntu-4")
+    assert host.check_output("hostname") == "ubuntu-4", "[docker] labnet://…/ubuntu-4: wrong hostname"
+    assert host.interface("ens32").addresses[:1] == ["192.168.50.74"], \
+        f"[docker] ubuntu-4 ens32 via labnet://: {host.interface('ens32').addresses}"
+    assert host.file("/etc/cni/net.d").is_directory
+    assert host.sysctl("net.ipv4.ip_forward") == 0, "[docker] ubuntu-4 (a plain host here) forwards"
+    assert host.run("ping -c1 -W2 203.0.113.10").rc == 0, "[docker] ubuntu-4 -> ext 203.0.113.10 via labnet://"
+    # the same mount namespace as the container's own processes (not the host's, not another node's)
+    c = dockerd.client().containers.get(container_name(lab.name, "ubuntu-4"))
+    want = os.readlink(f"/proc/{c.attrs['State']['Pid']}/ns/mnt")
+    got = host.check_output("readlink /proc/self/ns/mnt")
+    assert got == want, f"[docker] labnet://…/ubuntu-4 runs in mount namespace {got}, container's is {want}"
+    # a file written through docker exec is what the backend reads
+    code, out = c.exec_run(["sh", "-c", "echo via-docker > /etc/cni/net.d/98-probe"])
+    assert code == 0, out
+    try:
+        assert host.file("/etc/cni/net.d/98-probe").content_string.strip() == "via-docker"
+        assert not get_host(f"labnet://{lab.name}/ubuntu-3").file("/etc/cni/net.d/98-probe").exists, \
+            "[docker] ubuntu-3 sees ubuntu-4's file through labnet://"
+    finally:
+        c.exec_run(["rm", "-f", "/etc/cni/net.d/98-probe"])
+
+
 def _up_docker(underlay_file: str, name: str) -> None:
     labnet("up", underlay_file, "--name", name, "--runtime", "docker", "-q")
     assert len(containers_of(name)) == len(MACHINES)
