@@ -333,44 +333,84 @@ def down(lab: str) -> list[str]:
 
 
 def gc() -> list[str]:
-    """Remove labs whose owner died mid-build or whose namespaces vanished, and orphans."""
+    """Remove labs whose owner died mid-build or whose namespaces vanished, and orphans.
+
+    Other processes may remove the same things at the same moment (another `labnet gc`, a
+    lab's own `down`): whatever vanishes while gc looks at it counts as removed, not as an error.
+    """
     removed: list[str] = []
     for lab in list_labs():
         with lab_lock(lab, wait=False) as mine:
             if not mine:
                 continue  # an `up` or `down` of it is running right now
             # Decide under the lock, on a fresh read.
-            journal = load_journal(lab)
+            try:
+                journal = load_journal(lab)
+            except LabnetError:
+                if not journal_path(lab).exists():
+                    continue  # removed between the check and the read: nothing left to collect
+                raise
             if journal is None or not _dead(journal):
                 continue
             problems = _teardown(journal)
         removed.append(f"lab {lab}" + (f" (problems: {'; '.join(problems)})" if problems else ""))
-    from labnet.runtime.netns import _umount
+    removed += sweep_orphans()
+    from labnet.runtime.docker import orphan_containers
+
+    removed += orphan_containers()  # containers labelled with a lab that has no journal
+    return removed
+
+
+def _entries_of(d: Path) -> list[Path]:
+    """d's entries, sorted; none when d vanished (or was never there) while we looked."""
+    try:
+        return sorted(d.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _umount_vanishing(path: Path) -> None:
+    """Unmount `path` (every mount stacked on it); a path or mount that vanishes meanwhile
+    (someone else unmounted or removed it: ENOENT, EINVAL) is what we wanted anyway."""
+    from labnet.runtime.netns import _is_mountpoint, _umount
+
+    try:
+        _umount(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except LabnetError:
+        if path.exists() and _is_mountpoint(path):
+            raise
+
+
+def sweep_orphans() -> list[str]:
+    """Namespace files of labs that have no journal and no `up`/`down` running: /run/netns/lnet-<lab>.*
+    and /run/labnet/<lab>/ (mount/UTS namespace files, itself a private bind mount)."""
+    removed: list[str] = []
 
     def orphan(lab: str) -> bool:
         """No journal and nobody building it: an `up` holds the lock before it writes anything."""
         with lab_lock(lab, wait=False) as free:
-            return free and load_journal(lab) is None
+            if not free:
+                return False
+            try:
+                return load_journal(lab) is None
+            except LabnetError:
+                return not journal_path(lab).exists()
 
-    if paths.NETNS_DIR.is_dir():
-        for f in sorted(paths.NETNS_DIR.iterdir()):
-            owner = paths.lab_of_netns(f.name)
-            if owner is not None and orphan(owner):
-                _umount(f)
-                f.unlink(missing_ok=True)
-                removed.append(f"orphan namespace {f.name}")
-    rr = paths.run_root()
-    if rr.is_dir():
-        for d in sorted(rr.iterdir()):
-            if d.is_dir() and orphan(d.name):
-                for f in d.iterdir():
-                    _umount(f)
-                _umount(d)
-                shutil.rmtree(d, ignore_errors=True)
-                removed.append(f"orphan namespace files {d}")
-    from labnet.runtime.docker import orphan_containers
-
-    removed += orphan_containers()  # containers labelled with a lab that has no journal
+    for f in _entries_of(paths.NETNS_DIR):
+        owner = paths.lab_of_netns(f.name)
+        if owner is not None and orphan(owner):
+            _umount_vanishing(f)
+            f.unlink(missing_ok=True)
+            removed.append(f"orphan namespace {f.name}")
+    for d in _entries_of(paths.run_root()):
+        if d.is_dir() and orphan(d.name):
+            for f in _entries_of(d):
+                _umount_vanishing(f)
+            _umount_vanishing(d)
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(f"orphan namespace files {d}")
     return removed
 
 

@@ -1,0 +1,89 @@
+"""`labnet gc`'s orphan sweep when other processes remove the same things at the same moment.
+
+Another `labnet gc`, or a lab's own `down`, may unmount and remove a namespace file or a lab's
+/run/labnet/<lab> directory between gc's look and its act. No root and no real mounts here:
+the state, run and netns directories are temporary, and `_umount` is replaced by one that plays
+the other process (it removes things, then fails as umount does on a vanished mount).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from labnet import lab, paths
+from labnet.errors import LabnetError
+from labnet.runtime import docker, netns
+
+
+@pytest.fixture
+def dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    d = {k: tmp_path / k for k in ("state", "run", "netns")}
+    for p in d.values():
+        p.mkdir()
+    monkeypatch.setenv("LABNET_STATE_DIR", str(d["state"]))
+    monkeypatch.setenv("LABNET_RUN_DIR", str(d["run"]))
+    monkeypatch.setattr(paths, "NETNS_DIR", d["netns"])
+    monkeypatch.setattr(docker, "orphan_containers", lambda: [])  # no dockerd in a unit test
+    return d
+
+
+def _orphan_lab(d: dict[str, Path], name: str) -> None:
+    (d["netns"] / f"lnet-{name}.node-1").touch()
+    (d["run"] / name).mkdir()
+    for f in ("node-1.mnt", "node-1.uts"):
+        (d["run"] / name / f).touch()
+
+
+def test_gc_sweep_tolerates_paths_that_vanish_meanwhile(dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("a", "b", "c"):
+        _orphan_lab(dirs, name)
+    (dirs["netns"] / "not-a-lab").touch()
+    umounted: list[str] = []
+
+    def racing_umount(path: Path) -> None:
+        umounted.append(path.name)
+        if path.name == "lnet-a.node-1":  # another gc unmounted and unlinked it first
+            path.unlink()
+            raise FileNotFoundError(2, "No such file or directory", str(path))
+        if path.name == "node-1.mnt" and path.parent.name == "a":  # another gc removes lab a's dir
+            shutil.rmtree(path.parent)
+            raise LabnetError(f"cannot unmount {path}: umount: {path}: not mounted.")  # EINVAL
+
+    real_load = lab.load_journal
+
+    def racing_load(name: str) -> Any:
+        if name == "c":  # lab c's dir goes while gc holds c's lock: before gc lists its files
+            shutil.rmtree(dirs["run"] / "c", ignore_errors=True)
+        return real_load(name)
+
+    monkeypatch.setattr(netns, "_umount", racing_umount)
+    monkeypatch.setattr(lab, "load_journal", racing_load)
+    removed = lab.gc()
+    assert sorted(p.name for p in dirs["netns"].iterdir()) == ["not-a-lab"], (
+        f"netns dir after gc: expected only not-a-lab, got {sorted(p.name for p in dirs['netns'].iterdir())}")
+    assert not list(dirs["run"].iterdir()), f"run dir after gc: expected empty, got {list(dirs['run'].iterdir())}"
+    assert {"lnet-a.node-1", "node-1.mnt", "lnet-b.node-1"} <= set(umounted), umounted
+    assert "orphan namespace lnet-b.node-1" in removed and f"orphan namespace files {dirs['run'] / 'b'}" in removed, (
+        f"gc's report: expected lab b's orphans, got {removed}")
+
+
+def test_gc_sweep_with_no_run_dir_at_all(dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    # the last lab's `down` removes /run/labnet itself
+    monkeypatch.setenv("LABNET_RUN_DIR", str(dirs["run"] / "gone"))
+    assert lab.gc() == []
+
+
+def test_gc_sweep_still_fails_on_a_mount_that_stays(dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    _orphan_lab(dirs, "a")
+
+    def stuck(path: Path) -> None:
+        raise LabnetError(f"cannot unmount {path}: target is busy")
+
+    monkeypatch.setattr(netns, "_umount", stuck)
+    monkeypatch.setattr(netns, "_is_mountpoint", lambda path: path.exists())
+    with pytest.raises(LabnetError, match="target is busy"):
+        lab.gc()
