@@ -2,6 +2,10 @@
 
 Fixtures: `lab` (built once per session per topology, or attached with --labnet-attach),
 `node`, `pod`, `pod_factory` (throw-away pods), `labhost` (testinfra hosts of nodes and pods).
+`lab`, `node`, `pod` and `labhost` are session-scoped when the command line picks the lab
+(--labnet-topology, --labnet-attach) and module-scoped when modules pick it with
+`pytestmark = pytest.mark.topology("file.yaml")`, so fixtures of those scopes can use them.
+testinfra's own `host` fixture knows labnet's hosts: `pytest --hosts=labnet://<lab>/<node>[/<pod>]`.
 Topology files given to pytest are collected: each scenario is one test item, so
 `pytest topologies/seed.yaml -k egress-nat` runs exactly that scenario.
 """
@@ -12,7 +16,7 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -36,6 +40,17 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "topology(path, name=None): the topology file the lab fixture builds "
                             "(optionally under another lab name)")
     config.stash[_MANAGER] = LabManager(config)
+    _register_testinfra()
+
+
+def _register_testinfra() -> None:
+    """Make `labnet://<lab>/<node>[/<pod>]` a testinfra backend for the whole session, so
+    `pytest --hosts=labnet://seed/ubuntu-3` works with testinfra's own `host` fixture."""
+    try:
+        from labnet.testinfra_backend import register
+    except ImportError:  # testinfra is not installed: the labhost fixture says so when used
+        return
+    register()
 
 
 def lab_required() -> bool:
@@ -173,43 +188,76 @@ class LabManager:
 _MANAGER = pytest.StashKey[LabManager]()
 
 
-def _topology_for(request: pytest.FixtureRequest) -> str | None:
-    """From @pytest.mark.topology("file.yaml"[, name="lab-name"]) or --labnet-topology."""
-    marker = request.node.get_closest_marker("topology")
-    if marker is not None:
-        path = Path(marker.args[0])
-        if not path.is_absolute():
-            path = Path(request.node.path).parent / path
-            if not path.exists():
-                path = Path(request.config.rootpath) / marker.args[0]
-        return str(path)
-    opt: str | None = request.config.getoption("--labnet-topology")
-    return opt
+def _marker_topology(node: pytest.Item | pytest.Collector, config: pytest.Config) -> tuple[str, str | None] | None:
+    """(path, lab name) from the closest @pytest.mark.topology("file.yaml"[, name="lab-name"])."""
+    marker = node.get_closest_marker("topology")
+    if marker is None:
+        return None
+    path = Path(marker.args[0])
+    if not path.is_absolute():
+        path = Path(node.path).parent / path
+        if not path.exists():
+            path = Path(config.rootpath) / marker.args[0]
+    return str(path.resolve()), marker.kwargs.get("name")
 
 
-@pytest.fixture
+def _session_wide_lab(config: pytest.Config) -> bool:
+    return bool(config.getoption("--labnet-attach") or config.getoption("--labnet-topology"))
+
+
+def _lab_scope(fixture_name: str, config: pytest.Config) -> Literal["session", "module"]:
+    """`lab` (and node, pod, labhost) are session-scoped when the command line picks the lab
+    (--labnet-attach, --labnet-topology), so a user's session fixture can use them; otherwise
+    module-scoped, as each module may pick its own with `pytestmark = pytest.mark.topology(...)`.
+    Either way the LabManager builds a topology's lab once per session."""
+    return "session" if _session_wide_lab(config) else "module"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A topology marker the lab fixture's scope cannot honour is an error, not a silent wrong lab."""
+    if config.getoption("--labnet-attach"):
+        return  # an attached lab serves every test, whatever its marker says (documented)
+    opt = config.getoption("--labnet-topology")
+    for item in items:
+        if "lab" not in getattr(item, "fixturenames", ()):
+            continue
+        mine = _marker_topology(item, config)
+        if mine is None:
+            continue
+        module = item.getparent(pytest.Module)
+        if opt and mine[0] != str(Path(opt).resolve()):
+            raise pytest.UsageError(
+                f"{item.nodeid}: marked topology({mine[0]}) but --labnet-topology {opt} makes the `lab` "
+                "fixture one lab for the whole session; drop one of them")
+        if not opt and module is not None and _marker_topology(module, config) != mine:
+            raise pytest.UsageError(
+                f"{item.nodeid}: @pytest.mark.topology on a class or function; the `lab` fixture is "
+                "module-scoped, so mark the module (pytestmark = pytest.mark.topology(...))")
+
+
+@pytest.fixture(scope=_lab_scope)
 def lab(request: pytest.FixtureRequest) -> LabHandle:
-    """The lab for this test's topology; built once per session, removed at the end."""
+    """The lab for this module's topology (or the session's); built once per session, removed at the end."""
     if os.geteuid() != 0:
         pytest.skip("the lab fixture needs root to create namespaces")
-    marker = request.node.get_closest_marker("topology")
-    name = marker.kwargs.get("name") if marker is not None else None
-    return request.config.stash[_MANAGER].get(_topology_for(request), name)
+    picked = _marker_topology(request.node, request.config) if request.scope != "session" else None
+    path, name = picked or (request.config.getoption("--labnet-topology"), None)
+    return request.config.stash[_MANAGER].get(path, name)
 
 
-@pytest.fixture
+@pytest.fixture(scope=_lab_scope)
 def node(lab: LabHandle) -> Callable[[str], NodeNS]:
     """node('ubuntu-3') -> NodeNS to run commands in that node."""
     return lab.node
 
 
-@pytest.fixture
+@pytest.fixture(scope=_lab_scope)
 def pod(lab: LabHandle) -> Callable[[str], NodeNS]:
     """pod('net-test') -> NodeNS to run commands in that pod."""
     return lab.pod
 
 
-@pytest.fixture
+@pytest.fixture(scope=_lab_scope)
 def labhost(lab: LabHandle) -> Callable[[str], Any]:
     """labhost('ubuntu-3') or labhost('ubuntu-3/net-test') -> a testinfra Host with that view."""
     return lab.host

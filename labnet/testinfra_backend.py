@@ -37,6 +37,9 @@ class LabnetBackend(base.BaseBackend):
         self.ns = view.pod_ns(self.pod) if self.pod else view.ns(self.node)
         super().__init__(hostname, *args, **kwargs)
 
+    def get_pytest_id(self) -> str:
+        return str(self.hostname)  # already labnet://<lab>/<node>[/<pod>]
+
     def run(self, command: str, *args: str, **kwargs: Any) -> base.CommandResult:
         cmd = self.get_command(command, *args)
         argv = self.ns.argv(["/bin/sh", "-c", cmd])
@@ -56,6 +59,7 @@ def _parse_hostspec(hostspec: str) -> tuple[str, dict[str, Any]]:
 
 
 def register() -> None:
+    """Teach testinfra the labnet:// scheme (the pytest plugin does this at configure time)."""
     _backends.BACKENDS[SCHEME] = f"{__name__}.LabnetBackend"
     _backends.parse_hostspec = _parse_hostspec
 

@@ -6,6 +6,7 @@ edit-and-rerun loop.
 
 from __future__ import annotations
 
+import re
 import textwrap
 
 import pytest
@@ -82,7 +83,8 @@ def test_fail_proxy_arp(lab, node, pod):
 
 def test_every_assertion_passes_and_fails_readably(pytester: pytest.Pytester, seed_lab: str) -> None:
     pytester.makepyfile(test_user=textwrap.dedent(USER_TESTS))
-    res = pytester.runpytest_subprocess("test_user.py", "--labnet-attach", seed_lab, "-p", "no:cacheprovider")
+    res = pytester.runpytest_subprocess("test_user.py", "--labnet-attach", seed_lab, "-p", "no:cacheprovider",
+                                        "--strict-markers")
     res.assert_outcomes(passed=1, failed=9)
     out = res.stdout.str()
     expected = {
@@ -102,5 +104,105 @@ def test_every_assertion_passes_and_fails_readably(pytester: pytest.Pytester, se
         text = section[1].split("\n_____", 1)[0]
         for needle in needles:
             assert needle in text, f"{test}: {needle!r} not in its failure:\n{text[-3000:]}"
-        assert "timed out" in text or "waited" in text or "after" in text, f"{test}: no waiting time:\n{text[-2000:]}"
+        # how long it polled, and the last state it saw
+        assert re.search(r"check failed on .+ \(waited \d+\.\ds, \d+ attempts?\)", text), \
+            f"{test}: no waiting time:\n{text[-2000:]}"
+        assert "expected: " in text and "actual:   " in text, f"{test}: no expected/actual:\n{text[-2000:]}"
+        if test in ("test_fail_route", "test_fail_blackhole", "test_fail_tunnel", "test_fail_no_route"):
+            assert "last state seen (ip -4 route show table main on " in text and "dev tunl0 proto bird onlink" in text, \
+                f"{test}: the route table it saw is not shown:\n{text[-3000:]}"
     assert "labnet diagnostics (t-asserts)" in out, "failed tests carry no diagnostics bundle"
+    _check_diagnostics_bundle(out.split("_ test_fail_route _", 1)[1].split("\n_____", 1)[0], seed_lab)
+
+
+NODES = ["ubuntu-1", "ubuntu-2", "ubuntu-3", "ubuntu-4", "ubuntu-5"]
+
+
+def _check_diagnostics_bundle(report: str, lab: str) -> None:
+    """Every section of the bundle, for every node of the cluster, with what the seed lab has in it."""
+    from labnet.diagnostics import NODE_COMMANDS
+    from labnet.labview import LabView
+
+    head = f"labnet diagnostics ({lab})"
+    assert head in report, f"test_fail_route: no {head!r} section in its report:\n{report[-2000:]}"
+    bundle = report.split(head, 1)[1]
+    view = LabView(lab)
+    chunks = dict(c.split(" =====\n", 1) for c in bundle.split("===== ")[1:] if " =====\n" in c)
+    assert sorted(chunks) == sorted([*NODES, "etcd keys"]), f"bundle parts: {sorted(chunks)}"
+    for node in NODES:
+        sections = dict(_sections(chunks[node]))
+        want = [t for t, _cmd in NODE_COMMANDS] + ["BGP status"]
+        assert list(sections) == want, f"{node}: bundle sections {list(sections)}, expected {want}"
+        for title, body in sections.items():
+            assert body.strip() and "could not run" not in body and "unavailable" not in body, \
+                f"{node}: section {title!r} is empty or failed:\n{body}"
+        (block,) = view.blocks(node) or [None]
+        me = view.address(node)
+        assert block is not None, f"{node} owns no block (its tunl0 address comes from one)"
+        expect = {
+            "links": ["tunl0:", "ens32@"],
+            "addresses": [f"{me}/", f"{block.network_address}/32"],
+            "routes (all tables)": [f"blackhole {block} proto bird", f"local {me} dev ens32 table local"],
+            "firewall (nft)": ["table ip labnet-nat", "masquerade"],  # the seed pool has nat_outgoing
+            "agent log (tail)": ["labnet.agent["],
+            "BGP status": ["IPv4 BGP status", *[view.address(n) for n in NODES if n != node]],
+        }
+        for title, needles in expect.items():
+            for needle in needles:
+                assert needle in sections[title], f"{node}: {title!r} lacks {needle!r}:\n{sections[title]}"
+        assert sections["BGP status"].count("Established") == len(NODES) - 1, \
+            f"{node}: BGP status should show {len(NODES) - 1} Established peers:\n{sections['BGP status']}"
+    u3 = dict(_sections(chunks["ubuntu-3"]))
+    veth = view.pod("net-test")["host_veth"]
+    assert f"{veth} proxy_arp=1 forwarding=1 route_localnet=1" in u3["cali* sysctls"], \
+        f"ubuntu-3: cali* sysctls:\n{u3['cali* sysctls']}"
+    assert "10.20.30.1 dev ens32 lladdr" in u3["neighbours"], f"ubuntu-3: neighbours:\n{u3['neighbours']}"
+    keys = chunks["etcd keys"]
+    assert keys.startswith("/labnet/\n") and re.search(r"\(\d+ keys\)", keys), f"etcd keys:\n{keys[:2000]}"
+    for node in NODES:
+        for block in view.blocks(node):
+            cidr = str(block).replace("/", "-")
+            for needle in (f"{node}/ipv4/block/{cidr}", f'"affinity": "host:{node}"'):
+                assert needle in keys, f"etcd keys lack {needle!r} ({node}'s block {block}):\n{keys[:3000]}"
+
+
+def _sections(chunk: str) -> list[tuple[str, str]]:
+    out = []
+    for part in ("\n" + chunk).split("\n--- ")[1:]:
+        title, _, body = part.partition("\n")
+        out.append((title.split(":", 1)[0], body))
+    return out
+
+
+TESTINFRA_TESTS = '''
+import json
+from labnet.labview import LabView
+
+
+def test_node_and_pod_view(host):
+    view = LabView(host.backend.lab)
+    if host.backend.pod is None:
+        assert host.check_output("hostname") == "ubuntu-3"
+        (block,) = view.blocks("ubuntu-3")
+        assert host.interface("tunl0").addresses == [str(block.network_address)]
+        veth = view.pod("net-test")["host_veth"]
+        assert host.sysctl(f"net.ipv4.conf.{veth}.proxy_arp") == 1
+        conflist = host.file("/etc/cni/net.d/10-labnet.conflist")
+        assert conflist.exists and json.loads(conflist.content_string)["name"] == "k8s-pod-network"
+        assert host.socket("tcp://0.0.0.0:179").is_listening
+    else:
+        assert host.interface("eth0").addresses[0] == view.pod("net-test")["ip"]  # then its fe80:: address
+        assert host.check_output("ip route show default").strip() == "default via 169.254.1.1 dev eth0"
+        assert not host.socket("tcp://0.0.0.0:179").is_listening
+'''
+
+
+def test_testinfra_hosts_option_with_testinfras_own_host_fixture(pytester: pytest.Pytester, seed_lab: str) -> None:
+    """`pytest --hosts=labnet://<lab>/<node>[/<pod>]`: testinfra's `host` fixture sees the node's and pod's view."""
+    pytester.makepyfile(test_infra=TESTINFRA_TESTS)
+    hosts = f"labnet://{seed_lab}/ubuntu-3,labnet://{seed_lab}/ubuntu-3/net-test"
+    res = pytester.runpytest_subprocess("test_infra.py", f"--hosts={hosts}", "-v", "-p", "no:cacheprovider",
+                                        "--strict-markers")
+    res.assert_outcomes(passed=2)
+    res.stdout.fnmatch_lines([f"*test_node_and_pod_view?labnet://{seed_lab}/ubuntu-3? PASSED*",
+                              f"*test_node_and_pod_view?labnet://{seed_lab}/ubuntu-3/net-test? PASSED*"])

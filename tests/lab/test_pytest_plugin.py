@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import textwrap
+import xml.etree.ElementTree as ET
 
 import pytest
 from _labtools import labnet, snapshot
@@ -29,6 +31,11 @@ scenarios:
 """
 
 
+# Every run uses --strict-markers: pytester's directory has no pyproject, so `lab` and `topology`
+# must be registered by the plugin itself.
+STRICT = "--strict-markers"
+
+
 def _write(pytester: pytest.Pytester, name: str) -> str:
     path = pytester.path / f"{name}.yaml"
     path.write_text(UNDERLAY.format(name=name))
@@ -39,7 +46,7 @@ def test_k_selects_one_scenario(pytester: pytest.Pytester) -> None:
     name = "t-plug-k"
     before = snapshot(name)
     f = _write(pytester, name)
-    res = pytester.runpytest_subprocess(f, "-k", "reach-ext", "-v")
+    res = pytester.runpytest_subprocess(STRICT, f, "-k", "reach-ext", "-v")
     res.assert_outcomes(passed=1, deselected=2)
     res.stdout.fnmatch_lines(["*reach-ext PASSED*"])
     assert not snapshot(name).leftovers(before), "the session's lab was not removed"
@@ -48,7 +55,7 @@ def test_k_selects_one_scenario(pytester: pytest.Pytester) -> None:
 def test_topology_name_is_a_keyword(pytester: pytest.Pytester) -> None:
     name = "t-plug-kw"
     f = _write(pytester, name)
-    res = pytester.runpytest_subprocess(f, "-k", f"{name} and reach-", "--collect-only", "-q")
+    res = pytester.runpytest_subprocess(STRICT, f, "-k", f"{name} and reach-", "--collect-only", "-q")
     res.stdout.fnmatch_lines(["*reach-ext*", "*reach-peer*"])
     assert "must-not-reach" not in res.stdout.str()
 
@@ -57,7 +64,7 @@ def test_failing_scenario_reads_well_and_carries_diagnostics(pytester: pytest.Py
     name = "t-plug-fail"
     before = snapshot(name)
     f = _write(pytester, name)
-    res = pytester.runpytest_subprocess(f, "-k", "must-not-reach", "--labnet-timeout", "1")
+    res = pytester.runpytest_subprocess(STRICT, f, "-k", "must-not-reach", "--labnet-timeout", "1")
     res.assert_outcomes(failed=1)
     out = res.stdout.str()
     assert "scenario must-not-reach of lab t-plug-fail" in out
@@ -78,6 +85,14 @@ def test_fixtures_and_testinfra_in_a_user_test_file(pytester: pytest.Pytester) -
 
         pytestmark = pytest.mark.topology("{name}.yaml")
 
+        @pytest.fixture(scope="module")
+        def h1_default_route(lab, node):
+            # a user's module-scoped fixture on top of the plugin's (ScopeMismatch if `lab` were per test)
+            return assert_route(node("h1"), {{"dst": "default", "gateway": "10.61.0.1"}})
+
+        def test_module_scoped_user_fixture(h1_default_route, lab):
+            assert h1_default_route.ok and h1_default_route.target == lab.node("h1").name
+
         def test_ping(lab, node):
             assert_ping(node("h1"), lab.address("h2"))
 
@@ -91,8 +106,8 @@ def test_fixtures_and_testinfra_in_a_user_test_file(pytester: pytest.Pytester) -
             assert h.sysctl("net.ipv4.ip_forward") == 0
             assert labhost("gw").sysctl("net.ipv4.ip_forward") == 1
     """))
-    res = pytester.runpytest_subprocess("test_user.py", "-v")
-    res.assert_outcomes(passed=3)
+    res = pytester.runpytest_subprocess(STRICT, "test_user.py", "-v")
+    res.assert_outcomes(passed=4)
     assert not snapshot(name).leftovers(before)
 
 
@@ -102,13 +117,65 @@ def test_attach_reuses_a_running_lab_and_leaves_it(pytester: pytest.Pytester) ->
     f = _write(pytester, name)
     labnet("up", f, "-q")
     try:
-        res = pytester.runpytest_subprocess(f, "--labnet-attach", name, "-k", "reach-peer")
+        res = pytester.runpytest_subprocess(STRICT, f, "--labnet-attach", name, "-k", "reach-peer")
         res.assert_outcomes(passed=1, deselected=2)
         rows = json.loads(labnet("status", "-l", name, "--json").stdout)
         assert rows and rows[0]["state"] == "up", "an attached lab must be left running"
+        _session_fixture_with_labnet_topology(pytester, f, name)
+        _labnet_check_of_a_failing_scenario(pytester, f, name)
     finally:
         labnet("down", "--name", name)
     assert not snapshot(name).leftovers(before)
+
+
+def _session_fixture_with_labnet_topology(pytester: pytest.Pytester, f: str, name: str) -> None:
+    """--labnet-topology makes `lab` session-wide: a user's session fixture can use it; the lab
+    was running already (labnet up), so the session uses it and leaves it."""
+    pytester.makepyfile(test_session=textwrap.dedent("""
+        import pathlib, pytest
+        from labnet.checks import assert_ping
+
+        @pytest.fixture(scope="session")
+        def h1(node):
+            return node("h1")
+
+        @pytest.mark.lab
+        def test_session_scoped_user_fixture(h1, lab):
+            assert_ping(h1, lab.address("h2"))
+            pathlib.Path("used").write_text(f"{lab.name} built={lab.built}")
+    """))
+    res = pytester.runpytest_subprocess(STRICT, "test_session.py", "--labnet-topology", f)
+    res.assert_outcomes(passed=1)
+    used = (pytester.path / "used").read_text()
+    assert used == f"{name} built=False", f"lab used by the --labnet-topology session: {used!r}"
+    rows = json.loads(labnet("status", "-l", name, "--json").stdout)
+    assert rows and rows[0]["state"] == "up", f"lab {name} was running before the session and must stay: {rows}"
+
+
+def _labnet_check_of_a_failing_scenario(pytester: pytest.Pytester, f: str, name: str) -> None:
+    """`labnet check FILE SCENARIO --junit X --json` on a scenario that fails: exit 1, both reports say why."""
+    junit = pytester.path / "out" / "check.xml"
+    res = labnet("check", f, "must-not-reach", "-l", name, "--json", "--junit", str(junit), "--timeout", "1",
+                 check=False)
+    assert res.returncode == 1, f"labnet check of a failing scenario exited {res.returncode}\n{res.stdout}{res.stderr}"
+    doc = json.loads(res.stdout)
+    assert doc["ok"] is False and doc["failed"] == 1 and doc["passed"] == 0, doc
+    (r,) = doc["results"]
+    assert r["ok"] is False and r["target"] == "h1", r
+    assert r["name"] == "no ping h2 (10.61.0.12)", r
+    assert r["detail"] == "expected no reply from h2 (10.61.0.12); actual 1/1 replies from h2 (10.61.0.12)", r
+    assert re.search(r"\(waited \d+\.\ds, \d+ attempts?\)", r["message"]), r["message"]
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert suite is not None and suite.attrib["failures"] == "1" and suite.attrib["tests"] == "1", \
+        ET.tostring(ET.parse(junit).getroot(), encoding="unicode")
+    (case,) = suite.findall("testcase")
+    assert case.attrib["classname"] == f"labnet.{name}.h1" and case.attrib["name"] == r["name"], case.attrib
+    fail = case.find("failure")
+    assert fail is not None and fail.text is not None, f"no <failure> in {junit}"
+    assert fail.attrib["message"] == r["detail"], fail.attrib
+    for needle in ("check failed on h1", "expected: no reply from h2 (10.61.0.12)",
+                   "actual:   1/1 replies from h2 (10.61.0.12)", "waited"):
+        assert needle in fail.text, f"JUnit <failure> lacks {needle!r}:\n{fail.text}"
 
 
 def test_keep_on_failure_keeps_the_lab_and_says_how_to_inspect(pytester: pytest.Pytester) -> None:
@@ -116,7 +183,7 @@ def test_keep_on_failure_keeps_the_lab_and_says_how_to_inspect(pytester: pytest.
     before = snapshot(name)
     f = _write(pytester, name)
     try:
-        res = pytester.runpytest_subprocess(f, "-k", "must-not-reach", "--labnet-timeout", "1",
+        res = pytester.runpytest_subprocess(STRICT, f, "-k", "must-not-reach", "--labnet-timeout", "1",
                                             "--labnet-keep-on-failure")
         res.assert_outcomes(failed=1)
         res.stdout.fnmatch_lines([f"*kept lab {name}*", f"*labnet down --name {name}*"])
@@ -139,7 +206,7 @@ def test_ctrl_c_during_a_session_leaves_nothing(pytester: pytest.Pytester) -> No
             while True:
                 time.sleep(0.1)  # noqa: sleep (waits for the test's SIGINT)
     """))
-    proc = pytester.popen([*pytester._getpytestargs(), "test_slow.py"], stdin=None)
+    proc = pytester.popen([*pytester._getpytestargs(), STRICT, "test_slow.py"], stdin=None)
     try:
         poll(lambda: (pytester.path / "lab-is-up").exists(), timeout=120, what="the lab in the pytest session")
         proc.send_signal(signal.SIGINT)
@@ -164,7 +231,7 @@ def test_xdist_workers_build_their_own_labs(pytester: pytest.Pytester) -> None:
             assert_ping(node("h1"), lab.address("h2"))
             pathlib.Path(f"used-{{n}}").write_text(lab.name)
     """))
-    res = pytester.runpytest_subprocess("test_two.py", "-n", "2", "-p", "xdist")
+    res = pytester.runpytest_subprocess(STRICT, "test_two.py", "-n", "2", "-p", "xdist")
     res.assert_outcomes(passed=2)
     used = {(pytester.path / f"used-{n}").read_text() for n in (1, 2)}
     assert used == {f"{name}-gw0", f"{name}-gw1"}, f"labs used by the workers: {used}"
