@@ -1,4 +1,9 @@
-"""The pod datapath, modelled on Calico's CNI plugin (netlink through pyroute2).
+"""The pod datapath, modelled on Calico's CNI plugin.
+
+ADD builds it in two steps so the plugin can overlap them with IPAM: `prepare` creates the
+veth pair (no address needed), `finish` adds address, routes, MTU and links up; both go
+through labnet.cni.nlbatch (pyroute2's messages, batched). The rarer paths (leftovers of an
+earlier attempt, DEL, CHECK) use pyroute2's IPRoute.
 
   node:  caliXXXXXXXXXXX (MAC ee:ee:ee:ee:ee:ee, up), proxy_arp=1, neigh proxy_delay=0,
          forwarding=1, route_localnet=1;  route `<ip> dev caliX scope link`
@@ -26,6 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from labnet.cni import nlbatch
 from labnet.cni._netlink import IPRoute, NetlinkError
 
 HOST_MAC = "ee:ee:ee:ee:ee:ee"
@@ -152,69 +158,138 @@ def _pod_state(ifname: str, ipr: Any) -> tuple[str, list[str], str] | None:
     return str(link.get_attr("IFLA_ADDRESS")), addrs, str(link.get_attr("IFLA_OPERSTATE"))
 
 
-def setup(host_if: str, netns: str, ifname: str, address: str, mtu: int) -> Endpoint:
-    """Create (or find intact) the veth pair, addresses, routes and sysctls for one pod."""
-    with IPRoute() as node:
-        # One pod-side socket for the whole setup: a netlink socket stays bound to the netns it
-        # was opened in, so it works from here after the thread has gone back to the node's.
-        with in_netns(netns):
-            pod = IPRoute()
-        try:
-            # Create first (the usual case, no lookups): EEXIST means a name is taken, by the
-            # pair of an earlier attempt (intact: done) or by leftovers (removed, then create).
-            if not _add_pair(node, netns, host_if, ifname, mtu, exist_ok=True):
-                idx = _index(node, host_if)
-                if idx is not None:
-                    state = _pod_state(ifname, pod)
-                    host = node.link("get", index=idx)[0]
-                    if state and f"{address}/32" in state[1] and host.get_attr("IFLA_LINK_NETNSID") is not None:
-                        return Endpoint(host_if, str(host.get_attr("IFLA_ADDRESS")), ifname, state[0], address,
-                                        False)
-                    node.link("del", index=idx)  # stale: from an older attempt, rebuild it
-                stale = _index(pod, ifname)
-                if stale is not None:
-                    pod.link("del", index=stale)
-                _add_pair(node, netns, host_if, ifname, mtu, exist_ok=False)
-            pod_mac = _configure(node, pod, host_if, netns, ifname, address)
-        finally:
-            pod.close()
-    return Endpoint(host_if, HOST_MAC, ifname, pod_mac, address, True)
+@dataclass
+class Pair:
+    """A veth pair made (or found) before the pod's address is known: the CNI plugin builds it
+    while IPAM runs, and finishes it with `finish` (or undoes it with `discard`)."""
+
+    node: nlbatch.Socket  # in the node's netns
+    pod: nlbatch.Socket  # opened in the pod's netns (a netlink socket stays bound there)
+    host_if: str
+    netns: str
+    ifname: str
+    created: bool  # False: the names were taken (an earlier attempt); `finish` decides what to keep
+    index: int = 0  # of a created pair: host end, pod end, and the pod end's MAC
+    pod_index: int = 0
+    pod_mac: str = ""
+
+    def close(self) -> None:
+        self.pod.close()
+        self.node.close()
 
 
-def _add_pair(node: Any, netns: str, host_if: str, ifname: str, mtu: int, exist_ok: bool) -> bool:
-    """Create the veth pair (host MAC set at creation); False on EEXIST if `exist_ok`."""
-    pod_fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+def prepare(host_if: str, netns: str, ifname: str) -> Pair:
+    """Create the veth pair (host MAC set, host sysctls written, both ends down), or find the
+    names taken. Needs neither the address nor the MTU."""
+    node = nlbatch.Socket()
     try:
-        node.link("add", ifname=host_if, kind="veth", mtu=mtu, address=HOST_MAC,
-                  peer={"ifname": ifname, "net_ns_fd": pod_fd, "mtu": mtu})
-    except NetlinkError as exc:
-        if exist_ok and exc.code == errno.EEXIST:
-            return False
+        with in_netns(netns):
+            pod = nlbatch.Socket()
+    except BaseException:
+        node.close()
         raise
+    pair = Pair(node, pod, host_if, netns, ifname, False)
+    try:
+        # Create first (the usual case, no lookups): EEXIST means a name is taken, by the pair
+        # of an earlier attempt (kept if intact) or by leftovers (rebuilt); `finish` tells which.
+        _create(pair)
+    except BaseException:
+        discard(pair)
+        raise
+    return pair
+
+
+def _create(pair: Pair) -> bool:
+    """Create the pair, read both ends' indexes and the pod end's MAC, write the host sysctls.
+    False if a name is taken; `pair.created` says whether this call made it."""
+    pod_fd = os.open(pair.netns, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        made, found = pair.node.batch([nlbatch.veth_add(pair.host_if, HOST_MAC, pair.ifname, pod_fd),
+                                       nlbatch.link_get(pair.host_if)])
     finally:
         os.close(pod_fd)
+    if made.error == errno.EEXIST:
+        return False
+    made.ok()
+    pair.created = True
+    pair.index, _ = nlbatch.index_and_mac(found)
+    try:
+        pair.pod_index, pair.pod_mac = nlbatch.index_and_mac(pair.pod.batch([nlbatch.link_get(pair.ifname)])[0])
+    except OSError as exc:
+        raise DatapathError(f"{pair.ifname} did not appear in pod netns {pair.netns}: {exc}") from exc
+    for rel, value in SYSCTLS:  # /proc/sys/net is the node's: this thread is in the node netns
+        _sysctl_write(rel.format(pair.host_if), value)
     return True
 
 
-def _configure(node: Any, pod: Any, host_if: str, netns: str, ifname: str, address: str) -> str:
-    """Sysctls, addresses, routes and link states of a fresh pair; the pod interface's MAC."""
-    idx = _index(node, host_if)
-    if idx is None:
-        raise DatapathError(f"veth {host_if} vanished right after creation")
-    for rel, value in SYSCTLS:  # /proc/sys/net is the node's: this thread is in the node netns
-        _sysctl_write(rel.format(host_if), value)
-    try:  # index and MAC in one request (setting the link up does not change its MAC)
-        link = pod.link("get", ifname=ifname)[0]
-    except NetlinkError as exc:
-        raise DatapathError(f"{ifname} did not appear in pod netns {netns}: {exc}") from exc
-    pidx = int(link["index"])
-    pod.link("set", index=pidx, state="up")
-    pod.addr("add", index=pidx, address=address, prefixlen=32)
-    pod.route("add", dst=f"{GATEWAY}/32", oif=pidx, scope=RT_SCOPE_LINK, proto=RTPROT_BOOT)
-    pod.route("add", dst="0.0.0.0/0", gateway=GATEWAY, oif=pidx, proto=RTPROT_BOOT)
-    node.link("set", index=idx, state="up")
-    node.route("replace", dst=f"{address}/32", oif=idx, scope=RT_SCOPE_LINK, proto=RTPROT_BOOT)
-    return str(link.get_attr("IFLA_ADDRESS"))
+def finish(pair: Pair, address: str, mtu: int) -> Endpoint:
+    """Address, routes, MTU and link states on a prepared pair; an intact pair from an earlier
+    ADD of the same container is kept as it is. Closes the pair's sockets."""
+    try:
+        if not pair.created:
+            kept = _keep_or_clear(pair, address)
+            if kept is not None:
+                pair.close()
+                return kept
+            if not _create(pair):
+                raise DatapathError(f"veth {pair.host_if} or {pair.ifname} came back while being rebuilt")
+        # One batch per netns. The kernel runs them in order and answers each; a failure does
+        # not stop the rest, but the first one fails the ADD and the pair goes.
+        pidx, idx = pair.pod_index, pair.index
+        for answer in pair.pod.batch([
+            nlbatch.link_up(pidx, mtu, pair.ifname),
+            nlbatch.addr_add(pidx, address, 32, pair.ifname),
+            nlbatch.route(GATEWAY, 32, pidx, RT_SCOPE_LINK, RTPROT_BOOT),
+            nlbatch.route("0.0.0.0", 0, pidx, RT_SCOPE_UNIVERSE, RTPROT_BOOT, gateway=GATEWAY),
+        ]) + pair.node.batch([
+            nlbatch.link_up(idx, mtu, pair.host_if),
+            nlbatch.route(address, 32, idx, RT_SCOPE_LINK, RTPROT_BOOT, replace=True),
+        ]):
+            answer.ok()
+    except BaseException:
+        discard(pair)  # nothing half-built stays: the pair goes if this ADD made it
+        raise
+    pair.close()
+    return Endpoint(pair.host_if, HOST_MAC, pair.ifname, pair.pod_mac, address, True)
+
+
+def _keep_or_clear(pair: Pair, address: str) -> Endpoint | None:
+    """Names were taken: the Endpoint if it is this pod's intact pair, else remove the leftovers."""
+    with IPRoute() as node:
+        idx = _index(node, pair.host_if)
+        with in_netns(pair.netns):
+            pod = IPRoute()
+        try:
+            if idx is not None:
+                state = _pod_state(pair.ifname, pod)
+                host = node.link("get", index=idx)[0]
+                if state and f"{address}/32" in state[1] and host.get_attr("IFLA_LINK_NETNSID") is not None:
+                    return Endpoint(pair.host_if, str(host.get_attr("IFLA_ADDRESS")), pair.ifname, state[0],
+                                    address, False)
+                node.link("del", index=idx)  # stale: from an older attempt, rebuild it
+            stale = _index(pod, pair.ifname)
+            if stale is not None:
+                pod.link("del", index=stale)
+        finally:
+            pod.close()
+    return None
+
+
+def discard(pair: Pair) -> None:
+    """Undo `prepare` (the ADD failed): remove the pair if this ADD made it; close its sockets."""
+    try:
+        if pair.created:
+            with IPRoute() as node:
+                idx = _index(node, pair.host_if)
+                if idx is not None:
+                    node.link("del", index=idx)  # the pod end goes with it
+    finally:
+        pair.close()
+
+
+def setup(host_if: str, netns: str, ifname: str, address: str, mtu: int) -> Endpoint:
+    """Create (or find intact) the veth pair, addresses, routes and sysctls for one pod."""
+    return finish(prepare(host_if, netns, ifname), address, mtu)
 
 
 def teardown(host_if: str, netns: str | None, ifname: str) -> bool:

@@ -34,7 +34,10 @@ def handle_id(conf: dict[str, Any], container_id: str) -> str:
 
 
 def _pool(conf: dict[str, Any], store: Any, memo: settings.RequestMemo | None = None) -> ipam.Pool:
-    c = settings.cluster(conf, store, memo)
+    return _pool_of(settings.cluster(conf, store, memo))
+
+
+def _pool_of(c: settings.Cluster) -> ipam.Pool:
     try:
         return ipam.Pool(c.pool_cidr, c.block_size)
     except ValueError as exc:
@@ -66,9 +69,14 @@ def _dispatch(env: Env, conf: dict[str, Any], store: Any,
     if env.command == "ADD":
         if (conf.get("args") or {}).get("cni", {}).get("ips") or (conf.get("runtimeConfig") or {}).get("ips"):
             raise CniError(2, "static IPs (args.cni.ips / runtimeConfig.ips) are not supported by labnet-ipam")
-        pool = _pool(conf, store, memo)
+        hid = handle_id(conf, env.container_id)
+        # One read for the settings, the handle and the blocks; the plugin's MTU reuses the settings.
+        first = ipam.first_read(store, hid, settings.CLUSTER_KEY)
+        if memo is not None:
+            memo.prime(settings.CLUSTER_KEY, first.keys[settings.CLUSTER_KEY])
+        pool = _pool_of(settings.cluster_from(conf, first.keys[settings.CLUSTER_KEY]))
         attrs = {"node": node, "pod": env.pod or "", "namespace": env.namespace, "containerID": env.container_id}
-        a = ipam.auto_assign(store, node, handle_id(conf, env.container_id), pool, attrs)
+        a = ipam.auto_assign(store, node, hid, pool, attrs, first=first)
         result = {"ips": [{"address": f"{a.address}/32"}], "routes": [], "dns": {},
                   "labnet": {**a.to_json(), "pool": pool.cidr, "node": node}}
         return convert(result, version)

@@ -1,7 +1,8 @@
 """`labnet`: the CNI network plugin (Calico's `calico` plugin, reduced to IPv4 + etcd).
 
 ADD: delegate to the IPAM plugin named in `ipam.type` (exec'd from CNI_PATH, as libcni
-does), build the veth datapath, record the workload endpoint in etcd, print the result.
+does) and create the veth pair while it runs; then add the address and routes while the
+workload endpoint goes to etcd, and print the result. A failure undoes every step.
 DEL: tear down whatever is left, drop the endpoint, delegate DEL; succeeds when nothing is
 left. CHECK compares kernel + IPAM + datastore with prevResult. GC removes endpoints and
 addresses of attachments the runtime no longer lists. STATUS says whether ADD can work.
@@ -137,50 +138,80 @@ def _wep_key(node: str, env: Env) -> str:
     return keys.workload_endpoint(node, env.pod or env.container_id, env.container_id)
 
 
-def _mtu(conf: dict[str, Any], store: Any, memo: settings.RequestMemo | None = None) -> int:
-    from labnet.cni.datapath import underlay_mtu
-
+def _mtu(conf: dict[str, Any], store: Any, memo: settings.RequestMemo | None, underlay: int) -> int:
     c = settings.cluster(conf, store, memo)
     if c.mtu:
         return c.mtu
     overhead = {"ipip": settings.IPIP_OVERHEAD, "vxlan": settings.VXLAN_OVERHEAD}.get(c.encapsulation or "", 0)
-    return underlay_mtu() - overhead
+    return underlay - overhead
+
+
+def _give_back(env: Env, conf: dict[str, Any], ipam: _Delegate, services: Services) -> None:
+    """Release what the IPAM plugin assigned for an ADD that fails (its own errors are moot)."""
+    try:
+        if ipam.result():
+            delegate(env, conf, "DEL", services)
+    except CniError:
+        pass
 
 
 def cmd_add(env: Env, conf: dict[str, Any], store: Any, ipam: _Delegate, services: Services) -> dict[str, Any]:
     from labnet.cni import datapath
 
     node = settings.nodename(conf)
-    try:
-        mtu = _mtu(conf, store, services.memo)
-    except BaseException:
-        try:  # give back what the IPAM plugin may have assigned meanwhile
-            if ipam.result():
-                delegate(env, conf, "DEL", services)
-        except CniError:
-            pass
-        raise
-    ipam_result = normalize(ipam.result() or {})
-    if not ipam_result["ips"]:
-        raise CniError(DELEGATE_FAILED, "IPAM plugin returned no IP address")
-    address = ipam_result["ips"][0]["address"].split("/")[0]
     host_if = _host_if(env)
+    # The veth pair needs no address: it is made while IPAM runs, and finished once the
+    # address is known; the workload endpoint is written while the routes go in.
     try:
-        ep = datapath.setup(host_if, env.netns, env.ifname, address, mtu)
+        pair = datapath.prepare(host_if, env.netns, env.ifname)
+    except Exception as exc:
+        _give_back(env, conf, ipam, services)
+        raise CniError(DATAPATH_FAILED, f"node {node}: creating {host_if} <-> {env.ifname} in {env.netns} failed: "
+                       f"{type(exc).__name__}: {exc}") from exc
+    try:
+        underlay = datapath.underlay_mtu()
+        ipam_result = normalize(ipam.result() or {})
+        if not ipam_result["ips"]:
+            raise CniError(DELEGATE_FAILED, "IPAM plugin returned no IP address")
+        mtu = _mtu(conf, store, services.memo, underlay)
+    except BaseException:
+        datapath.discard(pair)
+        _give_back(env, conf, ipam, services)
+        raise
+    address = ipam_result["ips"][0]["address"].split("/")[0]
+    info = ipam_result.get("labnet") or {}
+
+    def wep(mac: str) -> str:
+        return json.dumps({
+            "pod": env.pod or env.container_id, "namespace": env.namespace, "node": node,
+            "containerID": env.container_id, "network": conf["name"], "interface": host_if, "ifname": env.ifname,
+            "ip": f"{address}/32", "mac": mac, "netns": env.netns, "labels": _labels(env, conf),
+            "block": info.get("block"), "borrowed": bool(info.get("borrowed")), "mtu": mtu,
+        })
+
+    wep_key = _wep_key(node, env)
+    early = _Background(lambda: store.put(wep_key, wep(pair.pod_mac))) if pair.created else None
+    try:
+        ep = datapath.finish(pair, address, mtu)
     except Exception as exc:
         try:
-            delegate(env, conf, "DEL", services)
-        finally:
-            raise CniError(DATAPATH_FAILED, f"node {node}: setting up {host_if} <-> {env.ifname} in {env.netns} "
-                           f"for {address} failed: {type(exc).__name__}: {exc}") from exc
-    info = ipam_result.get("labnet") or {}
-    wep = {
-        "pod": env.pod or env.container_id, "namespace": env.namespace, "node": node,
-        "containerID": env.container_id, "network": conf["name"], "interface": host_if, "ifname": env.ifname,
-        "ip": f"{address}/32", "mac": ep.container_mac, "netns": env.netns, "labels": _labels(env, conf),
-        "block": info.get("block"), "borrowed": bool(info.get("borrowed")), "mtu": mtu,
-    }
-    store.put(_wep_key(node, env), json.dumps(wep))
+            if early is not None:
+                early.join()
+                store.delete(wep_key)
+        except Exception:
+            pass
+        _give_back(env, conf, ipam, services)
+        raise CniError(DATAPATH_FAILED, f"node {node}: setting up {host_if} <-> {env.ifname} in {env.netns} "
+                       f"for {address} failed: {type(exc).__name__}: {exc}") from exc
+    try:
+        if early is not None:
+            early.join()
+        else:
+            store.put(wep_key, wep(ep.container_mac))
+    except BaseException:
+        datapath.teardown(host_if, env.netns, env.ifname)
+        _give_back(env, conf, ipam, services)
+        raise
     prev = normalize(conf["prevResult"]) if isinstance(conf.get("prevResult"), dict) else None
     base = len(prev["interfaces"]) if prev else 0
     result: dict[str, Any] = {
@@ -194,6 +225,29 @@ def cmd_add(env: Env, conf: dict[str, Any], store: Any, ipam: _Delegate, service
     if info:
         result["labnet"] = info
     return convert(result, version_of(conf))
+
+
+class _Background:
+    """One call on a thread; join() returns its result or raises its exception."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self._out: tuple[bool, Any] = (False, None)
+
+        def go() -> None:
+            try:
+                self._out = (True, fn())
+            except BaseException as exc:
+                self._out = (False, exc)
+
+        self._thread = threading.Thread(target=go, name="cni-background", daemon=True)
+        self._thread.start()
+
+    def join(self) -> Any:
+        self._thread.join()
+        ok, value = self._out
+        if not ok:
+            raise value
+        return value
 
 
 def cmd_del(env: Env, conf: dict[str, Any], store: Any, ipam: _Delegate) -> None:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from labnet.etcd.store import KV, Datastore
 
 NODENAME_FILE = "/var/lib/labnet/nodename"
+CLUSTER_KEY = keys.config("cluster")
 IPIP_OVERHEAD = 20
 VXLAN_OVERHEAD = 50
 
@@ -140,12 +141,25 @@ class RequestMemo:
                 fut.set_exception(exc)
         return fut.result()
 
+    def prime(self, key: str, kv: KV | None) -> None:
+        """Record a read made elsewhere (in a multi-key read); a read already under way wins."""
+        with self._lock:
+            if key not in self._reads:
+                fut: Future[KV | None] = Future()
+                fut.set_result(kv)
+                self._reads[key] = fut
+
 
 def cluster(conf: dict[str, Any], store: Datastore, memo: RequestMemo | None = None) -> Cluster:
     try:
-        kv = memo.get(store, keys.config("cluster")) if memo is not None else store.get(keys.config("cluster"))
+        kv = memo.get(store, CLUSTER_KEY) if memo is not None else store.get(CLUSTER_KEY)
     except DatastoreUnavailable as exc:
         raise unavailable(conf, exc) from exc
+    return cluster_from(conf, kv)
+
+
+def cluster_from(conf: dict[str, Any], kv: KV | None) -> Cluster:
+    """The lab settings record (`kv`, as read from etcd) with the network config's overrides."""
     doc: dict[str, Any] = json.loads(kv.value) if kv else {}
     pool: dict[str, Any] = dict(doc.get("pool") or {})
     ipam_conf = conf.get("ipam") or {}

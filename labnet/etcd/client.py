@@ -24,7 +24,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -34,7 +34,7 @@ import urllib3.exceptions
 from etcd3gw import exceptions as gw_exc
 from etcd3gw.client import Etcd3Client
 
-from labnet.etcd.store import KV, Conflict, DatastoreUnavailable, EtcdConfig, Event, LeaseExpired
+from labnet.etcd.store import KV, Conflict, DatastoreUnavailable, EtcdConfig, Event, LeaseExpired, Snapshot
 
 T = TypeVar("T")
 
@@ -251,6 +251,25 @@ class EtcdStore:
             now = self.get(key)
             actual = now.mod_revision if now else 0
             raise Conflict(f"{key}: expected mod_revision {mod_revision}, found {actual}")
+
+    def cas_many(self, writes: Sequence[tuple[str, bytes | str, int]]) -> bool:
+        what = "cas " + ", ".join(f"{k}@{rev}" for k, _, rev in writes)
+        res = self._txn(what, [self._compare_rev(k, rev) for k, _, rev in writes],
+                        [{"request_put": {"key": _b64(k), "value": _b64(v)}} for k, v, _ in writes])
+        return bool(res.get("succeeded", False))
+
+    def snapshot(self, keys: Sequence[str] = (), prefixes: Sequence[str] = ()) -> Snapshot:
+        """One txn with no compares: its reads all see the same revision."""
+        reads: list[dict[str, dict[str, Any]]] = [{"request_range": {"key": _b64(k)}} for k in keys]
+        reads += [{"request_range": {"key": _b64(p) if p else _b64(b"\0"), "range_end": _b64(prefix_end(p)),
+                                     "sort_order": 1, "sort_target": 0}} for p in prefixes]
+        what = "read " + ", ".join([*keys, *(repr(p) for p in prefixes)])
+        responses = self._txn(what, [], reads).get("responses") or []
+        if len(responses) != len(reads):
+            raise DatastoreUnavailable(f"etcd {what}: expected {len(reads)} answers, got {len(responses)}")
+        found = [[_kv(i) for i in (r.get("response_range") or {}).get("kvs") or []] for r in responses]
+        return Snapshot({k: (f[0] if f else None) for k, f in zip(keys, found, strict=False)},
+                        dict(zip(prefixes, found[len(keys):], strict=True)))
 
     def delete(self, key: str, mod_revision: int | None = None) -> bool:
         if mod_revision is None:

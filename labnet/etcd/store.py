@@ -6,7 +6,7 @@ etcd). Keys are plain str, values bytes; every write that can race uses `cas`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -41,6 +41,14 @@ class EtcdConfig:
     extra: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """What `Datastore.snapshot` read: each key (None if absent) and each prefix's KVs, sorted."""
+
+    keys: dict[str, KV | None]
+    prefixes: dict[str, list[KV]]
+
+
 class DatastoreUnavailable(Exception):
     """etcd could not be reached (CNI maps this to code 11, try again)."""
 
@@ -64,6 +72,15 @@ class Datastore(Protocol):
 
     def cas(self, key: str, value: bytes | str, mod_revision: int, lease: int | None = None) -> bool:
         """Write only if the key's mod_revision is `mod_revision` (0: the key must not exist)."""
+        ...
+
+    def cas_many(self, writes: Sequence[tuple[str, bytes | str, int]]) -> bool:
+        """All of `writes` (key, value, mod_revision as in `cas`) in one atomic step, or none:
+        False if any key's revision moved."""
+        ...
+
+    def snapshot(self, keys: Sequence[str] = (), prefixes: Sequence[str] = ()) -> Snapshot:
+        """Several keys and prefixes read at one revision (one round trip)."""
         ...
 
     def delete(self, key: str, mod_revision: int | None = None) -> bool:

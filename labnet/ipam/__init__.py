@@ -1,7 +1,7 @@
 """Block-affinity IPAM (Calico's model) over the Datastore Protocol.
 
 The agent calls `tunnel_address`; checks and doctor call `blocks_of` and `usage`; the CNI
-IPAM plugin calls `auto_assign`, `lookup`, `release` and `gc`.
+IPAM plugin calls `first_read`, `auto_assign`, `lookup`, `release` and `gc`.
 """
 
 from labnet.ipam.allocator import (
@@ -14,6 +14,7 @@ from labnet.ipam.allocator import (
     auto_assign,
     blocks_of,
     cluster_pool,
+    first_read,
     gc,
     lookup,
     release,
@@ -24,5 +25,5 @@ from labnet.ipam.allocator import (
 
 __all__ = [
     "Assignment", "Block", "IpamConflict", "IpamError", "Pool", "PoolExhausted", "auto_assign",
-    "blocks_of", "cluster_pool", "gc", "lookup", "release", "tunnel_address", "tunnel_handle", "usage",
+    "blocks_of", "cluster_pool", "first_read", "gc", "lookup", "release", "tunnel_address", "tunnel_handle", "usage",
 ]

@@ -2,8 +2,9 @@
 
 The pool is cut into blocks (/26 by default). A node claims a whole block by creating the
 block record with a compare-and-swap on "absent"; it then hands out addresses from its own
-blocks, one compare-and-swap on the block per address. Every write that can race is a cas
-on the key's mod_revision and is retried after re-reading on conflict, so any number of
+blocks: per address, one read of the handle and every block at one revision, then one
+transaction writing the block and the handle, each compared on its mod_revision. Every write
+that can race is compared so, and redone after re-reading on conflict, so any number of
 concurrent CNI processes (on one node or many) never hand out one address twice.
 
 Block record (JSON at keys.block(cidr)), Calico's AllocationBlock reduced to IPv4:
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from labnet.etcd import keys
-from labnet.etcd.store import KV, Datastore
+from labnet.etcd.store import KV, Datastore, Snapshot
 
 MAX_ATTEMPTS = 2000  # cas retries; each failure means another writer made progress
 
@@ -160,16 +161,6 @@ class Block:
         self.attributes.pop(handle_id, None)
         return freed
 
-    def undo(self, ordinal: int, handle_id: str) -> bool:
-        """Roll back one `take` that lost a race: the ordinal goes back to the front."""
-        if self.allocations[ordinal] != handle_id:
-            return False
-        self.allocations[ordinal] = None
-        self.unallocated.insert(0, ordinal)
-        if handle_id not in self.allocations:
-            self.attributes.pop(handle_id, None)
-        return True
-
     def used(self) -> int:
         return sum(1 for h in self.allocations if h is not None)
 
@@ -209,14 +200,9 @@ def _handle(store: Datastore, handle_id: str) -> tuple[KV, dict[str, Any]] | Non
 
 def lookup(store: Datastore, handle_id: str, node: str | None = None) -> list[Assignment]:
     """The addresses a handle holds now (empty when it holds none)."""
-    return _lookup(store, handle_id, node)[0]
-
-
-def _lookup(store: Datastore, handle_id: str, node: str | None = None) -> tuple[list[Assignment], bool]:
-    """lookup(), and whether the handle record exists."""
     found = _handle(store, handle_id)
     if found is None:
-        return [], False
+        return []
     out = []
     for cidr in found[1].get("block", {}):
         kv = store.get(keys.block(cidr))
@@ -227,7 +213,7 @@ def _lookup(store: Datastore, handle_id: str, node: str | None = None) -> tuple[
             if h == handle_id:
                 out.append(Assignment(block.address(i), cidr, i, handle_id, block.node,
                                       node is not None and block.node != node))
-    return out, True
+    return out
 
 
 def blocks_of(store: Datastore, node: str) -> list[str]:
@@ -252,25 +238,6 @@ def usage(store: Datastore) -> dict[str, Any]:
 # -- writing ------------------------------------------------------------------------------
 
 
-def _allocate_in(
-    store: Datastore, cidr: str, handle_id: str, node: str, attrs: dict[str, Any] | None,
-    prefer: int | None = None, seen: KV | None = None,
-) -> Assignment | None:
-    """`seen`: the block as just read (by the range read); the first cas uses it, which is
-    safe as the cas is on its mod_revision; a lost cas re-reads the block."""
-    for _ in range(MAX_ATTEMPTS):
-        kv, seen = (seen, None) if seen is not None else (store.get(keys.block(cidr)), None)
-        if kv is None:
-            return None
-        block = Block.decode(kv.value)
-        ordinal = block.take(handle_id, prefer, attrs)
-        if ordinal is None:
-            return None
-        if store.cas(kv.key, block.encode(), kv.mod_revision):
-            return Assignment(block.address(ordinal), cidr, ordinal, handle_id, block.node, block.node != node)
-    raise IpamConflict(f"block {cidr}: gave up after {MAX_ATTEMPTS} conflicting updates")
-
-
 def _claim(store: Datastore, node: str, pool: Pool, taken: set[str]) -> str | None:
     """Claim the node's first unclaimed block; its cidr, or None if the pool has none left.
 
@@ -284,25 +251,6 @@ def _claim(store: Datastore, node: str, pool: Pool, taken: set[str]) -> str | No
             store.cas(keys.affinity(node, cidr), json.dumps({"state": "confirmed", "deleted": False}), 0)
         return cidr
     return None
-
-
-def _write_handle(store: Datastore, handle_id: str, got: Assignment, absent: bool = False) -> bool:
-    """`absent`: the handle was found absent just before; try the create first (a cas on
-    "absent", so a concurrent writer still makes it fail) and read only if it lost."""
-    cidr = got.block
-    if absent and store.cas(keys.handle(handle_id), json.dumps({"handleID": handle_id, "block": {cidr: 1}}), 0):
-        return True
-    for _ in range(MAX_ATTEMPTS):
-        found = _handle(store, handle_id)
-        if found is None:
-            return store.cas(keys.handle(handle_id), json.dumps({"handleID": handle_id, "block": {cidr: 1}}), 0)
-        kv, doc = found
-        if doc.get("block") and any(a.address != got.address for a in lookup(store, handle_id)):
-            return False  # the container already holds an address (a concurrent ADD won)
-        doc["block"] = {cidr: 1}  # new, or stale (its addresses were swept): take it over
-        if store.cas(kv.key, json.dumps(doc), kv.mod_revision):
-            return True
-    raise IpamConflict(f"handle {handle_id}: gave up after {MAX_ATTEMPTS} conflicting updates")
 
 
 def _release_in(store: Datastore, cidr: str, handle_id: str) -> list[str]:
@@ -319,63 +267,79 @@ def _release_in(store: Datastore, cidr: str, handle_id: str) -> list[str]:
     raise IpamConflict(f"block {cidr}: gave up after {MAX_ATTEMPTS} conflicting updates")
 
 
-def _undo(store: Datastore, a: Assignment) -> None:
-    for _ in range(MAX_ATTEMPTS):
-        kv = store.get(keys.block(a.block))
+def first_read(store: Datastore, handle_id: str, *extra: str) -> Snapshot:
+    """What auto_assign starts from, in one round trip: the handle, every block, and `extra`
+    keys the caller wants at the same revision (the CNI IPAM plugin adds the cluster settings)."""
+    return store.snapshot([keys.handle(handle_id), *extra], [keys.BLOCKS])
+
+
+def _held(snap: Snapshot, handle_id: str, node: str) -> list[Assignment]:
+    """The addresses the handle holds in `snap` (its record names the blocks to look in)."""
+    hkv = snap.keys.get(keys.handle(handle_id))
+    if hkv is None:
+        return []
+    by_key = {kv.key: kv for kv in snap.prefixes[keys.BLOCKS]}
+    out = []
+    for cidr in json.loads(hkv.value).get("block", {}):
+        kv = by_key.get(keys.block(cidr))
         if kv is None:
-            return
+            continue
         block = Block.decode(kv.value)
-        if not block.undo(a.ordinal, a.handle) or store.cas(kv.key, block.encode(), kv.mod_revision):
-            return
-    raise IpamConflict(f"block {a.block}: gave up after {MAX_ATTEMPTS} conflicting updates")
+        out += [Assignment(block.address(i), cidr, i, handle_id, block.node, block.node != node)
+                for i, h in enumerate(block.allocations) if h == handle_id]
+    return out
 
 
 def auto_assign(
     store: Datastore, node: str, handle_id: str, pool: Pool,
-    attrs: dict[str, Any] | None = None, prefer_first: bool = False,
+    attrs: dict[str, Any] | None = None, prefer_first: bool = False, first: Snapshot | None = None,
 ) -> Assignment:
     """One address for `handle_id`; the same one again if the handle already holds one.
 
     Order: the node's own blocks (in its walk order, lowest free ordinal first), then a newly
     claimed block, then an address borrowed from another node's block. Raises PoolExhausted.
+    `first`: a `first_read` the caller already made. In the usual case that read and one
+    transaction (the block and the handle, each compared on its revision) are all it takes;
+    a lost race re-reads and decides again, so two ADDs never share an address and two ADDs
+    of one container end with one address.
     """
-    held, exists = _lookup(store, handle_id, node)
-    if held:
-        return held[0]
+    hkey = keys.handle(handle_id)
+    snap = first if first is not None else first_read(store, handle_id)
     for _ in range(MAX_ATTEMPTS):
-        blocks = _blocks(store, pool)
+        held = _held(snap, handle_id, node)
+        if held:
+            return held[0]
+        blocks: dict[str, tuple[KV, Block]] = {}
+        for kv in snap.prefixes[keys.BLOCKS]:
+            b = Block.decode(kv.value)
+            if pool.contains_block(b.cidr):
+                blocks[b.cidr] = (kv, b)
         rank = pool.rank(node)
         mine = sorted((c for c, (_, b) in blocks.items() if b.node == node), key=rank.__getitem__)
-        got: Assignment | None = None
-        for cidr in mine:
-            if blocks[cidr][1].unallocated:
-                got = _allocate_in(store, cidr, handle_id, node, attrs, 0 if prefer_first else None,
-                                   blocks[cidr][0])
-                if got:
-                    break
-        if got is None:
+        cidr = next((c for c in mine if blocks[c][1].unallocated), None)
+        prefer = 0 if prefer_first else None
+        if cidr is None:
             if _claim(store, node, pool, set(blocks)) is not None:
+                snap = first_read(store, handle_id)
                 continue  # allocate from the claimed block on the next pass
             others = sorted((c for c in blocks if c not in mine), key=rank.__getitem__)
-            for cidr in others:
-                if blocks[cidr][1].unallocated:
-                    got = _allocate_in(store, cidr, handle_id, node, attrs, seen=blocks[cidr][0])
-                    if got:
-                        break
-            if got is None:
-                if any(b.unallocated for _, b in _blocks(store, pool).values()):
-                    continue  # someone released meanwhile
+            cidr = next((c for c in others if blocks[c][1].unallocated), None)
+            prefer = None
+            if cidr is None:  # every block of the pool exists and is full, all at one revision
                 raise PoolExhausted(
                     f"IP pool {pool.cidr} is exhausted: all {pool.network.num_addresses} addresses in its "
                     f"{pool.n_blocks} /{pool.block_size} blocks are assigned (node {node}, handle {handle_id})"
                 )
-        if _write_handle(store, handle_id, got, absent=not exists):
-            return got
-        # A concurrent ADD for the same container got there first: give ours back, use theirs.
-        _undo(store, got)
-        held, exists = _lookup(store, handle_id, node)
-        if held:
-            return held[0]
+        kv, block = blocks[cidr]
+        ordinal = block.take(handle_id, prefer, attrs)
+        assert ordinal is not None, f"block {cidr} has free ordinals"
+        hkv = snap.keys.get(hkey)
+        doc = json.loads(hkv.value) if hkv else {"handleID": handle_id}
+        doc["block"] = {cidr: 1}  # new, or stale (its addresses were swept): take it over
+        if store.cas_many([(kv.key, block.encode(), kv.mod_revision),
+                           (hkey, json.dumps(doc), hkv.mod_revision if hkv else 0)]):
+            return Assignment(block.address(ordinal), cidr, ordinal, handle_id, block.node, block.node != node)
+        snap = first_read(store, handle_id)  # a block or the handle moved: decide again
     raise IpamConflict(f"handle {handle_id}: gave up after {MAX_ATTEMPTS} attempts")
 
 

@@ -8,9 +8,9 @@ Thread-safe, so concurrency tests can race real threads against it.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
-from labnet.etcd.store import KV, Event
+from labnet.etcd.store import KV, Event, Snapshot
 
 
 class MemStore:
@@ -23,9 +23,11 @@ class MemStore:
         self.writes = 0  # successful writes, for tests that count contention
         self.conflicts = 0  # failed cas, likewise
 
-    def _write(self, key: str, value: bytes | str) -> int:
+    def _write(self, key: str, value: bytes | str, same_revision: bool = False) -> int:
+        """`same_revision`: another write of the same transaction (etcd gives a txn one revision)."""
         raw = value.encode() if isinstance(value, str) else bytes(value)
-        self._rev += 1
+        if not same_revision:
+            self._rev += 1
         old = self._data.get(key)
         kv = KV(
             key=key, value=raw, mod_revision=self._rev,
@@ -58,6 +60,22 @@ class MemStore:
                 return False
             self._write(key, value)
             return True
+
+    def cas_many(self, writes: Sequence[tuple[str, bytes | str, int]]) -> bool:
+        with self._lock:
+            for key, _, rev in writes:
+                old = self._data.get(key)
+                if (old.mod_revision if old else 0) != rev:
+                    self.conflicts += 1
+                    return False
+            for i, (key, value, _) in enumerate(writes):
+                self._write(key, value, same_revision=i > 0)
+            return True
+
+    def snapshot(self, keys: Sequence[str] = (), prefixes: Sequence[str] = ()) -> Snapshot:
+        with self._lock:
+            return Snapshot({k: self._data.get(k) for k in keys},
+                            {p: [self._data[k] for k in sorted(self._data) if k.startswith(p)] for p in prefixes})
 
     def delete(self, key: str, mod_revision: int | None = None) -> bool:
         with self._lock:

@@ -155,6 +155,37 @@ def test_store_operations(etcd1: tuple[Single, int]) -> None:
     call_in_netns(s.ns.netns, body)
 
 
+def test_snapshot_and_cas_many(etcd1: tuple[Single, int]) -> None:
+    """The two primitives the CNI ADD path lives on, against the real etcd: a multi-key read at
+    one revision, and an all-or-nothing write compared on every key's revision."""
+    s, _ = etcd1
+
+    def body() -> None:
+        with EtcdStore(s.config) as st:
+            st.delete_prefix("/labnet/m/")
+            ra = st.put("/labnet/m/a", "1")
+            st.put("/labnet/m/p/x", "x")
+            st.put("/labnet/m/p/y", "y")
+            snap = st.snapshot(["/labnet/m/a", "/labnet/m/absent"], ["/labnet/m/p/"])
+            a = snap.keys["/labnet/m/a"]
+            assert a is not None and (a.value, a.mod_revision) == (b"1", ra), snap
+            assert snap.keys["/labnet/m/absent"] is None, snap
+            assert [kv.key for kv in snap.prefixes["/labnet/m/p/"]] == ["/labnet/m/p/x", "/labnet/m/p/y"], snap
+            # one stale compare: nothing is written
+            assert st.cas_many([("/labnet/m/a", "2", ra), ("/labnet/m/new", "n", 0), ("/labnet/m/p/x", "x2", 1)]) \
+                is False
+            assert st.get("/labnet/m/new") is None and st.get("/labnet/m/a").value == b"1"  # type: ignore[union-attr]
+            # all compares hold: all written, at one revision
+            assert st.cas_many([("/labnet/m/a", "2", ra), ("/labnet/m/new", "n", 0)]) is True
+            a2, new = st.get("/labnet/m/a"), st.get("/labnet/m/new")
+            assert a2 is not None and new is not None and a2.value == b"2" and new.value == b"n"
+            assert a2.mod_revision == new.mod_revision, (a2, new)
+            assert st.cas_many([("/labnet/m/new", "again", 0)]) is False  # exists now
+            st.delete_prefix("/labnet/m/")
+
+    call_in_netns(s.ns.netns, body)
+
+
 def test_cas_race_has_exactly_one_winner(etcd1: tuple[Single, int]) -> None:
     s, _ = etcd1
     key = "/labnet/t/race"

@@ -1,22 +1,25 @@
-"""The ADD fast path's datastore round trips: values already read are reused, and the
-compare-and-swaps that make that safe still catch a writer that came in between."""
+"""The ADD fast path's datastore round trips: one read (settings, handle, blocks at one
+revision) and one transaction (block and handle, each compared on its revision); the
+compares still catch a writer that came in between."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 from labnet import ipam
-from labnet.cni import settings
+from labnet.cni import ipam_plugin, settings
+from labnet.cni.spec import parse_env
 from labnet.etcd import keys
-from labnet.etcd.store import KV
+from labnet.etcd.store import KV, Snapshot
 from labnet.ipam.memstore import MemStore
 
 POOL = ipam.Pool("10.100.0.0/16", 26)
 
 
 class Counting(MemStore):
-    """MemStore that logs every call, and can run a hook right after a range read."""
+    """MemStore that logs every call, and can run a hook right after a (multi-key) read."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -39,6 +42,18 @@ class Counting(MemStore):
         self.calls.append(("cas", key))
         return super().cas(key, value, mod_revision, lease)
 
+    def snapshot(self, keys: Sequence[str] = (), prefixes: Sequence[str] = ()) -> Snapshot:
+        self.calls.append(("read", ",".join([*keys, *prefixes])))
+        out = super().snapshot(keys, prefixes)
+        hook, self.after_range = self.after_range, None
+        if hook is not None:
+            hook()
+        return out
+
+    def cas_many(self, writes: Sequence[tuple[str, bytes | str, int]]) -> bool:
+        self.calls.append(("txn", ",".join(k for k, _, _ in writes)))
+        return super().cas_many(writes)
+
 
 def test_add_in_an_affine_block_reads_each_key_once() -> None:
     s = Counting()
@@ -46,8 +61,24 @@ def test_add_in_an_affine_block_reads_each_key_once() -> None:
     s.calls.clear()
     second = ipam.auto_assign(s, "n1", "net.c2", POOL)
     assert second.block == first.block and second.ordinal == 1
-    assert s.calls == [("get", keys.handle("net.c2")), ("range", keys.BLOCKS),
-                       ("cas", keys.block(first.block)), ("cas", keys.handle("net.c2"))], s.calls
+    assert s.calls == [("read", f"{keys.handle('net.c2')},{keys.BLOCKS}"),
+                       ("txn", f"{keys.block(first.block)},{keys.handle('net.c2')}")], s.calls
+
+
+def test_ipam_plugin_add_reads_settings_with_the_blocks_and_shares_them() -> None:
+    s = Counting()
+    s.put(keys.config("cluster"), '{"pool": {"cidr": "10.100.0.0/16"}}')
+    ipam.auto_assign(s, "n1", "k8s-pod-network.c0", POOL)  # the node's block exists
+    s.calls.clear()
+    memo = settings.RequestMemo()
+    conf = {"cniVersion": "1.0.0", "name": "k8s-pod-network", "nodename": "n1"}
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": "/x", "CNI_IFNAME": "eth0", "CNI_PATH": "/"}
+    out = ipam_plugin._dispatch(parse_env(env), conf, s, memo)
+    assert out is not None and out["ips"][0]["address"].endswith("/32"), out
+    assert [c[0] for c in s.calls] == ["read", "txn"], s.calls
+    assert settings.CLUSTER_KEY in s.calls[0][1], s.calls
+    settings.cluster(conf, s, memo)  # the plugin's MTU: served by the same read
+    assert [c[0] for c in s.calls] == ["read", "txn"], s.calls
 
 
 def test_a_block_write_between_the_range_read_and_the_cas_is_not_lost() -> None:
@@ -58,7 +89,7 @@ def test_a_block_write_between_the_range_read_and_the_cas_is_not_lost() -> None:
     s.after_range = lambda: ipam.auto_assign(other, "n1", "net.c2", POOL)
     mine = ipam.auto_assign(s, "n1", "net.c3", POOL)
     theirs = ipam.lookup(s, "net.c2")[0]
-    assert s.conflicts == 1, f"expected the stale block cas to fail once, conflicts={s.conflicts}"
+    assert s.conflicts == 1, f"expected the stale block txn to fail once, conflicts={s.conflicts}"
     assert len({first.address, theirs.address, mine.address}) == 3, (first, theirs, mine)
     assert ipam.usage(s)["allocated"] == 3
 
@@ -71,7 +102,7 @@ def test_a_handle_created_meanwhile_wins_and_ours_is_given_back() -> None:
     s.after_range = lambda: ipam.auto_assign(other, "n1", "net.c1", POOL)  # same container, raced
     got = ipam.auto_assign(s, "n1", "net.c1", POOL)
     held = ipam.lookup(s, "net.c1")
-    assert s.conflicts >= 2, f"expected a lost block cas and a lost handle create, conflicts={s.conflicts}"
+    assert s.conflicts >= 1, f"expected the txn on the stale block and absent handle to fail, conflicts={s.conflicts}"
     assert [a.address for a in held] == [got.address], (held, got)
     assert ipam.usage(s)["allocated"] == 2
 
@@ -106,3 +137,15 @@ def test_request_memo_hands_every_reader_the_same_failure() -> None:
             assert err.code == 11 and "unreachable" in err.msg
         else:
             raise AssertionError("expected a CniError for an unreachable etcd")
+
+
+def test_memstore_multi_key_primitives_behave_like_etcd() -> None:
+    s = MemStore()
+    ra = s.put("/m/a", "1")
+    snap = s.snapshot(["/m/a", "/m/absent"], ["/m/"])
+    assert snap.keys["/m/a"] is not None and snap.keys["/m/a"].mod_revision == ra and snap.keys["/m/absent"] is None
+    assert not s.cas_many([("/m/a", "2", ra), ("/m/b", "b", 1)])  # /m/b is absent: revision 0
+    assert s.get("/m/a").value == b"1" and s.get("/m/b") is None  # type: ignore[union-attr]
+    assert s.cas_many([("/m/a", "2", ra), ("/m/b", "b", 0)])
+    a, b = s.get("/m/a"), s.get("/m/b")
+    assert a is not None and b is not None and a.mod_revision == b.mod_revision == s.revision(), (a, b)
