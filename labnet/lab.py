@@ -103,13 +103,23 @@ def lab_lock(lab: str, wait: bool = True) -> Iterator[bool]:
     root = paths.state_root() / "labs"
     root.mkdir(parents=True, exist_ok=True)
     lock = root / f".{lab}.lock"
-    fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o600)
-    try:
+    while True:
+        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            os.close(fd)
             yield False
             return
+        # The holder before us may have unlinked the file (its lab was gone) while we waited:
+        # a lock on an unlinked file excludes nobody, so take the one now at the path.
+        try:
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
         yield True
     finally:
         if not (paths.lab_dir(lab)).exists():

@@ -87,3 +87,49 @@ def test_gc_sweep_still_fails_on_a_mount_that_stays(dirs: dict[str, Path], monke
     monkeypatch.setattr(netns, "_is_mountpoint", lambda path: path.exists())
     with pytest.raises(LabnetError, match="target is busy"):
         lab.gc()
+
+
+def test_a_waiter_on_a_lock_file_its_holder_unlinked_takes_the_lock_at_the_path(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The holder of a lab's lock removes the lock file when the lab is gone; whoever waited on
+    the old file must not count as holding the lab's lock, or a gc could take the new file and
+    sweep a lab that an `up` has only started."""
+    import threading
+
+    monkeypatch.setenv("LABNET_STATE_DIR", str(tmp_path))
+    got, release, answers = threading.Event(), threading.Event(), {}
+
+    def waiter() -> None:
+        with lab.lab_lock("x") as mine:  # blocks until the first holder is done
+            answers["waiter"] = mine
+            got.set()
+            release.wait(10)
+
+    with lab.lab_lock("x") as first:
+        assert first
+        t = threading.Thread(target=waiter)
+        t.start()
+        lock = tmp_path / "labs" / ".x.lock"
+        from labnet.wait import poll
+        poll(lambda: _waiting_on(lock), lambda n: n >= 2, timeout=10, what="the waiter to open the lock file")
+    # the first holder unlinked the file (no lab dir); the waiter now holds the lock at the path
+    assert got.wait(10), "the waiter never got the lock"
+    with lab.lab_lock("x", wait=False) as third:
+        answers["third"] = third
+    release.set()
+    t.join(10)
+    assert answers == {"waiter": True, "third": False}, answers
+
+
+def _waiting_on(lock: Path) -> int:
+    """How many open descriptors of this process point at `lock` (or at its unlinked inode)."""
+    import os
+
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}").startswith(str(lock)):
+                n += 1
+        except OSError:
+            pass
+    return n
