@@ -8,9 +8,13 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from labnet import __version__
 from labnet.errors import BadInput, LabnetError
+
+if TYPE_CHECKING:
+    from labnet import nsexec
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -161,20 +165,62 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
     _need_root()
     name = lab.pick_lab(args.lab)
-    target = args.target
     cmd = args.cmd or [os.environ.get("SHELL", "/bin/sh")]
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
-    if "/" in target:
-        node, pod = target.split("/", 1)
-        from labnet.pods import pod_ns
-
-        ns = pod_ns(name, node, pod)
-    else:
-        ns = lab.node_ns(name, target)
-    argv = ns.argv(cmd)
+    argv = _target_ns(name, args.target).argv(cmd)
     sys.stdout.flush()
     os.execvp(argv[0], argv)
+
+
+def _target_ns(lab_name: str, target: str) -> nsexec.NodeNS:
+    """NODE or NODE/POD of a running lab."""
+    from labnet import lab
+
+    if "/" in target:
+        from labnet.pods import pod_ns
+
+        node, pod = target.split("/", 1)
+        return pod_ns(lab_name, node, pod)
+    return lab.node_ns(lab_name, target)
+
+
+def cmd_capture(args: argparse.Namespace) -> int:
+    """tcpdump on one interface of a node or pod; -w FILE writes a pcap on this host (the
+    capture streams out of the node, so it works the same on both runtimes)."""
+    import difflib
+    import subprocess
+
+    from labnet import lab, nsexec
+
+    _need_root()
+    name = lab.pick_lab(args.lab)
+    ns = _target_ns(name, args.target)
+    links = [link["ifname"] for link in json.loads(nsexec.run(ns, ["ip", "-j", "link", "show"]).stdout or "[]")]
+    if args.iface != "any" and args.iface not in links:
+        close = difflib.get_close_matches(args.iface, links, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise BadInput(f"{args.target} (lab {name}) has no interface {args.iface!r}{hint}; "
+                       f"it has: {', '.join(links)}")
+    cmd = ["tcpdump", "-n", "-i", args.iface]
+    if args.count:
+        cmd += ["-c", str(args.count)]
+    cmd += ["-U", "-w", "-"] if args.write else ["-l"]
+    cmd += args.filter
+    if args.timeout:  # SIGINT: tcpdump flushes and prints its counts, as on Ctrl-C
+        cmd = ["timeout", "--preserve-status", "-s", "INT", str(args.timeout), *cmd]
+    argv = ns.argv(cmd)
+    if not args.write:
+        sys.stdout.flush()
+        os.execvp(argv[0], argv)
+    with open(args.write, "wb") as out:
+        proc = subprocess.Popen(argv, stdout=out)
+        try:
+            rc = proc.wait()
+        except KeyboardInterrupt:  # the terminal's SIGINT reached tcpdump too: let it finish the file
+            rc = proc.wait()
+    print(f"wrote {args.write}", file=sys.stderr)
+    return rc
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
@@ -319,6 +365,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("cmd", nargs=argparse.REMAINDER)
     s.set_defaults(func=cmd_exec)
 
+    s = sub.add_parser("capture", help="tcpdump on a node's or pod's interface: labnet capture NODE[/POD] IFACE "
+                       "[-w out.pcap] [FILTER]")
+    s.add_argument("-l", "--lab", help="the lab (default: the only running one)")
+    s.add_argument("target", metavar="NODE[/POD]")
+    s.add_argument("iface", metavar="IFACE", help="interface name as seen inside, or 'any'")
+    s.add_argument("-w", "--write", metavar="FILE", help="write a pcap file here (on this host) instead of text")
+    s.add_argument("-c", "--count", type=int, help="stop after this many packets")
+    s.add_argument("-t", "--timeout", type=float, help="stop after this many seconds")
+    s.add_argument("filter", nargs="*", help="a tcpdump (pcap-filter) expression")
+    s.set_defaults(func=cmd_capture)
+
     s = sub.add_parser("validate", help="check a topology file; every error as FILE:LINE:COL")
     s.add_argument("file")
     s.set_defaults(func=cmd_validate)
@@ -372,7 +429,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # capture's filter may come after its options, as tcpdump's does
+        if getattr(args, "func", None) is not cmd_capture or any(e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.filter = [*args.filter, *extra]
     try:
         return int(args.func(args) or 0)
     except BadInput as exc:

@@ -240,6 +240,38 @@ def test_pods_across_the_router_over_ipip(lab, node) -> None:
     assert re.search(rf"IP 10\.20\.30\.73 > 192\.168\.50\.74: IP {re.escape(src_pod)} > {re.escape(dst)}", out), out
 
 
+def test_capture_writes_a_pcap_of_the_ipip_traffic(lab, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`labnet capture NODE IFACE -w FILE FILTER`: the pcap lands on this host and holds the
+    encapsulated packet as the seed's ubuntu-3 sends it (outer 10.20.30.73 -> 192.168.50.74)."""
+    import struct
+
+    out = tmp_path / "u3.pcap"
+    cap = subprocess.Popen([sys.executable, "-m", "labnet.cli", "capture", "-l", lab.name, "ubuntu-3", "ens32",
+                            "-w", str(out), "-c", "1", "-t", "30", "ip proto 4"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        dst = lab.address("net-test-2")
+        poll(lambda: (run(lab.pod("net-test"), ["ping", "-c1", "-W1", dst], check=False), cap.poll())[1],
+             lambda rc: rc is not None, timeout=30, what="labnet capture to see one IPIP packet on ubuntu-3 ens32")
+    finally:
+        cap.kill()
+    _, err = cap.communicate()
+    assert cap.returncode == 0 and f"wrote {out}" in err, f"labnet capture exited {cap.returncode}: {err}"
+    data = out.read_bytes()
+    assert data[:4] in (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4"), f"{out}: not a pcap file: {data[:24]!r}"
+    caplen = struct.unpack_from("<I", data, 24 + 8)[0]
+    frame = data[24 + 16:24 + 16 + caplen]
+    ip = frame[14:]  # Ethernet
+    outer = (ip[9], ".".join(map(str, ip[12:16])), ".".join(map(str, ip[16:20])))
+    inner = ip[(ip[0] & 0xF) * 4:]
+    assert outer == (4, "10.20.30.73", "192.168.50.74"), f"ubuntu-3 ens32: expected IPIP 10.20.30.73 > " \
+        f"192.168.50.74, captured proto/src/dst {outer}"
+    assert ".".join(map(str, inner[16:20])) == dst, f"inner destination: expected {dst}, got {inner[16:20]!r}"
+    bad = labnet("capture", "-l", lab.name, "ubuntu-3", "ens33", "-c", "1", check=False)
+    assert bad.returncode == 2 and "no interface 'ens33'" in bad.stderr and "did you mean 'ens32'" in bad.stderr, \
+        f"labnet capture on a missing interface: exit {bad.returncode}, {bad.stderr}"
+
+
 def test_item14_egress_is_nated(lab, node) -> None:
     ext = node("ext")
     assert_no_route(ext, "10.100.0.0/16")

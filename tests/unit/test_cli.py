@@ -132,3 +132,20 @@ def test_progress_plain_lines_elsewhere_and_quiet() -> None:
     quiet.start("underlay")
     quiet.done("underlay", 0.5)
     assert q.getvalue() == "", f"-q still printed progress: {q.getvalue()!r}"
+
+
+def test_trailing_words_are_a_capture_filter_and_an_error_elsewhere(capsys: pytest.CaptureFixture[str]) -> None:
+    from labnet import cli
+
+    parser = cli.build_parser()
+    args, extra = parser.parse_known_args(["capture", "ubuntu-3", "ens32", "-w", "x.pcap", "ip proto 4"])
+    assert (args.target, args.iface, args.write, args.filter, extra) == ("ubuntu-3", "ens32", "x.pcap", [],
+                                                                        ["ip proto 4"])
+    for argv in (["validate", "a.yaml", "extra"], ["capture", "n", "eth0", "-w", "x", "host", "--bogus"]):
+        try:
+            cli.main(argv)
+        except SystemExit as exc:
+            assert exc.code == 2, argv
+        else:
+            raise AssertionError(f"labnet {' '.join(argv)}: expected a usage error")
+        assert "unrecognized arguments" in capsys.readouterr().err, argv
