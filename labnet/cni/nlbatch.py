@@ -37,6 +37,7 @@ REPLACE = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE
 AF_INET = 2
 RT_TABLE_MAIN = 254
 RTN_UNICAST = 1
+TIMEOUT = 30.0
 
 
 class NetlinkFailed(OSError):
@@ -65,6 +66,7 @@ class Socket:
     def __init__(self) -> None:
         self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
         self._sock.bind((0, 0))
+        self._sock.settimeout(TIMEOUT)  # the kernel always answers; this only bounds a wedged one
         self._sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)  # errors come with the kernel's own text
         self._seq = 0
 

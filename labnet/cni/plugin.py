@@ -209,7 +209,8 @@ def cmd_add(env: Env, conf: dict[str, Any], store: Any, ipam: _Delegate, service
         else:
             store.put(wep_key, wep(ep.container_mac))
     except BaseException:
-        datapath.teardown(host_if, env.netns, env.ifname)
+        if ep.created:  # a pair an earlier ADD of this container built stays for its DEL
+            datapath.teardown(host_if, env.netns, env.ifname)
         _give_back(env, conf, ipam, services)
         raise
     prev = normalize(conf["prevResult"]) if isinstance(conf.get("prevResult"), dict) else None
