@@ -173,6 +173,8 @@ def del_pod(node: NodeNS, pod: str, namespace: str = "default", lab: str | None 
     prev = record.get("result") if record else None
     for plugin in reversed(conflist["plugins"]):
         _exec_plugin(node, pod, plugin, conflist, "DEL", env, prev)
+    if nsexec.run(node, ["test", "-e", netns], check=False).returncode == 0:
+        _loopback(node, pod, cid, netns, "DEL")  # as containerd's go-cni: loopback's network goes last
     nsexec.run(node, ["ip", "netns", "del", netns_name(cid)], check=False)
     nsexec.run(node, ["rm", "-f", _record_path(pod, namespace)], check=False)
 

@@ -97,7 +97,7 @@ def _dispatch(env: Env, conf: dict[str, Any], store: Any,
         return None
     if env.command == "GC":
         valid = {a.get("containerID", "") for a in conf.get("cni.dev/valid-attachments") or []}
-        ipam.gc(store, conf["name"], valid)
+        ipam.gc(store, conf["name"], valid, node)
         return None
     if env.command == "STATUS":
         _pool(conf, store)

@@ -304,6 +304,7 @@ def auto_assign(
     of one container end with one address.
     """
     hkey = keys.handle(handle_id)
+    attrs = {"node": node, **(attrs or {})}  # whose address it is, also when borrowed (gc reads it)
     snap = first if first is not None else first_read(store, handle_id)
     for _ in range(MAX_ATTEMPTS):
         held = _held(snap, handle_id, node)
@@ -377,23 +378,34 @@ def tunnel_address(store: Datastore, node: str, pool: Pool | None = None) -> str
                        prefer_first=True).address
 
 
-def gc(store: Datastore, network: str, valid_container_ids: set[str]) -> list[str]:
-    """Release the handles of `network` whose container is not in `valid_container_ids`.
+def gc(store: Datastore, network: str, valid_container_ids: set[str], node: str) -> list[str]:
+    """Release the handles of `network` on `node` whose container is not in `valid_container_ids`
+    (the attachments the runtime of that node still has; other nodes' pods are not its to judge).
 
-    Also sweeps block entries of the network whose handle record is missing (a plugin that
-    died between the block write and the handle write).
+    Also sweeps the node's block entries of the network whose handle record is missing (left by
+    a plugin older than the one-transaction write of block and handle).
     """
     prefix = f"{network}."
+    snap = store.snapshot([], [keys.HANDLES + prefix, keys.BLOCKS])
+    blocks = [Block.decode(kv.value) for kv in snap.prefixes[keys.BLOCKS]]
+
+    def owner(hid: str) -> str | None:
+        """The node the handle's address was given to (a borrowed one is in another node's block)."""
+        for b in blocks:
+            if hid in b.allocations:
+                return str((b.attributes.get(hid) or {}).get("node") or b.node)
+        return None
+
     released: list[str] = []
-    for kv in store.range(keys.HANDLES + prefix):
-        hid = kv.key[len(keys.HANDLES):]
-        if hid[len(prefix):] not in valid_container_ids:
-            release(store, hid)
+    handles = {kv.key[len(keys.HANDLES):] for kv in snap.prefixes[keys.HANDLES + prefix]}
+    for hid in sorted(handles):
+        if hid[len(prefix):] not in valid_container_ids and owner(hid) in (node, None):
+            release(store, hid)  # owner None: a handle holding no address, stale wherever it came from
             released.append(hid)
-    for cidr, (_, block) in _blocks(store).items():
-        for hid in {h for h in block.allocations if h and h.startswith(prefix)}:
-            if hid[len(prefix):] not in valid_container_ids and store.get(keys.handle(hid)) is None:
-                _release_in(store, cidr, hid)
+    for b in blocks:
+        for hid in sorted({h for h in b.allocations if h and h.startswith(prefix)} - handles):
+            if hid[len(prefix):] not in valid_container_ids and owner(hid) == node:
+                _release_in(store, b.cidr, hid)
                 if hid not in released:
                     released.append(hid)
     return released

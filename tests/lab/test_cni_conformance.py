@@ -38,9 +38,11 @@ def assert_error(rc: int, doc: dict[str, Any] | None, code: int, *words: str) ->
 
 def test_version_lists_all_supported_versions(node: CniNode) -> None:
     for binary in ("labnet", "labnet-ipam"):
-        rc, doc, _ = run_bin(node, binary, cni_env("VERSION", ifname=""), {"cniVersion": "1.1.0"})
-        assert rc == 0 and doc is not None
-        assert set(VERSIONS) <= set(doc["supportedVersions"]) and doc["cniVersion"] == "1.1.0"
+        for version in VERSIONS:  # answered in the version asked for
+            rc, doc, _ = run_bin(node, binary, cni_env("VERSION", ifname=""), {"cniVersion": version})
+            assert rc == 0 and doc is not None, f"{binary} VERSION {version}: exit {rc}, {doc}"
+            assert set(VERSIONS) <= set(doc["supportedVersions"]) and doc["cniVersion"] == version, \
+                f"{binary} VERSION {version}: {doc}"
         rc, doc, _ = run_bin(node, binary, cni_env("VERSION", ifname=""), "")
         assert rc == 0 and doc is not None and doc["supportedVersions"]
 
@@ -95,6 +97,19 @@ def test_errors_use_spec_codes(node: CniNode) -> None:
     assert_error(*run_bin(node, "labnet", env, static)[:2], 2, "static IPs")
     dead = {**conf, "etcd_endpoints": "http://127.0.0.1:2399"}
     assert_error(*run_bin(node, "labnet", env, dead)[:2], 11, "etcd", "127.0.0.1:2399")
+    # both binaries: bad stdin and unknown versions, the error rendered in the version asked for
+    for binary in ("labnet", "labnet-ipam"):
+        assert_error(*run_bin(node, binary, env, "{not json")[:2], 6, "not valid JSON")
+        assert_error(*run_bin(node, binary, env, {**conf, "cniVersion": "9.9.9"})[:2], 1, "9.9.9")
+        assert_error(*run_bin(node, binary, no_cid, conf)[:2], 4, "CNI_CONTAINERID")
+        for version in VERSIONS:
+            rc, doc, _ = run_bin(node, binary, no_cid, {**conf, "cniVersion": version})
+            assert_error(rc, doc, 4)
+            assert doc is not None and doc["cniVersion"] == version, f"{binary}: error for a {version} " \
+                f"config must say cniVersion {version}: {doc}"
+        for version in ("0.3.1", "0.4.0", "1.0.0"):  # STATUS is new in 1.1.0
+            rc, doc, _ = run_bin(node, binary, cni_env("STATUS", ifname=""), {**conf, "cniVersion": version})
+            assert_error(rc, doc, 1, "STATUS")
     # nothing was left behind by the failures
     assert "cali" not in nsexec.run(node.ns, ["ip", "-o", "link"]).stdout
     assert node.store_call(lambda s: ipam.usage(s))["allocated"] == 0
@@ -113,6 +128,15 @@ def test_del_succeeds_when_container_netns_and_addresses_are_gone(node: CniNode)
     for _ in range(2):
         rc, doc, _ = run_bin(node, "labnet", cni_env("DEL", "cgone", netns, pod="gone"), conf)
         assert rc == 0, f"DEL with the netns gone failed: {doc}"
+    # the address already released (IPAM DEL ran before), the veth still there: DEL cleans the rest
+    netns = pod_netns(node, "p-noaddr")
+    rc, res, _ = run_bin(node, "labnet", cni_env("ADD", "cnoaddr", netns, pod="noaddr"), conf)
+    assert rc == 0 and res is not None
+    assert run_bin(node, "labnet-ipam", cni_env("DEL", "cnoaddr", netns, pod="noaddr"), conf)[0] == 0
+    assert res["interfaces"][0]["name"] in nsexec.run(node.ns, ["ip", "-o", "link"]).stdout
+    for _ in range(2):
+        rc, doc, _ = run_bin(node, "labnet", cni_env("DEL", "cnoaddr", netns, pod="noaddr"), conf)
+        assert rc == 0, f"DEL with the address already released failed: {doc}"
     assert "cali" not in nsexec.run(node.ns, ["ip", "-o", "link"]).stdout
     assert node.store_call(lambda s: ipam.usage(s))["allocated"] == 0
     assert node.store_call(lambda s: s.range(keys.workload_endpoints())) == []

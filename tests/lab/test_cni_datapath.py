@@ -181,3 +181,61 @@ def test_chained_conflist_passes_prev_result_and_dels_in_reverse(node: CniNode) 
     invoke.del_pod(node.ns, "chained", lab="t")
     assert not [n for n in links(node) if n.startswith("cali")]
     assert node.store_call(lambda s: ipam.usage(s))["allocated"] == 0
+
+
+def test_pod_mtu_follows_the_encapsulation_or_the_configured_value(node: CniNode) -> None:
+    """Underlay 1500: IPIP gives 1480, VXLAN 1450, and a configured MTU wins over both."""
+    def cluster(**pool_over: Any) -> None:
+        def put(s: Any) -> None:
+            doc = json.loads(s.get(keys.config("cluster")).value)
+            mtu = pool_over.pop("mtu", None)
+            doc["pool"].update(pool_over)
+            if mtu:
+                doc["mtu"] = mtu
+            s.put(keys.config("cluster"), json.dumps(doc))
+        node.store_call(put)
+
+    for pod, change, want in (("m-ipip", {}, 1480), ("m-vxlan", {"vxlan": "always", "ipip": "never"}, 1450),
+                              ("m-fixed", {"mtu": 1400}, 1400)):
+        cluster(**change)
+        res = invoke.add_pod(node.ns, pod, lab="t")
+        rec = invoke.read_record(node.ns, pod)
+        assert rec is not None
+        eth0 = ipj(node.ns.pod(pod, rec["netns"]), "link", "show", "eth0")[0]
+        host = links(node)[res["interfaces"][0]["name"]]
+        assert (eth0["mtu"], host["mtu"]) == (want, want), \
+            f"node {node.name} pod {pod}: expected MTU {want} on eth0 and {host['ifname']}, " \
+            f"found {eth0['mtu']} and {host['mtu']}"
+        lo = ipj(node.ns.pod(pod, rec["netns"]), "link", "show", "lo")[0]
+        assert "UP" in lo["flags"], f"pod {pod}: lo expected up, flags {lo['flags']}"
+
+
+RECORDER = """#!/usr/bin/python3
+import json, os, subprocess, sys
+conf = json.load(sys.stdin)
+cali = sum(1 for line in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout.splitlines()
+           if ": cali" in line)
+with open("/var/lib/labnet/cni-order.log", "a") as f:
+    f.write(f"{os.environ['CNI_COMMAND']} {conf['type']} cali={cali}\\n")
+if os.environ["CNI_COMMAND"] == "ADD":
+    prev = conf.get("prevResult") or {"interfaces": [], "ips": []}
+    print(json.dumps({**prev, "cniVersion": conf["cniVersion"]}))
+"""
+
+
+def test_conflist_plugins_add_in_order_and_del_in_reverse(node: CniNode) -> None:
+    """Two recording plugins around labnet: ADD runs first, labnet, last; DEL last, labnet, first
+    (each logs how many cali veths the node has when it runs)."""
+    for name in ("rec-first", "rec-last"):
+        path = node.paths.opt_cni_bin / name
+        path.write_text(RECORDER)
+        path.chmod(0o755)
+    conflist = node.paths.etc_cni_netd / "10-labnet.conflist"
+    doc = json.loads(conflist.read_text())
+    doc["plugins"] = [{"type": "rec-first"}, *doc["plugins"], {"type": "rec-last"}]
+    conflist.write_text(json.dumps(doc))
+    invoke.add_pod(node.ns, "ordered", lab="t")
+    invoke.del_pod(node.ns, "ordered", lab="t")
+    log = (node.paths.var_lib_labnet / "cni-order.log").read_text().splitlines()
+    assert log == ["ADD rec-first cali=0", "ADD rec-last cali=1", "DEL rec-last cali=1", "DEL rec-first cali=0"], \
+        f"node {node.name}: expected ADD in conflist order and DEL in reverse around labnet, got {log}"

@@ -100,11 +100,31 @@ def test_gc_releases_invalid_attachments_and_orphans_only() -> None:
     # an orphan: block entry without handle record
     orphan = ipam.auto_assign(s, "n1", "k8s-pod-network.orphan", POOL)
     s.delete(keys.handle("k8s-pod-network.orphan"))
-    released = ipam.gc(s, "k8s-pod-network", {"keep"})
+    released = ipam.gc(s, "k8s-pod-network", {"keep"}, "n1")
     assert sorted(released) == ["k8s-pod-network.drop", "k8s-pod-network.orphan"]
     used = {a for b in ipam.usage(s)["blocks"] for a in b["allocated"]}
     assert tunnel.address in used and orphan.address not in used
     assert ipam.usage(s)["handles"] == sorted(["k8s-pod-network.keep", "other-net.drop", ipam.tunnel_handle("n1")])
+
+
+def test_gc_on_one_node_leaves_the_other_nodes_pods_alone() -> None:
+    """CNI GC's valid attachments are one node's runtime's: node-b's pods, borrowed addresses
+    included, are not node-a's to release."""
+    pool = ipam.Pool("10.9.0.0/28", 29)
+    s = MemStore()
+    a = ipam.auto_assign(s, "node-a", "net.a-gone", pool)
+    ipam.auto_assign(s, "node-b", "net.b-first", pool)
+    b_own = [ipam.auto_assign(s, "node-b", f"net.b{i}", pool) for i in range(7)]
+    b_borrowed = ipam.auto_assign(s, "node-b", "net.b-borrowed", pool)  # node-b's block is full
+    assert b_borrowed.borrowed and b_borrowed.block == a.block, b_borrowed
+    released = ipam.gc(s, "net", set(), "node-a")
+    assert released == ["net.a-gone"], f"gc on node-a: expected only node-a's handle, released {released}"
+    held = ipam.usage(s)["handles"]
+    assert "net.b-borrowed" in held and all(f"net.b{i}" in held for i in range(7)), held
+    assert ipam.lookup(s, "net.b-borrowed")[0].address == b_borrowed.address
+    assert ipam.gc(s, "net", {"b-first"}, "node-b") == sorted(["net.b-borrowed", *(f"net.b{i}" for i in range(7))])
+    assert ipam.usage(s)["handles"] == ["net.b-first"]
+    assert len(b_own) == 7
 
 
 def test_concurrent_assignments_never_share_an_address() -> None:
