@@ -421,6 +421,12 @@ def sweep_orphans() -> list[str]:
             _umount_vanishing(d)
             shutil.rmtree(d, ignore_errors=True)
             removed.append(f"orphan namespace files {d}")
+    labs_root = paths.state_root() / "labs"
+    for f in _entries_of(labs_root):  # lock files of labs whose state dir is gone
+        name = f.name[1:-len(".lock")]
+        if f.name.startswith(".") and f.name.endswith(".lock") and not (labs_root / name).exists():
+            with lab_lock(name, wait=False):
+                pass  # a free lock of a lab without a state dir is unlinked on the way out
     return removed
 
 

@@ -3,6 +3,7 @@ and IPv6 on only when the topology asks (`ipv6: true`). Underlay-only labs: each
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from _labtools import REPO, lab_exec, labnet, snapshot
 
-from labnet import paths
+from labnet import lab, paths
 
 IPV6_LAB = REPO / "fixtures" / "topologies" / "good" / "ipv6-underlay.yaml"
 
@@ -91,6 +92,11 @@ def test_down_all_removes_every_lab_of_the_state_dir(tmp_path: Path) -> None:
     env = _private_env(tmp_path)
     mine, keep = ("t-all-a", "t-all-b"), "t-all-keep"
     befores = {n: snapshot(n) for n in (*mine, keep)}
+    # A `labnet gc` of another test worker sees the private labs' namespaces in /run/netns but
+    # not their journals: holding their names' locks in the normal state dir tells it hands off.
+    guard = contextlib.ExitStack()
+    for n in mine:
+        assert guard.enter_context(lab.lab_lock(n, wait=False)), f"lab name {n} is busy in the normal state dir"
     try:
         labnet("up", str(_copy_as(tmp_path / "keep.yaml", keep)), "-q")
         for n in mine:
@@ -121,6 +127,7 @@ def test_down_all_removes_every_lab_of_the_state_dir(tmp_path: Path) -> None:
         subprocess.run([sys.executable, "-m", "labnet.cli", "down", "--all"], env=env, capture_output=True,
                        timeout=120)
         labnet("down", "--name", keep, check=False)
+        guard.close()
     left = snapshot(keep).leftovers(befores[keep])
     assert not left, f"lab {keep}: left after down: {left}"
     assert not paths.lab_dir(keep).exists()

@@ -133,3 +133,17 @@ def _waiting_on(lock: Path) -> int:
         except OSError:
             pass
     return n
+
+
+def test_gc_removes_free_lock_files_of_labs_without_a_state_dir(dirs: dict[str, Path]) -> None:
+    labs = dirs["state"] / "labs"
+    labs.mkdir(exist_ok=True)
+    (labs / ".gone.lock").touch()
+    (labs / "kept").mkdir()
+    (labs / ".kept.lock").touch()
+    (labs / ".busy.lock").touch()
+    with lab.lab_lock("busy", wait=False) as held:
+        assert held
+        lab.sweep_orphans()
+        left = sorted(p.name for p in labs.iterdir())
+    assert left == [".busy.lock", ".kept.lock", "kept"], f"lock files after gc: {left}"
