@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -185,6 +188,24 @@ def agent_logs(nodes: list[AgentNode]) -> str:
         if p.exists():
             out.append(f"--- {n.name} agent.log (tail)\n" + "\n".join(p.read_text().splitlines()[-30:]))
     return "\n".join(out)
+
+
+@contextmanager
+def agents_running(nodes: list[AgentNode], *extra_logs: Path, stop: bool = True) -> Iterator[None]:
+    """Around a test body: on failure print the agents' log tails (and `extra_logs`); at the end
+    SIGTERM every agent still alive by its recorded pid (stop=False: a fixture does that)."""
+    try:
+        yield
+    except BaseException:
+        print(agent_logs(nodes))
+        for log in extra_logs:
+            print(log.read_text()[-3000:] if log.exists() else f"({log} missing)")
+        raise
+    finally:
+        if stop:
+            for node in nodes:
+                if node.pid and pid_alive(node.pid):
+                    os.kill(node.pid, signal.SIGTERM)
 
 
 def status(node: AgentNode) -> dict[str, Any]:

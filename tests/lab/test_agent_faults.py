@@ -10,7 +10,7 @@ from typing import Any
 
 from _agent_cluster import (
     HOLD,
-    agent_logs,
+    agents_running,
     bird_routes,
     established,
     exited,
@@ -30,7 +30,7 @@ RESTART_TIME = 6
 def test_graceful_restart_keeps_stale_routes_until_the_restart_timer(netns_factory: Any, tmp_path: Path) -> None:
     nodes, _ = setup_cluster(netns_factory, tmp_path, 2, graceful_restart=True, restart_time=RESTART_TIME)
     n1, n2 = nodes
-    try:
+    with agents_running(nodes, stop=False):
         for node in nodes:
             start_agent(netns_factory, node, tmp_path)
         poll(lambda: established(n1, 1), lambda v: isinstance(v, dict), timeout=40,
@@ -50,15 +50,12 @@ def test_graceful_restart_keeps_stale_routes_until_the_restart_timer(netns_facto
         poll(lambda: route_to(n1, n2.block), lambda r: r is None, timeout=RESTART_TIME + 10,
              what=f"{n1.name}: stale route to {n2.block} swept after the restart time")
         assert route_to(n1, n1.block) is not None  # our own blackhole stays
-    except BaseException:
-        print(agent_logs(nodes))
-        raise
 
 
 def test_supervisor_restarts_a_killed_agent_and_forwards_sigterm(netns_factory: Any, tmp_path: Path) -> None:
     nodes, _ = setup_cluster(netns_factory, tmp_path, 2)
     n1, n2 = nodes
-    try:
+    with agents_running(nodes):
         start_agent(netns_factory, n1, tmp_path)
         sup = start_supervised(netns_factory, n2, tmp_path)
         first = poll(lambda: established(n2, 1), lambda v: isinstance(v, dict), timeout=40,
@@ -86,19 +83,13 @@ def test_supervisor_restarts_a_killed_agent_and_forwards_sigterm(netns_factory: 
         # the peer saw a Cease, not a timeout: its route to node-2 goes at once
         poll(lambda: route_to(n1, n2.block), lambda r: r is None, timeout=10,
              what=f"{n1.name}: route to {n2.block} withdrawn after node-2's clean stop")
-    except BaseException:
-        print(agent_logs(nodes))
-        raise
-    finally:
-        if pid_alive(n1.pid):
-            os.kill(n1.pid, signal.SIGTERM)
 
 
 def test_wrong_node_name_is_diagnosed_and_its_blocks_get_no_routes(netns_factory: Any, tmp_path: Path) -> None:
     # node-2's CNI plugin uses "node-2" (its nodename file); its agent is told to register as "x"
     nodes, _ = setup_cluster(netns_factory, tmp_path, 2, overrides={"node-2": {"nodename": "x"}})
     n1, n2 = nodes
-    try:
+    with agents_running(nodes):
         for node in nodes:
             start_agent(netns_factory, node, tmp_path)
         poll(lambda: established(n1, 1), lambda v: isinstance(v, dict), timeout=40,
@@ -116,20 +107,13 @@ def test_wrong_node_name_is_diagnosed_and_its_blocks_get_no_routes(netns_factory
         assert st1["nodename"] == "node-1"
         assert route_to(n1, n2.block) is None, f"{n1.name}: unexpected route to node-2's block {n2.block}"
         assert route_to(n2, n2.block) is None, f"{n2.name}: unexpected blackhole for the CNI's block {n2.block}"
-    except BaseException:
-        print(agent_logs(nodes))
-        raise
-    finally:
-        for node in nodes:
-            if pid_alive(node.pid):
-                os.kill(node.pid, signal.SIGTERM)
 
 
 def test_hold_timer_withdraws_the_routes_of_a_frozen_agent(netns_factory: Any, tmp_path: Path) -> None:
     # SIGSTOP keeps the TCP connection open: only the hold timer (3 s) can notice
     nodes, _ = setup_cluster(netns_factory, tmp_path, 2)
     n1, n2 = nodes
-    try:
+    with agents_running(nodes):
         for node in nodes:
             start_agent(netns_factory, node, tmp_path)
         poll(lambda: route_to(n1, n2.block), lambda r: r is not None, timeout=40,
@@ -144,13 +128,6 @@ def test_hold_timer_withdraws_the_routes_of_a_frozen_agent(netns_factory: Any, t
             os.kill(n2.pid, signal.SIGCONT)
         poll(lambda: route_to(n1, n2.block), lambda r: r is not None, timeout=40,
              what=f"{n1.name}: route to {n2.block} back after {n2.name} thawed")
-    except BaseException:
-        print(agent_logs(nodes))
-        raise
-    finally:
-        for node in nodes:
-            if pid_alive(node.pid):
-                os.kill(node.pid, signal.SIGTERM)
 
 
 def test_agent_stops_when_its_supervisor_is_killed(netns_factory: Any, tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from _agent_cluster import (
     HOLD,
     POOL,
     AgentNode,
-    agent_logs,
+    agents_running,
     borrow,
     established,
     exited,
@@ -56,7 +56,7 @@ def cluster(netns_factory: Any, tmp_path: Path) -> Any:
 
 def test_agent_mesh_routes_tunnel_nat_and_withdraw(cluster: list[AgentNode]) -> None:
     nodes = cluster
-    try:
+    with agents_running(nodes, stop=False):
         for node in nodes:
             st = poll(partial(established, node, 2), lambda v: isinstance(v, dict), timeout=40,
                       what=f"{node.name}: 2 BGP sessions Established")
@@ -124,9 +124,6 @@ def test_agent_mesh_routes_tunnel_nat_and_withdraw(cluster: list[AgentNode]) -> 
             peer3 = next(p for p in st["peers"] if p["peer_address"] == n3.address)
             assert peer3["state"] == "start", f"{node.name}: peer {n3.address} still {peer3}"
             assert route_to(node, n1.block if node is n2 else n2.block) is not None
-    except BaseException:
-        print(agent_logs(nodes))
-        raise
 
 
 def test_agent_status_cli_prints_calicoctl_table(cluster: list[AgentNode]) -> None:
@@ -143,7 +140,7 @@ def test_agent_status_cli_prints_calicoctl_table(cluster: list[AgentNode]) -> No
 def test_vxlan_mode_programs_vteps_from_the_datastore(netns_factory: Any, tmp_path: Path) -> None:
     nodes, _ = setup_cluster(netns_factory, tmp_path, 2, pool={"ipip": "never", "vxlan": "always"}, mesh="none")
     n1, n2 = nodes
-    try:
+    with agents_running(nodes):
         for node in nodes:
             start_agent(netns_factory, node, tmp_path)
         for node, other in ((n1, n2), (n2, n1)):
@@ -164,24 +161,17 @@ def test_vxlan_mode_programs_vteps_from_the_datastore(netns_factory: Any, tmp_pa
                 f"{node.name}: expected {other.block} via {other.tunnel_ip} dev vxlan.calico onlink, got {r}"
         poll(partial(tunnel_ping, n1, n2), lambda rc: rc == 0, timeout=15,
              what=f"ping {n2.tunnel_ip} from {n1.name} over vxlan.calico")
-    except BaseException:
-        print(agent_logs(nodes))
-        raise
-    finally:
-        for node in nodes:
-            if pid_alive(node.pid):
-                os.kill(node.pid, signal.SIGTERM)
-        for node in nodes:
-            poll(partial(exited, node.pid), timeout=20, what=f"{node.name}: agent exited")
-        for node in nodes:
-            assert run(node.ns, ["ip", "link", "show", "vxlan.calico"], check=False).returncode != 0, \
-                f"{node.name}: vxlan.calico left behind after SIGTERM"
+    for node in nodes:  # agents_running sent SIGTERM: each agent removes its vxlan.calico
+        poll(partial(exited, node.pid), timeout=20, what=f"{node.name}: agent exited")
+    for node in nodes:
+        assert run(node.ns, ["ip", "link", "show", "vxlan.calico"], check=False).returncode != 0, \
+            f"{node.name}: vxlan.calico left behind after SIGTERM"
 
 
 def test_route_reflector_replaces_the_mesh(netns_factory: Any, tmp_path: Path) -> None:
     nodes, _ = setup_cluster(netns_factory, tmp_path, 3, mesh="none", route_reflectors=["node-1"])
     rr, c2, c3 = nodes
-    try:
+    with agents_running(nodes):
         for node in nodes:
             start_agent(netns_factory, node, tmp_path)
         st = poll(lambda: established(rr, 2), lambda v: isinstance(v, dict), timeout=40,
@@ -195,13 +185,6 @@ def test_route_reflector_replaces_the_mesh(netns_factory: Any, tmp_path: Path) -
             r = poll(partial(route_to, client, other.block), lambda r: r is not None,
                      timeout=20, what=f"{client.name}: reflected route to {other.block} via {other.address}")
             assert r is not None and (str(r.gateway), r.dev) == (other.address, "tunl0"), f"{client.name}: {r}"
-    except BaseException:
-        print(agent_logs(nodes))
-        raise
-    finally:
-        for node in nodes:
-            if pid_alive(node.pid):
-                os.kill(node.pid, signal.SIGTERM)
 
 
 def test_missing_default_route_is_diagnosed(cluster: list[AgentNode]) -> None:
@@ -223,7 +206,7 @@ def test_cross_subnet_tunnels_only_between_subnets(netns_factory: Any, tmp_path:
     nodes, _ = setup_cluster(netns_factory, tmp_path, 3, pool={"ipip": "cross-subnet"},
                              addresses=["10.20.30.73", "10.20.30.72", "192.168.50.74"])
     n3, n2, n4 = nodes
-    try:
+    with agents_running(nodes):
         for node in nodes:
             start_agent(netns_factory, node, tmp_path)
         want = [  # (node, peer, device of the route to the peer's block)
@@ -242,10 +225,3 @@ def test_cross_subnet_tunnels_only_between_subnets(netns_factory: Any, tmp_path:
             poll(partial(tunnel_ping, src, dst), lambda rc: rc == 0, timeout=15,
                  what=f"ping {dst.name} {dst.tunnel_ip} from {src.name}")
         assert not [p for p in status(n3)["problems"] if "169.254.1.1" in p]  # it has a default route
-    except BaseException:
-        print(agent_logs(nodes))
-        raise
-    finally:
-        for node in nodes:
-            if pid_alive(node.pid):
-                os.kill(node.pid, signal.SIGTERM)

@@ -6,15 +6,21 @@ node-to-node mesh, so every pod route reaches the other node through the ToR, ne
 
 from __future__ import annotations
 
-import os
-import signal
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from _agent_cluster import agent_logs, established, ip, route_to, setup_cluster, start_agent, status
+from _agent_cluster import (
+    agents_running,
+    established,
+    ip,
+    route_to,
+    setup_cluster,
+    start_agent,
+    status,
+)
 
-from labnet.nsexec import NodeNS, pid_alive, run, spawn
+from labnet.nsexec import NodeNS, run, spawn
 from labnet.wait import poll
 
 TOR = "10.20.30.1"
@@ -52,7 +58,7 @@ def test_agents_peer_ebgp_with_a_bird_tor_and_route_via_it(netns_factory: Any, t
     n1, n2 = nodes
     lan = next(NodeNS(name, f"/run/netns/{name}") for name in netns_factory.made if name.endswith("-lan"))
     sock = start_tor(netns_factory, lan, tmp_path)
-    try:
+    with agents_running(nodes, tmp_path / "bird.log"):
         for node in nodes:
             start_agent(netns_factory, node, tmp_path)
         for node, other, asn in ((n1, n2, 64601), (n2, n1, 64602)):
@@ -72,11 +78,3 @@ def test_agents_peer_ebgp_with_a_bird_tor_and_route_via_it(netns_factory: Any, t
             assert [p for p in st["problems"] if "10.20.30.0/24" in p] == [], st["problems"]
         shown = run(None, ["birdc", "-s", str(sock), "show", "route"]).stdout
         assert n1.block in shown and n2.block in shown, f"BIRD's table lacks a node block:\n{shown}"
-    except BaseException:
-        print(agent_logs(nodes))
-        print((tmp_path / "bird.log").read_text()[-3000:])
-        raise
-    finally:
-        for node in nodes:
-            if pid_alive(node.pid):
-                os.kill(node.pid, signal.SIGTERM)
