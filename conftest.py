@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from labnet.scratchns import ScratchNamespaces
+from labnet.testing.scratch import ScratchNamespaces
 
 pytest_plugins = ("pytester",)
 

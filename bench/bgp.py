@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "tests" / "lab"))
 from _bgp_bird import Bird, LabnetSpeaker, link, start_bird, start_labnet  # noqa: E402
 
 from labnet.bgp.cli import control  # noqa: E402
-from labnet.scratchns import ScratchNamespaces  # noqa: E402
+from labnet.testing.scratch import ScratchNamespaces  # noqa: E402
 from labnet.wait import poll  # noqa: E402
 
 

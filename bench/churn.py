@@ -33,7 +33,7 @@ from labnet import ipam  # noqa: E402
 from labnet.cni import invoke  # noqa: E402
 from labnet.etcd import keys  # noqa: E402
 from labnet.etcd.admin import admin_store  # noqa: E402
-from labnet.labview import LabView  # noqa: E402
+from labnet.lab.view import LabView  # noqa: E402
 from labnet.nsexec import NodeNS, run  # noqa: E402
 
 

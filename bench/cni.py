@@ -32,7 +32,7 @@ from _cni_node import cni_env, make_node, start_cni_server  # noqa: E402
 
 from labnet import nsexec  # noqa: E402
 from labnet.nsexec import NodeNS  # noqa: E402
-from labnet.scratchns import ScratchNamespaces  # noqa: E402
+from labnet.testing.scratch import ScratchNamespaces  # noqa: E402
 
 REFERENCE = {"cniVersion": "1.0.0", "name": "ref", "type": "ptp", "ipMasq": False, "mtu": 1480,
              "ipam": {"type": "host-local", "subnet": "10.200.0.0/16", "dataDir": "/var/lib/labnet/host-local",

@@ -58,7 +58,7 @@ from labnet.etcd import keys  # noqa: E402
 from labnet.etcd.admin import admin_store  # noqa: E402
 from labnet.etcd.store import Datastore  # noqa: E402
 from labnet.ipam.allocator import Block, _blocks, _claim, cluster_pool  # noqa: E402
-from labnet.labview import LabView  # noqa: E402
+from labnet.lab.view import LabView  # noqa: E402
 from labnet.nsexec import NodeNS, pid_alive, run  # noqa: E402
 from labnet.topology.generate import generate  # noqa: E402
 from labnet.wait import poll  # noqa: E402

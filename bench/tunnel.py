@@ -2,7 +2,7 @@
 
     sudo .venv/bin/python bench/tunnel.py [--time 5] [--json]
 
-One run, one testbed (labnet.agent.tunnel.testbed: two nodes behind a router, a pod on each):
+One run, one testbed (labnet.testing.tunnel_testbed: two nodes behind a router, a pod on each):
 first the underlay alone (node to node, no tunnel) as the reference, then pod to pod over the
 userspace IPIP datapath, then, with tunl0 gone, pod to pod over kernel VXLAN. Pod MTUs follow the
 tunnel as Calico sets them (1480 for IPIP, 1450 for VXLAN). Prints throughputs and ratios.
@@ -21,10 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from labnet.agent.tunnel import testbed as tb  # noqa: E402
 from labnet.agent.tunnel.vxlan import Vtep, ensure_vxlan, sync_vxlan, vtep_mac  # noqa: E402
 from labnet.nsexec import NodeNS, pid_alive, run, spawn  # noqa: E402
-from labnet.scratchns import ScratchNamespaces  # noqa: E402
+from labnet.testing import tunnel_testbed as tb  # noqa: E402
+from labnet.testing.scratch import ScratchNamespaces  # noqa: E402
 from labnet.wait import poll  # noqa: E402
 
 

@@ -95,8 +95,8 @@ def measure(label: str, text: str, runs: int, underlay_only: bool, runtime: str 
 
 def docker_rows(seed: str, runs: int, full: bool) -> list[dict[str, object]]:
     """The seed lab on the docker runtime, in the same run as netns (the image is ready first)."""
-    from labnet.image import ensure_image
     from labnet.runtime.dockerd import client, ensure_dockerd, stop_dockerd
+    from labnet.runtime.image import ensure_image
 
     engine = ensure_dockerd()
     try:

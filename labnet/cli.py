@@ -46,19 +46,20 @@ def _need_root() -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from labnet import lab
-
+    from labnet.lab import lifecycle
+    from labnet.lab import status as labstatus
+    from labnet.lab.progress import Progress
     topo = _renamed(_load(args.file), args.name)
     _need_root()
-    progress = lab.Progress(topo.name, quiet=args.quiet)
-    journal, timings, changed = lab.up(topo, args.file, runtime=args.runtime, progress=progress)
+    progress = Progress(topo.name, quiet=args.quiet)
+    journal, timings, changed = lifecycle.up(topo, args.file, runtime=args.runtime, progress=progress)
     if args.timings:
         print(json.dumps({"lab": topo.name, "changed": changed, "phases": timings,
                           "total": round(sum(timings.values()), 4)}))
         return 0
     if not changed:
         print(f"lab {topo.name} is already up; nothing changed")
-    print(lab.format_status(lab.status(topo.name)))
+    print(labstatus.format_status(labstatus.status(topo.name)))
     return 0
 
 
@@ -76,11 +77,10 @@ def _renamed(topo, name: str | None):  # type: ignore[no-untyped-def]
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    from labnet import lab
-
+    from labnet.lab import lifecycle, state
     _need_root()
     if args.all:
-        names = lab.list_labs()
+        names = state.list_labs()
     elif args.name:
         names = [args.name]
     elif args.file:
@@ -89,7 +89,7 @@ def cmd_down(args: argparse.Namespace) -> int:
         raise BadInput("say which lab: labnet down FILE | --name NAME | --all")
     rc = 0
     for name in names:
-        problems = lab.down(name)
+        problems = lifecycle.down(name)
         if problems:
             rc = 1
             print(f"lab {name}: removed, with problems:\n  " + "\n  ".join(problems))
@@ -101,20 +101,20 @@ def cmd_down(args: argparse.Namespace) -> int:
 def _lab_of_file(path: str) -> str:
     """The lab `labnet up FILE` made. The file's `name:` when a lab of that name exists; else (the file
     was edited: broken YAML, no or another name) the one lab whose journal records this file."""
-    from labnet import lab
+    from labnet.lab import state
 
     try:
         name: str | None = _lab_name_of(path)
         problem: BadInput | None = None
     except BadInput as exc:
         name, problem = None, exc
-    if name is not None and lab.load_journal(name) is not None:
+    if name is not None and state.load_journal(name) is not None:
         return name
     resolved = str(Path(path).resolve())
     recorded = []
-    for other in lab.list_labs():
+    for other in state.list_labs():
         try:
-            journal = lab.load_journal(other)
+            journal = state.load_journal(other)
         except LabnetError:
             continue
         if journal is not None and journal.topology_file == resolved:
@@ -126,7 +126,7 @@ def _lab_of_file(path: str) -> str:
     if problem is not None:
         raise problem
     assert name is not None
-    return name  # lab.down says there is no such lab (or removes a docker lab found by its label)
+    return name  # down says there is no such lab (or removes a docker lab found by its label)
 
 
 def _lab_name_of(path: str) -> str:
@@ -144,27 +144,24 @@ def _lab_name_of(path: str) -> str:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    from labnet import lab
-
+    from labnet.lab import gc as labgc
     _need_root()
-    removed = lab.gc()
+    removed = labgc.gc()
     print("\n".join(f"removed {r}" for r in removed) if removed else "nothing to collect")
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from labnet import lab
-
-    rows = lab.status(args.lab)
-    print(lab.status_json(rows) if args.json else lab.format_status(rows))
+    from labnet.lab import status as labstatus
+    rows = labstatus.status(args.lab)
+    print(labstatus.status_json(rows) if args.json else labstatus.format_status(rows))
     return 0
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
-    from labnet import lab
-
+    from labnet.lab import state
     _need_root()
-    name = lab.pick_lab(args.lab)
+    name = state.pick_lab(args.lab)
     cmd = args.cmd or [os.environ.get("SHELL", "/bin/sh")]
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
@@ -175,14 +172,13 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 def _target_ns(lab_name: str, target: str) -> nsexec.NodeNS:
     """NODE or NODE/POD of a running lab."""
-    from labnet import lab
-
+    from labnet.lab import state
     if "/" in target:
-        from labnet.pods import pod_ns
+        from labnet.lab.pods import pod_ns
 
         node, pod = target.split("/", 1)
         return pod_ns(lab_name, node, pod)
-    return lab.node_ns(lab_name, target)
+    return state.node_ns(lab_name, target)
 
 
 def cmd_capture(args: argparse.Namespace) -> int:
@@ -191,10 +187,10 @@ def cmd_capture(args: argparse.Namespace) -> int:
     import difflib
     import subprocess
 
-    from labnet import lab, nsexec
-
+    from labnet import nsexec
+    from labnet.lab import state
     _need_root()
-    name = lab.pick_lab(args.lab)
+    name = state.pick_lab(args.lab)
     ns = _target_ns(name, args.target)
     links = [link["ifname"] for link in json.loads(nsexec.run(ns, ["ip", "-j", "link", "show"]).stdout or "[]")]
     if args.iface != "any" and args.iface not in links:
@@ -224,7 +220,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
-    from labnet.graph import render
+    from labnet.topology.graph import render
 
     render(_load(args.file), Path(args.output))
     print(f"wrote {args.output}")
@@ -233,8 +229,8 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from labnet.checks import format_results, results_json, write_junit
-    from labnet.labview import LabView
-    from labnet.scenarios import run_scenario
+    from labnet.lab.view import LabView
+    from labnet.scenario.run import run_scenario
 
     topo = _load(args.file)
     view = LabView(args.lab or topo.name)
@@ -257,12 +253,12 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def _etcd_store(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from labnet import lab
     from labnet.etcd.admin import admin_store
+    from labnet.lab import state
 
     _need_root()
-    name = lab.pick_lab(args.lab)
-    journal = lab.load_journal(name)
+    name = state.pick_lab(args.lab)
+    journal = state.load_journal(name)
     assert journal is not None
     return admin_store(journal.info)
 
@@ -275,10 +271,9 @@ def _register_etcd(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
 
 
 def cmd_pod(args: argparse.Namespace) -> int:
-    from labnet import lab, pods
-
+    from labnet.lab import pods, state
     _need_root()
-    name = lab.pick_lab(args.lab)
+    name = state.pick_lab(args.lab)
     if args.pod_command == "add":
         labels = dict(kv.split("=", 1) for kv in args.label or [])
         rec = pods.add(name, args.node, args.pod, labels=labels or None)
@@ -290,23 +285,23 @@ def cmd_pod(args: argparse.Namespace) -> int:
 
 
 def cmd_bgp_status(args: argparse.Namespace) -> int:
-    from labnet import lab
     from labnet.agent.status import format_bgp_status
-    from labnet.labview import LabView
+    from labnet.lab import state
+    from labnet.lab.view import LabView
 
     _need_root()
-    view = LabView(lab.pick_lab(args.lab))
+    view = LabView(state.pick_lab(args.lab))
     status = view.agent_status(args.node)
     print(json.dumps(status.get("peers", []), indent=2) if args.json else format_bgp_status(status))
     return 0
 
 
 def cmd_routes(args: argparse.Namespace) -> int:
-    from labnet import lab
     from labnet.checks.routes import format_table, get_routes
+    from labnet.lab import state
 
     _need_root()
-    ns = lab.node_ns(lab.pick_lab(args.lab), args.node)
+    ns = state.node_ns(state.pick_lab(args.lab), args.node)
     routes = get_routes(ns, table=args.table)
     if args.json:
         print(json.dumps([r.as_dict() for r in routes], indent=2, default=str))
@@ -316,13 +311,13 @@ def cmd_routes(args: argparse.Namespace) -> int:
 
 
 def _register_doctor(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from labnet.doctor import register
+    from labnet.diagnose.report import register
 
     register(sub)
 
 
 def _register_image(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from labnet.image import register
+    from labnet.runtime.image import register
 
     register(sub)
 

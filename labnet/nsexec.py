@@ -109,6 +109,12 @@ def proc_starttime(pid: int) -> int | None:
         return None
 
 
+def same_process(pid: int, start: int | None) -> bool:
+    """`pid` is alive and is still the process recorded with start time `start` (None: any),
+    not a later one that reused the pid. The one liveness test for recorded processes."""
+    return pid_alive(pid) and (start is None or proc_starttime(pid) == start)
+
+
 def processes_in(netns_files: list[str]) -> list[int]:
     """Pids (other than ours) whose network namespace is one of these nsfs files."""
     inodes = set()

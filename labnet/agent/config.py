@@ -7,11 +7,7 @@ Agent config (/var/lib/labnet/agent.json inside the node):
    "status_socket": "/var/run/labnet/agent.sock", "log_file": ...,
    "nodename": null}   # override: ONLY to reproduce the seed commenter's wrong-node-name fault
 
-Cluster settings (etcd key keys.config("cluster"), written by `labnet up`):
-  {"pool": {"cidr", "block_size", "ipip", "vxlan", "nat_outgoing"}, "mtu": null|int,
-   "bgp": {"asn", "mesh", "route_reflectors", "peers": [{"address", "asn", "node"?}],
-           "graceful_restart", "hold_time", "keepalive"},
-   "node_asn": {node: asn}}
+The lab-wide cluster settings the agent reads from etcd are labnet.settings.ClusterSettings.
 """
 
 from __future__ import annotations
@@ -19,7 +15,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +25,6 @@ from labnet.etcd.store import EtcdConfig
 DEFAULT_CONFIG = "/var/lib/labnet/agent.json"
 DEFAULT_SOCKET = "/var/run/labnet/agent.sock"
 DEFAULT_NODENAME_FILE = "/var/lib/labnet/nodename"
-DEFAULT_ASN = 64512
-ENCAP_MODES = ("always", "cross-subnet", "never")
 
 
 @dataclass
@@ -122,132 +116,3 @@ def parse_address_method(method: str) -> tuple[str, str]:
             f"or an IPv4 address"
         ) from exc
     return ("address", m)
-
-
-# -- cluster settings -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PoolSettings:
-    cidr: str
-    block_size: int = 26
-    ipip: str = "always"
-    vxlan: str = "never"
-    nat_outgoing: bool = False
-
-    @property
-    def network(self) -> ipaddress.IPv4Network:
-        return ipaddress.IPv4Network(self.cidr)
-
-    @property
-    def encap(self) -> str:
-        """'ipip', 'vxlan' or 'none' (what the agent sets up)."""
-        if self.vxlan != "never":
-            return "vxlan"
-        return "ipip" if self.ipip != "never" else "none"
-
-    @property
-    def mode(self) -> str:
-        """The encapsulation mode: always, cross-subnet or never."""
-        return self.vxlan if self.vxlan != "never" else self.ipip
-
-
-@dataclass(frozen=True)
-class PeerSettings:
-    address: str
-    asn: int
-    node: str | None = None  # only this node peers (calicoctl's "node specific"); None = global
-
-
-@dataclass(frozen=True)
-class BgpSettings:
-    asn: int = DEFAULT_ASN
-    mesh: bool = True
-    route_reflectors: tuple[str, ...] = ()
-    peers: tuple[PeerSettings, ...] = ()
-    graceful_restart: bool = False
-    restart_time: int = 120
-    hold_time: int = 90
-    keepalive: int | None = None
-    enabled: bool = True
-
-
-@dataclass(frozen=True)
-class ClusterSettings:
-    pool: PoolSettings
-    bgp: BgpSettings = field(default_factory=BgpSettings)
-    mtu: int | None = None
-    node_asn: dict[str, int] = field(default_factory=dict)
-
-    def asn_of(self, node: str) -> int:
-        return self.node_asn.get(node, self.bgp.asn)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], where: str = "cluster settings") -> ClusterSettings:
-        def need(cond: bool, msg: str) -> None:
-            if not cond:
-                raise BadInput(f"{where}: {msg}")
-
-        need(isinstance(d, dict), f"expected an object, got {type(d).__name__}")
-        p = d.get("pool")
-        need(isinstance(p, dict) and isinstance(p.get("cidr"), str), "'pool' must be an object with a 'cidr'")
-        assert isinstance(p, dict)
-        try:
-            ipaddress.IPv4Network(p["cidr"])
-        except ValueError as exc:
-            raise BadInput(f"{where}: pool.cidr {p['cidr']!r}: {exc}") from exc
-        ipip = _mode(p.get("ipip", "always"), where, "pool.ipip")
-        vxlan = _mode(p.get("vxlan", "never"), where, "pool.vxlan")
-        need(ipip == "never" or vxlan == "never", f"pool has both ipip={ipip} and vxlan={vxlan}; pick one")
-        pool = PoolSettings(p["cidr"], _int(p, "block_size", 26, where), ipip, vxlan, bool(p.get("nat_outgoing", False)))
-        b = d.get("bgp") or {}
-        need(isinstance(b, dict), "'bgp' must be an object")
-        mesh_raw = b.get("mesh", True)
-        mesh = mesh_raw in (True, "full", "on", "yes") if not isinstance(mesh_raw, bool) else mesh_raw
-        peers = []
-        for i, x in enumerate(b.get("peers") or []):
-            need(isinstance(x, dict) and "address" in x and "asn" in x, f"bgp.peers[{i}] needs address and asn")
-            try:
-                ipaddress.IPv4Address(x["address"])
-            except ValueError as exc:
-                raise BadInput(f"{where}: bgp.peers[{i}].address: {exc}") from exc
-            peers.append(PeerSettings(str(x["address"]), _int(x, "asn", 0, where), x.get("node")))
-        bgp = BgpSettings(
-            asn=_int(b, "asn", DEFAULT_ASN, where), mesh=bool(mesh),
-            route_reflectors=tuple(b.get("route_reflectors") or ()), peers=tuple(peers),
-            graceful_restart=bool(b.get("graceful_restart", False)),
-            restart_time=_int(b, "restart_time", 120, where),
-            hold_time=_int(b, "hold_time", 90, where),
-            keepalive=_int(b, "keepalive", 0, where) or None,
-            enabled=bool(b.get("enabled", True)),
-        )
-        need(bgp.hold_time == 0 or 3 <= bgp.hold_time <= 65535, f"bgp.hold_time {bgp.hold_time} must be 0 or 3..65535")
-        mtu = d.get("mtu")
-        need(mtu is None or (isinstance(mtu, int) and 576 <= mtu <= 65535), f"mtu {mtu!r} must be null or 576..65535")
-        node_asn = {str(k): _int({"asn": v}, "asn", 0, f"{where}: node_asn.{k}") for k, v in (d.get("node_asn") or {}).items()}
-        return cls(pool, bgp, mtu, node_asn)
-
-
-def _int(d: dict[str, Any], key: str, default: int, where: str) -> int:
-    """d[key] as an int; missing or null gives `default`."""
-    v = d.get(key)
-    if v is None:
-        return default
-    if isinstance(v, bool) or not isinstance(v, (int, str)):
-        raise BadInput(f"{where}: {key} {v!r} is not an integer")
-    try:
-        return int(v)
-    except ValueError as exc:
-        raise BadInput(f"{where}: {key} {v!r} is not an integer") from exc
-
-
-def _mode(value: object, where: str, what: str) -> str:
-    if value is True:
-        return "always"
-    if value in (False, None):
-        return "never"
-    v = str(value).strip().lower().replace("_", "-")
-    v = {"crosssubnet": "cross-subnet"}.get(v, v)
-    if v not in ENCAP_MODES:
-        raise BadInput(f"{where}: {what} {value!r} must be one of {', '.join(ENCAP_MODES)}")
-    return v

@@ -26,7 +26,7 @@ from typing import Any
 from labnet import ipam
 from labnet.agent import kernel, nat
 from labnet.agent.cache import KeyCache
-from labnet.agent.config import AgentConfig, ClusterSettings
+from labnet.agent.config import AgentConfig
 from labnet.agent.detect import Detected, detect
 from labnet.agent.nodes import NodeRecord, name_problems, read_nodename
 from labnet.agent.peers import PeerSpec, compute_peers
@@ -46,12 +46,14 @@ from labnet.bgp.rib import Change
 from labnet.bgp.speaker import PeerConfig, Speaker
 from labnet.errors import LabnetError
 from labnet.etcd import keys
+from labnet.etcd.settings import CLUSTER_KEY, decode_cluster_config
 from labnet.etcd.store import KV, Datastore, DatastoreUnavailable, Event
+from labnet.settings import ClusterSettings
 
 log = logging.getLogger("labnet.agent")
 
 Net = ipaddress.IPv4Network
-SETTINGS_KEY = keys.config("cluster")
+SETTINGS_KEY = CLUSTER_KEY
 WATCHED = (keys.NODES, keys.affinities(), keys.BLOCKS, SETTINGS_KEY)
 BURST_PASSES = 3  # back-to-back passes before a pause: bounds the pass rate under sustained churn
 COALESCE = 0.05  # that pause: seconds to gather a burst of RIB changes / watch events
@@ -129,7 +131,7 @@ class Agent:
         return self._store
 
     def _read_settings(self) -> ClusterSettings:
-        return _decode_settings(self.store.get(SETTINGS_KEY))
+        return decode_cluster_config(self.store.get(SETTINGS_KEY))
 
     def _read_all(self) -> dict[str, list[KV]]:
         """One full read of everything the agent watches (4 requests)."""
@@ -163,7 +165,7 @@ class Agent:
 
     def _build_snapshot(self, settings_kv: KV | None, node_kvs: list[KV], affinity_kvs: list[KV],
                         block_kvs: list[KV]) -> Snapshot:
-        settings = _decode_settings(settings_kv)
+        settings = decode_cluster_config(settings_kv)
         nodes = []
         for kv in node_kvs:
             try:
@@ -707,12 +709,6 @@ class Agent:
         with contextlib.suppress(OSError):
             Path(self.cfg.status_socket).unlink()
         log.info("stopped")
-
-
-def _decode_settings(kv: KV | None) -> ClusterSettings:
-    if kv is None:
-        raise LabnetError(f"no cluster settings at etcd key {SETTINGS_KEY} yet")
-    return ClusterSettings.from_dict(json.loads(kv.value), where=f"etcd {SETTINGS_KEY}")
 
 
 def _link_mtu(ifname: str) -> int | None:

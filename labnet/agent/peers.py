@@ -10,8 +10,8 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from labnet.agent.config import ClusterSettings
 from labnet.agent.nodes import NodeRecord
+from labnet.settings import ClusterSettings
 
 MESH = "node-to-node mesh"
 GLOBAL = "global"

@@ -29,6 +29,7 @@ from typing import Any
 NETWORK_NAME = "k8s-pod-network"
 CONFLIST = "10-labnet.conflist"
 NODE_NETD = "/etc/cni/net.d"  # as the node sees it
+TLS_INSIDE = f"{NODE_NETD}/labnet-tls"  # the etcd client TLS files, as the node sees them
 LOOPBACK_SRC = Path("/usr/lib/cni/loopback")
 PLUGINS = {"labnet": "labnet.cni.plugin", "labnet-ipam": "labnet.cni.ipam_plugin"}
 SHIM_SOURCE = Path(__file__).with_name("shim.c")
@@ -110,9 +111,9 @@ def conflist(etcd_endpoints: str, tls: bool, settings: dict[str, Any] | None = N
     }
     if tls:
         plugin.update({
-            "etcd_key_file": f"{NODE_NETD}/labnet-tls/etcd-key",
-            "etcd_cert_file": f"{NODE_NETD}/labnet-tls/etcd-cert",
-            "etcd_ca_cert_file": f"{NODE_NETD}/labnet-tls/etcd-ca",
+            "etcd_key_file": f"{TLS_INSIDE}/etcd-key",
+            "etcd_cert_file": f"{TLS_INSIDE}/etcd-cert",
+            "etcd_ca_cert_file": f"{TLS_INSIDE}/etcd-ca",
         })
     for key, value in (settings or {}).items():
         if key == "ipam" and isinstance(value, dict):

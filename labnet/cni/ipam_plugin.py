@@ -27,6 +27,7 @@ from labnet.cni.spec import (
 )
 from labnet.etcd.store import DatastoreUnavailable
 from labnet.ipam import allocator as ipam
+from labnet.settings import ClusterSettings
 
 
 def handle_id(conf: dict[str, Any], container_id: str) -> str:
@@ -37,9 +38,9 @@ def _pool(conf: dict[str, Any], store: Any, memo: settings.RequestMemo | None = 
     return _pool_of(settings.cluster(conf, store, memo))
 
 
-def _pool_of(c: settings.Cluster) -> ipam.Pool:
+def _pool_of(c: ClusterSettings) -> ipam.Pool:
     try:
-        return ipam.Pool(c.pool_cidr, c.block_size)
+        return ipam.Pool(c.pool.cidr, c.pool.block_size)
     except ValueError as exc:
         raise CniError(INVALID_CONFIG, str(exc)) from exc
 

@@ -139,11 +139,7 @@ def _wep_key(node: str, env: Env) -> str:
 
 
 def _mtu(conf: dict[str, Any], store: Any, memo: settings.RequestMemo | None, underlay: int) -> int:
-    c = settings.cluster(conf, store, memo)
-    if c.mtu:
-        return c.mtu
-    overhead = {"ipip": settings.IPIP_OVERHEAD, "vxlan": settings.VXLAN_OVERHEAD}.get(c.encapsulation or "", 0)
-    return underlay - overhead
+    return settings.cluster(conf, store, memo).workload_mtu(underlay)
 
 
 def _give_back(env: Env, conf: dict[str, Any], ipam: _Delegate, services: Services) -> None:

@@ -17,20 +17,18 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from labnet.cni.spec import INVALID_CONFIG, TRY_AGAIN_LATER, CniError
-from labnet.etcd import keys
+from labnet.errors import BadInput
+from labnet.etcd.settings import CLUSTER_KEY
 from labnet.etcd.store import DatastoreUnavailable, EtcdConfig
+from labnet.settings import ClusterSettings
 
 if TYPE_CHECKING:
     from labnet.etcd.store import KV, Datastore
 
 NODENAME_FILE = "/var/lib/labnet/nodename"
-CLUSTER_KEY = keys.config("cluster")
-IPIP_OVERHEAD = 20
-VXLAN_OVERHEAD = 50
 
 
 def etcd_config(conf: dict[str, Any]) -> EtcdConfig:
@@ -100,25 +98,6 @@ def unavailable(conf: dict[str, Any], exc: BaseException) -> CniError:
                     str(exc))
 
 
-@dataclass(frozen=True)
-class Cluster:
-    pool_cidr: str
-    block_size: int
-    encapsulation: str | None  # "ipip" | "vxlan" | None
-    mtu: int | None  # explicit workload MTU; None: underlay MTU minus the encapsulation overhead
-
-
-def _encap(pool: dict[str, Any]) -> str | None:
-    def on(v: object) -> bool:
-        return v not in (None, False, "never", "Never", "off", "")
-
-    if on(pool.get("vxlan")):
-        return "vxlan"
-    if on(pool.get("ipip", "always")):
-        return "ipip"
-    return None
-
-
 class RequestMemo:
     """Datastore reads shared within ONE request (never across requests, so nothing goes
     stale): the first reader of a key does the round trip, concurrent and later readers of
@@ -150,7 +129,7 @@ class RequestMemo:
                 self._reads[key] = fut
 
 
-def cluster(conf: dict[str, Any], store: Datastore, memo: RequestMemo | None = None) -> Cluster:
+def cluster(conf: dict[str, Any], store: Datastore, memo: RequestMemo | None = None) -> ClusterSettings:
     try:
         kv = memo.get(store, CLUSTER_KEY) if memo is not None else store.get(CLUSTER_KEY)
     except DatastoreUnavailable as exc:
@@ -158,9 +137,15 @@ def cluster(conf: dict[str, Any], store: Datastore, memo: RequestMemo | None = N
     return cluster_from(conf, kv)
 
 
-def cluster_from(conf: dict[str, Any], kv: KV | None) -> Cluster:
-    """The lab settings record (`kv`, as read from etcd) with the network config's overrides."""
-    doc: dict[str, Any] = json.loads(kv.value) if kv else {}
+def cluster_from(conf: dict[str, Any], kv: KV | None) -> ClusterSettings:
+    """The lab settings record (`kv`, as read from etcd) with the network config's overrides
+    (`mtu`, `ipam.pool`, `ipam.block_size`), parsed by the one cluster-settings parser."""
+    try:
+        doc: dict[str, Any] = json.loads(kv.value) if kv else {}
+    except ValueError as exc:
+        raise CniError(INVALID_CONFIG, f"etcd key {CLUSTER_KEY} is not JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise CniError(INVALID_CONFIG, f"etcd key {CLUSTER_KEY} is not a JSON object")
     pool: dict[str, Any] = dict(doc.get("pool") or {})
     ipam_conf = conf.get("ipam") or {}
     if isinstance(ipam_conf.get("pool"), str):
@@ -168,8 +153,12 @@ def cluster_from(conf: dict[str, Any], kv: KV | None) -> Cluster:
     if ipam_conf.get("block_size"):
         pool["block_size"] = ipam_conf["block_size"]
     if not pool.get("cidr"):
-        raise CniError(INVALID_CONFIG, f"no IP pool: etcd key {keys.config('cluster')} has no pool.cidr "
+        raise CniError(INVALID_CONFIG, f"no IP pool: etcd key {CLUSTER_KEY} has no pool.cidr "
                        "and the network config has no ipam.pool")
-    mtu = conf.get("mtu", doc.get("mtu"))
-    return Cluster(str(pool["cidr"]), int(pool.get("block_size", 26)), _encap(pool),
-                   int(mtu) if mtu else None)
+    merged = {**doc, "pool": pool}
+    if conf.get("mtu"):
+        merged["mtu"] = conf["mtu"]
+    try:
+        return ClusterSettings.from_dict(merged, where=f"network {conf.get('name')!r} with etcd {CLUSTER_KEY}")
+    except BadInput as exc:
+        raise CniError(INVALID_CONFIG, str(exc)) from exc

@@ -6,23 +6,44 @@ etcd node's network namespace (EtcdConfig.extra["netns"], see labnet.etcd.client
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from labnet.errors import LabnetError
+from labnet.etcd.store import EtcdConfig
 
 if TYPE_CHECKING:
     from labnet.etcd.client import EtcdStore
-    from labnet.labview import LabView
+    from labnet.lab.view import LabView
+
+
+T = TypeVar("T")
+
+
+def admin_config(info: dict[str, Any]) -> EtcdConfig:
+    """How the host-side CLI reaches the lab's etcd: the admin certificate, and connections
+    opened from inside the etcd node's network namespace (the only place etcd is reachable)."""
+    if "etcd" not in info:
+        raise LabnetError("this lab has no etcd (its topology has no cluster)")
+    e = info["etcd"]
+    return EtcdConfig(endpoints=tuple(e["endpoints"]), ca_file=e.get("ca"), cert_file=e.get("cert"),
+                      key_file=e.get("key"), extra={"netns": e["netns"]})
 
 
 def admin_store(info: dict[str, Any]) -> EtcdStore:
     """The admin store of a lab, from its journal's info."""
     from labnet.etcd.client import EtcdStore
-    from labnet.phases import admin_config
 
-    if "etcd" not in info:
-        raise LabnetError("this lab has no etcd (its topology has no cluster)")
     return EtcdStore(admin_config(info))
+
+
+def with_store(info: dict[str, Any], fn: Callable[[EtcdStore], T]) -> T:
+    """fn(store) with the lab's admin store, closed afterwards."""
+    store = admin_store(info)
+    try:
+        return fn(store)
+    finally:
+        store.close()
 
 
 def etcd_ls_text(view: LabView, prefix: str = "/labnet/") -> str:

@@ -8,11 +8,12 @@ them. Everything it creates is recorded in the lab's journal first.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
+from typing import Any, Protocol
 
-from labnet.journal import Journal
 from labnet.nsexec import NodeNS
 
 # Private directories of every machine, bind-mounted from the lab's state directory.
@@ -44,10 +45,23 @@ class LinkSpec:
     mtu: int
 
 
+class Recorder(Protocol):
+    """What a runtime needs of the lab's journal (labnet.lab.journal.Journal is one)."""
+
+    lab: str
+    entries: list[dict[str, Any]]
+    info: dict[str, Any]
+
+    def record(self, kind: str, **attrs: Any) -> dict[str, Any]: ...
+    def update(self, entry: dict[str, Any], **attrs: Any) -> None: ...
+    def of_kind(self, kind: str) -> list[dict[str, Any]]: ...
+    def save(self) -> None: ...
+
+
 class Runtime(ABC):
     name = "base"
 
-    def __init__(self, lab: str, journal: Journal) -> None:
+    def __init__(self, lab: str, journal: Recorder) -> None:
         self.lab = lab
         self.journal = journal
 
@@ -78,3 +92,15 @@ class Runtime(ABC):
     @abstractmethod
     def teardown(self) -> list[str]:
         """Undo the journal, newest first; return problems that were left (empty: clean)."""
+
+    # -- labs without a journal (down of a lab whose state dir is gone; gc) -------------------
+    @classmethod
+    def remove_unjournaled(cls, lab: str) -> bool:
+        """Remove what this runtime can find of `lab` without its journal; True if it found any."""
+        return False
+
+    @classmethod
+    def sweep_orphans(cls, is_orphan: Callable[[str], bool]) -> list[str]:
+        """Remove what this runtime made for labs `is_orphan` says have no journal and no owner;
+        describe each thing removed. Things that vanish meanwhile count as removed."""
+        return []

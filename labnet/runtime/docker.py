@@ -1,6 +1,6 @@
 """The docker runtime: the same topology files, with every machine a real container.
 
-Each router, host and cluster node is a container of the node image (labnet.image) on
+Each router, host and cluster node is a container of the node image (labnet.runtime.image) on
 labnet's own dockerd (labnet.runtime.dockerd), with `network_mode: none`, NET_ADMIN,
 SYS_ADMIN and NET_RAW, its hostname, and labels `labnet.lab`/`labnet.node` by which `down`
 and `gc` find it even without a journal. LANs, veth links, addresses and routes are exactly
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
@@ -36,7 +37,7 @@ from typing import Any
 from labnet import paths
 from labnet.errors import LabnetError
 from labnet.nsexec import NodeNS
-from labnet.runtime.base import NODE_DIRS, MachineSpec
+from labnet.runtime.base import NODE_DIRS, MachineSpec, Recorder
 from labnet.runtime.dockerd import SOCKET, DockerdHandle, ensure_dockerd, ping, stop_dockerd
 from labnet.runtime.netns import NetnsRuntime, _sh
 from labnet.wait import poll
@@ -60,10 +61,10 @@ def _client() -> Any:
 class DockerRuntime(NetnsRuntime):
     name = "docker"
     # What runs labnet's Python code inside a machine: the image's python3. Code that uses this
-    # host's sys.executable there works too: the image links that path to python3 (labnet.image).
+    # host's sys.executable there works too: the image links that path to python3 (labnet.runtime.image).
     python = NODE_PYTHON
 
-    def __init__(self, lab: str, journal: Any) -> None:
+    def __init__(self, lab: str, journal: Recorder) -> None:
         super().__init__(lab, journal)
         self._docker: Any = None
         self._started: DockerdHandle | None = None  # a dockerd this object had to start
@@ -82,7 +83,7 @@ class DockerRuntime(NetnsRuntime):
 
     # -- build ------------------------------------------------------------------------
     def prepare(self) -> None:
-        from labnet.image import ensure_image
+        from labnet.runtime.image import ensure_image
 
         # A first build takes minutes (debootstrap): say so rather than sit silent in "underlay".
         ref = ensure_image(self.docker, out=sys.stderr)
@@ -184,6 +185,14 @@ class DockerRuntime(NetnsRuntime):
             pass
         self._wait_gone(e["name"])
 
+    @classmethod
+    def remove_unjournaled(cls, lab: str) -> bool:
+        return bool(remove_lab_containers(lab))
+
+    @classmethod
+    def sweep_orphans(cls, is_orphan: Callable[[str], bool]) -> list[str]:
+        return orphan_containers(is_orphan)
+
     def _wait_gone(self, name: str) -> None:
         import docker.errors
 
@@ -221,11 +230,12 @@ def remove_lab_containers(lab: str, start: bool = False) -> list[str]:
     return names
 
 
-def orphan_containers() -> list[str]:
+def orphan_containers(is_orphan: Callable[[str], bool]) -> list[str]:
     """For `labnet gc`: remove containers of labs that have no journal; describe each.
 
     The journal is looked for at removal time, not listed beforehand: a lab being built right
-    now has its journal before its first container, so it is never taken for an orphan.
+    now has its journal (and holds its lock) before its first container, so it is never taken
+    for an orphan.
     """
     if not ping():
         return []
@@ -233,7 +243,7 @@ def orphan_containers() -> list[str]:
     removed = []
     for c in lab_containers(client):
         lab = c.labels.get(LABEL_LAB, "")
-        if (paths.lab_dir(lab) / "journal.json").exists():
+        if not is_orphan(lab):
             continue
         with contextlib.suppress(Exception):
             c.remove(force=True)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from labnet.errors import LabnetError
-from labnet.nsexec import pid_alive, proc_starttime
+from labnet.nsexec import pid_alive, proc_starttime, same_process
 from labnet.wait import poll
 
 SOCKET = Path(os.environ.get("LABNET_DOCKER_SOCKET", "/run/labnet-docker.sock"))
@@ -161,7 +161,7 @@ def ensure_dockerd(timeout: float = 60.0) -> DockerdHandle:
 def stop_dockerd(handle: DockerdHandle, timeout: float = 60.0) -> None:
     """Stop the dockerd of `handle` by its recorded pid (SIGTERM, then SIGKILL)."""
     pid = handle.pid
-    if not pid_alive(pid) or (handle.start is not None and proc_starttime(pid) != handle.start):
+    if not same_process(pid, handle.start):
         return
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)

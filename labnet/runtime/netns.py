@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import subprocess
+from collections.abc import Callable
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 from labnet import paths
 from labnet.errors import LabnetError
 from labnet.nsexec import NodeNS, pid_alive, processes_in
-from labnet.runtime.base import NODE_DIRS, LinkSpec, MachineSpec, Runtime
+from labnet.runtime.base import NODE_DIRS, LinkSpec, MachineSpec, Recorder, Runtime
 from labnet.wait import poll
 
 RTPROT_BOOT = 3  # what `ip route add` uses: shows as no "proto" in `ip route`
@@ -42,7 +43,7 @@ def _netns(name: str) -> Any:
 class NetnsRuntime(Runtime):
     name = "netns"
 
-    def __init__(self, lab: str, journal: Any) -> None:
+    def __init__(self, lab: str, journal: Recorder) -> None:
         super().__init__(lab, journal)
         self.run_dir = paths.ns_dir(lab)
         self.fabric = paths.fabric_netns(lab)
@@ -189,6 +190,47 @@ class NetnsRuntime(Runtime):
                 d.parent.rmdir()  # /run/labnet itself, once no lab uses it
         elif kind == "dir":
             shutil.rmtree(e["path"], ignore_errors=True)
+
+
+    @classmethod
+    def sweep_orphans(cls, is_orphan: Callable[[str], bool]) -> list[str]:
+        """Namespace files of orphan labs: /run/netns/lnet-<lab>.* and /run/labnet/<lab>/
+        (mount/UTS namespace files, itself a private bind mount)."""
+        removed: list[str] = []
+        for f in _entries_of(paths.NETNS_DIR):
+            owner = paths.lab_of_netns(f.name)
+            if owner is not None and is_orphan(owner):
+                _umount_vanishing(f)
+                f.unlink(missing_ok=True)
+                removed.append(f"orphan namespace {f.name}")
+        for d in _entries_of(paths.run_root()):
+            if d.is_dir() and is_orphan(d.name):
+                for f in _entries_of(d):
+                    _umount_vanishing(f)
+                _umount_vanishing(d)
+                shutil.rmtree(d, ignore_errors=True)
+                removed.append(f"orphan namespace files {d}")
+        return removed
+
+
+def _entries_of(d: Path) -> list[Path]:
+    """d's entries, sorted; none when d vanished (or was never there) while we looked."""
+    try:
+        return sorted(d.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _umount_vanishing(path: Path) -> None:
+    """Unmount `path` (every mount stacked on it); a path or mount that vanishes meanwhile
+    (someone else unmounted or removed it: ENOENT, EINVAL) is what we wanted anyway."""
+    try:
+        _umount(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except LabnetError:
+        if path.exists() and _is_mountpoint(path):
+            raise
 
 
 def _is_mountpoint(path: Path) -> bool:

@@ -7,5 +7,3 @@ from labnet.topology.loader import Diagnostic, TopologyError, load, loads
 from labnet.topology.model import Topology
 
 __all__ = ["Diagnostic", "Topology", "TopologyError", "load", "loads"]
-
-from labnet import faults as _faults  # noqa: E402,F401  (registers the fault step kinds)

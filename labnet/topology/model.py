@@ -22,6 +22,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from labnet.policy.model import PolicySettings
+from labnet.settings import BgpSettings, ClusterSettings, PeerSettings, PoolSettings
 from labnet.topology.steps import STEP_KINDS
 
 LAB_NAME_RE = r"^[a-z][a-z0-9-]{0,19}$"
@@ -158,12 +159,14 @@ def _etcd_schema(schema: dict[str, Any]) -> None:
     schema["oneOf"] = [{"required": ["nodes"]}, {"required": ["node"]}]
 
 
+# Defaults come from labnet.settings, the one cluster-settings type, so the topology, the agent
+# and the CNI plugin cannot disagree about what an unset field means.
 class PoolSpec(_Model):
     cidr: Cidr
-    block_size: int = Field(default=26, ge=20, le=32)
-    ipip: EncapMode = "always"
-    vxlan: EncapMode = "never"
-    nat_outgoing: bool = True
+    block_size: int = Field(default=PoolSettings.block_size, ge=20, le=32)
+    ipip: EncapMode = PoolSettings.ipip  # type: ignore[assignment]
+    vxlan: EncapMode = PoolSettings.vxlan  # type: ignore[assignment]
+    nat_outgoing: bool = PoolSettings.nat_outgoing
 
 
 class BgpPeer(_Model):
@@ -173,13 +176,16 @@ class BgpPeer(_Model):
 
 
 class BgpSpec(_Model):
-    asn: Asn = 64512
-    mesh: Literal["full", "none"] = "full"
+    asn: Asn = BgpSettings.asn
+    mesh: Literal["full", "none"] = "full" if BgpSettings.mesh else "none"
     route_reflectors: list[str] = []
     peers: list[BgpPeer] = []
-    graceful_restart: bool = True
-    hold_time: int = Field(default=90, ge=0, le=65535)
-    keepalive: int = Field(default=30, ge=0, le=21845)
+    graceful_restart: bool = BgpSettings.graceful_restart
+    restart_time: int = Field(default=BgpSettings.restart_time, ge=0, le=4095,
+                              description="seconds peers keep this node's routes while it restarts (RFC 4724)")
+    hold_time: int = Field(default=BgpSettings.hold_time, ge=0, le=65535)
+    keepalive: int | None = Field(default=BgpSettings.keepalive, ge=0, le=21845,
+                                  description="seconds; default a third of hold_time")
 
 
 class PodSpec(_Model):
@@ -302,6 +308,19 @@ class Topology(_Model):
             raise KeyError(f"lab {self.name} has no cluster, so no node {node!r}")
         own = self.cluster.nodes[node].asn
         return self.cluster.bgp.asn if own is None else own
+
+    def cluster_settings(self) -> ClusterSettings:
+        """The lab-wide settings `up` writes to etcd for the agents and the CNI plugins."""
+        if self.cluster is None:
+            raise KeyError(f"lab {self.name} has no cluster, so no cluster settings")
+        c = self.cluster
+        pool = PoolSettings(str(c.pool.cidr), c.pool.block_size, c.pool.ipip, c.pool.vxlan, c.pool.nat_outgoing)
+        b = c.bgp
+        peers = tuple(PeerSettings(str(p.address), p.asn, p.node) for p in b.peers)
+        bgp = BgpSettings(asn=b.asn, mesh=b.mesh == "full", route_reflectors=tuple(b.route_reflectors), peers=peers,
+                          graceful_restart=b.graceful_restart, restart_time=b.restart_time, hold_time=b.hold_time,
+                          keepalive=b.keepalive or None)
+        return ClusterSettings(pool, bgp, c.mtu, {n: self.node_asn(n) for n in c.nodes})
 
     def owner_of(self, address: IPv4Address) -> tuple[str, Interface] | None:
         """Which machine and interface carry this address, if any."""

@@ -1,9 +1,9 @@
-"""The scenario step registry: one table of step kinds, their arguments and what they refer to.
+"""Scenario step kinds: one table of every kind, its arguments and what they refer to.
 
 A step is written as a one-key mapping `{kind: {args}}`. Each kind has a pydantic model for its
-arguments (defaults live there) and a map from argument name to the kind of lab object it names,
-so validation can check references without knowing the kind. Later issues add kinds (faults)
-with `register_step`.
+arguments (defaults live there, once) and a map from argument name to the kind of lab object it
+names, so validation checks references without knowing the kind. The runners that carry the
+steps out are labnet.scenario's, keyed by the same names; a new kind goes in both tables.
 """
 
 from __future__ import annotations
@@ -98,15 +98,57 @@ class SysctlArgs(StepArgs):
     value: int | str
 
 
-STEP_KINDS: dict[str, StepKind] = {}
+# -- faults and state-polling steps -------------------------------------------------------
 
 
-def register_step(
-    name: str, args: type[BaseModel], refs: dict[str, Ref], doc: str, check: StepCheck | None = None
-) -> None:
-    if name in STEP_KINDS:
-        raise ValueError(f"step kind {name!r} is already registered")
-    STEP_KINDS[name] = StepKind(args=args, refs=refs, doc=doc, check=check)
+class LinkArgs(StepArgs):
+    machine: str = Field(description="router, host or node")
+    interface: str = Field(description="the machine's interface name, e.g. ens32")
+    side: Literal["fabric", "machine"] = Field(
+        default="fabric", description="fabric: the LAN-side veth (cable pulled; the machine keeps its routes); "
+                                      "machine: the machine's own interface (the kernel drops its routes)")
+
+
+class PacketLossArgs(StepArgs):
+    machine: str
+    interface: str
+    percent: int = Field(ge=0, le=100, description="share of packets dropped, 0-100")
+    direction: Literal["in", "out", "both"] = "both"
+
+
+class NodeArgs(StepArgs):
+    node: str
+
+
+class RenameAgentArgs(StepArgs):
+    node: str
+    name: str = Field(pattern=r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$",
+                      description="the name the agent registers under instead of the CNI plugin's")
+
+
+class ConvergeArgs(StepArgs):
+    from_: str = Field(alias="from", description="pod or machine that pings")
+    to: str = Field(description="pod, machine or IPv4 address")
+    within: float = Field(default=30.0, gt=0, le=600, description="seconds allowed")
+
+
+class BgpDownArgs(StepArgs):
+    node: str
+    peer: str = Field(description="peer machine name or address")
+    within: float = Field(default=30.0, gt=0, le=600, description="seconds allowed (the hold time, and some)")
+
+
+class EtcdHealthArgs(StepArgs):
+    expect: Literal["healthy", "unhealthy"] = "healthy"
+
+
+class AgentProblemArgs(StepArgs):
+    node: str
+    match: str = Field(min_length=1, description="text one of the agent's problems must contain")
+    present: bool = True
+
+
+# -- cross-checks against the topology ------------------------------------------------------
 
 
 def _check_blackhole(topo: Topology, args: dict[str, Any]) -> list[tuple[str, str]]:
@@ -128,22 +170,81 @@ def _check_tunnel_route(topo: Topology, args: dict[str, Any]) -> list[tuple[str,
     return []
 
 
+def _check_interface(topo: Topology, args: dict[str, Any]) -> list[tuple[str, str]]:
+    try:
+        spec = topo.machine(str(args.get("machine")))
+    except KeyError:
+        return []  # the reference check reports the unknown machine
+    names = [str(i.name) for i in spec.interfaces]
+    if args.get("interface") in names:
+        return []
+    return [("interface", f"{args.get('machine')} has no interface {args.get('interface')!r} "
+                          f"(it has: {', '.join(names)})")]
+
+
+def _check_rename(topo: Topology, args: dict[str, Any]) -> list[tuple[str, str]]:
+    name = args.get("name")
+    if name == args.get("node"):
+        return [("name", f"renaming {name} to its own name changes nothing")]
+    if name in {n for n, _k, _s in topo.machines()}:
+        return [("name", f"{name!r} is another machine of the lab; pick a name nobody uses")]
+    return []
+
+
+def _check_etcd_node(topo: Topology, args: dict[str, Any]) -> list[tuple[str, str]]:
+    c = topo.cluster
+    if c is None or args.get("node") in c.etcd.nodes:
+        return []
+    return [("node", f"{args.get('node')} runs no etcd member (members: {', '.join(c.etcd.nodes)})")]
+
+
 _NODE = Ref(("node",))
 _MACHINE = Ref(MACHINES)
 
-register_step("ping", PingArgs, {"from": Ref(ENDPOINTS), "to": Ref(ENDPOINTS, ip=True)},
-              "ping from a pod or machine to a pod, machine or address")
-register_step("connectivity", ConnectivityArgs, {"pods": Ref(("pod",))},
-              "every listed pod reaches every other (default: all pods)")
-register_step("proxy_arp", ProxyArpArgs, {"pod": Ref(("pod",))},
-              "the pod's host-side veth answers ARP for 169.254.1.1")
-register_step("blackhole", BlackholeArgs, {"node": _NODE, "block": Ref((), cidr=True)},
-              "the node has a blackhole route for each block it owns", _check_blackhole)
-register_step("tunnel_route", TunnelRouteArgs, {"node": _NODE, "to": _NODE},
-              "the node routes the other node's blocks over the tunnel", _check_tunnel_route)
-register_step("no_route", NoRouteArgs, {"node": _MACHINE, "dst": Ref(ENDPOINTS, ip=True, cidr=True)},
-              "the machine has no route to dst")
-register_step("route", RouteArgs, {"node": _MACHINE}, "a route matching `match` is (or is not) present")
-register_step("bgp_established", BgpEstablishedArgs, {"node": _NODE, "peer": Ref(MACHINES, ip=True)},
-              "the node's BGP sessions are Established")
-register_step("sysctl", SysctlArgs, {"node": _MACHINE}, "a sysctl has a value inside the machine")
+# Every step kind, in the order `labnet schema` and the docs list them.
+STEP_KINDS: dict[str, StepKind] = {
+    "ping": StepKind(PingArgs, {"from": Ref(ENDPOINTS), "to": Ref(ENDPOINTS, ip=True)},
+                     "ping from a pod or machine to a pod, machine or address"),
+    "connectivity": StepKind(ConnectivityArgs, {"pods": Ref(("pod",))},
+                             "every listed pod reaches every other (default: all pods)"),
+    "proxy_arp": StepKind(ProxyArpArgs, {"pod": Ref(("pod",))},
+                          "the pod's host-side veth answers ARP for 169.254.1.1"),
+    "blackhole": StepKind(BlackholeArgs, {"node": _NODE, "block": Ref((), cidr=True)},
+                          "the node has a blackhole route for each block it owns", _check_blackhole),
+    "tunnel_route": StepKind(TunnelRouteArgs, {"node": _NODE, "to": _NODE},
+                             "the node routes the other node's blocks over the tunnel", _check_tunnel_route),
+    "no_route": StepKind(NoRouteArgs, {"node": _MACHINE, "dst": Ref(ENDPOINTS, ip=True, cidr=True)},
+                         "the machine has no route to dst"),
+    "route": StepKind(RouteArgs, {"node": _MACHINE}, "a route matching `match` is (or is not) present"),
+    "bgp_established": StepKind(BgpEstablishedArgs, {"node": _NODE, "peer": Ref(MACHINES, ip=True)},
+                                "the node's BGP sessions are Established"),
+    "sysctl": StepKind(SysctlArgs, {"node": _MACHINE}, "a sysctl has a value inside the machine"),
+    "link_down": StepKind(LinkArgs, {"machine": _MACHINE},
+                          "fault: set a machine's link down (undone: up again)", _check_interface),
+    "link_up": StepKind(LinkArgs, {"machine": _MACHINE},
+                        "set a machine's link up (ends a link_down early)", _check_interface),
+    "packet_loss": StepKind(PacketLossArgs, {"machine": _MACHINE},
+                            "fault: drop percent% of an interface's packets at random (nftables)", _check_interface),
+    "kill_agent": StepKind(NodeArgs, {"node": _NODE}, "fault: SIGKILL the node's agent; its supervisor restarts it"),
+    "stop_agent": StepKind(NodeArgs, {"node": _NODE},
+                           "fault: stop the node's agent and its supervisor (undone: started again)"),
+    "start_agent": StepKind(NodeArgs, {"node": _NODE}, "start a stopped agent again"),
+    "stop_node": StepKind(NodeArgs, {"node": _NODE},
+                          "fault: freeze a node: links cut at the fabric, its processes SIGSTOPped"),
+    "start_node": StepKind(NodeArgs, {"node": _NODE}, "resume a stopped node"),
+    "kill_etcd": StepKind(NodeArgs, {"node": _NODE},
+                          "fault: SIGKILL the node's etcd member (undone: restarted)", _check_etcd_node),
+    "restart_etcd": StepKind(NodeArgs, {"node": _NODE},
+                             "start a killed etcd member again with the same argv", _check_etcd_node),
+    "remove_default_route": StepKind(NodeArgs, {"node": _NODE},
+                                     "fault: delete the node's default route (undone: re-added)"),
+    "rename_agent": StepKind(RenameAgentArgs, {"node": _NODE},
+                             "fault: the agent registers under another name than the CNI plugin's", _check_rename),
+    "converge": StepKind(ConvergeArgs, {"from": Ref(ENDPOINTS), "to": Ref(ENDPOINTS, ip=True)},
+                         "ping until it answers, within `within` seconds; reports the time it took"),
+    "bgp_down": StepKind(BgpDownArgs, {"node": _NODE, "peer": Ref(MACHINES, ip=True)},
+                         "the node's BGP session with peer is (or goes) down, within `within` seconds"),
+    "etcd_health": StepKind(EtcdHealthArgs, {}, "every etcd member is (or is not) healthy"),
+    "agent_problem": StepKind(AgentProblemArgs, {"node": _NODE},
+                              "the node's agent reports (or does not report) a problem containing `match`"),
+}

@@ -482,7 +482,7 @@ class _Checker:
                      "keep mesh: full, or name route_reflectors, or add peers")
         if bgp.hold_time and bgp.hold_time < 3:
             self.add(base + ("hold_time",), f"hold_time {bgp.hold_time} must be 0 or at least 3 seconds (RFC 4271)")
-        elif bgp.hold_time and bgp.keepalive >= bgp.hold_time:
+        elif bgp.hold_time and bgp.keepalive is not None and bgp.keepalive >= bgp.hold_time:
             self.add(base + ("keepalive",), f"keepalive {bgp.keepalive} must be below hold_time {bgp.hold_time}",
                      f"the usual ratio is a third: keepalive {bgp.hold_time // 3}")
         for i, peer in enumerate(bgp.peers):

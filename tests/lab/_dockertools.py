@@ -14,10 +14,10 @@ import pytest
 import yaml
 from _labtools import TOPOLOGIES
 
-from labnet.image import images_dir
 from labnet.nsexec import proc_starttime
 from labnet.runtime import dockerd
 from labnet.runtime.docker import lab_containers
+from labnet.runtime.image import images_dir
 
 
 @pytest.fixture(scope="session")

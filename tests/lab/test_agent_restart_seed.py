@@ -26,7 +26,7 @@ import yaml
 from _labtools import TOPOLOGIES, labnet, snapshot
 
 from labnet.checks import assert_blackhole_route, assert_tunnel_route
-from labnet.labview import LabView
+from labnet.lab.view import LabView
 from labnet.nsexec import run
 from labnet.wait import poll
 

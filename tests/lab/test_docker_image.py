@@ -14,8 +14,7 @@ import uuid
 import pytest
 from _dockertools import build_dirs, labnet_dockerd  # noqa: F401
 
-from labnet import image
-from labnet.runtime import dockerd
+from labnet.runtime import dockerd, image
 
 
 @pytest.fixture
@@ -66,7 +65,7 @@ def test_image_holds_labnet_and_the_lab_tools(client) -> None:  # type: ignore[n
 
 def test_image_cli_show_and_build(labnet_dockerd) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     """`labnet image show|build` (through image.register, as the CLI wires it)."""
-    code = ("import argparse, sys; from labnet import image; p = argparse.ArgumentParser(); "
+    code = ("import argparse, sys; from labnet.runtime import image; p = argparse.ArgumentParser(); "
             "image.register(p.add_subparsers()); a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))")
     show = subprocess.run([sys.executable, "-c", code, "image", "show", "--json"], capture_output=True, text=True)
     assert show.returncode == 0, show.stderr

@@ -129,7 +129,7 @@ def test_testinfra_docker_backend(lab: UpLab, monkeypatch: pytest.MonkeyPatch) -
 @pytest.mark.parametrize("lab", ["docker"], indirect=True)
 def test_testinfra_labnet_backend_on_containers(lab: UpLab) -> None:
     """labnet's own `labnet://lab/node` backend reaches into the container, as docker exec does."""
-    from labnet.testinfra_backend import get_host
+    from labnet.testing.testinfra_backend import get_host
 
     host = get_host(f"labnet://{lab.name}/ubuntu-4")
     assert host.check_output("hostname") == "ubuntu-4", "[docker] labnet://…/ubuntu-4: wrong hostname"

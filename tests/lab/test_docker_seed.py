@@ -13,7 +13,7 @@ import pytest
 from _dockertools import containers_of, labnet_dockerd  # noqa: F401
 from _labtools import TOPOLOGIES, lab_exec, lab_pids, labnet, snapshot
 
-from labnet.labview import LabView
+from labnet.lab.view import LabView
 from labnet.runtime import dockerd
 from labnet.runtime.docker import container_name
 

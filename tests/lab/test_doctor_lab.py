@@ -23,7 +23,7 @@ from labnet import ipam
 from labnet.checks.assertions import ping_once
 from labnet.etcd import keys
 from labnet.etcd.admin import admin_store
-from labnet.labview import LabView
+from labnet.lab.view import LabView
 from labnet.nsexec import NodeNS
 from labnet.wait import poll
 

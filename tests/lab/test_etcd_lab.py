@@ -19,16 +19,18 @@ from pathlib import Path
 import pytest
 from _labtools import REPO, lab_exec, lab_pids, labnet, snapshot
 
-from labnet import lab as labmod
 from labnet import paths
 from labnet.etcd import server
+from labnet.etcd.admin import with_store
 from labnet.etcd.client import EtcdStore
 from labnet.etcd.netns import call_in_netns, thread_in_netns
 from labnet.etcd.server import EtcdMember, EtcdStartError
 from labnet.etcd.store import Conflict, DatastoreUnavailable, EtcdConfig, Event, LeaseExpired
+from labnet.lab import state as labmod
+from labnet.lab.phases.etcd import ETCD_DATA_INSIDE
 from labnet.nsexec import NodeNS, pid_alive, run
-from labnet.phases import ETCD_DATA_INSIDE, with_store
 from labnet.pki import Pki, ensure_pki
+from labnet.runtime import get_runtime
 from labnet.wait import poll
 
 ADDR = "10.99.0.1"
@@ -356,7 +358,7 @@ def _down_leaves_no_etcd(lab: str, before: object) -> None:
     assert journal is not None, f"lab {lab}: no journal before down"
     members = journal.info["etcd"]["members"]
     data_dirs = [paths.node_dir(lab, m) for m in members]
-    host_data = [labmod.get_runtime(journal.runtime)(lab, journal).host_path(m, ETCD_DATA_INSIDE) for m in members]
+    host_data = [get_runtime(journal.runtime)(lab, journal).host_path(m, ETCD_DATA_INSIDE) for m in members]
     for m, d in zip(members, host_data, strict=True):
         assert (d / "member").is_dir(), f"lab {lab}: etcd member {m} has no data in {d} while up"
     urls = dict(zip(members, journal.info["etcd"]["endpoints"], strict=True))

@@ -18,7 +18,7 @@ from _labtools import TOPOLOGIES, labnet
 
 from labnet.checks import assert_ping
 from labnet.etcd.server import etcd_env
-from labnet.labview import LabView
+from labnet.lab.view import LabView
 from labnet.nsexec import pid_alive, spawn
 from labnet.wait import poll
 

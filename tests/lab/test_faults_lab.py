@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 from _labtools import REPO, labnet
 
-from labnet import faults
 from labnet.checks import (
     CheckFailed,
     CheckResult,
@@ -29,7 +28,8 @@ from labnet.checks import (
     assert_tunnel_route,
 )
 from labnet.nsexec import pid_alive, run
-from labnet.scenarios import FAULTS, Undo, run_step
+from labnet.scenario import faults, waits
+from labnet.scenario.run import FAULTS, Undo, run_step
 from labnet.topology.steps import STEP_KINDS
 from labnet.wait import poll
 
@@ -58,7 +58,7 @@ def _ping_fails(lab: Any, src: str, dst: str) -> None:
 
 
 def _etcd_entry(lab: Any) -> dict[str, Any]:
-    from labnet import lab as labmod
+    from labnet.lab import state as labmod
 
     journal = labmod.load_journal(lab.name)
     assert journal is not None
@@ -148,7 +148,7 @@ def test_kill_agent_the_supervisor_starts_a_new_one_and_routes_come_back(lab) ->
 
 
 def test_stop_and_start_agent_journal_the_new_supervisor(lab) -> None:
-    from labnet import lab as labmod
+    from labnet.lab import state as labmod
 
     def entry() -> dict[str, Any]:
         j = labmod.load_journal(lab.name)
@@ -182,7 +182,7 @@ def test_kill_etcd_health_fails_then_the_same_argv_comes_back(lab) -> None:
         cmdline = f.read().split(b"\0")
     assert [a.decode() for a in cmdline if a] == after["argv"]
     _step(lab, "etcd_health")
-    assert faults.etcd_health_now(lab.view)
+    assert waits.etcd_health_now(lab.view)
 
 
 def test_remove_default_route_proxy_arp_fails_with_the_seed_diagnosis(lab) -> None:
@@ -274,7 +274,7 @@ def test_labnet_check_runs_every_fault_scenario_and_the_lab_comes_back(lab, scen
             f"[{r['target']}] {r['name']}: expected 'reached after X.XX s (N pings)', got {r['detail']!r}")
         assert r["elapsed"] > 0, f"[{r['target']}] {r['name']}: expected a convergence time > 0, got {r['elapsed']}"
     # back where it started: every agent answers, BGP up, every block routed everywhere
-    faults.wait_converged(lab.view, 10)
+    waits.wait_converged(lab.view, 10)
 
 
 def test_labnet_check_prints_the_convergence_time(lab) -> None:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from _labtools import REPO, lab_exec, labnet, snapshot
 
-from labnet import lab, paths
+from labnet import paths
+from labnet.lab import state as lab
 
 IPV6_LAB = REPO / "fixtures" / "topologies" / "good" / "ipv6-underlay.yaml"
 

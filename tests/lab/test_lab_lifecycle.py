@@ -112,11 +112,11 @@ def test_underlay_details(seed_lab: str) -> None:
 
 
 def test_second_up_changes_nothing(seed_lab: str) -> None:
-    from labnet import lab, phases  # noqa: F401  (phases registers etcd, cni, agents, pods)
+    from labnet.lab.phases import PHASES
 
     # The fixture's `up --timings`: JSON with every phase, in order.
     first = json.loads(UP[seed_lab]["timings"])
-    want = [n for n, _ in lab.PHASES]
+    want = [n for n, _ in PHASES]
     assert first["lab"] == seed_lab and first["changed"] is True, f"up --timings: {first}"
     assert list(first["phases"]) == want, f"up --timings phases: expected {want} in order, got {list(first['phases'])}"
     assert all(isinstance(t, float | int) and t >= 0 for t in first["phases"].values()), first["phases"]

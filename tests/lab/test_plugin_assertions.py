@@ -120,8 +120,8 @@ NODES = ["ubuntu-1", "ubuntu-2", "ubuntu-3", "ubuntu-4", "ubuntu-5"]
 
 def _check_diagnostics_bundle(report: str, lab: str) -> None:
     """Every section of the bundle, for every node of the cluster, with what the seed lab has in it."""
-    from labnet.diagnostics import NODE_COMMANDS
-    from labnet.labview import LabView
+    from labnet.diagnose.bundle import NODE_COMMANDS
+    from labnet.lab.view import LabView
 
     head = f"labnet diagnostics ({lab})"
     assert head in report, f"test_fail_route: no {head!r} section in its report:\n{report[-2000:]}"
@@ -176,7 +176,7 @@ def _sections(chunk: str) -> list[tuple[str, str]]:
 
 TESTINFRA_TESTS = '''
 import json
-from labnet.labview import LabView
+from labnet.lab.view import LabView
 
 
 def test_node_and_pod_view(host):

@@ -1,4 +1,4 @@
-"""The userspace IPIP tunl0 between two Calico-style nodes behind a router (see tunnel/testbed.py).
+"""The userspace IPIP tunl0 between two Calico-style nodes behind a router (see labnet/testing/tunnel_testbed.py).
 
 Each node runs `python -m labnet.agent.tunnel.ipip_user` in its namespace; the block routes are
 installed the way BIRD does (`via <node> dev tunl0 proto bird onlink`) after the datapath is up.
@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from labnet.agent.tunnel import testbed as tb
 from labnet.agent.tunnel.detect import ipip_mode, kernel_has_ipip
 from labnet.nsexec import NodeNS, pid_alive, run, spawn
+from labnet.testing import tunnel_testbed as tb
 from labnet.wait import poll
 
 

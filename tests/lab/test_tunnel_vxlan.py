@@ -1,4 +1,4 @@
-"""vxlan.calico between two Calico-style nodes (tunnel/testbed.py), programmed from a VTEP list."""
+"""vxlan.calico between two Calico-style nodes (labnet/testing/tunnel_testbed.py), programmed from a VTEP list."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from labnet.agent.tunnel import testbed as tb
 from labnet.agent.tunnel.vxlan import Vtep, ensure_vxlan, remove_vxlan, sync_vxlan, vtep_mac
 from labnet.nsexec import pid_alive, run, spawn
+from labnet.testing import tunnel_testbed as tb
 from labnet.wait import poll
 
 GHOST = Vtep("ubuntu-5", "192.168.50.75", "10.100.138.192", vtep_mac("ubuntu-5"), ("10.100.138.192/26",))

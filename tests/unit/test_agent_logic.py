@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from labnet.agent.config import AgentConfig, ClusterSettings, EtcdSettings, parse_address_method
+from labnet.agent.config import AgentConfig, EtcdSettings, parse_address_method
 from labnet.agent.detect import DetectError, choose
 from labnet.agent.nat import nat_ruleset
 from labnet.agent.nodes import NodeRecord, name_problems
@@ -19,6 +19,7 @@ from labnet.agent.routes import DesiredRoute, Learned, Underlay, desired_routes,
 from labnet.agent.status import format_bgp_status
 from labnet.agent.tunnel.vxlan import Vtep
 from labnet.errors import BadInput
+from labnet.settings import ClusterSettings
 
 N = ipaddress.IPv4Network
 A = ipaddress.IPv4Address
@@ -356,12 +357,11 @@ def test_format_bgp_status_is_calicoctls_table() -> None:
 @pytest.mark.parametrize("topology", ["seed.yaml", "tor-bird.yaml", "route-reflectors.yaml", "vxlan.yaml"])
 def test_reads_the_settings_labnet_up_writes(topology: str) -> None:
     """The lab's phase writes keys.config("cluster") from the topology; the agent must read it."""
-    from labnet.phases import cluster_settings
     from labnet.topology.loader import load
 
     topo = load(Path(__file__).resolve().parents[2] / "topologies" / topology)
     assert topo.cluster is not None
-    raw = json.loads(json.dumps(cluster_settings(topo)))
+    raw = json.loads(json.dumps(topo.cluster_settings().to_dict()))
     s = ClusterSettings.from_dict(raw)
     assert s.pool.cidr == str(topo.cluster.pool.cidr)
     assert s.pool.mode == (topo.cluster.pool.vxlan if topo.cluster.pool.vxlan != "never" else topo.cluster.pool.ipip)

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 import labnet.checks.assertions as A
-from labnet import scenarios
 from labnet.checks import CheckFailed
 from labnet.checks.routes import Route, parse_routes
 from labnet.nsexec import NodeNS
+from labnet.scenario import run as scenarios
 
 FIX = Path(__file__).resolve().parents[2] / "fixtures" / "checks"
 ROUTES = parse_routes((FIX / "node_route.json").read_text())

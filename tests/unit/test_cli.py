@@ -102,7 +102,7 @@ class _Stream(io.StringIO):
 
 
 def test_progress_rewrites_one_line_on_a_terminal() -> None:
-    from labnet.lab import Progress
+    from labnet.lab.progress import Progress
 
     s = _Stream(tty=True)
     p = Progress("seed", stream=s)
@@ -118,7 +118,7 @@ def test_progress_rewrites_one_line_on_a_terminal() -> None:
 
 
 def test_progress_plain_lines_elsewhere_and_quiet() -> None:
-    from labnet.lab import Progress
+    from labnet.lab.progress import Progress
 
     s = _Stream(tty=False)
     p = Progress("seed", stream=s)

@@ -14,6 +14,7 @@ from labnet.cni.spec import parse_env
 from labnet.etcd import keys
 from labnet.etcd.store import KV, Snapshot
 from labnet.ipam.memstore import MemStore
+from labnet.settings import ClusterSettings, PoolSettings
 
 POOL = ipam.Pool("10.100.0.0/16", 26)
 
@@ -112,14 +113,14 @@ def test_request_memo_reads_a_key_once_for_concurrent_readers() -> None:
     s.put(keys.config("cluster"), '{"pool": {"cidr": "10.100.0.0/16"}}')
     memo = settings.RequestMemo()
     conf: dict[str, Any] = {"name": "net"}
-    out: list[settings.Cluster] = []
+    out: list[ClusterSettings] = []
     threads = [threading.Thread(target=lambda: out.append(settings.cluster(conf, s, memo))) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert s.calls.count(("get", keys.config("cluster"))) == 1, s.calls
-    assert out == [settings.Cluster("10.100.0.0/16", 26, "ipip", None)] * 4
+    assert out == [ClusterSettings(PoolSettings("10.100.0.0/16", 26, "always"))] * 4
     settings.cluster(conf, s)  # without a memo: a fresh read every time
     assert s.calls.count(("get", keys.config("cluster"))) == 2
 

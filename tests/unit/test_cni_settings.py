@@ -23,14 +23,16 @@ def store_with(doc: dict[str, object] | None) -> MemStore:
 def test_cluster_settings_and_overrides() -> None:
     s = store_with({"pool": {"cidr": "10.100.0.0/16", "block_size": 26, "ipip": "always"}, "asn": 64512})
     c = settings.cluster({"name": "n"}, s)
-    assert (c.pool_cidr, c.block_size, c.encapsulation, c.mtu) == ("10.100.0.0/16", 26, "ipip", None)
+    assert (c.pool.cidr, c.pool.block_size, c.pool.encap, c.mtu) == ("10.100.0.0/16", 26, "ipip", None)
     c = settings.cluster({"name": "n", "mtu": 1400, "ipam": {"pool": "10.7.0.0/24", "block_size": 28}}, s)
-    assert (c.pool_cidr, c.block_size, c.mtu) == ("10.7.0.0/24", 28, 1400)
+    assert (c.pool.cidr, c.pool.block_size, c.mtu) == ("10.7.0.0/24", 28, 1400)
     vx = settings.cluster({"name": "n"}, store_with({"pool": {"cidr": "10.1.0.0/16", "vxlan": "always",
                                                               "ipip": "never"}, "mtu": 1450}))
-    assert (vx.encapsulation, vx.mtu) == ("vxlan", 1450)
+    assert (vx.pool.encap, vx.mtu) == ("vxlan", 1450)
     plain = settings.cluster({"name": "n"}, store_with({"pool": {"cidr": "10.1.0.0/16", "ipip": "never"}}))
-    assert plain.encapsulation is None
+    assert plain.pool.encap == "none"
+    never = settings.cluster({"name": "n"}, store_with({"pool": {"cidr": "10.1.0.0/16", "ipip": "NEVER"}}))
+    assert never.pool.encap == "none"  # spelled as Calico's manifests do, it still means never
 
 
 def test_missing_pool_is_an_invalid_config_naming_the_key() -> None:

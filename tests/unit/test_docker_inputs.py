@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from labnet import image
-from labnet.runtime import get_runtime
+from labnet.runtime import get_runtime, image
 from labnet.runtime.docker import DockerRuntime, container_name
 from labnet.runtime.dockerd import dockerd_argv
 
@@ -82,7 +81,7 @@ def test_docker_runtime_is_registered() -> None:
 
 
 def test_docker_nodes_run_labnet_code_with_the_image_python(tmp_path: Path) -> None:
-    from labnet.journal import Journal
+    from labnet.lab.journal import Journal
 
     rt = DockerRuntime("seed", Journal(path=tmp_path / "journal.json", lab="seed"))
     ns = rt.ns("ubuntu-3")

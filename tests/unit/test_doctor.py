@@ -9,10 +9,12 @@ from typing import Any
 
 import pytest
 
-from labnet import doctor
 from labnet.checks.routes import parse_routes
 from labnet.cli import build_parser
-from labnet.doctor import Doctor, Finding, NodeFacts, StoreFacts, format_findings
+from labnet.diagnose import facts, report, rules
+from labnet.diagnose.facts import Finding, NodeFacts, StoreFacts
+from labnet.diagnose.report import format_findings
+from labnet.diagnose.rules import Doctor
 from labnet.nsexec import NodeNS
 from labnet.topology import load
 
@@ -103,8 +105,8 @@ def fake_run(monkeypatch: pytest.MonkeyPatch) -> dict[str, tuple[int, str]]:
         rc, text = answers.get(cmd[-1], (0, ""))
         return subprocess.CompletedProcess(cmd, rc, text if rc == 0 else "", text if rc else "")
 
-    monkeypatch.setattr(doctor, "run", run)
-    monkeypatch.setattr(doctor, "_tcp_probe", lambda ns, a, p: answers.get(f"tcp {a}", (0, "open"))[1])
+    monkeypatch.setattr(rules, "run", run)
+    monkeypatch.setattr(rules, "tcp_probe", lambda ns, a, p: answers.get(f"tcp {a}", (0, "open"))[1])
     return answers
 
 
@@ -222,7 +224,7 @@ def test_agent_problems_and_etcd_reachability(fake_run: dict[str, tuple[int, str
 def test_netstat_parsing() -> None:
     text = ("TcpExt: SyncookiesSent IPReversePathFilter\nTcpExt: 0 7\n"
             "IpExt: InNoRoutes InTruncatedPkts\nIpExt: 1 0\n")
-    assert doctor._netstat(text) == {"SyncookiesSent": 0, "IPReversePathFilter": 7, "InNoRoutes": 1,
+    assert facts.netstat(text) == {"SyncookiesSent": 0, "IPReversePathFilter": 7, "InNoRoutes": 1,
                                      "InTruncatedPkts": 0}
 
 
@@ -238,15 +240,15 @@ def test_format_findings_text_and_json() -> None:
 
 def test_cli_registration() -> None:
     args = build_parser().parse_args(["doctor", "node-1", "-l", "x", "--json"])
-    assert (args.node, args.lab, args.json, args.func) == ("node-1", "x", True, doctor.cmd_doctor)
+    assert (args.node, args.lab, args.json, args.func) == ("node-1", "x", True, report.cmd_doctor)
     args = build_parser().parse_args(["doctor"])
     assert args.node is None and args.lab is None and not args.json
 
 
 def test_stopped_and_dead_daemons(monkeypatch: pytest.MonkeyPatch) -> None:
     states = {10: "T", 20: None, 30: "S", 31: "T", 40: "T"}
-    monkeypatch.setattr(doctor, "_proc_state", lambda pid: states.get(pid))
-    monkeypatch.setattr(doctor, "_children", lambda pid: [31] if pid == 30 else [])
+    monkeypatch.setattr(rules, "proc_state", lambda pid: states.get(pid))
+    monkeypatch.setattr(rules, "children", lambda pid: [31] if pid == 30 else [])
     d = make()
     d.view.journal.processes = [  # type: ignore[attr-defined]
         {"pid": 10, "node": "node-1", "what": "etcd"}, {"pid": 20, "node": "node-1", "what": "agent"},

@@ -16,6 +16,7 @@ from labnet.etcd.server import EtcdMember
 from labnet.etcd.store import KV, DatastoreUnavailable, EtcdConfig
 from labnet.nsexec import NodeNS
 from labnet.pki import ensure_pki
+from labnet.settings import ClusterSettings
 
 
 class DictStore:
@@ -70,9 +71,10 @@ def test_nothing_listening_is_datastore_unavailable() -> None:
 
 def test_cluster_settings_round_trip() -> None:
     store: Any = DictStore()
-    want = {"pool": {"cidr": "10.100.0.0/16", "block_size": 26, "ipip": "always", "vxlan": "never",
-                     "nat_outgoing": True},
-            "mtu": None, "bgp": {"asn": 64512, "mesh": "full", "peers": []}, "node_asn": {"ubuntu-1": 64512}}
+    want = ClusterSettings.from_dict({"pool": {"cidr": "10.100.0.0/16", "block_size": 26, "ipip": "always",
+                                               "vxlan": "never", "nat_outgoing": True},
+                                      "mtu": None, "bgp": {"asn": 64512, "mesh": "full", "peers": []},
+                                      "node_asn": {"ubuntu-1": 64512}})
     settings.write_cluster_config(store, want)
     assert store.data[keys.config("cluster")].startswith(b'{"bgp": {"asn": 64512')  # sorted JSON
     assert settings.read_cluster_config(store) == want
@@ -82,12 +84,12 @@ def test_cluster_settings_errors() -> None:
     store: Any = DictStore()
     with pytest.raises(LabnetError, match="no cluster settings in etcd at /labnet/config/cluster"):
         settings.read_cluster_config(store)
-    with pytest.raises(BadInput, match="'pool.block_size' should be int, got '26'"):
-        settings.write_cluster_config(store, {"pool": {"block_size": "26"}})
-    with pytest.raises(BadInput, match="'pool' should be an object"):
-        settings.write_cluster_config(store, {"pool": "10.100.0.0/16"})
-    with pytest.raises(BadInput, match="'mtu' should be int, got True"):
-        settings.write_cluster_config(store, {"mtu": True})
+    for raw, error in ((b'{"pool": {"cidr": "10.100.0.0/16", "block_size": "x"}}', "block_size 'x' is not an integer"),
+                       (b'{"pool": "10.100.0.0/16"}', "'pool' must be an object"),
+                       (b'{"pool": {"cidr": "10.100.0.0/16"}, "mtu": true}', "mtu True must be null or 576..65535")):
+        store.data[keys.config("cluster")] = raw
+        with pytest.raises(BadInput, match=error):
+            settings.read_cluster_config(store)
     store.data[keys.config("cluster")] = b"{nope"
     with pytest.raises(LabnetError, match="not JSON"):
         settings.read_cluster_config(store)

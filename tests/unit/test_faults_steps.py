@@ -7,12 +7,15 @@ from typing import Any
 
 import pytest
 
-from labnet import faults
 from labnet.checks import CheckFailed
 from labnet.errors import BadInput, LabnetError
-from labnet.scenarios import FAULTS, STEPS, Undo, run_step
+from labnet.scenario import faults
+from labnet.scenario.run import _as_check, run_step
+from labnet.scenario.table import CHECKS as STEPS
+from labnet.scenario.table import FAULTS
+from labnet.scenario.undo import Undo
 from labnet.topology import TopologyError, load, loads
-from labnet.topology.steps import STEP_KINDS
+from labnet.topology.steps import STEP_KINDS, NodeArgs
 
 REPO = Path(__file__).resolve().parents[2]
 FAULT_KINDS = ["link_down", "link_up", "packet_loss", "kill_agent", "stop_agent", "start_agent", "stop_node",
@@ -54,6 +57,11 @@ def test_every_kind_is_registered_with_a_runner() -> None:
         assert kind not in STEPS, f"{kind} changes the lab: it must run with an Undo"
     for kind in POLL_KINDS:
         assert kind in STEP_KINDS and kind in STEPS, kind
+
+
+def test_the_runner_table_and_the_step_kinds_name_the_same_kinds() -> None:
+    assert set(STEPS) | set(FAULTS) == set(STEP_KINDS)
+    assert not set(STEPS) & set(FAULTS)
 
 
 def test_the_faults_topology_is_valid_and_defaults_are_filled() -> None:
@@ -133,12 +141,12 @@ def test_a_fault_that_cannot_be_applied_is_a_failed_check_naming_it() -> None:
         name = "lab-x"
 
     with pytest.raises(CheckFailed) as info:
-        faults._as_check("stop_agent", broken)(View(), {"node": "node-3"}, 1.0, Undo())  # type: ignore[arg-type]
+        _as_check("stop_agent", broken)(View(), NodeArgs(node="node-3"), 1.0, Undo())  # type: ignore[arg-type]
     r = info.value.result
     assert (r.ok, r.name, r.target) == (False, "fault: stop_agent node-3", "node-3")
     assert "pid 42" in r.detail and "pid 42" in str(info.value)
     with pytest.raises(BadInput):
-        faults._as_check("stop_agent", bad)(View(), {"node": "node-3"}, 1.0, Undo())  # type: ignore[arg-type]
+        _as_check("stop_agent", bad)(View(), NodeArgs(node="node-3"), 1.0, Undo())  # type: ignore[arg-type]
 
 
 def test_converge_at_end_is_pushed_once_per_scenario() -> None:

@@ -14,8 +14,10 @@ from typing import Any
 
 import pytest
 
-from labnet import lab, paths
+from labnet import paths
 from labnet.errors import LabnetError
+from labnet.lab import gc as labgc
+from labnet.lab import state
 from labnet.runtime import docker, netns
 
 
@@ -27,7 +29,7 @@ def dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
     monkeypatch.setenv("LABNET_STATE_DIR", str(d["state"]))
     monkeypatch.setenv("LABNET_RUN_DIR", str(d["run"]))
     monkeypatch.setattr(paths, "NETNS_DIR", d["netns"])
-    monkeypatch.setattr(docker, "orphan_containers", lambda: [])  # no dockerd in a unit test
+    monkeypatch.setattr(docker, "orphan_containers", lambda is_orphan: [])  # no dockerd in a unit test
     return d
 
 
@@ -53,7 +55,7 @@ def test_gc_sweep_tolerates_paths_that_vanish_meanwhile(dirs: dict[str, Path], m
             shutil.rmtree(path.parent)
             raise LabnetError(f"cannot unmount {path}: umount: {path}: not mounted.")  # EINVAL
 
-    real_load = lab.load_journal
+    real_load = state.load_journal
 
     def racing_load(name: str) -> Any:
         if name == "c":  # lab c's dir goes while gc holds c's lock: before gc lists its files
@@ -61,8 +63,8 @@ def test_gc_sweep_tolerates_paths_that_vanish_meanwhile(dirs: dict[str, Path], m
         return real_load(name)
 
     monkeypatch.setattr(netns, "_umount", racing_umount)
-    monkeypatch.setattr(lab, "load_journal", racing_load)
-    removed = lab.gc()
+    monkeypatch.setattr(labgc, "load_journal", racing_load)
+    removed = labgc.gc()
     assert sorted(p.name for p in dirs["netns"].iterdir()) == ["not-a-lab"], (
         f"netns dir after gc: expected only not-a-lab, got {sorted(p.name for p in dirs['netns'].iterdir())}")
     assert not list(dirs["run"].iterdir()), f"run dir after gc: expected empty, got {list(dirs['run'].iterdir())}"
@@ -74,7 +76,7 @@ def test_gc_sweep_tolerates_paths_that_vanish_meanwhile(dirs: dict[str, Path], m
 def test_gc_sweep_with_no_run_dir_at_all(dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     # the last lab's `down` removes /run/labnet itself
     monkeypatch.setenv("LABNET_RUN_DIR", str(dirs["run"] / "gone"))
-    assert lab.gc() == []
+    assert labgc.gc() == []
 
 
 def test_gc_sweep_still_fails_on_a_mount_that_stays(dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -86,7 +88,7 @@ def test_gc_sweep_still_fails_on_a_mount_that_stays(dirs: dict[str, Path], monke
     monkeypatch.setattr(netns, "_umount", stuck)
     monkeypatch.setattr(netns, "_is_mountpoint", lambda path: path.exists())
     with pytest.raises(LabnetError, match="target is busy"):
-        lab.gc()
+        labgc.gc()
 
 
 def test_a_waiter_on_a_lock_file_its_holder_unlinked_takes_the_lock_at_the_path(
@@ -100,12 +102,12 @@ def test_a_waiter_on_a_lock_file_its_holder_unlinked_takes_the_lock_at_the_path(
     got, release, answers = threading.Event(), threading.Event(), {}
 
     def waiter() -> None:
-        with lab.lab_lock("x") as mine:  # blocks until the first holder is done
+        with state.lab_lock("x") as mine:  # blocks until the first holder is done
             answers["waiter"] = mine
             got.set()
             release.wait(10)
 
-    with lab.lab_lock("x") as first:
+    with state.lab_lock("x") as first:
         assert first
         t = threading.Thread(target=waiter)
         t.start()
@@ -114,7 +116,7 @@ def test_a_waiter_on_a_lock_file_its_holder_unlinked_takes_the_lock_at_the_path(
         poll(lambda: _waiting_on(lock), lambda n: n >= 2, timeout=10, what="the waiter to open the lock file")
     # the first holder unlinked the file (no lab dir); the waiter now holds the lock at the path
     assert got.wait(10), "the waiter never got the lock"
-    with lab.lab_lock("x", wait=False) as third:
+    with state.lab_lock("x", wait=False) as third:
         answers["third"] = third
     release.set()
     t.join(10)
@@ -142,8 +144,8 @@ def test_gc_removes_free_lock_files_of_labs_without_a_state_dir(dirs: dict[str, 
     (labs / "kept").mkdir()
     (labs / ".kept.lock").touch()
     (labs / ".busy.lock").touch()
-    with lab.lab_lock("busy", wait=False) as held:
+    with state.lab_lock("busy", wait=False) as held:
         assert held
-        lab.sweep_orphans()
+        labgc.sweep_orphans()
         left = sorted(p.name for p in labs.iterdir())
     assert left == [".busy.lock", ".kept.lock", "kept"], f"lock files after gc: {left}"

@@ -46,7 +46,8 @@ def test_seed_defaults_are_filled(seed: Topology) -> None:
     assert cl.pool.cidr == IPv4Network("10.100.0.0/16")
     assert (cl.pool.block_size, cl.pool.ipip, cl.pool.vxlan, cl.pool.nat_outgoing) == (26, "always", "never", True)
     assert (cl.bgp.asn, cl.bgp.mesh, cl.bgp.route_reflectors, cl.bgp.peers) == (64512, "full", [], [])
-    assert (cl.bgp.graceful_restart, cl.bgp.hold_time, cl.bgp.keepalive) == (True, 90, 30)
+    assert (cl.bgp.graceful_restart, cl.bgp.restart_time, cl.bgp.hold_time, cl.bgp.keepalive) == (True, 120, 90, None)
+    assert seed.cluster_settings().bgp.keepalive is None  # a third of the hold time, as the FSM does
     assert cl.mtu is None
     # router interfaces named by position, MTU from the network
     assert [(i.name, i.mtu) for i in seed.routers["gw"].interfaces] == [("eth0", 1500), ("eth1", 1500), ("eth2", 1500)]

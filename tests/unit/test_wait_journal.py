@@ -5,7 +5,7 @@ import itertools
 import pytest
 
 from labnet.errors import WaitTimeout
-from labnet.journal import Journal
+from labnet.lab.journal import Journal
 from labnet.wait import poll
 
 

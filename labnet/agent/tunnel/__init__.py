@@ -23,7 +23,7 @@ VXLAN (checklist 13)::
     mac = ensure_vxlan(local, address)            # vxlan.calico, VNI 4096, port 4789, MTU underlay - 50
     sync_vxlan([Vtep(node, underlay_ip, tunnel_ip, mac, blocks), ...])   # FDB, neigh, routes; idempotent
 
-`testbed` builds a two-node Calico-style lab for the tunnel tests and bench/tunnel.py.
+labnet.testing.tunnel_testbed builds a two-node Calico-style lab for the tunnel tests and bench/tunnel.py.
 """
 
 from __future__ import annotations

@@ -16,9 +16,9 @@ import socket
 from typing import Any
 
 from labnet.errors import BadInput, LabnetError
+from labnet.settings import IPIP_OVERHEAD
 
 IFNAME = "tunl0"
-IPIP_OVERHEAD = 20
 
 
 class KernelTunnelError(LabnetError):

@@ -50,6 +50,7 @@ from labnet.agent.tunnel.packet import (
     is_icmp_error,
 )
 from labnet.errors import BadInput, LabnetError
+from labnet.settings import IPIP_OVERHEAD
 
 TUN_PATH = "/dev/net/tun"
 TUNSETIFF = 0x400454CA
@@ -58,7 +59,6 @@ IFF_NO_PI = 0x1000
 RTMGRP_IPV4_ROUTE = 0x40
 RT_TABLE_MAIN = 254
 RTN_UNICAST = 1
-IPIP_OVERHEAD = 20
 TXQUEUELEN = 1000
 UNREACH_PER_SECOND = 10  # cap on ICMP net-unreachable answers, as the kernel rate-limits its own
 

@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from labnet.errors import BadInput, LabnetError
+from labnet.settings import VXLAN_OVERHEAD
 
 IFNAME = "vxlan.calico"
 VNI = 4096
 PORT = 4789
-VXLAN_OVERHEAD = 50
 PROTO_FELIX = 80  # Felix's route protocol for VXLAN routes
 NUD_PERMANENT = 0x80
 RTNH_F_ONLINK = 4

@@ -46,7 +46,7 @@ BASE_RECIPE = "1"  # bump when the debootstrap recipe below changes
 REPO = "labnet-node"
 BASE_REPO = "labnet-node-base"
 REGISTRY_BASE = "debian:bookworm-slim"
-SOURCE_ROOT = Path(__file__).resolve().parents[1]  # the working tree, when labnet runs from one
+SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the working tree, when labnet runs from one
 # Trimmed from the base rootfs: caches and docs nobody in a lab reads (~150 MB of 320).
 TRIM = ("var/cache/apt", "var/lib/apt/lists", "usr/share/doc", "usr/share/man", "usr/share/locale",
         "usr/share/info")
@@ -239,7 +239,7 @@ def ensure_image(client: Any, *, force: bool = False, out: Any = None) -> ImageR
                     path=str(ctx), tag=tag, buildargs={"BASE": base}, rm=True, forcerm=True, pull=False,
                     # RUN needs the network only to apt-get onto the registry's base
                     network_mode="none" if base != REGISTRY_BASE else "host",
-                    labels={"labnet.image": "node", "labnet.inputs": tag.split(":")[1]},
+                    labels={"labnet.runtime.image": "node", "labnet.inputs": tag.split(":")[1]},
                 )
             except docker.errors.BuildError as exc:
                 lines = "".join(str(x.get("stream") or x.get("error") or "") for x in exc.build_log)
@@ -390,7 +390,7 @@ def _labnet_wheel(outdir: Path) -> Path:
             members.append((str(f.relative_to(SOURCE_ROOT)), f.read_bytes()))
     members += [
         (f"{dist_info}/METADATA", meta["METADATA"].encode()),
-        (f"{dist_info}/WHEEL", b"Wheel-Version: 1.0\nGenerator: labnet.image\nRoot-Is-Purelib: true\n"
+        (f"{dist_info}/WHEEL", b"Wheel-Version: 1.0\nGenerator: labnet.runtime.image\nRoot-Is-Purelib: true\n"
                                b"Tag: py3-none-any\n"),
         (f"{dist_info}/entry_points.txt", meta["entry_points"].encode()),
     ]

@@ -1,4 +1,4 @@
-"""Routers that speak BGP: BIRD 2 from Debian, started by the lab in the router's namespaces.
+"""Phase routers: routers that speak BGP run BIRD 2 from Debian, in the router's namespaces.
 
 This is the top-of-rack of `topologies/tor-bird.yaml`: eBGP with every node it peers with,
 learned routes exported to the router's kernel so it forwards between pods, next-hop-self.
@@ -11,9 +11,10 @@ import os
 from typing import TYPE_CHECKING
 
 from labnet.errors import LabnetError
+from labnet.lab import processes
 
 if TYPE_CHECKING:
-    from labnet.lab import Context
+    from labnet.lab.context import Context
     from labnet.topology.model import Topology
 
 BIRD = "/usr/sbin/bird"
@@ -54,10 +55,7 @@ def bird_config(topo: Topology, router: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def phase_routers(ctx: Context) -> None:
-    from labnet.lab import record_process
-    from labnet.nsexec import spawn
-
+def run(ctx: Context) -> None:
     rt = ctx.runtime
     for name, spec in ctx.topo.routers.items():
         if spec.bgp is None:
@@ -67,6 +65,5 @@ def phase_routers(ctx: Context) -> None:
         conf = rt.host_path(name, CONF_INSIDE)
         conf.write_text(bird_config(ctx.topo, name))
         rt.host_path(name, "/var/run/bird").mkdir(parents=True, exist_ok=True)
-        pid = spawn(rt.ns(name), [BIRD, "-f", "-c", CONF_INSIDE, "-s", SOCKET_INSIDE],
-                    log=rt.host_path(name, "/var/log/labnet/bird.stderr"))
-        record_process(ctx.journal, pid, name, "bird")
+        processes.start(ctx.journal, rt.ns(name), name, "bird", [BIRD, "-f", "-c", CONF_INSIDE, "-s", SOCKET_INSIDE],
+                        log=rt.host_path(name, "/var/log/labnet/bird.stderr"))

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from labnet import lab as lablib
 from labnet.errors import BadInput
-from labnet.journal import Journal
+from labnet.lab.journal import Journal
+from labnet.lab.state import lab_lock, node_ns, running_journal
 from labnet.nsexec import NodeNS
 
 
@@ -47,15 +47,15 @@ def reapply_policy(journal: Journal) -> None:
     """Pods changed: every node's policy table follows (sources are pod IPs by selector)."""
     from labnet.policy.enforce import apply_all
 
-    apply_all(journal.info, lambda node: lablib.node_ns(journal.lab, node))
+    apply_all(journal.info, lambda node: node_ns(journal.lab, node))
 
 
 def add(lab: str, node: str, pod: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
-    with lablib.lab_lock(lab):
-        journal = _journal(lab)
+    with lab_lock(lab):
+        journal = running_journal(lab)
         if pod in journal.info.get("pods", {}):
             raise BadInput(f"lab {lab}: pod {pod!r} exists already (on {journal.info['pods'][pod]['node']})")
-        rec = add_to(journal, lablib.node_ns(lab, node), node, pod, labels)
+        rec = add_to(journal, node_ns(lab, node), node, pod, labels)
         reapply_policy(journal)
         return rec
 
@@ -63,29 +63,22 @@ def add(lab: str, node: str, pod: str, labels: dict[str, str] | None = None) -> 
 def remove(lab: str, node: str, pod: str) -> None:
     from labnet.cni import invoke
 
-    with lablib.lab_lock(lab):
-        journal = _journal(lab)
+    with lab_lock(lab):
+        journal = running_journal(lab)
         rec = journal.info.get("pods", {}).get(pod)
         if rec is not None and rec["node"] != node:
             raise BadInput(f"lab {lab}: pod {pod!r} is on {rec['node']}, not {node}")
-        invoke.del_pod(lablib.node_ns(lab, node), pod, lab=lab)
+        invoke.del_pod(node_ns(lab, node), pod, lab=lab)
         journal.info.get("pods", {}).pop(pod, None)
         journal.save()
         reapply_policy(journal)
 
 
 def pod_ns(lab: str, node: str, pod: str) -> NodeNS:
-    journal = _journal(lab)
+    journal = running_journal(lab)
     rec = journal.info.get("pods", {}).get(pod)
     if rec is None:
         raise BadInput(f"lab {lab}: no pod named {pod!r} (pods: {', '.join(journal.info.get('pods', {})) or 'none'})")
     if rec["node"] != node:
         raise BadInput(f"lab {lab}: pod {pod!r} runs on {rec['node']}, not {node}")
-    return lablib.node_ns(lab, node).pod(pod, rec["netns"])
-
-
-def _journal(lab: str) -> Journal:
-    journal = lablib.load_journal(lab)
-    if journal is None or journal.state != "up":
-        raise BadInput(f"no running lab named {lab!r}")
-    return journal
+    return node_ns(lab, node).pod(pod, rec["netns"])

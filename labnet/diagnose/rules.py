@@ -1,224 +1,39 @@
-"""`labnet doctor`: look at a running lab and say, in plain words, what is wrong and how to see it.
+"""Doctor's rules: each looks at the observed facts (labnet.diagnose.facts) and adds findings,
+in plain words, with the evidence and a command that shows it.
 
 The seed's readers hit three walls: a node without a default route (proxy-ARP for 169.254.1.1
 stays silent), the agent and the CNI plugin disagreeing on the node name (blocks get no
 routes), and a default-deny policy. Doctor diagnoses those and the other usual suspects (BGP
 sessions down and why, routes missing compared with the datastore, MTU, rp_filter, stopped
 daemons) from the kernel state inside each node, the agents' status and the lab's etcd.
-
-Each finding: node, problem (one line), explanation (why it breaks traffic), evidence (what
-was observed), command (what shows it). No finding: "no problems found", exit 0.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import ipaddress
-import json
-import os
-import subprocess
-import sys
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from labnet.checks.routes import Route, get_routes
-from labnet.errors import BadInput, LabnetError
-from labnet.nsexec import NodeNS, run
+from labnet.checks.routes import Route
+from labnet.diagnose.facts import (
+    ETCD_HOST_PREFIX,
+    IPIP_DEVICE,
+    POD_GATEWAY,
+    VXLAN_DEVICE,
+    Finding,
+    NodeFacts,
+    StoreFacts,
+    children,
+    observe_node,
+    observe_store,
+    proc_state,
+    tcp_probe,
+)
+from labnet.errors import BadInput
+from labnet.nsexec import run
 
 if TYPE_CHECKING:
-    from labnet.labview import LabView
-
-POD_GATEWAY = "169.254.1.1"
-IPIP_DEVICE = "tunl0"
-VXLAN_DEVICE = "vxlan.calico"
-ETCD_HOST_PREFIX = "/labnet/calico/ipam/v2/host/"
-
-
-@dataclass(frozen=True)
-class Finding:
-    node: str
-    problem: str
-    explanation: str
-    evidence: str
-    command: str
-
-    def to_dict(self) -> dict[str, str]:
-        return asdict(self)
-
-
-@dataclass
-class NodeFacts:
-    """What doctor observed in one node (each part None when it could not be read, with why)."""
-
-    name: str
-    ns: NodeNS
-    status: dict[str, Any] | None = None
-    status_error: str = ""
-    routes: list[Route] | None = None
-    routes_text: str = ""
-    links: dict[str, dict[str, Any]] = field(default_factory=dict)
-    sysctls: dict[str, str] = field(default_factory=dict)
-    rp_drops: int | None = None
-    policy: list[dict[str, Any]] | None = None  # nft -j objects of table inet labnet-policy
-    pod_mtus: dict[str, int | None] = field(default_factory=dict)
-
-
-@dataclass
-class StoreFacts:
-    affinities: dict[str, list[str]] = field(default_factory=dict)  # node name -> blocks
-    records: dict[str, str | None] = field(default_factory=dict)  # node name -> BGP address
-    error: str = ""
-
-
-# -- observation -----------------------------------------------------------------------------
-
-
-def _proc_state(pid: int) -> str | None:
-    """The process's state letter (R, S, T stopped, Z zombie), None when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return None
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(x) for x in f.read().split()]
-    except (OSError, ValueError):
-        return []
-
-
-def _sh(ns: NodeNS, cmd: list[str]) -> str:
-    proc = run(ns, cmd, check=False, timeout=15)
-    return proc.stdout if proc.returncode == 0 else ""
-
-
-def _stopped(pids: Iterable[int]) -> list[int]:
-    return [p for p in pids if _proc_state(p) == "T"]
-
-
-def _observe(view: LabView, node: str, tunnel_dev: str | None) -> NodeFacts:
-    from labnet.agent.status import query_status
-
-    ns = view.ns(node)
-    facts = NodeFacts(node, ns)
-    sups = [p["pid"] for p in view.journal.of_kind("process") if p.get("node") == node and p.get("what") == "agent"]
-    stopped = _stopped(sups + [c for s in sups for c in _children(s)])
-    if stopped:  # a stopped agent would leave the status query hanging until its timeout
-        facts.status_error = f"agent process(es) {', '.join(map(str, stopped))} are stopped (state T)"
-    else:
-        try:
-            facts.status = query_status(ns, timeout=10)
-        except (LabnetError, subprocess.SubprocessError) as exc:
-            facts.status_error = str(exc)
-    try:
-        facts.routes = get_routes(ns)
-        facts.routes_text = _sh(ns, ["ip", "route"]).strip()
-    except LabnetError as exc:
-        facts.routes_text = f"(ip route failed: {exc})"
-    with contextlib.suppress(ValueError):
-        facts.links = {x["ifname"]: x for x in json.loads(_sh(ns, ["ip", "-j", "link"]) or "[]")}
-    underlay = _underlay_dev(view, node)
-    for dev in ("all", tunnel_dev, underlay):
-        # /proc/sys/net shows the namespace of the process that opens it: cat runs inside the node
-        value = _sh(ns, ["cat", f"/proc/sys/net/ipv4/conf/{dev}/rp_filter"]).strip() if dev else ""
-        if value:
-            facts.sysctls[f"net.ipv4.conf.{dev}.rp_filter"] = value
-    facts.rp_drops = _netstat(_sh(ns, ["cat", "/proc/net/netstat"])).get("IPReversePathFilter")
-    proc = run(ns, ["nft", "-j", "list", "table", "inet", "labnet-policy"], check=False, timeout=15)
-    if proc.returncode == 0:
-        with contextlib.suppress(ValueError, KeyError):
-            facts.policy = json.loads(proc.stdout)["nftables"]
-    for pod, rec in view.journal.info.get("pods", {}).items():
-        if rec.get("node") != node or not rec.get("netns"):
-            continue
-        try:
-            out = _sh(ns.pod(pod, rec["netns"]), ["ip", "-j", "link", "show", "eth0"])
-            facts.pod_mtus[pod] = int(json.loads(out)[0]["mtu"]) if out else None
-        except (ValueError, KeyError, IndexError, LabnetError):
-            facts.pod_mtus[pod] = None
-    return facts
-
-
-_TCP_PROBE = """
-import socket, sys
-try:
-    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2).close()
-    print("open")
-except ConnectionRefusedError:
-    print("refused")
-except TimeoutError:
-    print("timeout")
-except OSError as exc:
-    print("error", exc)
-"""
-
-
-def _tcp_probe(ns: NodeNS, address: str, port: int) -> str:
-    """Connect to address:port from inside the node: open | refused | timeout | error ..."""
-    try:
-        proc = run(ns, [getattr(ns, "python", None) or sys.executable, "-c", _TCP_PROBE, address, str(port)], check=False, timeout=10)
-    except subprocess.SubprocessError as exc:
-        return f"error {exc}"
-    return proc.stdout.strip() or f"error {proc.stderr.strip()[-200:]}"
-
-
-def _netstat(text: str) -> dict[str, int]:
-    """/proc/net/netstat: pairs of header/value lines ("TcpExt: A B ...", "TcpExt: 1 2 ...")."""
-    out: dict[str, int] = {}
-    lines = text.splitlines()
-    for head, vals in zip(lines[::2], lines[1::2], strict=False):
-        for k, v in zip(head.split()[1:], vals.split()[1:], strict=False):
-            with contextlib.suppress(ValueError):
-                out[k] = int(v)
-    return out
-
-
-def _underlay_dev(view: LabView, node: str) -> str | None:
-    ifs = view.journal.info.get("machines", {}).get(node, {}).get("interfaces", [])
-    return str(ifs[0]["name"]) if ifs and ifs[0].get("name") else "eth0"
-
-
-def _observe_store(view: LabView) -> StoreFacts:
-    from labnet.etcd import keys
-    from labnet.etcd.admin import admin_store
-
-    facts = StoreFacts()
-    etcd = [p["pid"] for p in view.journal.of_kind("process") if p.get("what") == "etcd"]
-    if etcd and not any(_proc_state(p) in ("R", "S", "D") for p in etcd):
-        facts.error = "no etcd member is running (stopped or gone)"  # asking would only time out
-        return facts
-    try:
-        store = admin_store(view.journal.info)
-    except LabnetError as exc:
-        facts.error = str(exc)
-        return facts
-    try:
-        prefix = keys.affinities()
-        for kv in store.range(prefix):
-            name, _, tail = kv.key[len(prefix):].partition("/ipv4/block/")
-            if name and tail:
-                facts.affinities.setdefault(name, []).append(keys.cidr_from_key(tail))
-        for kv in store.range(keys.NODES):
-            try:
-                d = json.loads(kv.value)
-                facts.records[str(d["name"])] = (d.get("bgp") or {}).get("ipv4Address")
-            except (ValueError, KeyError, TypeError):
-                continue
-    except Exception as exc:  # etcd down or stopped: that is itself the finding
-        facts.error = f"{type(exc).__name__}: {exc}"
-    finally:
-        with contextlib.suppress(Exception):
-            store.close()
-    return facts
-
-
-# -- diagnosis -------------------------------------------------------------------------------
+    from labnet.lab.view import LabView
 
 
 class Doctor:
@@ -232,9 +47,10 @@ class Doctor:
         self.nodes = list(topo.cluster.nodes)
         if only is not None and only not in self.nodes:
             raise BadInput(f"lab {self.lab}: no cluster node named {only!r} (nodes: {', '.join(self.nodes)})")
-        pool = topo.cluster.pool
-        self.encap = "vxlan" if pool.vxlan != "never" else "ipip" if pool.ipip != "never" else None
-        self.mode = pool.vxlan if self.encap == "vxlan" else pool.ipip
+        self.settings = topo.cluster_settings()  # the agents' own reading of the pool
+        pool = self.settings.pool
+        self.encap = None if pool.encap == "none" else pool.encap
+        self.mode = pool.mode
         self.tunnel_dev = {"ipip": IPIP_DEVICE, "vxlan": VXLAN_DEVICE}.get(self.encap or "")
         self.findings: list[Finding] = []
         self.facts: dict[str, NodeFacts] = {}
@@ -248,8 +64,8 @@ class Doctor:
 
     def run(self) -> list[Finding]:
         with ThreadPoolExecutor(max_workers=min(8, len(self.nodes) + 1)) as ex:
-            store = ex.submit(_observe_store, self.view)
-            futs = {n: ex.submit(_observe, self.view, n, self.tunnel_dev) for n in self.nodes}
+            store = ex.submit(observe_store, self.view)
+            futs = {n: ex.submit(observe_node, self.view, n, self.tunnel_dev) for n in self.nodes}
             for n, fut in futs.items():
                 try:
                     self.facts[n] = fut.result()
@@ -276,9 +92,9 @@ class Doctor:
     def check_processes(self) -> None:
         for p in self.view.journal.of_kind("process"):
             pid, node, what = p["pid"], p.get("node", "?"), p.get("what", "process")
-            state = _proc_state(pid)
-            procs = [pid] + (_children(pid) if what == "agent" else [])
-            stopped = [x for x in procs if _proc_state(x) == "T"]
+            state = proc_state(pid)
+            procs = [pid] + (children(pid) if what == "agent" else [])
+            stopped = [x for x in procs if proc_state(x) == "T"]
             if what == "etcd" and (state is None or state == "Z" or stopped):
                 why = "is stopped (SIGSTOP)" if stopped else "is not running"
                 self.add("etcd", f"etcd on {node} {why}",
@@ -417,7 +233,7 @@ class Doctor:
                          "The peer stopped sending KEEPALIVEs (its agent hung or was stopped, or packets are "
                          "lost on the way) for longer than the hold time, so the session was torn down.",
                          evidence, f"labnet bgp status -l {self.lab} {f.name}")
-            elif "refused" in low or "errno 111" in low or _tcp_probe(f.ns, addr, 179) == "refused":
+            elif "refused" in low or "errno 111" in low or tcp_probe(f.ns, addr, 179) == "refused":
                 self.add(f.name, f"BGP session to {label} is down: nothing listens on TCP 179 there",
                          "The peer's address answers but refuses the connection: its BGP speaker (the agent) "
                          "is not running.",
@@ -622,51 +438,4 @@ class Doctor:
 def diagnose(view: LabView, node: str | None = None) -> list[Finding]:
     return Doctor(view, node).run()
 
-
-# -- output and CLI --------------------------------------------------------------------------
-
-
-def format_findings(lab: str, findings: Iterable[Finding], scope: str) -> str:
-    items = list(findings)
-    if not items:
-        return f"lab {lab}: no problems found ({scope})"
-    out = [f"lab {lab}: {len(items)} problem{'s' if len(items) != 1 else ''} found ({scope})", ""]
-    for x in items:
-        out.append(f"{x.node}: {x.problem}")
-        out.append(f"  why: {x.explanation}")
-        ev = x.evidence.splitlines() or [""]
-        out.append(f"  evidence: {ev[0]}")
-        out += [f"    {line}" for line in ev[1:]]
-        out.append(f"  see: {x.command}")
-        out.append("")
-    return "\n".join(out).rstrip()
-
-
-def cmd_doctor(args: argparse.Namespace) -> int:
-    from labnet import lab
-    from labnet.labview import LabView
-
-    if os.geteuid() != 0:
-        raise BadInput("labnet doctor needs root to look inside the lab's namespaces (run it with sudo)")
-    view = LabView(lab.pick_lab(args.lab))
-    findings = diagnose(view, args.node)
-    nodes = [args.node] if args.node else list(view.topo.cluster.nodes) if view.topo.cluster else []
-    scope = f"{len(nodes)} node{'s' if len(nodes) != 1 else ''}, {len(view.journal.info.get('pods', {}))} pods"
-    if args.json:
-        print(json.dumps({"lab": view.name, "ok": not findings, "findings": [x.to_dict() for x in findings]},
-                         indent=2))
-    else:
-        print(format_findings(view.name, findings, scope))
-    return 1 if findings else 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    s = sub.add_parser("doctor", help="diagnose a running lab: what is wrong, why, and how to see it",
-                       description="Check every node of a running lab (routes, BGP, node names, MTU, "
-                                   "rp_filter, policy, daemons) against the datastore; exit 1 when "
-                                   "anything is wrong.")
-    s.add_argument("node", nargs="?", metavar="NODE", help="only this node's findings (default: all nodes)")
-    s.add_argument("-l", "--lab", help="the lab (default: the only running one)")
-    s.add_argument("--json", action="store_true", help="machine output: {lab, ok, findings: [...]}")
-    s.set_defaults(func=cmd_doctor)
 

@@ -30,7 +30,7 @@ class LabnetBackend(base.BaseBackend):
     NAME = SCHEME
 
     def __init__(self, hostname: str, *args: Any, **kwargs: Any) -> None:
-        from labnet.labview import LabView
+        from labnet.lab.view import LabView
 
         self.lab, self.node, self.pod = split_spec(hostname)
         view = LabView(self.lab)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from labnet.nsexec import NodeNS, run
 
 if TYPE_CHECKING:
-    from labnet.labview import LabView
+    from labnet.lab.view import LabView
 
 NODE_COMMANDS: list[tuple[str, list[str]]] = [
     ("links", ["ip", "-d", "link"]),

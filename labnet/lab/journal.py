@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from labnet.nsexec import pid_alive, proc_starttime
+from labnet.nsexec import proc_starttime, same_process
 
 
 @dataclass
@@ -60,9 +60,7 @@ class Journal:
         self.save()
 
     def owner_alive(self) -> bool:
-        if not self.owner_pid or not pid_alive(self.owner_pid):
-            return False
-        return self.owner_start is None or proc_starttime(self.owner_pid) == self.owner_start
+        return bool(self.owner_pid) and same_process(self.owner_pid, self.owner_start)
 
     def of_kind(self, kind: str) -> list[dict[str, Any]]:
         return [e for e in self.entries if e["kind"] == kind]

@@ -47,7 +47,7 @@ def _register_testinfra() -> None:
     """Make `labnet://<lab>/<node>[/<pod>]` a testinfra backend for the whole session, so
     `pytest --hosts=labnet://seed/ubuntu-3` works with testinfra's own `host` fixture."""
     try:
-        from labnet.testinfra_backend import register
+        from labnet.testing.testinfra_backend import register
     except ImportError:  # testinfra is not installed: the labhost fixture says so when used
         return
     register()
@@ -76,7 +76,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         if call.when == "call":
             view = _view_of(item)
             if view is not None:
-                from labnet.diagnostics import lab_bundle
+                from labnet.diagnose.bundle import lab_bundle
 
                 try:
                     rep.sections.append((f"labnet diagnostics ({view.name})", lab_bundle(view)))
@@ -101,7 +101,7 @@ class LabHandle:
     """A lab the session uses: its view plus helpers for nodes, pods and testinfra hosts."""
 
     def __init__(self, name: str, built: bool) -> None:
-        from labnet.labview import LabView
+        from labnet.lab.view import LabView
 
         self.name = name
         self.built = built
@@ -117,12 +117,12 @@ class LabHandle:
         return self.view.address(name)
 
     def host(self, target: str) -> Any:
-        from labnet.testinfra_backend import get_host
+        from labnet.testing.testinfra_backend import get_host
 
         return get_host(f"labnet://{self.name}/{target}")
 
     def run_scenario(self, name: str, timeout: float = 15.0) -> list[Any]:
-        from labnet.scenarios import run_steps
+        from labnet.scenario.run import run_steps
 
         return run_steps(self.view, self.view.topo.scenarios[name], timeout)
 
@@ -152,7 +152,7 @@ class LabManager:
         return self.labs[key]
 
     def _build(self, path: str, name: str | None) -> LabHandle:
-        from labnet import lab
+        from labnet.lab import lifecycle, progress
         from labnet.topology import load
 
         topo = load(path)
@@ -161,14 +161,13 @@ class LabManager:
         if suffix:
             name = name[: 20 - len(suffix)] + suffix
         topo = topo.model_copy(update={"name": name})
-        _journal, _timings, changed = lab.up(topo, path, runtime=self.config.getoption("--labnet-runtime"),
-                                             progress=lab.Progress(topo.name, quiet=True))
+        _journal, _timings, changed = lifecycle.up(topo, path, runtime=self.config.getoption("--labnet-runtime"),
+                                             progress=progress.Progress(topo.name, quiet=True))
         # A lab that was already running (say, from `make up`) is used, never removed.
         return LabHandle(topo.name, built=changed)
 
     def finish(self) -> None:
-        from labnet import lab
-
+        from labnet.lab import lifecycle
         keep = self.failed and self.config.getoption("--labnet-keep-on-failure")
         tr = self.config.pluginmanager.get_plugin("terminalreporter")
         for handle in self.labs.values():
@@ -181,7 +180,7 @@ class LabManager:
                                   f"  labnet exec -l {handle.name} <node> -- ip route\n"
                                   f"  labnet down --name {handle.name}")
                 continue
-            lab.down(handle.name)
+            lifecycle.down(handle.name)
         self.labs.clear()
 
 
@@ -266,7 +265,7 @@ def labhost(lab: LabHandle) -> Callable[[str], Any]:
 @pytest.fixture
 def pod_factory(lab: LabHandle) -> Iterator[Callable[..., dict[str, Any]]]:
     """pod_factory('ubuntu-3', 'tmp-1') adds a throw-away pod (through CNI); removed after the test."""
-    from labnet import pods
+    from labnet.lab import pods
 
     made: list[tuple[str, str]] = []
 
@@ -316,7 +315,7 @@ class ScenarioItem(pytest.Item):
         self.handle: LabHandle | None = None
 
     def runtest(self) -> None:
-        from labnet.scenarios import run_steps
+        from labnet.scenario.run import run_steps
 
         manager: LabManager = self.config.stash[_MANAGER]
         self.handle = manager.get(str(self.path))

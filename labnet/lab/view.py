@@ -11,19 +11,20 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import TYPE_CHECKING, Any
 
 from labnet.errors import BadInput, LabnetError
-from labnet.journal import Journal
+from labnet.lab.journal import Journal
 from labnet.nsexec import NodeNS
 
 if TYPE_CHECKING:
     from labnet.checks import Endpoint
+    from labnet.runtime.base import Runtime
     from labnet.topology.model import Topology
 
 
 class LabView:
     def __init__(self, name: str) -> None:
-        from labnet import lab
+        from labnet.lab.state import load_journal
 
-        journal = lab.load_journal(name)
+        journal = load_journal(name)
         if journal is None:
             raise BadInput(f"no lab named {name!r} is running (start it with `labnet up FILE`)")
         self.name = name
@@ -36,7 +37,7 @@ class LabView:
         return Topology.model_validate(self.journal.info["topology"])
 
     @cached_property
-    def _runtime(self) -> Any:
+    def runtime(self) -> Runtime:
         from labnet.runtime import get_runtime
 
         return get_runtime(self.journal.runtime)(self.name, self.journal)
@@ -44,7 +45,7 @@ class LabView:
     def ns(self, machine: str) -> NodeNS:
         if machine not in self.journal.info.get("machines", {}):
             raise BadInput(f"lab {self.name}: no router, host or node named {machine!r}")
-        return self._runtime.ns(machine)  # type: ignore[no-any-return]
+        return self.runtime.ns(machine)
 
     # -- pods -------------------------------------------------------------------------
     def pod(self, pod: str) -> dict[str, Any]:

@@ -1,0 +1,82 @@
+"""Is the lab converged? One answer for `up` and for the fault steps' recovery.
+
+Converged: every agent answers under its own node name with its blocks, its BGP sessions
+are all Established (and it has some, where the settings give it peers), and every other
+node's blocks are among its routes, compared as address sets, not as text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from ipaddress import ip_network
+from typing import Any
+
+from labnet.nsexec import NodeNS
+
+ROUTE_TYPES = {"blackhole", "unreachable", "prohibit", "throw", "local", "broadcast", "unicast"}
+
+
+def brief(ns: NodeNS, timeout: float = 5.0) -> dict[str, Any]:
+    """What convergence needs of one agent's status; {"error": ...} while it does not answer."""
+    from labnet.agent.status import query_status
+
+    try:
+        st = query_status(ns, timeout=timeout)
+    except Exception as exc:  # not up yet: the poll shows why
+        return {"error": str(exc)[:200]}
+    return {"pid": st.get("pid"), "nodename": st.get("nodename"), "blocks": st.get("blocks") or [],
+            "tunnel": (st.get("tunnel") or {}).get("address"),
+            "peers": {p["peer_address"]: p.get("bgp_state") for p in st.get("peers", [])},
+            "routes": st.get("routes") or [], "problems": st.get("problems") or []}
+
+
+def briefs(nodes: Iterable[str], ns_of: Callable[[str], NodeNS]) -> dict[str, dict[str, Any]]:
+    return {n: brief(ns_of(n)) for n in nodes}
+
+
+def route_dsts(routes: Iterable[str]) -> set[str]:
+    """The destinations of the agent's routes ("blackhole 10.100.1.0/26 proto bird" ->
+    10.100.1.0/26), normalised."""
+    out = set()
+    for r in routes:
+        words = str(r).split()
+        if words and words[0] in ROUTE_TYPES:
+            words = words[1:]
+        if words:
+            try:
+                out.add(str(ip_network(words[0], strict=False)))
+            except ValueError:
+                continue
+    return out
+
+
+def lacking(states: Mapping[str, Mapping[str, Any]], *, expect_peers: bool) -> dict[str, list[str]]:
+    """Per node, what it still lacks (empty dict: converged)."""
+    out: dict[str, list[str]] = {}
+    for n, s in states.items():
+        why: list[str] = []
+        if "error" in s:
+            out[n] = [f"agent not answering: {s['error']}"]
+            continue
+        if s.get("nodename") not in (None, n):
+            why.append(f"agent registered as {s['nodename']!r}, not {n!r}")
+        if not s.get("blocks"):
+            why.append("no block claimed")
+        peers = s.get("peers") or {}
+        if expect_peers and not peers:
+            why.append("no BGP peers")
+        down = sorted(f"{a} {st}" for a, st in peers.items() if st != "Established")
+        if down:
+            why.append("BGP not Established: " + ", ".join(down))
+        have = route_dsts(s.get("routes") or [])
+        missing = sorted({str(ip_network(b)) for o, t in states.items() if o != n and "error" not in t
+                          for b in t.get("blocks") or []} - have)
+        if missing:
+            why.append("no route to " + ", ".join(missing))
+        if why:
+            out[n] = why
+    return out
+
+
+def converged(states: Mapping[str, Mapping[str, Any]], *, expect_peers: bool) -> bool:
+    return not lacking(states, expect_peers=expect_peers)

@@ -1,0 +1,18 @@
+"""Phase converge: `up` returns once every BGP session is Established and every route is in place."""
+
+from __future__ import annotations
+
+from labnet.lab.context import Context
+from labnet.lab.convergence import briefs, converged
+from labnet.lab.phases.agents import scaled_timeout
+from labnet.wait import poll
+
+
+def run(ctx: Context) -> None:
+    c = ctx.topo.cluster
+    if c is None:
+        return
+    expect = ctx.topo.cluster_settings().expects_peers(list(c.nodes))
+    poll(lambda: briefs(c.nodes, ctx.runtime.ns), lambda st: converged(st, expect_peers=expect),
+         timeout=30 + scaled_timeout(len(c.nodes)),
+         what="BGP sessions Established and every node's blocks routed everywhere")

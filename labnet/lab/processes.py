@@ -1,0 +1,84 @@
+"""The lab's daemons as the journal records them: pid, start time, node, role and argv.
+
+One place decides whether a recorded process is still the one we started (`alive`), starts
+one again with its recorded argv, and stops them (SIGTERM, then SIGKILL) by recorded pid only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from labnet.errors import LabnetError
+from labnet.lab.journal import Journal
+from labnet.nsexec import NodeNS, pid_alive, proc_starttime, same_process, spawn
+from labnet.wait import poll
+
+
+def alive(entry: dict[str, Any]) -> bool:
+    """The recorded process runs, and its pid was not reused by another."""
+    return same_process(int(entry["pid"]), entry.get("start"))
+
+
+def describe(entry: dict[str, Any]) -> str:
+    return f"{entry.get('what', 'process')} pid {entry['pid']} on {entry.get('node', '?')}"
+
+
+def start(journal: Journal, ns: NodeNS, node: str, what: str, argv: Sequence[str], *, log: Path,
+          env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Spawn a daemon inside `ns` and record it (pid, start time, argv) in the journal."""
+    pid = spawn(ns, argv, log=log, env=env)
+    return journal.record("process", pid=pid, start=proc_starttime(pid), node=node, what=what, argv=list(argv))
+
+
+def respawn(journal: Journal, entry: dict[str, Any], ns: NodeNS, argv: Sequence[str], *, log: Path,
+            env: Mapping[str, str] | None = None) -> int:
+    """Start a recorded process again (a fault's undo) and record the new pid in its entry,
+    so `down` stops the new process."""
+    pid = spawn(ns, argv, log=log, env=env)
+    journal.update(entry, pid=pid, start=proc_starttime(pid), argv=list(argv))
+    return pid
+
+
+def stop(entry: dict[str, Any], timeout: float = 5.0) -> None:
+    if not alive(entry):
+        return  # gone, or the pid now belongs to someone else
+    pid = int(entry["pid"])
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    try:
+        poll(lambda: pid_alive(pid), lambda up: not up, timeout=timeout, what=f"{describe(entry)} to exit")
+    except LabnetError:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        poll(lambda: pid_alive(pid), lambda up: not up, timeout=5, what=f"{describe(entry)} to die after SIGKILL")
+
+
+def stop_all(entries: list[dict[str, Any]], timeout: float = 5.0) -> list[str]:
+    """Stop many recorded processes at once: SIGTERM (and SIGCONT, for frozen ones) to all,
+    one shared deadline, then SIGKILL for what is left. Returns what would not die."""
+    mine = [e for e in entries if alive(e)]
+    for sig in (signal.SIGTERM, signal.SIGCONT):
+        for e in mine:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(e["pid"], sig)
+
+    def left() -> list[str]:
+        return [describe(e) for e in mine if pid_alive(e["pid"])]
+
+    try:
+        poll(left, lambda rest: not rest, timeout=timeout, what="the lab's processes to exit after SIGTERM")
+        return []
+    except LabnetError:
+        for e in mine:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(e["pid"], signal.SIGKILL)
+    try:
+        poll(left, lambda rest: not rest, timeout=5, what="the lab's processes to die after SIGKILL")
+    except LabnetError as exc:
+        return [str(exc)]
+    return []

@@ -1,0 +1,47 @@
+"""`labnet status`: each lab's state, machines, pods and recorded processes."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from labnet.lab.processes import alive
+from labnet.lab.state import list_labs, load_journal, namespaces_present
+
+
+def status(lab: str | None = None) -> list[dict[str, Any]]:
+    out = []
+    for name in [lab] if lab else list_labs():
+        j = load_journal(name)
+        if j is None:
+            continue
+        procs = [{**{k: e.get(k) for k in ("pid", "node", "what")}, "alive": alive(e)}
+                 for e in j.of_kind("process")]
+        state = j.state if j.state != "up" or namespaces_present(j) else "dead"
+        out.append({"lab": name, "state": state, "runtime": j.runtime, "topology": j.topology_file,
+                    "machines": j.info.get("machines", {}), "pods": j.info.get("pods", {}),
+                    "processes": procs, "timings": j.info.get("timings", {})})
+    return out
+
+
+def format_status(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no labs"
+    lines = []
+    for r in rows:
+        lines.append(f"lab {r['lab']}  state {r['state']}  runtime {r['runtime']}  ({r['topology']})")
+        table = [("MACHINE", "KIND", "INTERFACES", "PROCESSES")]
+        for m, info in r["machines"].items():
+            ifs = ", ".join(f"{i['name']} {i['address']} [{i['network']}]" for i in info["interfaces"])
+            procs = ", ".join(f"{p['what']}({p['pid']}{'' if p['alive'] else ' DEAD'})"
+                              for p in r["processes"] if p["node"] == m)
+            table.append((m, info["kind"], ifs, procs or "-"))
+        for pod, p in r["pods"].items():
+            table.append((f"{p['node']}/{pod}", "pod", f"eth0 {p.get('ip', '?')}", "-"))
+        widths = [max(len(row[i]) for row in table) for i in range(4)]
+        lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table]
+    return "\n".join(lines)
+
+
+def status_json(rows: list[dict[str, Any]]) -> str:
+    return json.dumps(rows, indent=2)

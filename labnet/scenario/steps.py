@@ -1,0 +1,83 @@
+"""Check steps: each turns its typed arguments into assertions on the running lab."""
+
+from __future__ import annotations
+
+from labnet.checks import (
+    CheckResult,
+    assert_bgp_established,
+    assert_blackhole_route,
+    assert_connectivity,
+    assert_no_route,
+    assert_ping,
+    assert_proxy_arp,
+    assert_route,
+    assert_sysctl,
+    assert_tunnel_route,
+)
+from labnet.errors import BadInput
+from labnet.lab.view import LabView
+from labnet.topology import steps as s
+
+
+def ping(v: LabView, a: s.PingArgs, t: float) -> list[CheckResult]:
+    src = v.endpoint(a.from_)
+    if src.ns is None:
+        raise BadInput(f"ping from {a.from_!r}: an address cannot send pings")
+    dst = v.endpoint(a.to)
+    return [assert_ping(src.ns, dst.ip, count=a.count, expect=a.expect == "success",
+                        timeout=t, dst_name=a.to if a.to != dst.ip else None)]
+
+
+def connectivity(v: LabView, a: s.ConnectivityArgs, t: float) -> list[CheckResult]:
+    pods = a.pods or list(v.journal.info.get("pods", {}))
+    want = a.expect == "success"
+    matrix = {src: {d: want for d in pods if d != src} for src in pods}
+    return [assert_connectivity(matrix, v.endpoint, timeout=t)]
+
+
+def proxy_arp(v: LabView, a: s.ProxyArpArgs, t: float) -> list[CheckResult]:
+    rec = v.pod(a.pod)
+    return [assert_proxy_arp(v.ns(rec["node"]), v.pod_ns(a.pod), rec["host_veth"], timeout=t)]
+
+
+def blackhole(v: LabView, a: s.BlackholeArgs, t: float) -> list[CheckResult]:
+    blocks = [a.block] if a.block else v.blocks(a.node)
+    if not blocks:
+        raise BadInput(f"node {a.node} owns no block, so there is no blackhole route to check")
+    return [assert_blackhole_route(v.ns(a.node), str(b), timeout=t) for b in blocks]
+
+
+def tunnel_route(v: LabView, a: s.TunnelRouteArgs, t: float) -> list[CheckResult]:
+    via = v.address(a.to)
+    blocks = v.blocks(a.to)
+    if not blocks:
+        raise BadInput(f"node {a.to} owns no block, so {a.node} has nothing to route to it")
+    return [assert_tunnel_route(v.ns(a.node), str(b), via, timeout=t) for b in blocks]
+
+
+def no_route(v: LabView, a: s.NoRouteArgs, t: float) -> list[CheckResult]:
+    dst = a.dst if "/" in a.dst else v.address(a.dst)
+    return [assert_no_route(v.ns(a.node), dst, timeout=t)]
+
+
+def route(v: LabView, a: s.RouteArgs, t: float) -> list[CheckResult]:
+    if a.present:
+        return [assert_route(v.ns(a.node), a.match, timeout=t)]
+    # The whole match counts (dev, protocol, type, table...), not just its dst.
+    return [assert_no_route(v.ns(a.node), match=a.match, timeout=t)]
+
+
+def bgp_established(v: LabView, a: s.BgpEstablishedArgs, t: float) -> list[CheckResult]:
+    peer = a.peer
+    if peer and peer in v.journal.info.get("machines", {}):
+        peer = v.address(peer)
+
+    def peers() -> list[dict[str, object]]:
+        return [{"peer": p["peer_address"], "state": p.get("bgp_state"), "info": p.get("info"),
+                 "name": p.get("name")} for p in v.agent_status(a.node).get("peers", [])]
+
+    return [assert_bgp_established(peers, peer, node=a.node, timeout=t)]
+
+
+def sysctl(v: LabView, a: s.SysctlArgs, t: float) -> list[CheckResult]:
+    return [assert_sysctl(v.ns(a.node), a.key, a.value, timeout=t)]
