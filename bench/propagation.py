@@ -1,6 +1,6 @@
 """Route propagation: a node claims a new IPAM block → the route is in every other node's kernel.
 
-Issue 5: at 5 nodes (full iBGP mesh) and at 50 nodes (two route reflectors, no mesh); goals
+At 5 nodes (full iBGP mesh) and at 50 nodes (two route reflectors, no mesh); goals
 under 100 ms and under 1 s. For each lab:
 
   1. `labnet up` a generated lab (pods_per_node=0), timed, through the CLI.

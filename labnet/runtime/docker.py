@@ -39,7 +39,7 @@ from labnet.errors import LabnetError
 from labnet.nsexec import NodeNS
 from labnet.runtime.base import NODE_DIRS, MachineSpec, Recorder
 from labnet.runtime.dockerd import SOCKET, DockerdHandle, ensure_dockerd, ping, stop_dockerd
-from labnet.runtime.netns import NetnsRuntime, _sh
+from labnet.runtime.netns import NetnsRuntime, _sh, prepare_netns_dir
 from labnet.wait import poll
 
 CAPS = ["NET_ADMIN", "SYS_ADMIN", "NET_RAW"]
@@ -147,6 +147,7 @@ class DockerRuntime(NetnsRuntime):
 
     def _bind_namespaces(self, machine: str, pid: int) -> None:
         """Bind the container's namespaces where the netns runtime keeps a machine's."""
+        prepare_netns_dir()
         targets = [("netns", paths.NETNS_DIR / self.netns_name(machine), "net"),
                    ("nsfile", self.run_dir / f"{machine}.mnt", "mnt"),
                    ("nsfile", self.run_dir / f"{machine}.uts", "uts")]

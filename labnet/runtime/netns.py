@@ -10,10 +10,12 @@ straight into the machine.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import signal
 import subprocess
+import tempfile
 from collections.abc import Callable
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -75,7 +77,7 @@ class NetnsRuntime(Runtime):
         self.run_dir.mkdir(parents=True, exist_ok=True)
         _sh(["mount", "--bind", str(self.run_dir), str(self.run_dir)], "private mount")
         _sh(["mount", "--make-private", str(self.run_dir)], "private mount")
-        paths.NETNS_DIR.mkdir(parents=True, exist_ok=True)
+        prepare_netns_dir()
         self._make_ns(self.fabric, None, script="sysctl -qw net.ipv6.conf.all.disable_ipv6=1 "
                       "net.ipv6.conf.default.disable_ipv6=1")
 
@@ -233,16 +235,63 @@ def _umount_vanishing(path: Path) -> None:
             raise
 
 
-def _is_mountpoint(path: Path) -> bool:
-    target = str(path)
+def prepare_netns_dir() -> None:
+    """Make /run/netns what iproute2 makes it before its first namespace: a shared bind mount
+    of itself. Namespaces bound under a plain directory would be hidden by the bind mount the
+    next `ip netns add` (by anyone) puts on top, and could then be neither seen nor removed."""
+    d = paths.NETNS_DIR
+    d.mkdir(parents=True, exist_ok=True)
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # two labnets preparing it at once bind it once
+        if not _is_mountpoint(d):
+            _sh(["mount", "--rbind", str(d), str(d)], f"prepare {d} as iproute2 does")
+        _sh(["mount", "--make-rshared", str(d)], f"prepare {d} as iproute2 does")
+    finally:
+        os.close(fd)
+
+
+def _mountpoints() -> list[str]:
     with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == target for line in f)
+        return [line.split()[4] for line in f]
+
+
+def _is_mountpoint(path: Path) -> bool:
+    """Something is mounted at `path`: on top, or hidden under a later mount of a parent."""
+    return str(path) in _mountpoints()
 
 
 def _umount(path: Path) -> None:
     while path.exists() and _is_mountpoint(path):
         proc = subprocess.run(["umount", str(path)], capture_output=True, text=True)
         if proc.returncode != 0:
+            if "not mounted" in proc.stderr and _umount_hidden(path):
+                continue
             subprocess.run(["umount", "-l", str(path)], capture_output=True, text=True)
             if _is_mountpoint(path):
                 raise LabnetError(f"cannot unmount {path}: {proc.stderr.strip()}")
+
+
+def _umount_hidden(path: Path) -> bool:
+    """A mount at `path` that a later mount of its directory covers (a namespace bound under a
+    plain /run/netns before someone's `ip netns add` bound /run/netns onto itself): move the
+    cover aside, unmount what it hid, and put the cover back. False if there is no such cover."""
+    cover = path.parent
+    if str(cover) not in _mountpoints():
+        return False
+    aside = Path(tempfile.mkdtemp(prefix=".labnet-uncover-", dir=str(cover.parent)))
+    try:
+        _sh(["mount", "--move", str(cover), str(aside)], f"uncover {path}")
+        try:
+            while str(path) in _mountpoints():
+                _sh(["umount", str(path)], f"unmount {path} (it was hidden under {cover})")
+        finally:
+            _sh(["mount", "--move", str(aside), str(cover)], f"put {cover} back")
+    except LabnetError as exc:
+        raise LabnetError(f"cannot unmount {path}: it is hidden under a later mount of {cover} and that "
+                          f"mount cannot be moved aside ({exc}); `umount {cover}` once no namespace uses it "
+                          f"frees it") from exc
+    finally:
+        with contextlib.suppress(OSError):
+            aside.rmdir()
+    return True

@@ -94,7 +94,7 @@ def build(make_ns: Callable[[str], NodeNS], *, pod_mtu: int = 1500) -> Testbed:
 
 
 def wire_pod(node: NodeNS, pod: NodeNS, cali: str, pod_ip: str, mtu: int) -> None:
-    """What the CNI plugin does for one pod (design checklist items 1-4)."""
+    """What the CNI plugin does for one pod: cali veth, sysctls, the pod's /32 and routes, the node's route."""
     ip(node, "link", "add", cali, "mtu", str(mtu), "type", "veth", "peer", "name", "eth0", "mtu", str(mtu),
        "netns", pod.netns)
     ip(node, "link", "set", cali, "address", CALI_MAC, "up")

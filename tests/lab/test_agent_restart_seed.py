@@ -1,4 +1,4 @@
-"""Killing ubuntu-4's agent on the seed lab (issue 5), with and without graceful restart.
+"""Killing ubuntu-4's agent on the seed lab, with and without graceful restart.
 
 With graceful restart (the seed file as it is): the userspace tunl0 runs as its own process, so a
 SIGKILLed agent leaves the datapath and the kernel routes in place (as killing calico-node leaves

@@ -1,4 +1,4 @@
-"""The seed's datapath (DESIGN checklist items 1-8) through the installed plugins.
+"""The seed's datapath (host veth, sysctls, pod and node routes, ADD result, idempotence, errors, IPAM) through the installed plugins.
 
 Pods are created as a runtime does (labnet.cni.invoke: pod netns inside the node, loopback,
 conflist plugins with the CNI env); every assertion reads kernel state inside the namespaces

@@ -1,4 +1,4 @@
-"""Issue 7: labnet's dockerd went away under a running docker lab.
+"""labnet's dockerd went away under a running docker lab.
 
 A module of its own: it stops the engine, which would take down any other lab's containers
 (the module-scoped labs of test_docker_lab.py are gone by the time this runs).

@@ -1,4 +1,4 @@
-"""Issue 7: the node image is reused while its inputs are unchanged, rebuilt when they change.
+"""The node image is reused while its inputs are unchanged, rebuilt when they change.
 
 A change to labnet's code is simulated with LABNET_IMAGE_SALT, one of the hash inputs (the
 unit tests show an edit to a labnet file changes the same hash).

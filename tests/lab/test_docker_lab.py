@@ -1,4 +1,4 @@
-"""Issue 7: the seed underlay with every machine a container, next to the same lab on netns.
+"""The seed underlay with every machine a container, next to the same lab on netns.
 
 The same topology file comes up on both runtimes; the tests that make sense on both are
 parametrised by runtime. Containers are looked at through docker too (`docker exec`, labels,

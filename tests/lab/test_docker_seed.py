@@ -1,4 +1,4 @@
-"""Issue 7: the full seed lab (etcd with TLS, CNI, BGP agents, pods) with nodes as containers.
+"""The full seed lab (etcd with TLS, CNI, BGP agents, pods) with nodes as containers.
 
 The same file and the same `labnet check` as on netns; the node's daemons are processes inside
 the containers (their mount namespace: the image's etcd and python3), stopped by `down`.

@@ -202,7 +202,7 @@ def _forget_node(view: LabView, name: str) -> None:
 
 
 def _agent_config(view: LabView, node: str, edit: Callable[[dict[str, Any]], None]) -> None:
-    path = Path(view._runtime.host_path(node, "/var/lib/labnet/agent.json"))
+    path = Path(view.runtime.host_path(node, "/var/lib/labnet/agent.json"))
     doc = json.loads(path.read_text())
     edit(doc)
     path.write_text(json.dumps(doc))

@@ -376,7 +376,7 @@ def _down_leaves_no_etcd(lab: str, before: object) -> None:
 
 
 def test_three_member_etcd_from_labnet_up_survives_a_killed_member() -> None:
-    """Issue 3: `etcd: {nodes: [a, b, c]}` brought up by `labnet up`; one member killed by its
+    """`etcd: {nodes: [a, b, c]}` brought up by `labnet up`; one member killed by its
     recorded pid; writes still work; `down` leaves no etcd process and no data."""
     lab = "t-etcd3"
     before = snapshot(lab)
@@ -415,7 +415,7 @@ def test_three_member_etcd_from_labnet_up_survives_a_killed_member() -> None:
 
 
 def test_plain_http_etcd_from_labnet_up() -> None:
-    """Issue 3: `tls: false` gives a plain-HTTP etcd that any node can curl; `down` removes it."""
+    """`tls: false` gives a plain-HTTP etcd that any node can curl; `down` removes it."""
     lab = "t-etcdplain"
     before = snapshot(lab)
     labnet("up", str(FIXTURES / "etcd-plain.yaml"), "--name", lab, "-q")
@@ -439,7 +439,7 @@ def test_plain_http_etcd_from_labnet_up() -> None:
 
 
 def test_missing_etcd_binary_fails_up_and_rolls_back() -> None:
-    """Issue 3: without the etcd binary, `up` says what to install and leaves nothing behind."""
+    """Without the etcd binary, `up` says what to install and leaves nothing behind."""
     lab = "t-noetcd"
     before = snapshot(lab)
     missing = "/nonexistent/labnet-test/etcd"

@@ -97,7 +97,7 @@ def test_etcd_killed_and_restarted(view: LabView, netns_factory) -> None:  # typ
         _doctor_says_etcd("is not running")
         _pods_still_talk(view)
         # back with the same argv (same data dir and certificates), in the same node
-        log = view._runtime.host_path("node-1", "/var/log/labnet/etcd-restarted.log")
+        log = view.runtime.host_path("node-1", "/var/log/labnet/etcd-restarted.log")
         new = netns_factory.track_pid(spawn(view.ns("node-1"), [a.decode() for a in argv], log=log, env=etcd_env()))
         _add_works("pod-4")
         _pods_still_talk(view)

@@ -1,4 +1,4 @@
-"""Issue 2: `labnet down FILE` after the file changed (machines dropped, broken YAML), `down --all`,
+"""`labnet down FILE` after the file changed (machines dropped, broken YAML), `down --all`,
 and IPv6 on only when the topology asks (`ipv6: true`). Underlay-only labs: each comes up in ~1 s."""
 
 from __future__ import annotations

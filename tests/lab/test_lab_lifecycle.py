@@ -1,4 +1,4 @@
-"""Issue 2: the seed underlay comes up, behaves, and goes away without a trace."""
+"""The seed underlay comes up, behaves, and goes away without a trace."""
 
 from __future__ import annotations
 

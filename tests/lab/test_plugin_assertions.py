@@ -1,4 +1,4 @@
-"""Issue 6: every assertion, passing on the seed lab and failing on purpose, read through pytester.
+"""Every assertion, passing on the seed lab and failing on purpose, read through pytester.
 
 The lab is built once here and the user test file attaches to it (--labnet-attach), as in the
 edit-and-rerun loop.

@@ -1,4 +1,4 @@
-"""Issue 6: the pytest plugin, exercised through pytester in real pytest subprocesses."""
+"""The pytest plugin, exercised through pytester in real pytest subprocesses."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 7: the same topology files and the same scenarios on both runtimes, one parametrised test."""
+"""The same topology files and the same scenarios on both runtimes, one parametrised test."""
 
 from __future__ import annotations
 

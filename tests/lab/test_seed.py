@@ -1,4 +1,4 @@
-"""The seed lab, fully: DESIGN.md's checklist items 1-15 on the real thing.
+"""The seed lab, fully: every behaviour of the seed on the real thing (veths, routes, tunnel, BGP, IPAM, NAT, faults).
 
 One lab for the module, built by labnet's own pytest plugin from topologies/seed.yaml
 (under a test-only name, so a `make up` lab is never touched).

@@ -1,4 +1,4 @@
-"""Issue 7 (no root): the node image's hash inputs, the mirror lookup and dockerd's safe flags."""
+"""No root: the node image's hash inputs, the mirror lookup and dockerd's safe flags."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ SEED_SCENARIOS = ["pod-to-pod-across-subnets", "egress-nat", "seed-routes", "und
 
 
 def test_k_selects_one_seed_scenario_as_a_user_runs_it() -> None:
-    # exactly the command of issue 6, from the repo root, with its own configuration
+    # exactly `pytest topologies/seed.yaml -k pod-to-pod`, from the repo root, with its own configuration
     proc = subprocess.run([sys.executable, "-m", "pytest", "topologies/seed.yaml", "-k", "pod-to-pod",
                            "--collect-only", "-q", "-p", "no:cacheprovider"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -3,7 +3,7 @@
 Everything acts on the CURRENT network namespace (the agent runs inside its node's
 namespaces); the vxlan functions, KernelIpip and kernel_has_ipip also take `netns=<path>`.
 
-IPIP (design checklist 9, 11)::
+IPIP (the seed's tunl0 and its routes)::
 
     tun = start_ipip(local="10.20.30.73", address="10.100.163.128")   # mtu default: underlay - 20
     ...  # then install `<block> via <node> dev tunl0 proto bird onlink`; the tunnel follows the
@@ -18,7 +18,7 @@ so tunl0 survives a killed agent). By hand: `python -m labnet.agent.tunnel.ipip_
 [--mtu M] [--status-file F]`, or `run_ipip(...)` (blocks; SIGTERM/SIGINT stop it and remove
 tunl0, SIGHUP re-reads routes, SIGUSR1 writes the status file).
 
-VXLAN (checklist 13)::
+VXLAN (Calico's vxlan.calico)::
 
     mac = ensure_vxlan(local, address)            # vxlan.calico, VNI 4096, port 4789, MTU underlay - 50
     sync_vxlan([Vtep(node, underlay_ip, tunnel_ip, mac, blocks), ...])   # FDB, neigh, routes; idempotent
