@@ -230,7 +230,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from labnet.checks import format_results, results_json, write_junit
     from labnet.lab.view import LabView
-    from labnet.scenario.run import run_scenario
+    from labnet.scenario.run import run_steps
 
     topo = _load(args.file)
     view = LabView(args.lab or topo.name)
@@ -238,11 +238,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     unknown = [n for n in names if n not in topo.scenarios]
     if unknown:
         raise BadInput(f"{args.file}: no scenario {', '.join(map(repr, unknown))} (have: {', '.join(topo.scenarios)})")
-    results = []
-    for name in names:
-        for r in run_scenario(view, name, timeout=args.timeout):
-            results.append((name, r))
-    flat = [r for _, r in results]
+    # The file's own steps, typed once when the file was loaded, run against the running lab.
+    flat = [r for name in names for r in run_steps(view, topo.scenarios[name], timeout=args.timeout, collect=True)]
+    if not flat:
+        what = f"scenario {', '.join(names)} has no steps" if names else "the file has no scenarios"
+        print(f"{args.file}: no check ran ({what}); nothing was verified", file=sys.stderr)
+        return 1
     if args.junit:
         write_junit(flat, args.junit, suite=f"labnet.{view.name}")
     if args.json:

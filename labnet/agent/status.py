@@ -24,20 +24,18 @@ table removed), SIGHUP re-reads the datastore now.
 from __future__ import annotations
 
 import json
-import socket
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from labnet import jsonsock
 from labnet.agent.config import DEFAULT_SOCKET
-from labnet.errors import LabnetError
 from labnet.nsexec import NodeNS, run
 
 HEADERS = ("PEER ADDRESS", "PEER TYPE", "STATE", "SINCE", "INFO")
 
 
-class StatusUnavailable(LabnetError):
-    """The agent's status socket did not answer."""
+StatusUnavailable = jsonsock.SocketUnavailable  # the agent's status socket did not answer
 
 
 def _pad_center(s: str, width: int) -> str:
@@ -105,32 +103,8 @@ def format_status(status: Mapping[str, Any]) -> str:
 
 def request(path: str = DEFAULT_SOCKET, cmd: str = "status", timeout: float = 10.0) -> dict[str, Any]:
     """Ask the agent listening on `path` (a path as seen from here) one command."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    try:
-        try:
-            s.connect(path)
-        except OSError as exc:
-            raise StatusUnavailable(f"agent status socket {path}: {exc.strerror or exc} "
-                                    f"(is labnet-agent running in this node?)") from exc
-        s.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
-        buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
-    except TimeoutError as exc:
-        raise StatusUnavailable(f"agent status socket {path}: no answer within {timeout:.0f}s") from exc
-    finally:
-        s.close()
-    try:
-        data = json.loads(buf)
-    except ValueError as exc:
-        raise StatusUnavailable(f"agent status socket {path}: answer is not JSON: {buf[:200]!r}") from exc
-    if not isinstance(data, dict):
-        raise StatusUnavailable(f"agent status socket {path}: expected a JSON object, got {data!r}")
-    return data
+    return jsonsock.request(path, {"cmd": cmd}, timeout=timeout, what="agent status socket",
+                            hint="is labnet-agent running in this node?")
 
 
 def query_status(ns: NodeNS, socket_path: str = DEFAULT_SOCKET, timeout: float = 15.0) -> dict[str, Any]:

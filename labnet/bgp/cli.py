@@ -14,12 +14,13 @@ import json
 import logging
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 from typing import Any
 
+from labnet import jsonsock
 from labnet.bgp.speaker import PeerConfig, Speaker, format_status
+from labnet.errors import LabnetError
 
 
 def rib_json(sp: Speaker) -> list[dict[str, Any]]:
@@ -78,21 +79,15 @@ async def _serve_control(sp: Speaker, path: str) -> asyncio.Server:
 
 
 def control(path: str | Path, cmd: str, **args: object) -> Any:
-    """Client side of the control socket (blocking); returns `result` or raises RuntimeError."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(10)
-        s.connect(str(path))
-        s.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
-        buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
-    reply = json.loads(buf)
+    """Client side of the control socket (blocking); returns `result` or raises BgpControlError."""
+    reply = jsonsock.request(str(path), {"cmd": cmd, **args}, what="BGP control socket")
     if not reply.get("ok"):
-        raise RuntimeError(f"bgp control {cmd}: {reply.get('error')}")
+        raise BgpControlError(f"bgp control {cmd}: {reply.get('error')}")
     return reply["result"]
+
+
+class BgpControlError(LabnetError):
+    """The speaker answered, and refused the command."""
 
 
 async def amain(cfg: dict[str, Any]) -> None:

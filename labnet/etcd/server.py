@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from labnet.errors import LabnetError, WaitTimeout
+from labnet.etcd.pki import Pki
 from labnet.etcd.store import EtcdConfig
 from labnet.nsexec import NodeNS, pid_alive, spawn
-from labnet.pki import Pki
 from labnet.wait import poll
 
 # LABNET_ETCD_BIN: another etcd binary (tests point it at a missing file to check the error).

@@ -23,11 +23,11 @@ def typed_args(kind: str, args: Any) -> StepArgs:
     if spec is None:
         raise BadInput(f"step kind {kind!r} has no runner (known: {', '.join(sorted(STEP_KINDS))})")
     if isinstance(args, spec.args):
-        return args  # type: ignore[return-value]
+        return args
     from pydantic import ValidationError
 
     try:
-        return spec.args.model_validate(args or {})  # type: ignore[return-value]
+        return spec.args.model_validate(args or {})
     except ValidationError as exc:
         raise BadInput(f"step {kind}: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None
 
@@ -82,7 +82,7 @@ def run_steps(view: LabView, steps: list[Any], timeout: float = DEFAULT_TIMEOUT,
     try:
         for step in steps:
             try:
-                results += run_step(view, step.kind, step.args, timeout, undo)
+                results += run_step(view, step.kind, step.typed or step.args, timeout, undo)
             except CheckFailed as exc:
                 if not collect:
                     raise _with_passed(exc, results) from None
@@ -109,10 +109,3 @@ def _with_passed(exc: CheckFailed, passed: list[CheckResult]) -> CheckFailed:
     out.__cause__ = exc.__cause__
     return out
 
-
-def run_scenario(view: LabView, name: str, timeout: float = DEFAULT_TIMEOUT) -> list[CheckResult]:
-    """Every step of scenario `name`, collecting results (failed checks included, not raised)."""
-    steps = view.topo.scenarios.get(name)
-    if steps is None:
-        raise BadInput(f"lab {view.name}: no scenario {name!r} (have: {', '.join(view.topo.scenarios)})")
-    return run_steps(view, steps, timeout, collect=True)

@@ -16,6 +16,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     model_validator,
 )
@@ -23,7 +24,7 @@ from pydantic_core import PydanticCustomError
 
 from labnet.policy.model import PolicySettings
 from labnet.settings import BgpSettings, ClusterSettings, PeerSettings, PoolSettings
-from labnet.topology.steps import STEP_KINDS
+from labnet.topology.steps import STEP_KINDS, StepArgs
 
 LAB_NAME_RE = r"^[a-z][a-z0-9-]{0,19}$"
 ASN_MAX = 4294967295
@@ -213,6 +214,12 @@ class Step(_Model):
 
     kind: str
     args: dict[str, Any] = {}
+    _typed: StepArgs | None = PrivateAttr(default=None)  # args as their model, set once by _normalise
+
+    @property
+    def typed(self) -> StepArgs | None:
+        """The arguments as their step kind's model (None for a kind validation reports)."""
+        return self._typed
 
     @model_validator(mode="before")
     @classmethod
@@ -349,6 +356,7 @@ def _normalise(topo: Topology) -> None:
             except ValidationError:
                 continue  # validate.py reports it with positions
             step.args = args.model_dump(by_alias=True)
+            step._typed = args
 
 
 def is_valid_cidr(text: str) -> bool:

@@ -37,7 +37,7 @@ class Ref:
 
 @dataclass(frozen=True)
 class StepKind:
-    args: type[BaseModel]
+    args: type[StepArgs]
     refs: dict[str, Ref]  # argument name as written in YAML -> what it names
     doc: str
     check: StepCheck | None = None

@@ -212,7 +212,7 @@ def test_plugin_talks_to_etcd_with_tls_client_certs_as_in_the_seed(netns_factory
     from labnet.etcd import server
     from labnet.etcd.client import EtcdStore
     from labnet.etcd.netns import call_in_netns
-    from labnet.pki import ensure_pki
+    from labnet.etcd.pki import ensure_pki
 
     node = make_node(netns_factory, tmp_path, etcd=False)
     try:

@@ -12,9 +12,9 @@ from pathlib import Path
 from labnet.etcd import server
 from labnet.etcd.client import EtcdStore
 from labnet.etcd.netns import call_in_netns
+from labnet.etcd.pki import ensure_pki
 from labnet.etcd.server import EtcdMember
 from labnet.nsexec import NodeNS, pid_alive, run
-from labnet.pki import ensure_pki
 from labnet.wait import poll
 
 

@@ -24,12 +24,12 @@ from labnet.etcd import server
 from labnet.etcd.admin import with_store
 from labnet.etcd.client import EtcdStore
 from labnet.etcd.netns import call_in_netns, thread_in_netns
+from labnet.etcd.pki import Pki, ensure_pki
 from labnet.etcd.server import EtcdMember, EtcdStartError
 from labnet.etcd.store import Conflict, DatastoreUnavailable, EtcdConfig, Event, LeaseExpired
 from labnet.lab import state as labmod
 from labnet.lab.phases.etcd import ETCD_DATA_INSIDE
 from labnet.nsexec import NodeNS, pid_alive, run
-from labnet.pki import Pki, ensure_pki
 from labnet.runtime import get_runtime
 from labnet.wait import poll
 

@@ -14,6 +14,7 @@ import pytest
 import labnet.checks.assertions as A
 from labnet.checks import CheckFailed
 from labnet.checks.routes import Route, parse_routes
+from labnet.errors import BadInput
 from labnet.nsexec import NodeNS
 from labnet.scenario import run as scenarios
 
@@ -94,3 +95,29 @@ def test_route_present_and_no_route_steps() -> None:
     assert res.ok and res.name == "no route 198.51.100.0/24", res
     with pytest.raises(CheckFailed, match=f"no route {tunnel.dst}"):
         step("no_route", {"node": "ubuntu-3", "dst": str(tunnel.dst)})
+
+
+def test_a_failure_report_lists_the_steps_that_passed_before_it() -> None:
+    from labnet.topology.model import Step
+
+    steps = [Step.model_validate({"route": {"node": "ubuntu-3", "match": {"dev": "tunl0"}}}),
+             Step.model_validate({"no_route": {"node": "ubuntu-3", "dst": "198.51.100.0/24"}}),
+             Step.model_validate({"route": {"node": "ubuntu-3", "match": {"dev": "tunl9"}}})]
+    with pytest.raises(CheckFailed) as info:
+        scenarios.run_steps(FakeView(), steps, timeout=0.2)  # type: ignore[arg-type]
+    msg = str(info.value)
+    assert "route dev tunl9" in msg and "steps that passed before it (2):" in msg, msg
+    assert "[ubuntu-3] route dev tunl0: ok" in msg and "[ubuntu-3] no route 198.51.100.0/24: ok" in msg, msg
+    # collected (the CLI's table): every result, the failed one too, nothing raised
+    got = scenarios.run_steps(FakeView(), steps, timeout=0.2, collect=True)  # type: ignore[arg-type]
+    assert [r.ok for r in got] == [True, True, False], got
+
+
+def test_step_arguments_reach_the_runner_typed_with_their_defaults() -> None:
+    from labnet.topology import steps as s
+
+    typed = scenarios.typed_args("ping", {"from": "a", "to": "b"})
+    assert isinstance(typed, s.PingArgs) and (typed.from_, typed.count, typed.expect) == ("a", 3, "success")
+    assert scenarios.typed_args("ping", typed) is typed
+    with pytest.raises(BadInput, match="step ping"):
+        scenarios.typed_args("ping", {"from": "a"})

@@ -149,3 +149,28 @@ def test_trailing_words_are_a_capture_filter_and_an_error_elsewhere(capsys: pyte
         else:
             raise AssertionError(f"labnet {' '.join(argv)}: expected a usage error")
         assert "unrecognized arguments" in capsys.readouterr().err, argv
+
+
+def test_check_that_runs_no_step_is_a_failure(tmp_path: Path) -> None:
+    """`labnet check FILE` that verifies nothing (the file has no scenarios) exits 1, saying so; an empty
+    scenario is a validation error already (exit 2)."""
+    import os
+
+    from labnet.lab.journal import Journal
+    from labnet.topology import loads
+
+    text = ("name: nocheck\nnetworks: {lan: {cidr: 10.0.0.0/24}}\n"
+            "hosts: {h1: {interfaces: [{network: lan, address: 10.0.0.10}]}}\n")
+    topo = loads(text, "f.yaml")
+    (tmp_path / "labs" / "nocheck").mkdir(parents=True)
+    j = Journal(path=tmp_path / "labs" / "nocheck" / "journal.json", lab="nocheck", state="up")
+    j.info["topology"] = topo.model_dump(mode="json", by_alias=True)
+    j.save()
+    for body, rc, why in (("", 1, "no check ran (the file has no scenarios); nothing was verified"),
+                          ("scenarios: {empty: []}\n", 2, "scenarios.empty: scenario empty has no steps")):
+        f = tmp_path / "f.yaml"
+        f.write_text(text + body)
+        res = subprocess.run([sys.executable, "-m", "labnet.cli", "check", str(f)], capture_output=True, text=True,
+                             timeout=60, env={**os.environ, "LABNET_STATE_DIR": str(tmp_path)})
+        assert res.returncode == rc, (res.returncode, res.stdout, res.stderr)
+        assert why in res.stderr, res.stderr

@@ -12,10 +12,10 @@ import pytest
 from labnet.errors import BadInput, LabnetError
 from labnet.etcd import keys, server, settings
 from labnet.etcd.client import EtcdStore, prefix_end
+from labnet.etcd.pki import ensure_pki
 from labnet.etcd.server import EtcdMember
 from labnet.etcd.store import KV, DatastoreUnavailable, EtcdConfig
 from labnet.nsexec import NodeNS
-from labnet.pki import ensure_pki
 from labnet.settings import ClusterSettings
 
 

@@ -13,7 +13,7 @@ PKG = Path(__file__).resolve().parents[2] / "labnet"
 
 # Lowest first: a module may import its own layer and the layers below it, never one above.
 LAYERS: list[set[str]] = [
-    {"labnet", "labnet.errors", "labnet.paths", "labnet.wait", "labnet.nsexec", "labnet.pki", "labnet.settings"},
+    {"labnet", "labnet.errors", "labnet.paths", "labnet.wait", "labnet.nsexec", "labnet.jsonsock", "labnet.settings"},
     # the policy model and its selectors are the schema of the topology's `policy:` section
     {"labnet.topology", "labnet.runtime", "labnet.policy.model", "labnet.policy.selector"},
     {"labnet.agent", "labnet.bgp", "labnet.cni", "labnet.ipam", "labnet.etcd", "labnet.policy", "labnet.checks"},

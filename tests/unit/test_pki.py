@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from labnet.errors import BadInput, LabnetError
-from labnet.pki import Pki, ensure_pki
+from labnet.etcd.pki import Pki, ensure_pki
 
 MEMBERS = [("ubuntu-1", "10.20.30.71"), ("ubuntu-2", "10.20.30.72")]
 NODES = ["ubuntu-1", "ubuntu-3", "ubuntu-4"]

@@ -28,7 +28,7 @@ def run(ctx: Context) -> None:
         tls = None
         if info["etcd"]["tls"]:
             tls = TlsFiles(ca=pki_dir / "ca.pem", cert=pki_dir / f"node-{node}.pem",
-                           key=pki_dir / f"node-{node}-key.pem")  # labnet.pki's names
+                           key=pki_dir / f"node-{node}-key.pem")  # labnet.etcd.pki's names
         install(NodePaths(opt_cni_bin=rt.host_path(node, "/opt/cni/bin"),
                           etc_cni_netd=rt.host_path(node, "/etc/cni/net.d"),
                           var_lib_labnet=rt.host_path(node, "/var/lib/labnet")),

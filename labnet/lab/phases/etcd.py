@@ -19,7 +19,7 @@ ETCD_LOG_INSIDE = "/var/log/labnet/etcd.log"
 
 def run(ctx: Context) -> None:
     from labnet.etcd import server
-    from labnet.pki import ensure_pki
+    from labnet.etcd.pki import ensure_pki
 
     c = ctx.topo.cluster
     if c is None:

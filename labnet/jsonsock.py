@@ -1,0 +1,48 @@
+"""JSON lines over a Unix socket: the one client of labnet's daemon control sockets (the
+agent's status socket, a standalone BGP speaker's control socket). One request line, one
+answer line; every failure is a SocketUnavailable naming the socket and what went wrong."""
+
+from __future__ import annotations
+
+import json
+import socket
+from typing import Any
+
+from labnet.errors import LabnetError
+
+
+class SocketUnavailable(LabnetError):
+    """Nothing answered on the socket, or the answer was not a JSON object."""
+
+
+def request(path: str, payload: dict[str, Any], *, timeout: float = 10.0, what: str = "control socket",
+            hint: str = "") -> dict[str, Any]:
+    """Send `payload` as one JSON line to the socket at `path`; return the JSON object answered."""
+    where = f"{what} {path}"
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        try:
+            s.connect(path)
+        except OSError as exc:
+            raise SocketUnavailable(f"{where}: {exc.strerror or exc}{f' ({hint})' if hint else ''}") from exc
+        s.sendall(json.dumps(payload).encode() + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    except TimeoutError as exc:
+        raise SocketUnavailable(f"{where}: no answer within {timeout:.0f}s") from exc
+    except OSError as exc:
+        raise SocketUnavailable(f"{where}: {exc.strerror or exc}") from exc
+    finally:
+        s.close()
+    try:
+        data = json.loads(buf)
+    except ValueError as exc:
+        raise SocketUnavailable(f"{where}: answer is not JSON: {buf[:200]!r}") from exc
+    if not isinstance(data, dict):
+        raise SocketUnavailable(f"{where}: expected a JSON object, got {data!r}"[:300])
+    return data
