@@ -1,8 +1,10 @@
 """Top-level pytest configuration shared by unit and lab tests.
 
 Lab tests (marker `lab`) need root. Outside CI they skip with the reason; with CI=true or
-LABNET_REQUIRE_LAB=1 labnet's pytest plugin (labnet/pytest_plugin.py) turns any skip of a lab
-test into a failure, so the suite can never pass by running nothing.
+LABNET_REQUIRE_LAB=1 labnet's pytest plugin (labnet/testing/pytest_plugin.py) turns any skip of
+a lab test into a failure, and so does a skip while collecting tests/lab, so the suite can never
+pass by running nothing. A session that ran lab tests fails if it leaves a namespace or a lab
+behind that was not there when it started.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from labnet import paths
+from labnet.testing.pytest_plugin import lab_required
 from labnet.testing.scratch import ScratchNamespaces
 
 pytest_plugins = ("pytester",)
@@ -28,8 +32,50 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if "/tests/lab/" in str(path) and item.get_closest_marker("lab") is None:
             item.add_marker(pytest.mark.lab)
         # Docker tests share one labnet dockerd: tox runs them in their own env, one at a time.
-        if path.name.startswith("test_docker_") or path.name == "test_runtimes.py":
+        # test_runtimes.py's netns half is a plain lab test.
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if path.name.startswith("test_docker_") or (path.name == "test_runtimes.py"
+                                                    and params.get("runtime") == "docker"):
             item.add_marker(pytest.mark.docker)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
+    """A lab test module that skips while it is collected is a failure where a skip would be."""
+    outcome = yield
+    rep = outcome.get_result()  # type: ignore[attr-defined]
+    if rep.skipped and "/tests/lab/" in str(collector.path) and lab_required():
+        reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+        rep.outcome = "failed"
+        rep.longrepr = f"lab test module skipped while collected, a failure when CI=true or LABNET_REQUIRE_LAB=1: {reason}"
+
+
+def _leftovers() -> set[str]:
+    """What a lab leaves on the host: namespace files of labs, and lab state directories."""
+    netns = {f"namespace {p.name}" for p in paths.NETNS_DIR.glob("lnet-*")} if paths.NETNS_DIR.is_dir() else set()
+    labs = paths.state_root() / "labs"
+    state = {f"lab state {p}" for p in labs.iterdir() if not p.name.startswith(".")} if labs.is_dir() else set()
+    return netns | state
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_BEFORE] = _leftovers()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if hasattr(session.config, "workerinput") or os.geteuid() != 0:
+        return  # an xdist worker (the controller looks once every worker is done), or no lab could run
+    left = sorted(_leftovers() - session.config.stash[_BEFORE])
+    if left:
+        tr = session.config.pluginmanager.get_plugin("terminalreporter")
+        text = "the test session left these behind (a lab or a test did not clean up):\n  " + "\n  ".join(left)
+        if tr is not None:
+            tr.write_sep("=", "leftovers", red=True)
+            tr.write_line(text)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_BEFORE = pytest.StashKey[set[str]]()
 
 
 NetnsFactory = ScratchNamespaces  # the fixture's type, for annotations in tests

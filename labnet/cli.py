@@ -10,13 +10,33 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from labnet import __version__
+from labnet import __version__, paths
 from labnet.errors import BadInput, LabnetError
 
 if TYPE_CHECKING:
     from labnet import nsexec
 
 Handler = Callable[[argparse.Namespace], int]
+
+# Every name a user types is checked as argparse reads it, by the rules the topology validator
+# uses (labnet.paths): a bad one is exit 2 before anything is looked up or touched.
+_lab_name = paths.lab_arg
+_machine_name = paths.name_arg("machine")
+_pod_name = paths.name_arg("pod")
+_target = paths.target_arg
+_LABEL_PART = r"[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?"
+
+
+def _label(value: str) -> str:
+    """K=V as Kubernetes labels are: they reach the datastore and the policy's nft comments."""
+    import re
+
+    key, eq, val = value.partition("=")
+    if not eq or not re.fullmatch(rf"({_LABEL_PART}/)?{_LABEL_PART}", key) or not re.fullmatch(rf"({_LABEL_PART})?", val):
+        raise argparse.ArgumentTypeError(
+            f"label {value[:80]!r} is not valid: KEY=VALUE, each letters, digits, '-', '_' and '.' "
+            "(alphanumeric at both ends, 63 characters at most)")
+    return value
 
 
 def _load(path: str):  # type: ignore[no-untyped-def]
@@ -64,16 +84,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def _renamed(topo, name: str | None):  # type: ignore[no-untyped-def]
-    """`up --name` runs one file as several labs side by side."""
-    import re
-
-    from labnet.topology.model import LAB_NAME_RE
-
-    if name is None:
-        return topo
-    if not re.match(LAB_NAME_RE, name):
-        raise BadInput(f"--name {name!r}: a lab name matches {LAB_NAME_RE}")
-    return topo.model_copy(update={"name": name})
+    """`up --name` runs one file as several labs side by side (the name was checked by argparse)."""
+    return topo if name is None else topo.model_copy(update={"name": name})
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -92,7 +104,7 @@ def cmd_down(args: argparse.Namespace) -> int:
         problems = lifecycle.down(name)
         if problems:
             rc = 1
-            print(f"lab {name}: removed, with problems:\n  " + "\n  ".join(problems))
+            print(f"lab {name}: NOT removed completely; what is left:\n  " + "\n  ".join(problems), file=sys.stderr)
         else:
             print(f"lab {name}: removed")
     return rc
@@ -145,10 +157,16 @@ def _lab_name_of(path: str) -> str:
 
 def cmd_gc(args: argparse.Namespace) -> int:
     from labnet.lab import gc as labgc
+
     _need_root()
-    removed = labgc.gc()
-    print("\n".join(f"removed {r}" for r in removed) if removed else "nothing to collect")
-    return 0
+    removed, failed = labgc.gc()
+    for r in removed:
+        print(f"removed {r}")
+    for f in failed:
+        print(f"labnet: gc could not remove {f}", file=sys.stderr)
+    if not removed and not failed:
+        print("nothing to collect")
+    return 1 if failed else 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -258,17 +276,14 @@ def _etcd_store(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from labnet.lab import state
 
     _need_root()
-    name = state.pick_lab(args.lab)
-    journal = state.load_journal(name)
-    assert journal is not None
-    return admin_store(journal.info)
+    return admin_store(state.running_journal(state.pick_lab(args.lab)).info)
 
 
 def _register_etcd(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from labnet.etcd.cli import register
 
     p = register(sub, _etcd_store)
-    p.add_argument("-l", "--lab", help="the lab (default: the only running one): labnet etcd -l NAME ls")
+    p.add_argument("-l", "--lab", type=_lab_name, help="the lab (default: the only running one): labnet etcd -l NAME ls")
 
 
 def cmd_pod(args: argparse.Namespace) -> int:
@@ -276,7 +291,7 @@ def cmd_pod(args: argparse.Namespace) -> int:
     _need_root()
     name = state.pick_lab(args.lab)
     if args.pod_command == "add":
-        labels = dict(kv.split("=", 1) for kv in args.label or [])
+        labels = dict(kv.split("=", 1) for kv in args.label or [])  # each checked by _label
         rec = pods.add(name, args.node, args.pod, labels=labels or None)
         print(f"pod {args.pod} on {args.node}: {rec['ip']} (host veth {rec['host_veth']})")
     else:
@@ -336,14 +351,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("up", help="build a lab from a topology file and wait until it is ready")
     s.add_argument("file")
     s.add_argument("--runtime", choices=["netns", "docker"], help="override the file's runtime")
-    s.add_argument("--name", help="run the file under another lab name (side by side with the original)")
+    s.add_argument("--name", type=_lab_name, help="run the file under another lab name (side by side with the original)")
     s.add_argument("--timings", action="store_true", help="print JSON timings per phase instead of the table")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     s.set_defaults(func=cmd_up)
 
     s = sub.add_parser("down", help="remove a lab and everything it made")
     s.add_argument("file", nargs="?")
-    s.add_argument("--name", help="the lab's name (works when the file moved or changed)")
+    s.add_argument("--name", type=_lab_name, help="the lab's name (works when the file moved or changed)")
     s.add_argument("--all", action="store_true", help="every lab")
     s.set_defaults(func=cmd_down)
 
@@ -351,20 +366,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_gc)
 
     s = sub.add_parser("status", help="list labs, machines, addresses and processes")
-    s.add_argument("-l", "--lab")
+    s.add_argument("-l", "--lab", type=_lab_name)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_status)
 
     s = sub.add_parser("exec", help="run a command inside a node or pod: labnet exec NODE[/POD] -- CMD")
-    s.add_argument("-l", "--lab", help="the lab (default: the only running one)")
-    s.add_argument("target", metavar="NODE[/POD]")
+    s.add_argument("-l", "--lab", type=_lab_name, help="the lab (default: the only running one)")
+    s.add_argument("target", metavar="NODE[/POD]", type=_target)
     s.add_argument("cmd", nargs=argparse.REMAINDER)
     s.set_defaults(func=cmd_exec)
 
     s = sub.add_parser("capture", help="tcpdump on a node's or pod's interface: labnet capture NODE[/POD] IFACE "
                        "[-w out.pcap] [FILTER]")
-    s.add_argument("-l", "--lab", help="the lab (default: the only running one)")
-    s.add_argument("target", metavar="NODE[/POD]")
+    s.add_argument("-l", "--lab", type=_lab_name, help="the lab (default: the only running one)")
+    s.add_argument("target", metavar="NODE[/POD]", type=_target)
     s.add_argument("iface", metavar="IFACE", help="interface name as seen inside, or 'any'")
     s.add_argument("-w", "--write", metavar="FILE", help="write a pcap file here (on this host) instead of text")
     s.add_argument("-c", "--count", type=int, help="stop after this many packets")
@@ -387,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("check", help="run a topology's scenarios against its running lab")
     s.add_argument("file")
     s.add_argument("scenarios", nargs="*", metavar="SCENARIO", help="default: all")
-    s.add_argument("-l", "--lab", help="the running lab (default: the file's name)")
+    s.add_argument("-l", "--lab", type=_lab_name, help="the running lab (default: the file's name)")
     s.add_argument("--timeout", type=float, default=10.0, help="seconds each check may poll (default 10)")
     s.add_argument("--json", action="store_true")
     s.add_argument("--junit", metavar="FILE", help="also write JUnit XML")
@@ -397,24 +412,24 @@ def build_parser() -> argparse.ArgumentParser:
     psub = s.add_subparsers(dest="pod_command", required=True, metavar="{add,del}")
     for verb in ("add", "del"):
         ps = psub.add_parser(verb, help=f"{verb} POD on NODE (CNI {verb.upper()}, as a container runtime)")
-        ps.add_argument("node")
-        ps.add_argument("pod")
-        ps.add_argument("-l", "--lab", help="the lab (default: the only running one)")
+        ps.add_argument("node", type=_machine_name)
+        ps.add_argument("pod", type=_pod_name)
+        ps.add_argument("-l", "--lab", type=_lab_name, help="the lab (default: the only running one)")
         if verb == "add":
-            ps.add_argument("--label", action="append", metavar="K=V", help="pod label (repeatable)")
+            ps.add_argument("--label", action="append", metavar="K=V", type=_label, help="pod label (repeatable)")
         ps.set_defaults(func=cmd_pod)
 
     s = sub.add_parser("bgp", help="BGP state of a node's agent")
     bsub = s.add_subparsers(dest="bgp_command", required=True, metavar="{status}")
     bs = bsub.add_parser("status", help="peers as `calicoctl node status` prints them")
-    bs.add_argument("node")
-    bs.add_argument("-l", "--lab")
+    bs.add_argument("node", type=_machine_name)
+    bs.add_argument("-l", "--lab", type=_lab_name)
     bs.add_argument("--json", action="store_true")
     bs.set_defaults(func=cmd_bgp_status)
 
     s = sub.add_parser("routes", help="a node's routes, parsed from `ip -j route`")
-    s.add_argument("node")
-    s.add_argument("-l", "--lab")
+    s.add_argument("node", type=_machine_name)
+    s.add_argument("-l", "--lab", type=_lab_name)
     s.add_argument("--table", default="main", help="main (default), all, or a number")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_routes)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from labnet.errors import CommandFailed
+from labnet.errors import CommandFailed, WaitTimeout
+from labnet.wait import poll
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,21 @@ def same_process(pid: int, start: int | None) -> bool:
     """`pid` is alive and is still the process recorded with start time `start` (None: any),
     not a later one that reused the pid. The one liveness test for recorded processes."""
     return pid_alive(pid) and (start is None or proc_starttime(pid) == start)
+
+
+def terminate(pid: int, start: int | None, what: str, timeout: float = 5.0, kill_timeout: float = 5.0) -> None:
+    """Stop the recorded process `pid` (started at `start`): SIGTERM, and SIGKILL if it is still
+    there after `timeout`. A pid that is gone, or now someone else's, is left alone."""
+    if not same_process(pid, start):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    try:
+        poll(lambda: pid_alive(pid), lambda up: not up, timeout=timeout, what=f"{what} to exit")
+    except WaitTimeout:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        poll(lambda: pid_alive(pid), lambda up: not up, timeout=kill_timeout, what=f"{what} to die after SIGKILL")
 
 
 def processes_in(netns_files: list[str]) -> list[int]:

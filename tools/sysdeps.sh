@@ -33,9 +33,14 @@ fi
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
 [ -n "$made_policy" ] && $SUDO rm -f /usr/sbin/policy-rc.d
-for svc in etcd bird docker.socket docker; do
-  if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled --quiet "$svc" 2>/dev/null; then
-    $SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || true
-  fi
+# The services these packages bring, disabled only when this run installed the package: a
+# service that was on the machine before is the host's business, never ours.
+declare -A services=([etcd-server]="etcd" [bird2]="bird" [docker.io]="docker.socket docker")
+for pkg in "${pkgs[@]}"; do
+  for svc in ${services[$pkg]:-}; do
+    if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled --quiet "$svc" 2>/dev/null; then
+      $SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || true
+    fi
+  done
 done
 echo "sysdeps: done"

@@ -19,6 +19,7 @@ from typing import Any
 from labnet import nsexec
 from labnet.errors import LabnetError
 from labnet.nsexec import NodeNS
+from labnet.paths import check_name
 
 NET_D = "/etc/cni/net.d"
 CNI_BIN = "/opt/cni/bin"
@@ -38,6 +39,10 @@ class CniFailed(LabnetError):
 
 
 def container_id(lab: str, node: str, pod: str, namespace: str = "default") -> str:
+    # The pod and namespace names go into CNI_ARGS (`;`-separated) and file names: checked here,
+    # whoever calls, by the names' one rule.
+    check_name("pod", pod)
+    check_name("namespace", namespace)
     return hashlib.sha256(f"{lab}/{node}/{namespace}/{pod}".encode()).hexdigest()
 
 
@@ -135,6 +140,7 @@ def add_pod(node: NodeNS, pod: str, namespace: str = "default", labels: dict[str
 
     Idempotent: for a pod that exists, the plugins see a repeated ADD and answer the same.
     """
+    check_name("pod", pod)
     cid = container_id(lab if lab is not None else _lab_of(node), node.name, pod, namespace)
     netns = f"/var/run/netns/{netns_name(cid)}"
     conflist = read_conflist(node)
@@ -164,6 +170,8 @@ def add_pod(node: NodeNS, pod: str, namespace: str = "default", labels: dict[str
 
 def del_pod(node: NodeNS, pod: str, namespace: str = "default", lab: str | None = None) -> None:
     """Delete pod `pod`: CNI DEL in reverse order, then its netns and record. Idempotent."""
+    check_name("pod", pod)
+    check_name("namespace", namespace)
     record = read_record(node, pod, namespace)
     cid = record["container_id"] if record else container_id(lab if lab is not None else _lab_of(node),
                                                               node.name, pod, namespace)

@@ -11,6 +11,7 @@ import json
 import os
 from collections.abc import Iterable
 
+from labnet import paths
 from labnet.diagnose.facts import Finding
 from labnet.diagnose.rules import diagnose
 from labnet.errors import BadInput
@@ -55,8 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                        description="Check every node of a running lab (routes, BGP, node names, MTU, "
                                    "rp_filter, policy, daemons) against the datastore; exit 1 when "
                                    "anything is wrong.")
-    s.add_argument("node", nargs="?", metavar="NODE", help="only this node's findings (default: all nodes)")
-    s.add_argument("-l", "--lab", help="the lab (default: the only running one)")
+    s.add_argument("node", nargs="?", metavar="NODE", type=paths.name_arg("node"), help="only this node's findings (default: all nodes)")
+    s.add_argument("-l", "--lab", type=paths.lab_arg, help="the lab (default: the only running one)")
     s.add_argument("--json", action="store_true", help="machine output: {lab, ok, findings: [...]}")
     s.set_defaults(func=cmd_doctor)
 

@@ -233,6 +233,15 @@ def cmd_health(store: Datastore, as_json: bool, out: TextIO | None = None) -> in
     return 0 if result and all(ok for ok, _ in result.values()) else 1
 
 
+def key_arg(value: str) -> str:
+    """An argparse `type=` for an etcd key or prefix: absolute, printable, no spaces, not huge."""
+    if not value.startswith("/") or len(value) > 1024 or not value.isprintable() or any(c.isspace() for c in value):
+        raise argparse.ArgumentTypeError(
+            f"etcd key {value[:80]!r} is not valid: it starts with '/', has no spaces or control "
+            "characters, and is at most 1024 characters")
+    return value
+
+
 def register(subparsers: Any, get_store: Callable[[argparse.Namespace], Datastore]) -> argparse.ArgumentParser:
     """Add `etcd ls|get|health` to the CLI's subparsers. Each sets args.func(args) -> exit status."""
     p = subparsers.add_parser("etcd", help="look into the lab's etcd (keys, values, health)",
@@ -253,13 +262,13 @@ def register(subparsers: Any, get_store: Callable[[argparse.Namespace], Datastor
                         description="Recursively list keys under PREFIX (default: everything labnet "
                                     "keeps, under /labnet/). JSON values are shown compact, or "
                                     "pretty-printed when long.")
-    ls.add_argument("prefix", nargs="?", default=keys.PREFIX + "/", metavar="PREFIX")
+    ls.add_argument("prefix", nargs="?", default=keys.PREFIX + "/", metavar="PREFIX", type=key_arg)
     ls.add_argument("--json", action="store_true", help="machine output: a sorted JSON list")
     ls.set_defaults(func=with_store(lambda st, a: cmd_ls(st, a.prefix, a.json)))
 
     get = sub.add_parser("get", help="print one key's value", description="Print one key's value "
                          "(JSON pretty-printed). Exit 1 if the key does not exist.")
-    get.add_argument("key", metavar="KEY")
+    get.add_argument("key", metavar="KEY", type=key_arg)
     get.add_argument("--json", action="store_true", help="machine output with revisions")
     get.set_defaults(func=with_store(lambda st, a: cmd_get(st, a.key, a.json)))
 

@@ -13,8 +13,10 @@ from labnet.lab.state import is_dead, journal_path, lab_lock, list_labs, load_jo
 from labnet.runtime import RUNTIMES
 
 
-def gc() -> list[str]:
+def gc() -> tuple[list[str], list[str]]:
+    """(what was removed, what could not be: each lab with what is left of it)."""
     removed: list[str] = []
+    failed: list[str] = []
     for lab in list_labs():
         with lab_lock(lab, wait=False) as mine:
             if not mine:
@@ -29,13 +31,19 @@ def gc() -> list[str]:
             if journal is None or not is_dead(journal):
                 continue
             problems = teardown(journal)
-        removed.append(f"lab {lab}" + (f" (problems: {'; '.join(problems)})" if problems else ""))
+        if problems:
+            failed.append(f"lab {lab}: " + "; ".join(problems))
+        else:
+            removed.append(f"lab {lab}")
     removed += sweep_orphans()
-    return removed
+    return removed, failed
 
 
 def orphan(lab: str) -> bool:
-    """No journal and nobody building it: an `up` holds the lock before it writes anything."""
+    """No journal and nobody building it: an `up` holds the lock before it writes anything.
+    A name no lab can have (lnet-… made by someone else) is not ours to remove."""
+    if paths.lab_name_error(lab):
+        return False
     with lab_lock(lab, wait=False) as free:
         if not free:
             return False
@@ -58,7 +66,8 @@ def sweep_orphans() -> list[str]:
         entries = []
     for f in entries:
         name = f.name[1:-len(".lock")]
-        if f.name.startswith(".") and f.name.endswith(".lock") and not (labs_root / name).exists():
+        if (f.name.startswith(".") and f.name.endswith(".lock") and not paths.lab_name_error(name)
+                and not (labs_root / name).exists()):
             with lab_lock(name, wait=False):
                 pass  # a free lock of a lab without a state dir is unlinked on the way out
     return removed

@@ -20,7 +20,7 @@ from labnet.nsexec import proc_starttime, same_process
 class Journal:
     path: Path
     lab: str
-    state: str = "building"  # building | up | tearing-down
+    state: str = "building"  # building | up | tearing-down | broken (a teardown left things; info["left"])
     owner_pid: int = 0
     owner_start: int | None = None
     topology_file: str = ""

@@ -113,7 +113,11 @@ def up(topo: Topology, topology_file: str, *, runtime: str | None = None,
 
 
 def teardown(journal: Journal) -> list[str]:
-    """Stop the lab's processes and undo its journal; what could not be undone (empty: clean)."""
+    """Stop the lab's processes and undo its journal; what could not be undone (empty: clean).
+
+    A teardown that leaves something behind marks the journal "broken" with what is left, and
+    hands ownership back: no process claims a lab it could not remove, so `gc` tries again."""
+    owner = (journal.owner_pid, journal.owner_start)
     journal.state = "tearing-down"
     journal.claim()  # this process owns the lab now: gc leaves it alone unless we die too
     problems: list[str] = []
@@ -125,6 +129,11 @@ def teardown(journal: Journal) -> list[str]:
     problems += rt.teardown()
     if not problems:
         shutil.rmtree(paths.lab_dir(journal.lab), ignore_errors=True)
+        return problems
+    journal.state = "broken"
+    journal.owner_pid, journal.owner_start = owner
+    journal.info["left"] = problems
+    journal.save()
     return problems
 
 

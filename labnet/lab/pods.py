@@ -12,6 +12,7 @@ from labnet.errors import BadInput
 from labnet.lab.journal import Journal
 from labnet.lab.state import lab_lock, node_ns, running_journal
 from labnet.nsexec import NodeNS
+from labnet.paths import check_name
 
 
 def _record(node: str, pod: str, result: dict[str, Any], netns: str, cid: str) -> dict[str, Any]:
@@ -51,6 +52,7 @@ def reapply_policy(journal: Journal) -> None:
 
 
 def add(lab: str, node: str, pod: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    check_name("pod", pod)
     with lab_lock(lab):
         journal = running_journal(lab)
         if pod in journal.info.get("pods", {}):
@@ -61,6 +63,7 @@ def add(lab: str, node: str, pod: str, labels: dict[str, str] | None = None) -> 
 
 
 def remove(lab: str, node: str, pod: str) -> None:
+    check_name("pod", pod)
     from labnet.cni import invoke
 
     with lab_lock(lab):

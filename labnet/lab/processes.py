@@ -15,7 +15,7 @@ from typing import Any
 
 from labnet.errors import LabnetError
 from labnet.lab.journal import Journal
-from labnet.nsexec import NodeNS, pid_alive, proc_starttime, same_process, spawn
+from labnet.nsexec import NodeNS, pid_alive, proc_starttime, same_process, spawn, terminate
 from labnet.wait import poll
 
 
@@ -45,17 +45,7 @@ def respawn(journal: Journal, entry: dict[str, Any], ns: NodeNS, argv: Sequence[
 
 
 def stop(entry: dict[str, Any], timeout: float = 5.0) -> None:
-    if not alive(entry):
-        return  # gone, or the pid now belongs to someone else
-    pid = int(entry["pid"])
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    try:
-        poll(lambda: pid_alive(pid), lambda up: not up, timeout=timeout, what=f"{describe(entry)} to exit")
-    except LabnetError:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        poll(lambda: pid_alive(pid), lambda up: not up, timeout=5, what=f"{describe(entry)} to die after SIGKILL")
+    terminate(int(entry["pid"]), entry.get("start"), describe(entry), timeout)
 
 
 def stop_all(entries: list[dict[str, Any]], timeout: float = 5.0) -> list[str]:

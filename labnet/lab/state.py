@@ -41,7 +41,8 @@ def list_labs() -> list[str]:
     root = paths.state_root() / "labs"
     if not root.is_dir():
         return []
-    return sorted(d.name for d in root.iterdir() if (d / "journal.json").exists())
+    return sorted(d.name for d in root.iterdir()
+                  if not paths.lab_name_error(d.name) and (d / "journal.json").exists())
 
 
 def namespaces_present(journal: Journal) -> bool:
@@ -60,9 +61,8 @@ def is_dead(journal: Journal) -> bool:
 def lab_lock(lab: str, wait: bool = True) -> Iterator[bool]:
     """One `up`/`down` per lab at a time. With wait=False, yields False when someone holds it
     (a flock dies with its process, so a held lock always has a live owner)."""
-    root = paths.state_root() / "labs"
-    root.mkdir(parents=True, exist_ok=True)
-    lock = root / f".{lab}.lock"
+    lock = paths.lock_file(lab)
+    lock.parent.mkdir(parents=True, exist_ok=True)
     while True:
         fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o600)
         try:

@@ -16,7 +16,6 @@ import fcntl
 import importlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from labnet.errors import LabnetError
-from labnet.nsexec import pid_alive, proc_starttime, same_process
+from labnet.nsexec import pid_alive, proc_starttime, terminate
 from labnet.wait import poll
 
 SOCKET = Path(os.environ.get("LABNET_DOCKER_SOCKET", "/run/labnet-docker.sock"))
@@ -161,17 +160,7 @@ def ensure_dockerd(timeout: float = 60.0) -> DockerdHandle:
 def stop_dockerd(handle: DockerdHandle, timeout: float = 60.0) -> None:
     """Stop the dockerd of `handle` by its recorded pid (SIGTERM, then SIGKILL)."""
     pid = handle.pid
-    if not same_process(pid, handle.start):
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    try:
-        poll(lambda: pid_alive(pid), lambda alive: not alive, timeout=timeout, what=f"dockerd pid {pid} to exit")
-    except LabnetError:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        poll(lambda: pid_alive(pid), lambda alive: not alive, timeout=10,
-             what=f"dockerd pid {pid} to die after SIGKILL")
+    terminate(pid, handle.start, f"dockerd pid {pid}", timeout, kill_timeout=10)
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)  # our child when we started it in this process
 

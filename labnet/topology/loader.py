@@ -8,6 +8,7 @@ duplicate keys (PyYAML silently keeps the last one).
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -231,8 +232,21 @@ def _validate(raw: dict[str, Any]) -> tuple[Topology | None, list[Issue], set[st
     return None, first or [], skip
 
 
+# A generated 200-node lab with 2,000 pods is about 0.3 MB; past this, a file is refused before it
+# is parsed (parsing tens of MB costs seconds and a gigabyte first).
+MAX_BYTES = 4 * 1024 * 1024
+
+
+def _too_big(size: int, filename: str) -> TopologyError:
+    return TopologyError([Diagnostic(filename, 1, 1, "<file>", f"the file is {size / 1e6:.1f} MB; topologies are "
+                                     f"refused above {MAX_BYTES // (1024 * 1024)} MiB",
+                                     "a lab of hundreds of nodes takes well under 1 MB: is this the right file?")])
+
+
 def loads(text: str, filename: str = "<string>") -> Topology:
     """Parse and validate topology YAML. Raises TopologyError listing every problem."""
+    if len(text) > MAX_BYTES:
+        raise _too_big(len(text.encode("utf-8", "replace")), filename)
     loader = _Loader(text)
     try:
         root = loader.get_single_node()
@@ -277,7 +291,10 @@ def load(path: str | Path) -> Topology:
     """Load a topology file. Raises TopologyError (exit status 2) for any problem."""
     name = str(path)
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as f:
+            data = f.read(MAX_BYTES + 1)  # never the whole of a huge file (or a device)
+            if len(data) > MAX_BYTES:
+                raise _too_big(max(os.fstat(f.fileno()).st_size, len(data)), name)
     except OSError as exc:
         raise TopologyError([Diagnostic(name, 0, 0, "<file>", f"cannot read: {exc.strerror or exc}")]) from None
     try:

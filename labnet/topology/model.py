@@ -22,11 +22,11 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from labnet.paths import LAB_NAME_RE
 from labnet.policy.model import PolicySettings
 from labnet.settings import BgpSettings, ClusterSettings, PeerSettings, PoolSettings
 from labnet.topology.steps import STEP_KINDS, StepArgs
 
-LAB_NAME_RE = r"^[a-z][a-z0-9-]{0,19}$"
 ASN_MAX = 4294967295
 
 

@@ -18,6 +18,7 @@ from typing import Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
+from labnet.paths import MACHINE_NAME_MAX, NETWORK_NAME_MAX, name_error
 from labnet.topology.model import (
     ClusterNode,
     Interface,
@@ -31,9 +32,6 @@ from labnet.topology.steps import STEP_KINDS, Category, Ref
 
 PathT = tuple[str | int, ...]
 
-NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
-MACHINE_NAME_MAX = 30
-NETWORK_NAME_MAX = 12  # the fabric bridge is named br-<network>: 15 characters at most
 SCENARIO_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 IFNAMSIZ = 15
 LINK_LOCAL = IPv4Network("169.254.0.0/16")
@@ -308,7 +306,7 @@ class _Checker:
         ]
         for names, base, what, limit in sections:
             for name in names or []:
-                if not NAME_RE.match(name) or len(name) > limit:
+                if name_error(what, name, limit):
                     self.add(
                         base + (name,),
                         f"{what} name {name!r} is not usable in namespace and interface names",

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.lab
 PLAIN_NETNS = """
 set -eu
 mkdir -p /run/netns
-while grep -q ' /run/netns ' /proc/self/mountinfo; do umount /run/netns; done
+while grep -q " /run/netns " /proc/self/mountinfo; do umount -l /run/netns; done
 """
 
 

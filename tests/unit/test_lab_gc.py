@@ -64,7 +64,8 @@ def test_gc_sweep_tolerates_paths_that_vanish_meanwhile(dirs: dict[str, Path], m
 
     monkeypatch.setattr(netns, "_umount", racing_umount)
     monkeypatch.setattr(labgc, "load_journal", racing_load)
-    removed = labgc.gc()
+    removed, failed = labgc.gc()
+    assert failed == []
     assert sorted(p.name for p in dirs["netns"].iterdir()) == ["not-a-lab"], (
         f"netns dir after gc: expected only not-a-lab, got {sorted(p.name for p in dirs['netns'].iterdir())}")
     assert not list(dirs["run"].iterdir()), f"run dir after gc: expected empty, got {list(dirs['run'].iterdir())}"
@@ -76,7 +77,7 @@ def test_gc_sweep_tolerates_paths_that_vanish_meanwhile(dirs: dict[str, Path], m
 def test_gc_sweep_with_no_run_dir_at_all(dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     # the last lab's `down` removes /run/labnet itself
     monkeypatch.setenv("LABNET_RUN_DIR", str(dirs["run"] / "gone"))
-    assert labgc.gc() == []
+    assert labgc.gc() == ([], [])
 
 
 def test_gc_sweep_still_fails_on_a_mount_that_stays(dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -149,3 +150,36 @@ def test_gc_removes_free_lock_files_of_labs_without_a_state_dir(dirs: dict[str, 
         labgc.sweep_orphans()
         left = sorted(p.name for p in labs.iterdir())
     assert left == [".busy.lock", ".kept.lock", "kept"], f"lock files after gc: {left}"
+
+
+def test_a_lab_that_cannot_be_removed_is_reported_and_keeps_its_owner(
+        dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """gc and down say what is left (exit 1), never "removed"; the journal is marked broken and is
+    not rewritten to claim this process as the owner of a lab it could not remove."""
+    import subprocess
+    import sys
+
+    from labnet.lab.journal import Journal
+    from labnet.lab.lifecycle import teardown
+
+    (dirs["state"] / "labs" / "stuck").mkdir(parents=True)
+    j = Journal(path=dirs["state"] / "labs" / "stuck" / "journal.json", lab="stuck", state="building",
+                owner_pid=999999999, owner_start=1)
+    j.save()
+    monkeypatch.setattr(netns.NetnsRuntime, "teardown", lambda self: ["cannot unmount /run/netns/lnet-stuck.a: busy"])
+    removed, failed = labgc.gc()
+    assert removed == [] and failed == ["lab stuck: cannot unmount /run/netns/lnet-stuck.a: busy"], (removed, failed)
+    after = Journal.load(j.path)
+    assert (after.state, after.owner_pid, after.owner_start) == ("broken", 999999999, 1), after
+    assert after.info["left"] == ["cannot unmount /run/netns/lnet-stuck.a: busy"]
+    assert teardown(after) and Journal.load(j.path).owner_pid == 999999999  # a second try: the same
+    # the CLI: exit 1 and the words (as root only: gc needs it)
+    code = ("import sys; from pathlib import Path; from labnet.runtime import netns; from labnet import cli, paths; "
+            f"paths.NETNS_DIR = Path({str(dirs['netns'])!r}); "  # never the host's namespaces
+            "netns.NetnsRuntime.teardown = lambda self: ['left: x']; "
+            "import os; os.geteuid = lambda: 0; sys.exit(cli.main(['gc']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**__import__("os").environ, "LABNET_STATE_DIR": str(dirs["state"]),
+                               "LABNET_RUN_DIR": str(dirs["run"])})
+    assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)
+    assert "gc could not remove lab stuck: left: x" in proc.stderr and "removed lab" not in proc.stdout, proc

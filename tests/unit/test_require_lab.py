@@ -1,4 +1,4 @@
-"""CI=true or LABNET_REQUIRE_LAB=1 turns a skipped lab test into a failure (labnet/pytest_plugin.py),
+"""CI=true or LABNET_REQUIRE_LAB=1 turns a skipped lab test into a failure (labnet/testing/pytest_plugin.py),
 so a CI run can never pass by running nothing. Checked in real pytest subprocesses (pytester)."""
 
 from __future__ import annotations
@@ -47,3 +47,41 @@ def test_a_skipped_lab_test_fails_when_a_lab_is_required(run, env: dict[str, str
 def test_other_values_do_not_require_a_lab(run) -> None:  # type: ignore[no-untyped-def]
     res = run(CI="false", LABNET_REQUIRE_LAB="0")
     res.assert_outcomes(skipped=2)
+
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
+
+
+def _run_with_repo_conftest(tmp: "__import__('pathlib').Path", files: dict[str, str], **env: str):  # type: ignore[no-untyped-def]
+    """pytest in a subprocess on `files` (under a tests/lab/ folder of `tmp`), with the repository's
+    own conftest.py loaded as a plugin."""
+    import os
+    import subprocess
+    import sys
+
+    lab = tmp / "tests" / "lab"
+    lab.mkdir(parents=True)
+    for name, text in files.items():
+        (lab / name).write_text(text)
+    full = {k: v for k, v in os.environ.items() if k not in ("CI", "LABNET_REQUIRE_LAB", "PYTEST_XDIST_WORKER")}
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "conftest", "-q", "-p", "no:cacheprovider",
+                           "--rootdir", str(tmp), str(lab)], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**full, "PYTHONPATH": str(REPO), **env})
+
+
+def test_a_lab_module_that_skips_at_collection_fails_when_a_lab_is_required(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    files = {"test_mod_skip.py": "import pytest\npytest.skip('no lab here', allow_module_level=True)\n"}
+    res = _run_with_repo_conftest(tmp_path / "a", files)
+    assert res.returncode == 5 and "1 skipped" in res.stdout, res.stdout + res.stderr  # 5: no test ran
+    res = _run_with_repo_conftest(tmp_path / "b", files, LABNET_REQUIRE_LAB="1")
+    assert res.returncode != 0 and "skipped while collected" in res.stdout, res.stdout + res.stderr
+
+
+@pytest.mark.skipif(__import__("os").geteuid() != 0, reason="the leftover check runs as root only")
+def test_a_session_that_leaves_a_lab_behind_fails_naming_it(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    files = {"test_leak.py": "import os, pathlib\n"
+                             "def test_leaks():\n"
+                             "    pathlib.Path(os.environ['LABNET_STATE_DIR'], 'labs', 'leaky').mkdir(parents=True)\n"}
+    res = _run_with_repo_conftest(tmp_path, files, LABNET_STATE_DIR=str(tmp_path / "state"))
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "left these behind" in res.stdout and "labs/leaky" in res.stdout, res.stdout

@@ -237,3 +237,16 @@ def test_fuzz_structured_documents(doc: dict[str, Any]) -> None:
         loads(yaml.safe_dump(doc), "fuzz.yaml")
     except TopologyError as exc:
         assert exc.diagnostics and all(d.line >= 1 for d in exc.diagnostics)
+
+
+def test_an_oversized_file_is_refused_before_it_is_parsed(tmp_path: Path) -> None:
+    from labnet.topology import TopologyError, load, loads
+    from labnet.topology.loader import MAX_BYTES
+
+    big = tmp_path / "big.yaml"
+    big.write_text("name: big\nnetworks:\n" + "".join(f"  n{i}: {{cidr: 10.0.0.0/24}}\n" for i in range(900_000)))
+    with pytest.raises(TopologyError, match=r"big.yaml:1:1: <file>: the file is \d+\.\d MB; topologies are refused "
+                                            r"above 4 MiB"):
+        load(big)
+    with pytest.raises(TopologyError, match="refused above 4 MiB"):
+        loads("#" * (MAX_BYTES + 1), "s.yaml")
