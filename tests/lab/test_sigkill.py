@@ -60,7 +60,7 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
 
 
 def _gc_leaves_nothing(what: str, pids: frozenset[int]) -> None:
-    before_empty = snapshot("-no-such-lab-")  # the shape of "nothing": used for the netns/mount diff
+    before_empty = snapshot("no-such-lab")  # the shape of "nothing": used for the netns/mount diff
 
     # gc is global and other labs may be torn down at the same moment: its sweep takes what
     # vanishes meanwhile as removed (tests/unit/test_lab_gc.py), so one run must succeed

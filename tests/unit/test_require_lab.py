@@ -3,6 +3,11 @@ so a CI run can never pass by running nothing. Checked in real pytest subprocess
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 TESTS = """
@@ -49,16 +54,12 @@ def test_other_values_do_not_require_a_lab(run) -> None:  # type: ignore[no-unty
     res.assert_outcomes(skipped=2)
 
 
-REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[2]
 
 
-def _run_with_repo_conftest(tmp: "__import__('pathlib').Path", files: dict[str, str], **env: str):  # type: ignore[no-untyped-def]
+def _run_with_repo_conftest(tmp: Path, files: dict[str, str], **env: str) -> subprocess.CompletedProcess[str]:
     """pytest in a subprocess on `files` (under a tests/lab/ folder of `tmp`), with the repository's
     own conftest.py loaded as a plugin."""
-    import os
-    import subprocess
-    import sys
-
     lab = tmp / "tests" / "lab"
     lab.mkdir(parents=True)
     for name, text in files.items():
@@ -69,7 +70,7 @@ def _run_with_repo_conftest(tmp: "__import__('pathlib').Path", files: dict[str, 
                           env={**full, "PYTHONPATH": str(REPO), **env})
 
 
-def test_a_lab_module_that_skips_at_collection_fails_when_a_lab_is_required(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_lab_module_that_skips_at_collection_fails_when_a_lab_is_required(tmp_path: Path) -> None:
     files = {"test_mod_skip.py": "import pytest\npytest.skip('no lab here', allow_module_level=True)\n"}
     res = _run_with_repo_conftest(tmp_path / "a", files)
     assert res.returncode == 5 and "1 skipped" in res.stdout, res.stdout + res.stderr  # 5: no test ran
@@ -77,8 +78,8 @@ def test_a_lab_module_that_skips_at_collection_fails_when_a_lab_is_required(tmp_
     assert res.returncode != 0 and "skipped while collected" in res.stdout, res.stdout + res.stderr
 
 
-@pytest.mark.skipif(__import__("os").geteuid() != 0, reason="the leftover check runs as root only")
-def test_a_session_that_leaves_a_lab_behind_fails_naming_it(tmp_path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.skipif(os.geteuid() != 0, reason="the leftover check runs as root only")
+def test_a_session_that_leaves_a_lab_behind_fails_naming_it(tmp_path: Path) -> None:
     files = {"test_leak.py": "import os, pathlib\n"
                              "def test_leaks():\n"
                              "    pathlib.Path(os.environ['LABNET_STATE_DIR'], 'labs', 'leaky').mkdir(parents=True)\n"}
