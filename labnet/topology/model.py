@@ -127,7 +127,9 @@ class Host(_Model):
 
 class ClusterNode(_Model):
     interfaces: list[Interface] = Field(min_length=1)
-    gateway: Address | None = Field(default=None, description="default route; without one proxy-ARP gets no answer")
+    gateway: Address | Literal["none"] | None = Field(
+        default=None, description="default route; without one proxy-ARP gets no answer, so a node with pods needs one "
+                                  "('none': on purpose, to reproduce that)")
     bgp_address: str = Field(
         default="first-found", description="first-found | interface=REGEX | can-reach=IP | cidr=CIDR | an IPv4 address"
     )
@@ -309,6 +311,11 @@ class Topology(_Model):
     def address_of(self, machine: str) -> IPv4Address:
         """The machine's first interface address (its BGP router id with first-found)."""
         return self.machine(machine).interfaces[0].address
+
+    @staticmethod
+    def gateway_of(spec: Machine) -> IPv4Address | None:
+        """The machine's default route, if it has one (`gateway: none` is none)."""
+        return spec.gateway if isinstance(spec.gateway, IPv4Address) else None
 
     def node_asn(self, node: str) -> int:
         if self.cluster is None:

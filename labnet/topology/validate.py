@@ -397,7 +397,7 @@ class _Checker:
         names.setdefault(ifname, i)
 
     def check_gateway(self, name: str, kind: MachineKind, spec: Machine) -> None:
-        gw = spec.gateway
+        gw = self.topo.gateway_of(spec)
         if gw is None or "networks" in self.skip:
             return
         path = self.machine_path(kind, name) + ("gateway",)
@@ -429,6 +429,13 @@ class _Checker:
         cl = self.topo.cluster
         if cl is None or "cluster" in self.skip:
             return
+        hosting = {pod.node for pod in cl.pods.values()}
+        for name, spec in cl.nodes.items():
+            if spec.gateway is None and name in hosting:
+                self.add(("cluster", "nodes", name), f"node {name} has no gateway: its pods' traffic would be lost, "
+                         "since proxy-ARP answers for 169.254.1.1 only on a node with a route there",
+                         "add gateway: <a router's address on its network>, or gateway: none to reproduce that",
+                         at_key=True)
         if "pool" not in self.skip:
             pool = cl.pool
             p = ("cluster", "pool")

@@ -28,8 +28,8 @@ cluster:
   etcd: {node: n1}
   pool: {cidr: 10.100.0.0/16}
   nodes:
-    n1: {interfaces: [{network: lan, address: 10.0.0.11}]}
-    n2: {interfaces: [{network: lan, address: 10.0.0.12}]}
+    n1: {interfaces: [{network: lan, address: 10.0.0.11}], gateway: none}
+    n2: {interfaces: [{network: lan, address: 10.0.0.12}], gateway: none}
   pods:
     p1: {node: n1}
     p2: {node: n2}

@@ -27,8 +27,9 @@ def run(ctx: Context) -> None:
             mtu = iface.mtu or topo.networks[iface.network].mtu
             links.append(LinkSpec(name, iface.name or "eth0", iface.network, cidr, mtu))
             ifs.append({"name": iface.name, "network": iface.network, "address": str(cidr)})
-        if spec.gateway is not None:
-            gateways[name] = spec.gateway
+        gateway = topo.gateway_of(spec)
+        if gateway is not None:
+            gateways[name] = gateway
         info[name] = {"kind": kind, "interfaces": ifs, "netns": rt.ns(name).netns}
     rt.add_links(links, gateways)
     ctx.journal.info["machines"] = info
