@@ -78,7 +78,9 @@ def cmd_up(args: argparse.Namespace) -> int:
                           "total": round(sum(timings.values()), 4)}))
         return 0
     if not changed:
-        print(f"lab {topo.name} is already up; nothing changed")
+        repaired = journal.info.get("repaired") or []
+        print(f"lab {topo.name} is already up; " + ("started again what had died:\n  " + "\n  ".join(repaired)
+                                                     if repaired else "nothing changed"))
     print(labstatus.format_status(labstatus.status(topo.name)))
     return 0
 

@@ -75,6 +75,7 @@ def up(topo: Topology, topology_file: str, *, runtime: str | None = None,
         if existing is not None:
             if existing.state == "up" and namespaces_present(existing):
                 if existing.topology_hash == topology_hash(topo) and existing.runtime == rt_name:
+                    _repair(existing, topo, progress)
                     return existing, {}, False
                 raise BadInput(
                     f"lab {lab!r} is already up from {existing.topology_file} with a different topology "
@@ -110,6 +111,19 @@ def up(topo: Topology, topology_file: str, *, runtime: str | None = None,
                 raise KeyboardInterrupt(str(exc)) from None
             raise
         return journal, ctx.timings, True
+
+
+def _repair(journal: Journal, topo: Topology, progress: Progress) -> None:
+    """`up` of a lab that is up: daemons that died are started again, and the lab waited for
+    until it has converged; journal.info["repaired"] says what this `up` started."""
+    rt = get_runtime(journal.runtime)(journal.lab, journal)
+    journal.info["repaired"] = processes.repair(journal, rt.ns)
+    journal.save()
+    if journal.info["repaired"]:
+        from labnet.lab.phases import converge
+
+        progress.start("converge", f"after restarting {len(journal.info['repaired'])} daemons")
+        converge.run(Context(topo, journal, rt, progress))
 
 
 def teardown(journal: Journal) -> list[str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +28,31 @@ def describe(entry: dict[str, Any]) -> str:
     return f"{entry.get('what', 'process')} pid {entry['pid']} on {entry.get('node', '?')}"
 
 
+# What each recorded process is, for status: the pid to signal is the one the journal records.
+ROLES = {"agent": "agent supervisor (restarts the agent; the agent's own pid: labnet exec NODE -- labnet-agent status)",
+         "cni-server": "CNI server", "etcd": "etcd member", "bird": "BIRD"}
+
+
 def start(journal: Journal, ns: NodeNS, node: str, what: str, argv: Sequence[str], *, log: Path,
           env: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Spawn a daemon inside `ns` and record it (pid, start time, argv) in the journal."""
+    """Spawn a daemon inside `ns` and record it (pid, start time, argv, log, env) in the journal,
+    all that `repair` needs to start it again."""
     pid = spawn(ns, argv, log=log, env=env)
-    return journal.record("process", pid=pid, start=proc_starttime(pid), node=node, what=what, argv=list(argv))
+    return journal.record("process", pid=pid, start=proc_starttime(pid), node=node, what=what, argv=list(argv),
+                          log=str(log), env=dict(env) if env is not None else None)
+
+
+def repair(journal: Journal, ns_of: Callable[[str], NodeNS]) -> list[str]:
+    """Start again every recorded daemon that is dead, with its recorded argv, log and env; say
+    what was started. A stopped (SIGSTOPped) process is alive: a fault's, left alone."""
+    done = []
+    for e in journal.of_kind("process"):
+        if alive(e) or not e.get("argv") or not e.get("log"):
+            continue
+        old = e["pid"]
+        pid = respawn(journal, e, ns_of(e["node"]), e["argv"], log=Path(e["log"]), env=e.get("env"))
+        done.append(f"{e['what']} on {e['node']}: pid {old} was dead; started again as pid {pid}")
+    return done
 
 
 def respawn(journal: Journal, entry: dict[str, Any], ns: NodeNS, argv: Sequence[str], *, log: Path,
@@ -40,7 +60,8 @@ def respawn(journal: Journal, entry: dict[str, Any], ns: NodeNS, argv: Sequence[
     """Start a recorded process again (a fault's undo) and record the new pid in its entry,
     so `down` stops the new process."""
     pid = spawn(ns, argv, log=log, env=env)
-    journal.update(entry, pid=pid, start=proc_starttime(pid), argv=list(argv))
+    journal.update(entry, pid=pid, start=proc_starttime(pid), argv=list(argv), log=str(log),
+                   env=dict(env) if env is not None else None)
     return pid
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from labnet.lab.processes import alive
+from labnet.lab.processes import ROLES, alive
 from labnet.lab.state import list_labs, load_journal, namespaces_present
+
+LABELS = {"agent": "agent-supervisor"}  # the table's short name for a role
 
 
 def status(lab: str | None = None) -> list[dict[str, Any]]:
@@ -15,12 +17,12 @@ def status(lab: str | None = None) -> list[dict[str, Any]]:
         j = load_journal(name)
         if j is None:
             continue
-        procs = [{**{k: e.get(k) for k in ("pid", "node", "what")}, "alive": alive(e)}
-                 for e in j.of_kind("process")]
+        procs = [{**{k: e.get(k) for k in ("pid", "node", "what")}, "role": ROLES.get(e["what"], e["what"]),
+                  "alive": alive(e)} for e in j.of_kind("process")]
         state = j.state if j.state != "up" or namespaces_present(j) else "dead"
         out.append({"lab": name, "state": state, "runtime": j.runtime, "topology": j.topology_file,
                     "machines": j.info.get("machines", {}), "pods": j.info.get("pods", {}),
-                    "processes": procs, "timings": j.info.get("timings", {})})
+                    "processes": procs, "timings": j.info.get("timings", {}), "left": j.info.get("left", [])})
     return out
 
 
@@ -30,10 +32,12 @@ def format_status(rows: list[dict[str, Any]]) -> str:
     lines = []
     for r in rows:
         lines.append(f"lab {r['lab']}  state {r['state']}  runtime {r['runtime']}  ({r['topology']})")
+        if r.get("left"):
+            lines.append("  left by a failed teardown: " + "; ".join(r["left"]))
         table = [("MACHINE", "KIND", "INTERFACES", "PROCESSES")]
         for m, info in r["machines"].items():
             ifs = ", ".join(f"{i['name']} {i['address']} [{i['network']}]" for i in info["interfaces"])
-            procs = ", ".join(f"{p['what']}({p['pid']}{'' if p['alive'] else ' DEAD'})"
+            procs = ", ".join(f"{LABELS.get(p['what'], p['what'])}({p['pid']}{'' if p['alive'] else ' DEAD'})"
                               for p in r["processes"] if p["node"] == m)
             table.append((m, info["kind"], ifs, procs or "-"))
         for pod, p in r["pods"].items():
