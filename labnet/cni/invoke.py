@@ -162,6 +162,8 @@ def add_pod(node: NodeNS, pod: str, namespace: str = "default", labels: dict[str
             del_pod(node, pod, namespace, lab=lab)
         except Exception:  # the ADD error is the one to report
             pass
+        finally:  # whatever DEL managed (etcd may be down): what this ADD made on the node goes
+            _forget(node, cid, pod, namespace)
         raise
     record["result"] = prev
     _write_record(node, pod, namespace, record)
@@ -183,6 +185,11 @@ def del_pod(node: NodeNS, pod: str, namespace: str = "default", lab: str | None 
         _exec_plugin(node, pod, plugin, conflist, "DEL", env, prev)
     if nsexec.run(node, ["test", "-e", netns], check=False).returncode == 0:
         _loopback(node, pod, cid, netns, "DEL")  # as containerd's go-cni: loopback's network goes last
+    _forget(node, cid, pod, namespace)
+
+
+def _forget(node: NodeNS, cid: str, pod: str, namespace: str) -> None:
+    """The pod's netns and record on the node."""
     nsexec.run(node, ["ip", "netns", "del", netns_name(cid)], check=False)
     nsexec.run(node, ["rm", "-f", _record_path(pod, namespace)], check=False)
 

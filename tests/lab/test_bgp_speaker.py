@@ -12,6 +12,7 @@ import os
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any, TypeVar
@@ -368,14 +369,24 @@ def test_graceful_restart_keeps_stale_routes_until_end_of_rib(nsloop: NsLoop) ->
 
 
 def test_graceful_restart_timer_expiry_drops_stale_routes(nsloop: NsLoop) -> None:
+    restart = 2
     a = speaker(nsloop, "127.0.0.1", [peer("127.0.0.5", passive=True)])
     raw = RawPeer(nsloop, "127.0.0.5")
-    raw.establish(gr=GracefulRestart(restart_time=1, afis=((1, 1, True),)))
+    raw.establish(gr=GracefulRestart(restart_time=restart, afis=((1, 1, True),)))
     raw.send(announce("10.8.3.0/24"))
     poll(lambda: rib(nsloop, a), lambda r: "10.8.3.0/24" in r, timeout=10, what="route learned")
     raw.abort()
+    poll(lambda: states(nsloop, a)["127.0.0.5"], lambda s: s != "Established", timeout=10,
+         what="session with 127.0.0.5 down")
+    down = time.monotonic()
+    # a speaker that ignored graceful restart would have dropped the route with the session
+    kept = {str(p): path.stale for p, path in nsloop.call(a.loc_rib).items()}
+    assert kept == {"10.8.3.0/24": True}, f"right after the session dropped, expected the route kept as stale: {kept}"
     poll(lambda: rib(nsloop, a), lambda r: "10.8.3.0/24" not in r, timeout=10,
-         what="stale route gone after the 1 s restart time")
+         what=f"stale route gone after the {restart} s restart time")
+    held = time.monotonic() - down
+    # a protocol timer, not a speed: the stale route must outlive most of the restart time
+    assert held >= restart - 0.5, f"stale route dropped {held:.2f}s after the session, before the {restart}s restart time"
 
 
 def test_without_graceful_restart_routes_go_with_the_session(nsloop: NsLoop) -> None:

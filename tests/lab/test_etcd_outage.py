@@ -46,11 +46,22 @@ def _pods_still_talk(view: LabView) -> None:
     assert_ping(view.pod_ns("pod-2"), view.pod("pod-1")["ip"], count=3, timeout=10)
 
 
+def _node_pod_state() -> str:
+    """What of its pods node-1 holds: netns files and pod records."""
+    return labnet("exec", "-l", LAB, "node-1", "--", "sh", "-c",
+                  "ls /var/run/netns /var/lib/labnet/pods 2>/dev/null | sort").stdout
+
+
 def _add_fails_with_try_again(pod: str) -> None:
+    before = _node_pod_state()
     proc = labnet("pod", "add", "node-1", pod, "-l", LAB, check=False, timeout=180)
     assert proc.returncode != 0, f"pod add {pod} with etcd away succeeded: {proc.stdout}"
     assert "code 11" in proc.stderr and "etcd" in proc.stderr, \
         f"pod add {pod} with etcd away: expected CNI code 11 naming etcd, got: {proc.stderr}"
+    # a failed add removes everything it made: the pod's netns and record on the node, its journal entry
+    assert _node_pod_state() == before, f"pod add {pod} failed but left on node-1:\n{_node_pod_state()}\nbefore:\n{before}"
+    pods = json.loads(labnet("status", "-l", LAB, "--json").stdout)[0]["pods"]
+    assert pod not in pods, f"pod add {pod} failed but the lab still records it: {pods}"
     # the runtime's part after a failed ADD: DEL (which must succeed, etcd or not, once it is back)
 
 
