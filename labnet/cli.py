@@ -175,6 +175,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     from labnet.lab import status as labstatus
     rows = labstatus.status(args.lab)
     print(labstatus.status_json(rows) if args.json else labstatus.format_status(rows))
+    if not args.json:
+        for line in labstatus.shared():
+            print(line)
     return 0
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from labnet import paths
 from labnet.errors import LabnetError
-from labnet.lab.lifecycle import teardown
+from labnet.lab.lifecycle import release_unused, teardown
 from labnet.lab.state import is_dead, journal_path, lab_lock, list_labs, load_journal
 from labnet.runtime import RUNTIMES
 
@@ -36,6 +36,7 @@ def gc() -> tuple[list[str], list[str]]:
         else:
             removed.append(f"lab {lab}")
     removed += sweep_orphans()
+    removed += release_unused()
     return removed, failed
 
 

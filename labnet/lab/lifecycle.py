@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from labnet import paths
-from labnet.errors import BadInput
+from labnet.errors import BadInput, LabnetError
 from labnet.lab import processes
 from labnet.lab.context import Context
 from labnet.lab.journal import Journal
@@ -143,12 +143,26 @@ def teardown(journal: Journal) -> list[str]:
     problems += rt.teardown()
     if not problems:
         shutil.rmtree(paths.lab_dir(journal.lab), ignore_errors=True)
+        release_unused()
         return problems
     journal.state = "broken"
     journal.owner_pid, journal.owner_start = owner
     journal.info["left"] = problems
     journal.save()
     return problems
+
+
+def release_unused() -> list[str]:
+    """Stop what a runtime keeps running for its labs (labnet's dockerd) once no lab uses it."""
+    used = set()
+    for lab in list_labs():
+        try:
+            journal = load_journal(lab)
+        except LabnetError:
+            continue
+        if journal is not None:
+            used.add(journal.runtime)
+    return [what for name, rt in RUNTIMES.items() if name not in used and (what := rt.release())]
 
 
 def down(lab: str) -> list[str]:

@@ -26,6 +26,13 @@ def status(lab: str | None = None) -> list[dict[str, Any]]:
     return out
 
 
+def shared() -> list[str]:
+    """What runtimes keep running for all their labs (labnet's dockerd), and how it stops."""
+    from labnet.runtime import RUNTIMES
+
+    return [what for rt in RUNTIMES.values() if (what := rt.shared())]
+
+
 def format_status(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "no labs"

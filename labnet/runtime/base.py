@@ -104,3 +104,14 @@ class Runtime(ABC):
         """Remove what this runtime made for labs `is_orphan` says have no journal and no owner;
         describe each thing removed. Things that vanish meanwhile count as removed."""
         return []
+
+    @classmethod
+    def release(cls) -> str | None:
+        """Stop what this runtime keeps running for all its labs (docker: labnet's dockerd); the
+        lab layer calls it once no lab of this runtime is left. Says what it stopped, if anything."""
+        return None
+
+    @classmethod
+    def shared(cls) -> str | None:
+        """What this runtime keeps running for all its labs right now, for `labnet status`."""
+        return None

@@ -36,9 +36,9 @@ from typing import Any
 
 from labnet import paths
 from labnet.errors import LabnetError
-from labnet.nsexec import NodeNS
+from labnet.nsexec import NodeNS, proc_starttime
 from labnet.runtime.base import NODE_DIRS, MachineSpec, Recorder
-from labnet.runtime.dockerd import SOCKET, DockerdHandle, ensure_dockerd, ping, stop_dockerd
+from labnet.runtime.dockerd import SOCKET, DockerdHandle, ensure_dockerd, ping, running_pid, stop_dockerd
 from labnet.runtime.netns import NetnsRuntime, _sh, prepare_netns_dir
 from labnet.wait import poll
 
@@ -67,7 +67,6 @@ class DockerRuntime(NetnsRuntime):
     def __init__(self, lab: str, journal: Recorder) -> None:
         super().__init__(lab, journal)
         self._docker: Any = None
-        self._started: DockerdHandle | None = None  # a dockerd this object had to start
 
     def ns(self, machine: str) -> NodeNS:
         return replace(super().ns(machine), python=self.python)
@@ -75,9 +74,7 @@ class DockerRuntime(NetnsRuntime):
     @property
     def docker(self) -> Any:
         if self._docker is None:
-            handle = ensure_dockerd()
-            if handle.started:
-                self._started = handle
+            ensure_dockerd()
             self._docker = _client()
         return self._docker
 
@@ -168,11 +165,24 @@ class DockerRuntime(NetnsRuntime):
             return [*problems, f"lab {self.lab}: removing its containers by label: {exc}"]
         known = {e["name"] for e in self.journal.of_kind("container")}
         problems += [f"lab {self.lab}: container {n} was still there (removed by label)" for n in left if n not in known]
-        # A dockerd started only to tear this lab down goes again once no lab container is left.
-        if self._started is not None and not lab_containers(self.docker):
-            stop_dockerd(self._started)
-            self._started, self._docker = None, None
+        self._docker = None  # release() may stop the engine this client talks to
         return problems
+
+    @classmethod
+    def release(cls) -> str | None:
+        """labnet's dockerd, once no lab container is left (any lab's: one whose journal is gone
+        still counts until gc removes it)."""
+        pid = running_pid()
+        if pid is None or lab_containers(_client()):
+            return None
+        stop_dockerd(DockerdHandle(pid, proc_starttime(pid), SOCKET, started=False))
+        return f"labnet's dockerd (pid {pid}): no docker lab is left"
+
+    @classmethod
+    def shared(cls) -> str | None:
+        pid = running_pid()
+        return None if pid is None else (f"labnet's dockerd: running (pid {pid}, {SOCKET}); it stops with "
+                                         "the last docker lab's `labnet down`, or with `labnet gc`")
 
     def _undo(self, e: dict[str, Any]) -> None:
         if e["kind"] != "container":

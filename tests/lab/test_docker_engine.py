@@ -43,3 +43,28 @@ def test_down_after_dockerd_died(tmp_path) -> None:  # type: ignore[no-untyped-d
     finally:
         dockerd.ensure_dockerd()
         labnet("down", "--name", name, check=False)
+
+
+@pytest.mark.usefixtures("labnet_dockerd")
+def test_the_last_docker_labs_down_stops_labnet_dockerd(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """labnet's own dockerd runs while a docker lab needs it: status says so, and the last docker
+    lab's `down` stops it (a netns lab's `down` leaves it alone while a docker lab is up)."""
+    name, other = "t-dk-last", "t-dk-netns"
+    underlay_file = seed_underlay(str(tmp_path / "seed-underlay.yaml"))
+    others = [c for c in containers_of("") if not c.startswith(f"lnet-{name}.")] if dockerd.ping() else []
+    if others:
+        pytest.fail(f"other labnet containers are running ({others}); this test stops the engine under them")
+    _up_docker(underlay_file, name)
+    try:
+        status = labnet("status").stdout
+        assert "labnet's dockerd: running (pid" in status, status
+        labnet("up", underlay_file, "--name", other, "-q")
+        labnet("down", "--name", other)
+        assert dockerd.running_pid() is not None, "a netns lab's down stopped the dockerd a docker lab uses"
+        labnet("down", "--name", name)
+        assert dockerd.running_pid() is None, "labnet's dockerd still runs after the last docker lab went"
+        assert "labnet's dockerd" not in labnet("status").stdout
+    finally:
+        labnet("down", "--name", other, check=False)
+        labnet("down", "--name", name, check=False)
+        dockerd.ensure_dockerd()  # back to the session's engine for the tests after this one
