@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from labnet import __version__, paths
+from labnet.checks.assertions import DEFAULT_TIMEOUT
 from labnet.errors import BadInput, LabnetError
 
 if TYPE_CHECKING:
@@ -408,7 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("file")
     s.add_argument("scenarios", nargs="*", metavar="SCENARIO", help="default: all")
     s.add_argument("-l", "--lab", type=_lab_name, help="the running lab (default: the file's name)")
-    s.add_argument("--timeout", type=float, default=10.0, help="seconds each check may poll (default 10)")
+    s.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
+                   help=f"seconds each check may poll (default {DEFAULT_TIMEOUT:g})")
     s.add_argument("--json", action="store_true")
     s.add_argument("--junit", metavar="FILE", help="also write JUnit XML")
     s.set_defaults(func=cmd_check)

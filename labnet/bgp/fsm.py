@@ -105,6 +105,10 @@ class FsmConfig:
     router_id: IPv4Address
     hold_time: int = 90
     connect_retry_time: float = 5.0
+    # First retries after a refused connect come sooner, doubling up to connect_retry_time: a lab
+    # starts its speakers together, and the first dial often reaches a peer not listening yet
+    # (RFC 4271 leaves the initial value to the implementation). 0: always connect_retry_time.
+    initial_connect_retry: float = 0.0
     idle_hold_time: float = 1.0
     passive: bool = False  # never initiate TCP, only accept
     auto_restart: bool = True
@@ -227,7 +231,7 @@ class Fsm:
                 self.connect_retry_counter += 1
                 self.info = "Connect Socket: connection failed"
                 if not cfg.passive:
-                    self._start(Event.CONNECT_RETRY_TIMER_EXPIRES, cfg.connect_retry_time)
+                    self._start(Event.CONNECT_RETRY_TIMER_EXPIRES, self._retry_delay())
                 self._goto(State.ACTIVE)
                 return [DropTcp()]
             if ev in (Event.IDLE_HOLD_TIMER_EXPIRES, Event.MANUAL_START, Event.AUTOMATIC_START,
@@ -288,6 +292,14 @@ class Fsm:
         # anything else is a finite state machine error (RFC 6608 subcodes 1..3 by state)
         sub = {State.OPEN_SENT: 1, State.OPEN_CONFIRM: 2, State.ESTABLISHED: 3}[s]
         return self._notify_and_idle(ErrCode.FSM, sub, b"", f"unexpected {ev.name} in {s.value}")
+
+    def _retry_delay(self) -> float:
+        """ConnectRetryTime after the n-th failed connect: initial * 2**(n-1), at most the configured time."""
+        cfg = self.config
+        if cfg.initial_connect_retry <= 0:
+            return cfg.connect_retry_time
+        n = max(1, self.connect_retry_counter)
+        return min(cfg.connect_retry_time, cfg.initial_connect_retry * 2 ** min(n - 1, 30))
 
     def notification_received(self, code: int, subcode: int) -> list[FsmAction]:
         self.info = f"NOTIFICATION received {code}/{subcode}: {error_name(code, subcode)}"

@@ -57,6 +57,7 @@ from labnet.bgp.rib import Change, Path, PeerInfo, Rib
 log = logging.getLogger("labnet.bgp")
 
 PEER_TYPES = ("node-to-node mesh", "global", "node specific")
+INITIAL_CONNECT_RETRY = 0.1  # seconds after the first refused connect; doubles up to connect_retry
 
 
 @dataclass(frozen=True)
@@ -182,8 +183,8 @@ class _Peer:
         cfg = self.cfg
         return Fsm(FsmConfig(
             local_as=self.sp.asn, peer_as=cfg.asn, router_id=self.sp.router_id, hold_time=cfg.hold_time,
-            connect_retry_time=cfg.connect_retry, idle_hold_time=1.0, passive=cfg.passive,
-            auto_restart=auto_restart,
+            connect_retry_time=cfg.connect_retry, initial_connect_retry=min(INITIAL_CONNECT_RETRY, cfg.connect_retry),
+            idle_hold_time=1.0, passive=cfg.passive, auto_restart=auto_restart,
         ))
 
     # --- status --------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import pytest
 
+from labnet.checks.assertions import DEFAULT_TIMEOUT
 from labnet.nsexec import NodeNS
 
 LAB_MARK = "lab"
@@ -32,7 +33,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--labnet-keep-on-failure", action="store_true",
                 help="keep labs when a test failed, and print how to inspect them")
     g.addoption("--labnet-runtime", choices=["netns", "docker"], help="override the topologies' runtime")
-    g.addoption("--labnet-timeout", type=float, default=15.0, help="seconds each check may poll")
+    g.addoption("--labnet-timeout", type=float, default=DEFAULT_TIMEOUT,
+                help=f"seconds each check may poll (default {DEFAULT_TIMEOUT:g})")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -121,7 +123,7 @@ class LabHandle:
 
         return get_host(f"labnet://{self.name}/{target}")
 
-    def run_scenario(self, name: str, timeout: float = 15.0) -> list[Any]:
+    def run_scenario(self, name: str, timeout: float = DEFAULT_TIMEOUT) -> list[Any]:
         from labnet.scenario.run import run_steps
 
         return run_steps(self.view, self.view.topo.scenarios[name], timeout)

@@ -207,3 +207,29 @@ def test_events_in_idle_are_ignored() -> None:
     f = make(clock, auto_restart=False)
     for ev in (Event.KEEPALIVE_MSG, Event.UPDATE_MSG, Event.TCP_CONNECTION_FAILS, Event.HOLD_TIMER_EXPIRES):
         assert f.handle(ev) == [] and f.state == State.IDLE
+
+
+def test_refused_connects_are_retried_sooner_then_at_the_configured_interval() -> None:
+    """A lab starts its speakers together: the first dial often finds no listener. Retries start
+    at initial_connect_retry and double up to connect_retry_time; Established starts it over."""
+    clock = Clock()
+    f = make(clock, initial_connect_retry=0.1)
+    f.handle(Event.MANUAL_START)
+    delays = []
+    for _ in range(8):
+        assert f.handle(Event.TCP_CONNECTION_FAILS) == [DropTcp()] and f.state == State.ACTIVE
+        deadline = f.next_deadline()
+        assert deadline is not None
+        delays.append(round(deadline - clock.now, 3))
+        clock.now = deadline
+        assert f.fire_timers() == [ConnectTcp()] and f.state == State.CONNECT
+    assert delays == [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5, 5], delays
+    assert f.handle(Event.TCP_CR_ACKED) == [SendOpen()]
+    f.handle(Event.BGP_OPEN, peer_open())
+    f.handle(Event.KEEPALIVE_MSG)
+    assert f.state == State.ESTABLISHED and f.connect_retry_counter == 0
+    # off (0): every retry waits the full interval, as before
+    g = make(Clock(), initial_connect_retry=0)
+    g.handle(Event.MANUAL_START)
+    g.handle(Event.TCP_CONNECTION_FAILS)
+    assert g.next_deadline() == g.clock() + 5

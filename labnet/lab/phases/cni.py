@@ -32,8 +32,7 @@ def run(ctx: Context) -> None:
         install(NodePaths(opt_cni_bin=rt.host_path(node, "/opt/cni/bin"),
                           etc_cni_netd=rt.host_path(node, "/etc/cni/net.d"),
                           var_lib_labnet=rt.host_path(node, "/var/lib/labnet")),
-                nodename=node, etcd_endpoints=endpoints, tls=tls, settings=settings,
-                shim_cache=paths.lab_dir(ctx.topo.name) / "cni-shim")
+                nodename=node, etcd_endpoints=endpoints, tls=tls, settings=settings)  # the shim: built once per source hash, for every lab
     _start_servers(ctx)
 
 
