@@ -1,4 +1,4 @@
-"""Is the lab converged? One answer for `up` and for the fault steps' recovery.
+"""Is the lab converged? One answer (`lacking`) for `up` and for the fault steps' recovery.
 
 Converged: every agent answers under its own node name with its blocks, its BGP sessions
 are all Established (and it has some, where the settings give it peers), and every other
@@ -78,5 +78,37 @@ def lacking(states: Mapping[str, Mapping[str, Any]], *, expect_peers: bool) -> d
     return out
 
 
-def converged(states: Mapping[str, Mapping[str, Any]], *, expect_peers: bool) -> bool:
-    return not lacking(states, expect_peers=expect_peers)
+def agents_lacking(states: Mapping[str, Mapping[str, Any]], *, needs_tunnel: bool) -> dict[str, list[str]]:
+    """Per node, what its agent still lacks before pods can come (empty dict: all ready)."""
+    out: dict[str, list[str]] = {}
+    for n, s in states.items():
+        if "error" in s:
+            out[n] = [f"agent not answering: {s['error']}"]
+            continue
+        why = ([] if s.get("blocks") else ["no block claimed"]) + (
+            ["no tunnel address"] if needs_tunnel and not s.get("tunnel") else [])
+        if why:
+            out[n] = why
+    return out
+
+
+class NotReady(dict[str, list[str]]):
+    """What the nodes that are not ready lack; shown short in a wait's timeout message: a few
+    reasons per node, a bounded number of nodes, and how many more."""
+
+    NODES = 12
+    REASONS = 3
+
+    def __str__(self) -> str:
+        if not self:
+            return "every node ready"
+        lines = []
+        for n in sorted(self)[:self.NODES]:
+            why = [w if len(w) <= 160 else w[:157] + "..." for w in self[n][:self.REASONS]]
+            more = len(self[n]) - self.REASONS
+            lines.append(f"{n}: " + "; ".join(why) + (f"; and {more} more" if more > 0 else ""))
+        if len(self) > self.NODES:
+            lines.append(f"and {len(self) - self.NODES} more nodes")
+        return f"{len(self)} of the nodes not ready:\n  " + "\n  ".join(lines)
+
+    __repr__ = __str__

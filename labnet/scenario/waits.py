@@ -14,7 +14,7 @@ import time
 from labnet.checks import CheckFailed, CheckResult
 from labnet.checks.assertions import Observation, failure_message, run_check
 from labnet.errors import BadInput, WaitTimeout
-from labnet.lab.convergence import briefs, lacking
+from labnet.lab.convergence import NotReady, briefs, lacking
 from labnet.lab.view import LabView
 from labnet.nsexec import run
 from labnet.topology import steps as s
@@ -28,7 +28,7 @@ def wait_converged(view: LabView, timeout: float) -> None:
     (labnet.lab.convergence: the same test `up` waits for)."""
     nodes = list(view.topo.nodes)
     expect = view.topo.cluster_settings().expects_peers(nodes)
-    poll(lambda: briefs(nodes, view.ns), lambda st: not lacking(st, expect_peers=expect), timeout=timeout,
+    poll(lambda: NotReady(lacking(briefs(nodes, view.ns), expect_peers=expect)), lambda left: not left, timeout=timeout,
          what=f"lab {view.name}: every agent back, BGP Established and every block routed everywhere")
 
 

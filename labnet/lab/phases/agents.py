@@ -7,13 +7,12 @@ come next, and the seed's pod gets the address after the tunnel's (tunl0 .128, n
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 from labnet.agent.config import DEFAULT_CONFIG, AgentConfig, EtcdSettings
 from labnet.cni.install import TLS_INSIDE
 from labnet.lab import processes
 from labnet.lab.context import Context
-from labnet.lab.convergence import briefs
+from labnet.lab.convergence import NotReady, agents_lacking, briefs
 from labnet.wait import poll
 
 AGENT_LOG_INSIDE = "/var/log/labnet/agent.log"
@@ -41,12 +40,8 @@ def run(ctx: Context) -> None:
         cfg.save(rt.host_path(node, DEFAULT_CONFIG))
         processes.start(ctx.journal, rt.ns(node), node, "agent", agent_argv(),
                         log=rt.host_path(node, SUPERVISOR_LOG_INSIDE))
-    needs_tunnel = ctx.topo.cluster_settings().pool.encap != "none"
-
-    def ready(st: dict[str, Any]) -> bool:
-        return "error" not in st and bool(st["blocks"]) and (bool(st["tunnel"]) or not needs_tunnel)
-
-    poll(lambda: briefs(c.nodes, rt.ns), lambda sts: all(ready(s) for s in sts.values()),
+    tunnel = ctx.topo.cluster_settings().pool.encap != "none"
+    poll(lambda: NotReady(agents_lacking(briefs(c.nodes, rt.ns), needs_tunnel=tunnel)), lambda left: not left,
          timeout=scaled_timeout(len(c.nodes)), what="every agent to register and claim its block and tunnel address")
 
 

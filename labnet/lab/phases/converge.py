@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from labnet.lab.context import Context
-from labnet.lab.convergence import briefs, converged
+from labnet.lab.convergence import NotReady, briefs, lacking
 from labnet.lab.phases.agents import scaled_timeout
 from labnet.wait import poll
 
@@ -13,6 +13,6 @@ def run(ctx: Context) -> None:
     if c is None:
         return
     expect = ctx.topo.cluster_settings().expects_peers(list(c.nodes))
-    poll(lambda: briefs(c.nodes, ctx.runtime.ns), lambda st: converged(st, expect_peers=expect),
+    poll(lambda: NotReady(lacking(briefs(c.nodes, ctx.runtime.ns), expect_peers=expect)), lambda left: not left,
          timeout=30 + scaled_timeout(len(c.nodes)),
          what="BGP sessions Established and every node's blocks routed everywhere")
