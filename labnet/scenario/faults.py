@@ -116,7 +116,6 @@ def _route_argv(r: dict[str, Any], dev: str) -> list[str]:
     return argv
 
 
-
 # ---------------------------------------------------------------- fault runners
 
 
