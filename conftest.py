@@ -58,13 +58,25 @@ def _leftovers() -> set[str]:
     return netns | state
 
 
+OUTER = "LABNET_OUTER_PYTEST"  # set by the outermost session: a pytest run inside a test leaves the check to it
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    outer = not hasattr(config, "workerinput") and OUTER not in os.environ
+    if outer:
+        os.environ[OUTER] = str(os.getpid())  # inherited by xdist workers and the pytest runs tests start
+    config.stash[_OUTERMOST] = outer
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     session.config.stash[_BEFORE] = _leftovers()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if hasattr(session.config, "workerinput") or os.geteuid() != 0:
-        return  # an xdist worker (the controller looks once every worker is done), or no lab could run
+    # Only the outermost session looks (once every xdist worker is done): a pytest run by a test
+    # would see the labs of tests running beside it.
+    if not session.config.stash.get(_OUTERMOST, False) or os.geteuid() != 0:
+        return
     left = sorted(_leftovers() - session.config.stash[_BEFORE])
     if left:
         tr = session.config.pluginmanager.get_plugin("terminalreporter")
@@ -76,6 +88,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 _BEFORE = pytest.StashKey[set[str]]()
+_OUTERMOST = pytest.StashKey[bool]()
 
 
 NetnsFactory = ScratchNamespaces  # the fixture's type, for annotations in tests

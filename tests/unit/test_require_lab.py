@@ -64,7 +64,7 @@ def _run_with_repo_conftest(tmp: Path, files: dict[str, str], **env: str) -> sub
     lab.mkdir(parents=True)
     for name, text in files.items():
         (lab / name).write_text(text)
-    full = {k: v for k, v in os.environ.items() if k not in ("CI", "LABNET_REQUIRE_LAB", "PYTEST_XDIST_WORKER")}
+    full = {k: v for k, v in os.environ.items() if k not in ("CI", "LABNET_REQUIRE_LAB", "PYTEST_XDIST_WORKER", "LABNET_OUTER_PYTEST")}
     return subprocess.run([sys.executable, "-m", "pytest", "-p", "conftest", "-q", "-p", "no:cacheprovider",
                            "--rootdir", str(tmp), str(lab)], cwd=REPO, capture_output=True, text=True, timeout=120,
                           env={**full, "PYTHONPATH": str(REPO), **env})
