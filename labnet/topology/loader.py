@@ -17,8 +17,9 @@ import yaml
 from pydantic import ValidationError
 
 from labnet.errors import BadInput
+from labnet.topology.issues import Issue, PathT, doc_path, path_str, pydantic_issues
 from labnet.topology.model import Topology
-from labnet.topology.validate import Issue, Known, PathT, check, doc_path, path_str, pydantic_issues
+from labnet.topology.validate import Known, check
 
 try:  # libyaml is much faster when present; the pure-Python loader has the same marks
     _Loader: type[yaml.SafeLoader] = yaml.CSafeLoader  # type: ignore[assignment]
