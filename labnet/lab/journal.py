@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,8 @@ class Journal:
     created: float = field(default_factory=time.time)
     entries: list[dict[str, Any]] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)  # facts for status (addresses, etcd endpoints...)
+    # Held while the journal changes and while it is written: phases add pods from several threads.
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     @classmethod
     def load(cls, path: Path) -> Journal:
@@ -36,23 +39,26 @@ class Journal:
         return cls(path=path, **data)
 
     def save(self) -> None:
-        data = {k: v for k, v in self.__dict__.items() if k != "path"}
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        with self.lock:
+            data = {k: v for k, v in self.__dict__.items() if k not in ("path", "lock")}
+            tmp = self.path.with_suffix(".tmp")
+            with open(tmp, "w") as f:
+                json.dump(data, f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
 
     def record(self, kind: str, **attrs: Any) -> dict[str, Any]:
         entry = {"kind": kind, **attrs}
-        self.entries.append(entry)
-        self.save()
+        with self.lock:
+            self.entries.append(entry)
+            self.save()
         return entry
 
     def update(self, entry: dict[str, Any], **attrs: Any) -> None:
-        entry.update(attrs)
-        self.save()
+        with self.lock:
+            entry.update(attrs)
+            self.save()
 
     def claim(self) -> None:
         self.owner_pid = os.getpid()

@@ -29,19 +29,22 @@ def add_to(journal: Journal, ns: NodeNS, node: str, pod: str, labels: dict[str, 
 
     cid = invoke.container_id(journal.lab, node, pod)
     netns = f"/var/run/netns/{invoke.netns_name(cid)}"
-    pods = journal.info.setdefault("pods", {})
-    pods[pod] = {"node": node, "ip": None, "host_veth": None, "netns": netns, "container_id": cid}
-    journal.save()
+    with journal.lock:  # other pods may be added beside this one (phases.pods)
+        pods = journal.info.setdefault("pods", {})
+        pods[pod] = {"node": node, "ip": None, "host_veth": None, "netns": netns, "container_id": cid}
+        journal.save()
     try:
         result = invoke.add_pod(ns, pod, labels=labels, lab=journal.lab)
     except BaseException:
         # add_pod has already rolled the pod back (CNI DEL); forget it, so a retry can work.
-        pods.pop(pod, None)
-        journal.save()
+        with journal.lock:
+            pods.pop(pod, None)
+            journal.save()
         raise
-    pods[pod] = {**_record(node, pod, result, netns, cid), "labels": dict(labels or {})}
-    journal.save()
-    return pods[pod]  # type: ignore[no-any-return]
+    with journal.lock:
+        pods[pod] = {**_record(node, pod, result, netns, cid), "labels": dict(labels or {})}
+        journal.save()
+        return pods[pod]  # type: ignore[no-any-return]
 
 
 def reapply_policy(journal: Journal) -> None:

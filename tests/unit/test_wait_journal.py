@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
 
@@ -42,3 +43,26 @@ def test_journal_records_before_and_reloads(tmp_path) -> None:
     assert again.owner_alive()
     again.owner_pid = 2**22 + 12345  # no such pid
     assert not again.owner_alive()
+
+
+def test_the_journal_takes_records_from_many_threads(tmp_path: Path) -> None:
+    """The pods phase adds pods from several threads: every record lands, the file stays JSON."""
+    import threading
+
+    j = Journal(path=tmp_path / "journal.json", lab="t")
+    j.save()
+
+    def work(t: int) -> None:
+        for i in range(40):
+            with j.lock:
+                j.info.setdefault("pods", {})[f"p{t}-{i}"] = {"node": f"n{t}"}
+                j.save()
+            j.record("netns", name=f"x{t}-{i}")
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    back = Journal.load(j.path)
+    assert len(back.entries) == 320 and len(back.info["pods"]) == 320
