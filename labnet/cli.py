@@ -48,6 +48,8 @@ def _load(path: str):  # type: ignore[no-untyped-def]
 
 def cmd_validate(args: argparse.Namespace) -> int:
     topo = _load(args.file)
+    for w in topo.warnings:
+        print(w, file=sys.stderr)
     n = len(list(topo.machines()))
     print(f"{args.file}: ok (lab {topo.name}: {len(topo.networks)} networks, {n} machines, "
           f"{len(topo.cluster.pods) if topo.cluster else 0} pods, {len(topo.scenarios)} scenarios)")
@@ -71,6 +73,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     from labnet.lab import status as labstatus
     from labnet.lab.progress import Progress
     topo = _renamed(_load(args.file), args.name)
+    for w in topo.warnings:
+        print(w, file=sys.stderr)
     _need_root()
     progress = Progress(topo.name, quiet=args.quiet)
     journal, timings, changed = lifecycle.up(topo, args.file, runtime=args.runtime, progress=progress)

@@ -67,6 +67,7 @@ class PeerSettings:
     address: str
     asn: int
     node: str | None = None  # only this node peers (calicoctl's "node specific"); None = global
+    wait: bool = True  # `up` waits for the session (false: a speaker the user brings, maybe later)
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,13 @@ class ClusterSettings:
         if not self.bgp.enabled:
             return False
         many = len(list(nodes)) > 1
-        return bool(self.bgp.peers) or (many and (self.bgp.mesh or bool(self.bgp.route_reflectors)))
+        waited = any(p.wait for p in self.bgp.peers)
+        return waited or (many and (self.bgp.mesh or bool(self.bgp.route_reflectors)))
+
+    @property
+    def unwaited(self) -> frozenset[str]:
+        """Peer addresses `up` and the faults' recovery do not wait for."""
+        return frozenset(p.address for p in self.bgp.peers if not p.wait)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape written to etcd; `from_dict` reads it back to an equal object."""
@@ -142,7 +149,8 @@ class ClusterSettings:
                 ipaddress.IPv4Address(x["address"])
             except ValueError as exc:
                 raise BadInput(f"{where}: bgp.peers[{i}].address: {exc}") from exc
-            peers.append(PeerSettings(str(x["address"]), _int(x, "asn", 0, where), x.get("node")))
+            peers.append(PeerSettings(str(x["address"]), _int(x, "asn", 0, where), x.get("node"),
+                                      _bool(x, "wait", PeerSettings.wait, where)))
         rrs = b.get("route_reflectors") or ()
         need(isinstance(rrs, list | tuple) and all(isinstance(r, str) for r in rrs),
              f"bgp.route_reflectors must be a list of node names, got {rrs!r}")

@@ -50,8 +50,10 @@ def route_dsts(routes: Iterable[str]) -> set[str]:
     return out
 
 
-def lacking(states: Mapping[str, Mapping[str, Any]], *, expect_peers: bool) -> dict[str, list[str]]:
-    """Per node, what it still lacks (empty dict: converged)."""
+def lacking(states: Mapping[str, Mapping[str, Any]], *, expect_peers: bool,
+            unwaited: frozenset[str] = frozenset()) -> dict[str, list[str]]:
+    """Per node, what it still lacks (empty dict: converged). Sessions with `unwaited` peers
+    (speakers the user brings: `wait: false`) may be down."""
     out: dict[str, list[str]] = {}
     for n, s in states.items():
         why: list[str] = []
@@ -65,7 +67,7 @@ def lacking(states: Mapping[str, Mapping[str, Any]], *, expect_peers: bool) -> d
         peers = s.get("peers") or {}
         if expect_peers and not peers:
             why.append("no BGP peers")
-        down = sorted(f"{a} {st}" for a, st in peers.items() if st != "Established")
+        down = sorted(f"{a} {st}" for a, st in peers.items() if st != "Established" and a not in unwaited)
         if down:
             why.append("BGP not Established: " + ", ".join(down))
         have = route_dsts(s.get("routes") or [])

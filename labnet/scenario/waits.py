@@ -27,8 +27,10 @@ def wait_converged(view: LabView, timeout: float) -> None:
     """Every agent back under its own name, BGP Established, every node's blocks routed everywhere
     (labnet.lab.convergence: the same test `up` waits for)."""
     nodes = list(view.topo.nodes)
-    expect = view.topo.cluster_settings().expects_peers(nodes)
-    poll(lambda: NotReady(lacking(briefs(nodes, view.ns), expect_peers=expect)), lambda left: not left, timeout=timeout,
+    settings = view.topo.cluster_settings()
+    expect, unwaited = settings.expects_peers(nodes), settings.unwaited
+    poll(lambda: NotReady(lacking(briefs(nodes, view.ns), expect_peers=expect, unwaited=unwaited)),
+         lambda left: not left, timeout=timeout,
          what=f"lab {view.name}: every agent back, BGP Established and every block routed everywhere")
 
 

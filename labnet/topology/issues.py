@@ -22,6 +22,7 @@ class Issue:
     message: str
     hint: str | None = None
     at_key: bool = False  # point at the key of `path` rather than its value
+    warning: bool = False  # reported, but the topology is accepted
 
 
 def path_str(path: PathT) -> str:

@@ -270,7 +270,8 @@ def loads(text: str, filename: str = "<string>") -> Topology:
     def diag(issue: Issue) -> Diagnostic:
         line, col = pos.at(issue.path, issue.at_key)
         shown = issue.path[:-1] if issue.path and issue.path[-1] == "<dup>" else issue.path
-        return Diagnostic(filename, line, col, path_str(shown), issue.message, issue.hint)
+        message = f"warning: {issue.message}" if issue.warning else issue.message
+        return Diagnostic(filename, line, col, path_str(shown), message, issue.hint)
 
     if not isinstance(raw, dict):
         line, col = pos.at(())
@@ -282,9 +283,11 @@ def loads(text: str, filename: str = "<string>") -> Topology:
     issues += type_issues
     if topo is not None:
         issues += check(topo, raw, Known.from_raw(raw), skip)
-    if issues:
-        raise TopologyError([diag(i) for i in issues])
+    errors = [i for i in issues if not i.warning]
+    if errors:
+        raise TopologyError([diag(i) for i in errors])
     assert topo is not None
+    topo.set_warnings([str(diag(i)) for i in issues if i.warning])
     return topo
 
 

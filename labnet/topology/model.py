@@ -176,6 +176,8 @@ class BgpPeer(_Model):
     address: Address
     asn: Asn
     node: str | None = Field(default=None, description="only this node peers (Calico BGPPeer.spec.node); default all")
+    wait: bool | None = Field(default=None, description="up waits for this session; default: yes for a speaker "
+                                                         "labnet runs (a node, a router with bgp:), no for one you bring")
 
 
 class BgpSpec(_Model):
@@ -269,6 +271,7 @@ class Topology(_Model):
     hosts: dict[str, Host] = {}
     cluster: Cluster | None = None
     scenarios: dict[str, list[Step]] = {}
+    _warnings: list[str] = PrivateAttr(default_factory=list)
 
     @model_validator(mode="after")
     def _defaults(self) -> Topology:
@@ -330,11 +333,27 @@ class Topology(_Model):
         c = self.cluster
         pool = PoolSettings(str(c.pool.cidr), c.pool.block_size, c.pool.ipip, c.pool.vxlan, c.pool.nat_outgoing)
         b = c.bgp
-        peers = tuple(PeerSettings(str(p.address), p.asn, p.node) for p in b.peers)
+        peers = tuple(PeerSettings(str(p.address), p.asn, p.node, self.runs_bgp(p.address) if p.wait is None else p.wait)
+                      for p in b.peers)
         bgp = BgpSettings(asn=b.asn, mesh=b.mesh == "full", route_reflectors=tuple(b.route_reflectors), peers=peers,
                           graceful_restart=b.graceful_restart, restart_time=b.restart_time, hold_time=b.hold_time,
                           keepalive=b.keepalive or None)
         return ClusterSettings(pool, bgp, c.mtu, {n: self.node_asn(n) for n in c.nodes})
+
+    def runs_bgp(self, address: IPv4Address) -> bool:
+        """A BGP speaker labnet itself starts answers at `address`: a cluster node's, or a router's with bgp:."""
+        owner = self.owner_of(address)
+        if owner is None:
+            return False
+        return owner[0] in self.nodes or (owner[0] in self.routers and self.routers[owner[0]].bgp is not None)
+
+    @property
+    def warnings(self) -> list[str]:
+        """What the loader accepted but wants said (FILE:LINE:COL: path: warning: ...)."""
+        return list(self._warnings)
+
+    def set_warnings(self, warnings: list[str]) -> None:
+        self._warnings = list(warnings)
 
     def owner_of(self, address: IPv4Address) -> tuple[str, Interface] | None:
         """Which machine and interface carry this address, if any."""

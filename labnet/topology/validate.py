@@ -78,8 +78,9 @@ class _Checker:
         self.topo, self.raw, self.known, self.skip = topo, raw, known, skip
         self.issues: list[Issue] = []
 
-    def add(self, path: PathT, message: str, hint: str | None = None, at_key: bool = False) -> None:
-        self.issues.append(Issue(path, message, hint, at_key))
+    def add(self, path: PathT, message: str, hint: str | None = None, at_key: bool = False,
+            warning: bool = False) -> None:
+        self.issues.append(Issue(path, message, hint, at_key, warning))
 
     # references -------------------------------------------------------------------------
 
@@ -308,18 +309,22 @@ class _Checker:
                 self.ref(path + ("node",), peer.node, ("node",), "BGP peer of an ")
             owner = self.topo.owner_of(peer.address)
             if owner is None:
-                speakers = [f"{r} {x.address}" for r, rt in self.topo.routers.items() if rt.bgp
-                            for x in rt.interfaces]
-                self.add(path + ("address",), f"BGP peer {peer.address} is not the address of any machine in the lab",
-                         f"routers running BGP: {', '.join(speakers)}" if speakers else None)
+                if not any(peer.address in net.cidr for net in self.topo.networks.values()):
+                    self.add(path + ("address",), f"BGP peer {peer.address} is outside every network of the lab: "
+                             "nodes reach it through their gateway, and only a speaker you bring there answers",
+                             "up does not wait for this session unless it says wait: true", warning=True)
+                else:
+                    self.add(path + ("address",), f"nothing in the lab answers at BGP peer {peer.address} unless you "
+                             "bring a speaker there", "up does not wait for this session unless it says wait: true",
+                             warning=True)
                 continue
             name = owner[0]
             router = self.topo.routers.get(name)
-            if name in self.topo.hosts:
-                self.add(path + ("address",), f"BGP peer {peer.address} is host {name}, which runs no BGP")
-            elif router is not None and router.bgp is None:
-                self.add(path + ("address",), f"BGP peer {peer.address} is router {name}, which runs no BGP",
-                         f"add bgp: {{asn: {peer.asn}, peers: cluster}} to routers.{name}")
+            if name in self.topo.hosts or (router is not None and router.bgp is None):
+                what = "host" if name in self.topo.hosts else "router"
+                self.add(path + ("address",), f"BGP peer {peer.address} is {what} {name}, where labnet starts no BGP "
+                         "speaker: bring your own there", "up does not wait for this session unless it says wait: true",
+                         warning=True)
             elif router is not None and router.bgp is not None and router.bgp.asn != peer.asn:
                 self.add(path + ("asn",), f"BGP peer {peer.address} is router {name} in AS {router.bgp.asn}, "
                          f"not AS {peer.asn}")

@@ -54,3 +54,17 @@ def test_a_timeout_names_the_nodes_that_are_not_ready_and_stays_short() -> None:
     assert "and 88 more nodes" in text and "node-099" not in text
     assert len(text.splitlines()) <= NotReady.NODES + 3 and len(text) < 3000, text
     assert str(NotReady()) == "every node ready"
+
+
+def test_sessions_with_peers_up_does_not_wait_for_may_be_down() -> None:
+    from labnet.settings import BgpSettings, ClusterSettings, PeerSettings, PoolSettings
+
+    settings = ClusterSettings(PoolSettings("10.1.0.0/16"), BgpSettings(
+        peers=(PeerSettings("10.0.0.250", 65000, wait=False), PeerSettings("10.0.0.1", 65001))))
+    assert settings.unwaited == frozenset({"10.0.0.250"})
+    states = {"a": node(["10.1.0.0/26"], [], {"10.0.0.250": "Active", "10.0.0.1": "Established"})}
+    assert lacking(states, expect_peers=True, unwaited=settings.unwaited) == {}
+    assert lacking(states, expect_peers=True) == {"a": ["BGP not Established: 10.0.0.250 Active"]}
+    only_unwaited = ClusterSettings(PoolSettings("10.1.0.0/16"), BgpSettings(
+        mesh=False, peers=(PeerSettings("10.0.0.250", 65000, wait=False),)))
+    assert not only_unwaited.expects_peers(["a", "b"])

@@ -57,3 +57,20 @@ def test_good_topology_loads(path: Path) -> None:
     assert topo.networks
     for _name, _kind, spec in topo.machines():
         assert all(i.name and i.mtu for i in spec.interfaces)
+
+
+WARN = sorted((ROOT / "fixtures/topologies/warn").glob("*.yaml"))
+WARN_LINE = re.compile(r"^# warn: (\d+:\d+: \S+: .+)$")
+
+
+@pytest.mark.parametrize("path", WARN, ids=[p.stem for p in WARN])
+def test_a_topology_with_warnings_loads_and_says_them(path: Path) -> None:
+    """BGP peers that labnet does not run are accepted, with a warning each (FILE:LINE:COL)."""
+    expected = [m[1] for line in path.read_text().splitlines() if (m := WARN_LINE.match(line))]
+    assert expected, f"{path.name}: first lines must be '# warn: LINE:COL: PATH: MESSAGE'"
+    topo = load(path)
+    assert len(topo.warnings) == len(expected), topo.warnings
+    for want, got in zip(expected, topo.warnings, strict=True):
+        assert got.startswith(f"{path}:") and want in got, f"{path.name}: expected ...{want}...; got {got}"
+    # and up waits for none of those sessions
+    assert topo.cluster is not None and all(not p.wait for p in topo.cluster_settings().bgp.peers)

@@ -12,7 +12,9 @@ def run(ctx: Context) -> None:
     c = ctx.topo.cluster
     if c is None:
         return
-    expect = ctx.topo.cluster_settings().expects_peers(list(c.nodes))
-    poll(lambda: NotReady(lacking(briefs(c.nodes, ctx.runtime.ns), expect_peers=expect)), lambda left: not left,
+    settings = ctx.topo.cluster_settings()
+    expect, unwaited = settings.expects_peers(list(c.nodes)), settings.unwaited
+    poll(lambda: NotReady(lacking(briefs(c.nodes, ctx.runtime.ns), expect_peers=expect, unwaited=unwaited)),
+         lambda left: not left,
          timeout=30 + scaled_timeout(len(c.nodes)),
          what="BGP sessions Established and every node's blocks routed everywhere")
