@@ -5,7 +5,9 @@ answer line; every failure is a SocketUnavailable naming the socket and what wen
 from __future__ import annotations
 
 import json
+import os
 import socket
+from pathlib import Path
 from typing import Any
 
 from labnet.errors import LabnetError
@@ -17,13 +19,21 @@ class SocketUnavailable(LabnetError):
 
 def request(path: str, payload: dict[str, Any], *, timeout: float = 10.0, what: str = "control socket",
             hint: str = "") -> dict[str, Any]:
-    """Send `payload` as one JSON line to the socket at `path`; return the JSON object answered."""
+    """Send `payload` as one JSON line to the socket at `path`; return the JSON object answered.
+
+    The socket is reached through its directory's fd, so a long host path to a socket inside a
+    node's directories does not hit the 108-byte limit of a socket address."""
     where = f"{what} {path}"
+    p = Path(path)
+    try:
+        dfd = os.open(p.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SocketUnavailable(f"{where}: {exc.strerror or exc}{f' ({hint})' if hint else ''}") from exc
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
     try:
         try:
-            s.connect(path)
+            s.connect(f"/proc/self/fd/{dfd}/{p.name}")
         except OSError as exc:
             raise SocketUnavailable(f"{where}: {exc.strerror or exc}{f' ({hint})' if hint else ''}") from exc
         s.sendall(json.dumps(payload).encode() + b"\n")
@@ -39,6 +49,7 @@ def request(path: str, payload: dict[str, Any], *, timeout: float = 10.0, what: 
         raise SocketUnavailable(f"{where}: {exc.strerror or exc}") from exc
     finally:
         s.close()
+        os.close(dfd)
     try:
         data = json.loads(buf)
     except ValueError as exc:

@@ -9,19 +9,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from ipaddress import ip_network
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from labnet.nsexec import NodeNS
+if TYPE_CHECKING:
+    from labnet.runtime.base import Runtime
 
 ROUTE_TYPES = {"blackhole", "unreachable", "prohibit", "throw", "local", "broadcast", "unicast"}
 
 
-def brief(ns: NodeNS, timeout: float = 5.0) -> dict[str, Any]:
-    """What convergence needs of one agent's status; {"error": ...} while it does not answer."""
-    from labnet.agent.status import query_status
+def brief(status_socket: Path, timeout: float = 5.0) -> dict[str, Any]:
+    """What convergence needs of one agent's status, asked on its status socket through the
+    node's directories on the host (no process in the node); {"error": ...} while it does not answer."""
+    from labnet.agent.status import request
 
     try:
-        st = query_status(ns, timeout=timeout)
+        st = request(str(status_socket), "status", timeout=timeout)
     except Exception as exc:  # not up yet: the poll shows why
         return {"error": str(exc)[:200]}
     return {"pid": st.get("pid"), "nodename": st.get("nodename"), "blocks": st.get("blocks") or [],
@@ -30,8 +33,15 @@ def brief(ns: NodeNS, timeout: float = 5.0) -> dict[str, Any]:
             "routes": st.get("routes") or [], "problems": st.get("problems") or []}
 
 
-def briefs(nodes: Iterable[str], ns_of: Callable[[str], NodeNS]) -> dict[str, dict[str, Any]]:
-    return {n: brief(ns_of(n)) for n in nodes}
+def briefs(nodes: Iterable[str], socket_of: Callable[[str], Path]) -> dict[str, dict[str, Any]]:
+    return {n: brief(socket_of(n)) for n in nodes}
+
+
+def agent_socket(runtime: Runtime) -> Callable[[str], Path]:
+    """Where each node's agent status socket is on this host."""
+    from labnet.agent.config import DEFAULT_SOCKET
+
+    return lambda node: runtime.host_path(node, DEFAULT_SOCKET)
 
 
 def route_dsts(routes: Iterable[str]) -> set[str]:

@@ -83,9 +83,11 @@ class LabView:
 
     # -- agent and datastore ------------------------------------------------------------
     def agent_status(self, node: str) -> dict[str, Any]:
-        from labnet.agent.status import query_status
+        from labnet.agent.config import DEFAULT_SOCKET
+        from labnet.agent.status import request
 
-        return query_status(self.ns(node))
+        self.ns(node)  # a machine of this lab, or BadInput naming it
+        return request(str(self.runtime.host_path(node, DEFAULT_SOCKET)), "status")
 
     def blocks(self, node: str) -> list[IPv4Network]:
         """The blocks `node` owns, as its agent reports them."""
