@@ -11,20 +11,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from labnet import __version__, paths
-from labnet.checks.assertions import DEFAULT_TIMEOUT
 from labnet.errors import BadInput, LabnetError
+from labnet.wait import DEFAULT_TIMEOUT
 
 if TYPE_CHECKING:
     from labnet import nsexec
 
 Handler = Callable[[argparse.Namespace], int]
 
-# Every name a user types is checked as argparse reads it, by the rules the topology validator
-# uses (labnet.paths): a bad one is exit 2 before anything is looked up or touched.
-_lab_name = paths.lab_arg
-_machine_name = paths.name_arg("machine")
-_pod_name = paths.name_arg("pod")
-_target = paths.target_arg
 _LABEL_PART = r"[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?"
 
 
@@ -41,15 +35,17 @@ def _label(value: str) -> str:
 
 
 def _load(path: str):  # type: ignore[no-untyped-def]
+    """The topology, its warnings said on stderr (errors raise: exit 2)."""
     from labnet.topology import load
 
-    return load(path)
+    topo = load(path)
+    for w in topo.warnings:
+        print(w, file=sys.stderr)
+    return topo
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     topo = _load(args.file)
-    for w in topo.warnings:
-        print(w, file=sys.stderr)
     n = len(list(topo.machines()))
     print(f"{args.file}: ok (lab {topo.name}: {len(topo.networks)} networks, {n} machines, "
           f"{len(topo.cluster.pods) if topo.cluster else 0} pods, {len(topo.scenarios)} scenarios)")
@@ -73,8 +69,6 @@ def cmd_up(args: argparse.Namespace) -> int:
     from labnet.lab import status as labstatus
     from labnet.lab.progress import Progress
     topo = _renamed(_load(args.file), args.name)
-    for w in topo.warnings:
-        print(w, file=sys.stderr)
     _need_root()
     progress = Progress(topo.name, quiet=args.quiet)
     journal, timings, changed = lifecycle.up(topo, args.file, runtime=args.runtime, progress=progress)
@@ -293,7 +287,7 @@ def _register_etcd(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
     from labnet.etcd.cli import register
 
     p = register(sub, _etcd_store)
-    p.add_argument("-l", "--lab", type=_lab_name, help="the lab (default: the only running one): labnet etcd -l NAME ls")
+    p.add_argument("-l", "--lab", type=paths.lab_arg, help="the lab (default: the only running one): labnet etcd -l NAME ls")
 
 
 def cmd_pod(args: argparse.Namespace) -> int:
@@ -353,6 +347,8 @@ EXTRA: list[Callable[[argparse._SubParsersAction], None]] = [  # type: ignore[ty
 ]
 
 
+# Every name a user types is checked as argparse reads it (`type=`), by the rules the topology
+# validator uses (labnet.paths): a bad one is exit 2 before anything is looked up or touched.
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="labnet", description="Container-networking test labs from one YAML file.")
     p.add_argument("--version", action="version", version=f"labnet {__version__}")
@@ -361,14 +357,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("up", help="build a lab from a topology file and wait until it is ready")
     s.add_argument("file")
     s.add_argument("--runtime", choices=["netns", "docker"], help="override the file's runtime")
-    s.add_argument("--name", type=_lab_name, help="run the file under another lab name (side by side with the original)")
+    s.add_argument("--name", type=paths.lab_arg, help="run the file under another lab name (side by side with the original)")
     s.add_argument("--timings", action="store_true", help="print JSON timings per phase instead of the table")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     s.set_defaults(func=cmd_up)
 
     s = sub.add_parser("down", help="remove a lab and everything it made")
     s.add_argument("file", nargs="?")
-    s.add_argument("--name", type=_lab_name, help="the lab's name (works when the file moved or changed)")
+    s.add_argument("--name", type=paths.lab_arg, help="the lab's name (works when the file moved or changed)")
     s.add_argument("--all", action="store_true", help="every lab")
     s.set_defaults(func=cmd_down)
 
@@ -376,20 +372,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_gc)
 
     s = sub.add_parser("status", help="list labs, machines, addresses and processes")
-    s.add_argument("-l", "--lab", type=_lab_name)
+    s.add_argument("-l", "--lab", type=paths.lab_arg)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_status)
 
     s = sub.add_parser("exec", help="run a command inside a node or pod: labnet exec NODE[/POD] -- CMD")
-    s.add_argument("-l", "--lab", type=_lab_name, help="the lab (default: the only running one)")
-    s.add_argument("target", metavar="NODE[/POD]", type=_target)
+    s.add_argument("-l", "--lab", type=paths.lab_arg, help="the lab (default: the only running one)")
+    s.add_argument("target", metavar="NODE[/POD]", type=paths.target_arg)
     s.add_argument("cmd", nargs=argparse.REMAINDER)
     s.set_defaults(func=cmd_exec)
 
     s = sub.add_parser("capture", help="tcpdump on a node's or pod's interface: labnet capture NODE[/POD] IFACE "
                        "[-w out.pcap] [FILTER]")
-    s.add_argument("-l", "--lab", type=_lab_name, help="the lab (default: the only running one)")
-    s.add_argument("target", metavar="NODE[/POD]", type=_target)
+    s.add_argument("-l", "--lab", type=paths.lab_arg, help="the lab (default: the only running one)")
+    s.add_argument("target", metavar="NODE[/POD]", type=paths.target_arg)
     s.add_argument("iface", metavar="IFACE", help="interface name as seen inside, or 'any'")
     s.add_argument("-w", "--write", metavar="FILE", help="write a pcap file here (on this host) instead of text")
     s.add_argument("-c", "--count", type=int, help="stop after this many packets")
@@ -412,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("check", help="run a topology's scenarios against its running lab")
     s.add_argument("file")
     s.add_argument("scenarios", nargs="*", metavar="SCENARIO", help="default: all")
-    s.add_argument("-l", "--lab", type=_lab_name, help="the running lab (default: the file's name)")
+    s.add_argument("-l", "--lab", type=paths.lab_arg, help="the running lab (default: the file's name)")
     s.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
                    help=f"seconds each check may poll (default {DEFAULT_TIMEOUT:g})")
     s.add_argument("--json", action="store_true")
@@ -423,9 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
     psub = s.add_subparsers(dest="pod_command", required=True, metavar="{add,del}")
     for verb in ("add", "del"):
         ps = psub.add_parser(verb, help=f"{verb} POD on NODE (CNI {verb.upper()}, as a container runtime)")
-        ps.add_argument("node", type=_machine_name)
-        ps.add_argument("pod", type=_pod_name)
-        ps.add_argument("-l", "--lab", type=_lab_name, help="the lab (default: the only running one)")
+        ps.add_argument("node", type=paths.name_arg("machine"))
+        ps.add_argument("pod", type=paths.name_arg("pod"))
+        ps.add_argument("-l", "--lab", type=paths.lab_arg, help="the lab (default: the only running one)")
         if verb == "add":
             ps.add_argument("--label", action="append", metavar="K=V", type=_label, help="pod label (repeatable)")
         ps.set_defaults(func=cmd_pod)
@@ -433,14 +429,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("bgp", help="BGP state of a node's agent")
     bsub = s.add_subparsers(dest="bgp_command", required=True, metavar="{status}")
     bs = bsub.add_parser("status", help="peers as `calicoctl node status` prints them")
-    bs.add_argument("node", type=_machine_name)
-    bs.add_argument("-l", "--lab", type=_lab_name)
+    bs.add_argument("node", type=paths.name_arg("machine"))
+    bs.add_argument("-l", "--lab", type=paths.lab_arg)
     bs.add_argument("--json", action="store_true")
     bs.set_defaults(func=cmd_bgp_status)
 
     s = sub.add_parser("routes", help="a node's routes, parsed from `ip -j route`")
-    s.add_argument("node", type=_machine_name)
-    s.add_argument("-l", "--lab", type=_lab_name)
+    s.add_argument("node", type=paths.name_arg("machine"))
+    s.add_argument("-l", "--lab", type=paths.lab_arg)
     s.add_argument("--table", default="main", help="main (default), all, or a number")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_routes)

@@ -17,25 +17,33 @@ class SocketUnavailable(LabnetError):
     """Nothing answered on the socket, or the answer was not a JSON object."""
 
 
+def connect(path: str | Path, timeout: float) -> socket.socket:
+    """A connected Unix socket to `path`, reached through its directory's fd, so a long host
+    path to a socket inside a node's directories does not hit the 108-byte limit of a socket
+    address. OSError as the kernel says it."""
+    p = Path(path)
+    dfd = os.open(p.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.settimeout(timeout)
+        s.connect(f"/proc/self/fd/{dfd}/{p.name}")
+    except BaseException:
+        s.close()
+        raise
+    finally:
+        os.close(dfd)
+    return s
+
+
 def request(path: str, payload: dict[str, Any], *, timeout: float = 10.0, what: str = "control socket",
             hint: str = "") -> dict[str, Any]:
-    """Send `payload` as one JSON line to the socket at `path`; return the JSON object answered.
-
-    The socket is reached through its directory's fd, so a long host path to a socket inside a
-    node's directories does not hit the 108-byte limit of a socket address."""
+    """Send `payload` as one JSON line to the socket at `path`; return the JSON object answered."""
     where = f"{what} {path}"
-    p = Path(path)
     try:
-        dfd = os.open(p.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        s = connect(path, timeout)
     except OSError as exc:
         raise SocketUnavailable(f"{where}: {exc.strerror or exc}{f' ({hint})' if hint else ''}") from exc
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
     try:
-        try:
-            s.connect(f"/proc/self/fd/{dfd}/{p.name}")
-        except OSError as exc:
-            raise SocketUnavailable(f"{where}: {exc.strerror or exc}{f' ({hint})' if hint else ''}") from exc
         s.sendall(json.dumps(payload).encode() + b"\n")
         buf = b""
         while not buf.endswith(b"\n"):
@@ -49,7 +57,6 @@ def request(path: str, payload: dict[str, Any], *, timeout: float = 10.0, what: 
         raise SocketUnavailable(f"{where}: {exc.strerror or exc}") from exc
     finally:
         s.close()
-        os.close(dfd)
     try:
         data = json.loads(buf)
     except ValueError as exc:

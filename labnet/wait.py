@@ -10,6 +10,8 @@ from labnet.errors import WaitTimeout
 
 T = TypeVar("T")
 
+DEFAULT_TIMEOUT = 10.0  # seconds a check polls before it fails, unless told otherwise (CLI, plugin, assertions)
+
 
 def poll(
     probe: Callable[[], T],

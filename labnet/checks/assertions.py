@@ -27,9 +27,8 @@ from labnet.checks.result import CheckFailed, CheckResult
 from labnet.checks.routes import Route, format_table, get_routes, norm_dst, normalise_match
 from labnet.errors import BadInput, LabnetError, WaitTimeout
 from labnet.nsexec import NodeNS, run
-from labnet.wait import poll
+from labnet.wait import DEFAULT_TIMEOUT, poll
 
-DEFAULT_TIMEOUT = 10.0
 CALICO_GATEWAY = "169.254.1.1"  # the pod's default gateway that nobody owns (seed)
 
 

@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from labnet import jsonsock
 from labnet.cni import datapath, framing, ipam_plugin, plugin, settings
 from labnet.cni.spec import CniError
 from labnet.etcd.client import EtcdStore
@@ -137,23 +138,14 @@ class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 def ping(path: str | Path, timeout: float = 5.0) -> bool:
     """True if a server answers a VERSION request on `path` (a host path may be long: the
     socket is reached through its directory's fd, so the 108-byte sun_path limit does not bite)."""
-    p = Path(path)
     try:
-        dfd = os.open(p.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(timeout)
-            s.connect(f"/proc/self/fd/{dfd}/{p.name}")
+        with jsonsock.connect(path, timeout) as s:
             req = framing.Request("labnet", {"CNI_COMMAND": "VERSION"}, b'{"cniVersion": "1.0.0"}')
             s.sendall(framing.encode_request(req))
             code, out, _ = framing.read_response(s)
             return code == 0 and b"supportedVersions" in out
     except (OSError, framing.FrameError):
         return False
-    finally:
-        os.close(dfd)
 
 
 def _bind_path(path: str) -> None:

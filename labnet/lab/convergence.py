@@ -7,9 +7,8 @@ node's blocks are among its routes, compared as address sets, not as text.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from ipaddress import ip_network
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -18,30 +17,29 @@ if TYPE_CHECKING:
 ROUTE_TYPES = {"blackhole", "unreachable", "prohibit", "throw", "local", "broadcast", "unicast"}
 
 
-def brief(status_socket: Path, timeout: float = 5.0) -> dict[str, Any]:
-    """What convergence needs of one agent's status, asked on its status socket through the
-    node's directories on the host (no process in the node); {"error": ...} while it does not answer."""
+def agent_status(runtime: Runtime, node: str, timeout: float = 10.0) -> dict[str, Any]:
+    """The node's agent status, asked on its status socket through the node's directories on
+    this host: no process is started in the node."""
+    from labnet.agent.config import DEFAULT_SOCKET
     from labnet.agent.status import request
 
+    return request(str(runtime.host_path(node, DEFAULT_SOCKET)), "status", timeout=timeout)
+
+
+def brief(runtime: Runtime, node: str, timeout: float = 5.0) -> dict[str, Any]:
+    """What convergence needs of one agent's status; {"error": ...} while it does not answer."""
     try:
-        st = request(str(status_socket), "status", timeout=timeout)
+        st = agent_status(runtime, node, timeout)
     except Exception as exc:  # not up yet: the poll shows why
         return {"error": str(exc)[:200]}
     return {"pid": st.get("pid"), "nodename": st.get("nodename"), "blocks": st.get("blocks") or [],
             "tunnel": (st.get("tunnel") or {}).get("address"),
             "peers": {p["peer_address"]: p.get("bgp_state") for p in st.get("peers", [])},
-            "routes": st.get("routes") or [], "problems": st.get("problems") or []}
+            "routes": st.get("routes") or []}
 
 
-def briefs(nodes: Iterable[str], socket_of: Callable[[str], Path]) -> dict[str, dict[str, Any]]:
-    return {n: brief(socket_of(n)) for n in nodes}
-
-
-def agent_socket(runtime: Runtime) -> Callable[[str], Path]:
-    """Where each node's agent status socket is on this host."""
-    from labnet.agent.config import DEFAULT_SOCKET
-
-    return lambda node: runtime.host_path(node, DEFAULT_SOCKET)
+def briefs(runtime: Runtime, nodes: Iterable[str]) -> dict[str, dict[str, Any]]:
+    return {n: brief(runtime, n) for n in nodes}
 
 
 def route_dsts(routes: Iterable[str]) -> set[str]:
@@ -64,6 +62,8 @@ def lacking(states: Mapping[str, Mapping[str, Any]], *, expect_peers: bool,
             unwaited: frozenset[str] = frozenset()) -> dict[str, list[str]]:
     """Per node, what it still lacks (empty dict: converged). Sessions with `unwaited` peers
     (speakers the user brings: `wait: false`) may be down."""
+    blocks = {n: {str(ip_network(b)) for b in s.get("blocks") or []} for n, s in states.items() if "error" not in s}
+    every_block = set().union(*blocks.values())
     out: dict[str, list[str]] = {}
     for n, s in states.items():
         why: list[str] = []
@@ -80,9 +80,7 @@ def lacking(states: Mapping[str, Mapping[str, Any]], *, expect_peers: bool,
         down = sorted(f"{a} {st}" for a, st in peers.items() if st != "Established" and a not in unwaited)
         if down:
             why.append("BGP not Established: " + ", ".join(down))
-        have = route_dsts(s.get("routes") or [])
-        missing = sorted({str(ip_network(b)) for o, t in states.items() if o != n and "error" not in t
-                          for b in t.get("blocks") or []} - have)
+        missing = sorted(every_block - blocks[n] - route_dsts(s.get("routes") or []))
         if missing:
             why.append("no route to " + ", ".join(missing))
         if why:

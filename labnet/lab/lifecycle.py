@@ -22,7 +22,7 @@ from labnet.errors import BadInput, LabnetError
 from labnet.lab import processes
 from labnet.lab.context import Context
 from labnet.lab.journal import Journal
-from labnet.lab.phases import PHASES
+from labnet.lab.phases import PHASES, converge
 from labnet.lab.progress import Progress
 from labnet.lab.state import (
     journal_path,
@@ -120,8 +120,6 @@ def _repair(journal: Journal, topo: Topology, progress: Progress) -> None:
     journal.info["repaired"] = processes.repair(journal, rt.ns)
     journal.save()
     if journal.info["repaired"]:
-        from labnet.lab.phases import converge
-
         progress.start("converge", f"after restarting {len(journal.info['repaired'])} daemons")
         converge.run(Context(topo, journal, rt, progress))
 

@@ -83,11 +83,10 @@ class LabView:
 
     # -- agent and datastore ------------------------------------------------------------
     def agent_status(self, node: str) -> dict[str, Any]:
-        from labnet.agent.config import DEFAULT_SOCKET
-        from labnet.agent.status import request
+        from labnet.lab.convergence import agent_status
 
         self.ns(node)  # a machine of this lab, or BadInput naming it
-        return request(str(self.runtime.host_path(node, DEFAULT_SOCKET)), "status")
+        return agent_status(self.runtime, node)
 
     def blocks(self, node: str) -> list[IPv4Network]:
         """The blocks `node` owns, as its agent reports them."""

@@ -13,7 +13,7 @@ from typing import Any
 
 from labnet.errors import BadInput, LabnetError
 from labnet.lab import processes
-from labnet.lab.convergence import agent_socket, brief
+from labnet.lab.convergence import brief
 from labnet.lab.journal import Journal
 from labnet.lab.phases.agents import SUPERVISOR_LOG_INSIDE
 from labnet.lab.phases.etcd import ETCD_LOG_INSIDE
@@ -121,6 +121,6 @@ def wait_agent(view: LabView, node: str, timeout: float, *, not_pid: int | None 
     def ok(b: dict[str, Any]) -> bool:
         return "error" not in b and b["pid"] != not_pid and b["nodename"] == want and bool(b["blocks"])
 
-    return poll(lambda: brief(agent_socket(view.runtime)(node)), ok, timeout=timeout,
+    return poll(lambda: brief(view.runtime, node), ok, timeout=timeout,
                 what=f"the agent of {node} to answer again as {want!r}"
                      + (f" with a new pid (old {not_pid})" if not_pid else ""))

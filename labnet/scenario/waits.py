@@ -14,7 +14,7 @@ import time
 from labnet.checks import CheckFailed, CheckResult
 from labnet.checks.assertions import Observation, failure_message, run_check
 from labnet.errors import BadInput, WaitTimeout
-from labnet.lab.convergence import NotReady, agent_socket, briefs, lacking
+from labnet.lab.convergence import NotReady, briefs, lacking
 from labnet.lab.view import LabView
 from labnet.nsexec import run
 from labnet.topology import steps as s
@@ -29,7 +29,7 @@ def wait_converged(view: LabView, timeout: float) -> None:
     nodes = list(view.topo.nodes)
     settings = view.topo.cluster_settings()
     expect, unwaited = settings.expects_peers(nodes), settings.unwaited
-    poll(lambda: NotReady(lacking(briefs(nodes, agent_socket(view.runtime)), expect_peers=expect, unwaited=unwaited)),
+    poll(lambda: NotReady(lacking(briefs(view.runtime, nodes), expect_peers=expect, unwaited=unwaited)),
          lambda left: not left, timeout=timeout,
          what=f"lab {view.name}: every agent back, BGP Established and every block routed everywhere")
 

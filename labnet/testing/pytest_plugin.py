@@ -20,8 +20,8 @@ from typing import Any, Literal
 
 import pytest
 
-from labnet.checks.assertions import DEFAULT_TIMEOUT
 from labnet.nsexec import NodeNS
+from labnet.wait import DEFAULT_TIMEOUT
 
 LAB_MARK = "lab"
 

@@ -12,7 +12,7 @@ from labnet.agent.config import DEFAULT_CONFIG, AgentConfig, EtcdSettings
 from labnet.cni.install import TLS_INSIDE
 from labnet.lab import processes
 from labnet.lab.context import Context
-from labnet.lab.convergence import NotReady, agent_socket, agents_lacking, briefs
+from labnet.lab.convergence import NotReady, agents_lacking, briefs
 from labnet.wait import poll
 
 AGENT_LOG_INSIDE = "/var/log/labnet/agent.log"
@@ -41,7 +41,7 @@ def run(ctx: Context) -> None:
         processes.start(ctx.journal, rt.ns(node), node, "agent", agent_argv(),
                         log=rt.host_path(node, SUPERVISOR_LOG_INSIDE))
     tunnel = ctx.topo.cluster_settings().pool.encap != "none"
-    poll(lambda: NotReady(agents_lacking(briefs(c.nodes, agent_socket(rt)), needs_tunnel=tunnel)), lambda left: not left,
+    poll(lambda: NotReady(agents_lacking(briefs(rt, c.nodes), needs_tunnel=tunnel)), lambda left: not left,
          timeout=scaled_timeout(len(c.nodes)), what="every agent to register and claim its block and tunnel address")
 
 
