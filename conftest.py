@@ -72,6 +72,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     session.config.stash[_BEFORE] = _leftovers()
 
 
+@pytest.hookimpl(trylast=True)  # after pytest's own sessionfinish has torn down session fixtures
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     # Only the outermost session looks (once every xdist worker is done): a pytest run by a test
     # would see the labs of tests running beside it.

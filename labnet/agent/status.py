@@ -12,7 +12,8 @@ The status document:
    "tunnel": {"mode": "ipip-userspace"|"ipip-kernel"|"vxlan"|"none", "encap_mode": "always"|...,
               "device", "address", "mtu", "counters": {...}},
    "peers": [{"peer_address", "peer_type", "state": "up"|"start", "since": "HH:MM:SS",
-              "since_epoch", "info", "bgp_state", "asn", "name"}],
+              "since_epoch", "info", "bgp_state", "asn", "name",
+              "unacked"}],   # unacked: bytes sent the peer has not acknowledged
    "blocks": [...], "borrowed": [...], "routes": ["blackhole 10.100.163.128/26 proto bird", ...],
    "routes_skipped": [...],   # learned prefixes another protocol's route already holds (not a fault)
    "nat": {"enabled", "table", "pool"}, "problems": [...],  # problems: one sentence each, by name

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import itertools
 import logging
+import struct
+import termios
 import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
@@ -97,6 +100,7 @@ class PeerStatus:
     state: str
     since: float  # epoch seconds of the last state change
     info: str
+    unacked: int = 0  # bytes sent on the session the peer has not acknowledged yet (TCP + buffer)
 
     def row(self) -> list[str]:
         since = time.strftime("%H:%M:%S", time.gmtime(self.since))
@@ -105,7 +109,7 @@ class PeerStatus:
 
     def as_dict(self) -> dict[str, object]:
         return {"peer_address": self.address, "peer_type": self.peer_type, "state": self.state,
-                "since": self.since, "info": self.info}
+                "since": self.since, "info": self.info, "unacked": self.unacked}
 
 
 def format_status(rows: list[PeerStatus]) -> str:
@@ -122,6 +126,22 @@ def format_status(rows: list[PeerStatus]) -> str:
 
 
 _conn_ids = itertools.count(1)
+
+
+def _unacked(writer: asyncio.StreamWriter | None) -> int:
+    """Bytes written to the session the peer has not acknowledged: the transport's buffer plus
+    the socket's send queue (SIOCOUTQ). After a loss they wait for TCP's backed-off retransmit,
+    which may come after the peer's hold timer: a session with bytes pending is not healthy yet."""
+    if writer is None:
+        return 0
+    try:
+        pending = writer.transport.get_write_buffer_size()
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            pending += struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+        return pending
+    except (OSError, AttributeError, ValueError):  # closing: its state is said elsewhere
+        return 0
 
 
 class _Conn:
@@ -197,8 +217,9 @@ class _Peer:
         if best is not None and (best.fsm.state != State.IDLE or best is self.dialer):
             state, since = best.fsm.state.value, best.fsm.since
             info = best.fsm.info or info
+        unacked = _unacked(self.up.writer) if self.up is not None else 0
         return PeerStatus(self.cfg.address, self.cfg.peer_type, state, since,
-                          "Established" if state == "Established" else info)
+                          "Established" if state == "Established" else info, unacked)
 
     # --- event loop ----------------------------------------------------------------------------
 

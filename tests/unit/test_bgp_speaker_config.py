@@ -70,3 +70,40 @@ def test_cli_rejects_bad_config(tmp_path: Path, capsys: pytest.CaptureFixture[st
                                "peers": [{"address": "10.0.0.2", "asn": 64512, "colour": "red"}]}))
     assert main([str(bad)]) == 2
     assert "colour" in capsys.readouterr().err
+
+
+def test_unacked_counts_what_the_peer_has_not_taken_yet() -> None:
+    # a real TCP connection on loopback: the peer does not read, so what we write stays in our
+    # transport's buffer and socket's send queue; once it reads everything, nothing is pending
+    import asyncio
+
+    from labnet.bgp.speaker import _unacked
+
+    async def main() -> tuple[int, int, int]:
+        got: asyncio.Future[asyncio.StreamReader] = asyncio.get_running_loop().create_future()
+
+        async def accept(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            got.set_result(r)
+
+        server = await asyncio.start_server(accept, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        idle = _unacked(writer)
+        size = 8 << 20
+        writer.write(b"x" * size)
+        reader = await got
+        stuck = _unacked(writer)
+        await reader.readexactly(size)
+        await writer.drain()
+        for _ in range(100):  # the last ACK may trail the read by a moment
+            if _unacked(writer) == 0:
+                break
+            await asyncio.sleep(0.01)
+        done = _unacked(writer)
+        writer.close()
+        server.close()
+        return idle, stuck, done
+
+    idle, stuck, done = asyncio.run(main())
+    assert (idle, done) == (0, 0) and stuck > 0, (idle, stuck, done)
+    assert _unacked(None) == 0

@@ -68,3 +68,14 @@ def test_sessions_with_peers_up_does_not_wait_for_may_be_down() -> None:
     only_unwaited = ClusterSettings(PoolSettings("10.1.0.0/16"), BgpSettings(
         mesh=False, peers=(PeerSettings("10.0.0.250", 65000, wait=False),)))
     assert not only_unwaited.expects_peers(["a", "b"])
+
+
+def test_a_session_whose_sent_bytes_are_not_acknowledged_is_not_converged() -> None:
+    # after a loss, TCP retransmits with backoff: the session is Established but may still die
+    # of the peer's hold timer, so convergence waits until the peer has acknowledged every byte
+    states = {"a": node(["10.1.0.0/26"], [], {"10.0.0.2": "Established", "10.0.0.9": "Established"},
+                        unacked={"10.0.0.2": 38, "10.0.0.9": 19})}
+    assert lacking(states, expect_peers=True, unwaited=frozenset({"10.0.0.9"})) == {
+        "a": ["BGP data not yet acknowledged by 10.0.0.2 38 B"]}
+    states["a"]["unacked"] = {}
+    assert lacking(states, expect_peers=True) == {}
