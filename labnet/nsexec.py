@@ -103,6 +103,23 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def set_process_name(name: str) -> None:
+    """The name in /proc/self/comm (15 bytes), which `ps -o comm` and top show: a forked daemon
+    keeps its parent's command line, so this is where it says what it is."""
+    import ctypes
+
+    ctypes.CDLL(None).prctl(15, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)  # PR_SET_NAME
+
+
+def children(pid: int) -> list[int]:
+    """The direct children of `pid` (empty when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except (OSError, ValueError):
+        return []
+
+
 def proc_starttime(pid: int) -> int | None:
     """Start time in clock ticks; recorded with a pid so a reused pid is never signalled."""
     try:

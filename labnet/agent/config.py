@@ -5,6 +5,7 @@ Agent config (/var/lib/labnet/agent.json inside the node):
    "etcd": {"endpoints": [...], "ca_file": ..., "cert_file": ..., "key_file": ...},
    "bgp_address": "first-found" | "interface=REGEX" | "can-reach=IP" | "cidr=CIDR" | "<ip>",
    "status_socket": "/var/run/labnet/agent.sock", "log_file": ...,
+   "cni_socket": "/var/run/labnet/cni.sock",   # the CNI server in the same process; null: none
    "nodename": null}   # override: ONLY to reproduce the seed commenter's wrong-node-name fault
 
 The lab-wide cluster settings the agent reads from etcd are labnet.settings.ClusterSettings.
@@ -45,6 +46,7 @@ class AgentConfig:
     bgp_address: str = "first-found"
     status_socket: str = DEFAULT_SOCKET
     log_file: str | None = None
+    cni_socket: str | None = None  # serve CNI here, in the node's process (the lab sets it)
     nodename: str | None = None  # fault injection only: register under another name than the CNI's
     resync_interval: float = 5.0  # full re-read of the datastore, on top of the watches
 
@@ -53,7 +55,7 @@ class AgentConfig:
         if not isinstance(d, dict):
             raise BadInput(f"{where}: expected a JSON object, got {type(d).__name__}")
         known = {"etcd", "nodename_file", "bgp_address", "status_socket", "log_file", "nodename",
-                 "resync_interval"}
+                 "resync_interval", "cni_socket"}
         unknown = sorted(set(d) - known)
         if unknown:
             raise BadInput(f"{where}: unknown keys {unknown} (known: {sorted(known)})")

@@ -286,10 +286,8 @@ class Agent:
         # cluster `mtu` is the pod MTU, which the tunnel must carry; default: underlay - overhead
         mtu = self.settings.mtu
         if pool.encap == "ipip":
-            # own process (adopted after a restart): tunl0 and its routes outlive a killed agent
-            run_dir = Path(self.cfg.status_socket).parent
-            log_file = Path(self.cfg.log_file).with_suffix(".ipip.log") if self.cfg.log_file else None
-            self.tunnel = start_ipip(self.underlay.ip, first, mtu, run_dir=run_dir, log_file=log_file)
+            # persistent TUN (adopted after a restart): tunl0 and its routes outlive a killed agent
+            self.tunnel = start_ipip(self.underlay.ip, first, mtu, persist=True)
             log.info("tunl0 up (%s): %s/32", self.tunnel.mode, first)
         else:
             self.vxlan_mac = ensure_vxlan(self.underlay.ip, first, mtu)
@@ -529,8 +527,11 @@ class Agent:
                 ts = {"error": str(exc)}
             tun.update(mode=ts.get("mode", self.tunnel.mode), device=ts.get("ifname", IPIP_DEVICE),
                        mtu=ts.get("mtu"), counters=ts.get("counters", {}))
-            # the datapath's own process (userspace), and whether this agent adopted it at start
-            tun.update({k: ts[k] for k in ("pid", "adopted", "error") if k in ts})
+            # whether this agent adopted a tunl0 left by the one before it (userspace, persistent TUN)
+            tun.update({k: ts[k] for k in ("adopted", "error") if k in ts})
+            failed = getattr(self.tunnel, "failed", None)
+            if failed is not None:
+                tun["error"] = f"userspace {IPIP_DEVICE} datapath thread failed: {failed!r}"
         elif self.vxlan_mac is not None:
             tun.update(mode="vxlan", device=VXLAN_DEVICE, mtu=_link_mtu(VXLAN_DEVICE), mac=self.vxlan_mac)
         return tun

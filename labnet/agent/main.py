@@ -1,13 +1,15 @@
 """`labnet-agent`: run | supervise | status.
 
   labnet-agent run --config /var/lib/labnet/agent.json
-  labnet-agent supervise [--config PATH] [-- ARGV...]   restarts the agent when it dies
+  labnet-agent supervise [--config PATH] [-- ARGV...]   runs the node's process (agent, CNI
+                                                        server, datapath) and restarts it
   labnet-agent status [--json] [--socket PATH | --config PATH]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from labnet.agent.config import DEFAULT_CONFIG, AgentConfig
 from labnet.errors import LabnetError
+from labnet.nsexec import set_process_name
 
 SUPERVISOR_ENV = "LABNET_AGENT_SUPERVISOR"  # the supervisor's pid, reported in the agent's status
 BACKOFF_START = 0.5
@@ -37,12 +40,12 @@ def _setup_logging(log_file: str | None) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from labnet.agent.daemon import run_agent
+    from labnet.agent.node import run_node
 
     cfg = AgentConfig.load(args.config)
     _setup_logging(cfg.log_file)
     logging.getLogger("labnet.agent").info("labnet-agent starting (pid %d, config %s)", os.getpid(), args.config)
-    return run_agent(cfg)
+    return run_node(cfg)
 
 
 def _die_with_parent() -> None:
@@ -54,49 +57,94 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
-def supervise(argv: Sequence[str], log_file: str | None = None) -> int:
-    """Run argv; restart it with backoff whenever it exits, until SIGTERM/SIGINT (forwarded to it)."""
+def _fork_node(config: str) -> int:
+    """Fork this (pre-imported) supervisor into the node's process: agent, CNI server and
+    datapath (labnet.agent.node). A restart costs a fork, not an interpreter start-up."""
+    from labnet.agent.node import run_node
+
+    supervisor = os.getpid()
+    pid = os.fork()
+    if pid:
+        return pid
+    rc = 1
+    try:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_DFL)
+        _die_with_parent()
+        if os.getppid() != supervisor:  # it died before prctl took effect
+            os._exit(1)
+        os.environ[SUPERVISOR_ENV] = str(supervisor)
+        set_process_name("labnet-node")
+        cfg = AgentConfig.load(config)
+        _setup_logging(cfg.log_file)
+        logging.getLogger("labnet.agent").info("labnet-agent starting (pid %d, config %s)", os.getpid(), config)
+        rc = run_node(cfg)
+    except SystemExit as exc:
+        rc = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        logging.getLogger("labnet.agent").exception("node process failed")
+    finally:
+        logging.shutdown()
+        os._exit(rc)
+
+
+def _popen(argv: Sequence[str]) -> int:
+    env = {**os.environ, SUPERVISOR_ENV: str(os.getpid())}
+    return subprocess.Popen(list(argv), env=env, preexec_fn=_die_with_parent).pid
+
+
+def _wait(pid: int) -> int:
+    """The child's exit status (negative: killed by that signal)."""
+    _, status = os.waitpid(pid, 0)  # retried after a signal handler ran (PEP 475)
+    return os.waitstatus_to_exitcode(status)
+
+
+def supervise(config: str, argv: Sequence[str] = (), log_file: str | None = None) -> int:
+    """Run the node's process (or argv); restart it with backoff whenever it exits, until
+    SIGTERM/SIGINT (forwarded to it)."""
     _setup_logging(log_file)
     log = logging.getLogger("labnet.agent.supervisor")
+    if not argv:
+        import gc
+
+        import labnet.agent.node  # noqa: F401  (imported once here: every fork starts warm)
+
+        gc.freeze()  # imported objects stay out of the collector's way: their pages stay shared
     stopping = False
-    child: subprocess.Popen[bytes] | None = None
+    child = 0
 
     def on_signal(signum: int, _frame: object) -> None:
         nonlocal stopping
         stopping = True
-        if child is not None and child.poll() is None:
-            child.send_signal(signum)
+        if child:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signum)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    env = {**os.environ, SUPERVISOR_ENV: str(os.getpid())}
+    what = " ".join(argv) if argv else f"node process (agent, CNI server, datapath) --config {config}"
     backoff = BACKOFF_START
     restarts = 0
     rc = 0
     while not stopping:
         started = time.monotonic()
-        child = subprocess.Popen(list(argv), env=env, preexec_fn=_die_with_parent)
-        log.info("supervisor %d: started agent pid %d: %s", os.getpid(), child.pid, " ".join(argv))
-        rc = child.wait()
+        child = _popen(argv) if argv else _fork_node(config)
+        log.info("supervisor %d: started agent pid %d: %s", os.getpid(), child, what)
+        rc = _wait(child)
         if stopping:
             break
+        child = 0
         ran = time.monotonic() - started
         if ran >= HEALTHY_AFTER:
             backoff = BACKOFF_START
         restarts += 1
         how = f"killed by signal {-rc}" if rc < 0 else f"exited with status {rc}"
-        log.warning("supervisor %d: agent pid %d %s after %.1fs; restart #%d in %.1fs",
-                    os.getpid(), child.pid, how, ran, restarts, backoff)
+        log.warning("supervisor %d: agent %s after %.1fs; restart #%d in %.1fs",
+                    os.getpid(), how, ran, restarts, backoff)
         deadline = time.monotonic() + backoff
         while not stopping and time.monotonic() < deadline:
             time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))  # restart backoff (daemon timer)
         backoff = min(backoff * 2, BACKOFF_MAX)
-    if child is not None and child.poll() is None:
-        try:
-            rc = child.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            rc = child.wait()
     log.info("supervisor %d: stopped (agent exit %s)", os.getpid(), rc)
     return 0
 
@@ -105,14 +153,12 @@ def cmd_supervise(args: argparse.Namespace) -> int:
     argv = list(args.argv)
     if argv and argv[0] == "--":
         argv = argv[1:]
-    if not argv:
-        argv = [sys.executable, "-m", "labnet.agent.main", "run", "--config", args.config]
     log_file = None
     try:
         log_file = AgentConfig.load(args.config).log_file
     except LabnetError:
         pass
-    return supervise(argv, log_file)
+    return supervise(args.config, argv, log_file)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -134,7 +180,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="labnet-agent", description="labnet's node agent (the seed's calico-node)")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("run", help="run the agent in this node's namespaces")
+    r = sub.add_parser("run", help="run the node's process (agent, CNI server, datapath) in this node's namespaces")
     r.add_argument("--config", default=DEFAULT_CONFIG)
     r.set_defaults(func=cmd_run)
     s = sub.add_parser("supervise", help="run the agent and restart it when it dies")

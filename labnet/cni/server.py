@@ -16,6 +16,7 @@ Runs inside the node (net + mount + UTS namespaces), like the exec'd plugin woul
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import logging
@@ -132,6 +133,7 @@ class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
     def __init__(self, path: str, dispatch: Dispatcher) -> None:
         self.dispatch = dispatch
+        self.path = path
         super().__init__(path, _Handler)
 
 
@@ -157,31 +159,43 @@ def _bind_path(path: str) -> None:
         os.unlink(path)
 
 
-def serve(path: str) -> None:
+def open_server(path: str) -> Server:
+    """Bind the socket (root's alone: it can create pods) and start serving in a thread."""
     _bind_path(path)
-    old = os.umask(0o077)  # the socket is root's alone: it can create pods
+    old = os.umask(0o077)
     try:
         server = Server(path, Dispatcher())
     finally:
         os.umask(old)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5}, name="cni-server",
+                     daemon=True).start()
+    log.info("CNI server listening on %s (pid %d, python %s)", path, os.getpid(), sys.executable)
+    return server
+
+
+def close_server(server: Server) -> None:
+    server.shutdown()
+    server.server_close()
+    server.dispatch.stores.close()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(server.path)
+    log.info("CNI server stopped")
+
+
+def serve(path: str) -> None:
+    """Serve until SIGTERM/SIGINT (the server on its own; the node process runs it beside the agent)."""
+    server = open_server(path)
+    done = threading.Event()
 
     def stop(signum: int, _frame: Any) -> None:
         log.info("signal %d: stopping", signum)
-        threading.Thread(target=server.shutdown, daemon=True).start()
+        done.set()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    log.info("listening on %s (pid %d, python %s)", path, os.getpid(), sys.executable)
-    try:
-        server.serve_forever(poll_interval=0.5)
-    finally:
-        server.server_close()
-        server.dispatch.stores.close()
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        log.info("stopped")
+    while not done.wait(0.5):
+        pass
+    close_server(server)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from labnet.checks.routes import Route, get_routes
 from labnet.errors import LabnetError
-from labnet.nsexec import NodeNS, run
+from labnet.nsexec import NodeNS, children, run
 
 if TYPE_CHECKING:
     from labnet.lab.view import LabView
@@ -70,14 +70,6 @@ def proc_state(pid: int) -> str | None:
             return f.read().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
         return None
-
-
-def children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(x) for x in f.read().split()]
-    except (OSError, ValueError):
-        return []
 
 
 def sh(ns: NodeNS, cmd: list[str]) -> str:

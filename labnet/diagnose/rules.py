@@ -111,19 +111,14 @@ class Doctor:
                 elif stopped:
                     self.add(node, "labnet-agent is stopped (SIGSTOP)",
                              "A stopped agent answers nothing: its BGP peers' hold timers expire, its routes "
-                             "are not repaired and its status socket does not answer.",
+                             "are not repaired and its status socket does not answer. The CNI server runs in "
+                             "the same process: every ADD and DEL on this node hangs until it times out.",
                              f"process(es) {', '.join(map(str, stopped))} in state T (stopped)",
                              f"labnet status -l {self.lab}")
                 elif f is not None and f.status is None:
                     self.add(node, "labnet-agent does not answer on its status socket",
                              "The agent is down or restarting: BGP, routes and tunnel of this node are unmanaged.",
                              f.status_error, f"labnet bgp status -l {self.lab} {node}")
-            elif what == "cni-server" and (state is None or state == "Z" or stopped):
-                self.add(node, f"labnet's CNI server {'is stopped (SIGSTOP)' if stopped else 'is not running'}",
-                         "The CNI shim /opt/cni/bin/labnet forwards ADD/DEL to this server; "
-                         + ("a stopped server leaves every ADD and DEL on this node hanging until it times out."
-                            if stopped else "without it the shim execs the Python plugins (slower, but working)."),
-                         f"cni-server pid {pid} state {state or 'gone'}", f"labnet status -l {self.lab}")
         if self.store.error and not any(x.node == "etcd" for x in self.findings):
             self.add("etcd", "the lab's etcd does not answer",
                      "No agent or CNI plugin can read or write the datastore: new pods fail with CNI code 11.",

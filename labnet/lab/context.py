@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from labnet.lab.journal import Journal
     from labnet.lab.progress import Progress
+    from labnet.lab.zygote import Zygote
     from labnet.runtime.base import Runtime
     from labnet.topology.model import Topology
 
@@ -20,6 +21,7 @@ class Context:
     runtime: Runtime
     progress: Progress
     timings: dict[str, float] = field(default_factory=dict)
+    zygote: Zygote | None = None  # forks the node daemons during `up` (None: spawn by exec)
 
 
 Phase = Callable[[Context], None]

@@ -32,6 +32,7 @@ from labnet.lab.state import (
     namespaces_present,
     topology_hash,
 )
+from labnet.lab.zygote import Zygote
 from labnet.runtime import RUNTIMES, get_runtime
 
 if TYPE_CHECKING:
@@ -92,6 +93,8 @@ def up(topo: Topology, topology_file: str, *, runtime: str | None = None,
         rt = get_runtime(rt_name)(lab, journal)
         ctx = Context(topo, journal, rt, progress)
         try:
+            if topo.cluster is not None and rt.shares_host_python:
+                ctx.zygote = Zygote()  # imports the node software while the underlay comes up
             with _interruptible():
                 for name, fn in PHASES:
                     progress.start(name)
@@ -110,6 +113,9 @@ def up(topo: Topology, topology_file: str, *, runtime: str | None = None,
             if isinstance(exc, _Interrupted):
                 raise KeyboardInterrupt(str(exc)) from None
             raise
+        finally:
+            if ctx.zygote is not None:
+                ctx.zygote.close()
         return journal, ctx.timings, True
 
 

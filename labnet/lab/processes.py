@@ -15,6 +15,7 @@ from typing import Any
 
 from labnet.errors import LabnetError
 from labnet.lab.journal import Journal
+from labnet.lab.zygote import Zygote
 from labnet.nsexec import NodeNS, pid_alive, proc_starttime, same_process, spawn, terminate
 from labnet.wait import poll
 
@@ -29,15 +30,20 @@ def describe(entry: dict[str, Any]) -> str:
 
 
 # What each recorded process is, for status: the pid to signal is the one the journal records.
-ROLES = {"agent": "agent supervisor (restarts the agent; the agent's own pid: labnet exec NODE -- labnet-agent status)",
-         "cni-server": "CNI server", "etcd": "etcd member", "bird": "BIRD"}
+ROLES = {"agent": "supervisor of the node's process (agent, CNI server, datapath; restarts it; its pid: "
+                  "labnet exec NODE -- labnet-agent status)",
+         "etcd": "etcd member", "bird": "BIRD"}
 
 
 def start(journal: Journal, ns: NodeNS, node: str, what: str, argv: Sequence[str], *, log: Path,
-          env: Mapping[str, str] | None = None) -> dict[str, Any]:
+          env: Mapping[str, str] | None = None, zygote: Zygote | None = None) -> dict[str, Any]:
     """Spawn a daemon inside `ns` and record it (pid, start time, argv, log, env) in the journal,
-    all that `repair` needs to start it again."""
-    pid = spawn(ns, argv, log=log, env=env)
+    all that `repair` needs to start it again (by exec). With a zygote that serves it, the
+    daemon is forked from the zygote instead: the same process, without the start-up."""
+    if zygote is not None and zygote.serves(ns, argv):
+        pid = zygote.spawn(ns, argv, log=log, env=env)
+    else:
+        pid = spawn(ns, argv, log=log, env=env)
     return journal.record("process", pid=pid, start=proc_starttime(pid), node=node, what=what, argv=list(argv),
                           log=str(log), env=dict(env) if env is not None else None)
 

@@ -7,8 +7,24 @@ from typing import Any
 
 from labnet.lab.processes import ROLES, alive
 from labnet.lab.state import list_labs, load_journal, namespaces_present
+from labnet.nsexec import children
 
 LABELS = {"agent": "agent-supervisor"}  # the table's short name for a role
+NODE_PROCESS = "node-process"
+ROLE_NODE_PROCESS = "the node's process: agent, CNI server, userspace tunl0 (kill it: its supervisor starts it again)"
+
+
+def _processes(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The recorded processes, and under each node's supervisor the process it runs now."""
+    out = []
+    for e in entries:
+        up = alive(e)
+        out.append({**{k: e.get(k) for k in ("pid", "node", "what")}, "role": ROLES.get(e["what"], e["what"]),
+                    "alive": up})
+        if e["what"] == "agent" and up:
+            out += [{"pid": c, "node": e.get("node"), "what": NODE_PROCESS, "role": ROLE_NODE_PROCESS,
+                     "alive": True} for c in children(int(e["pid"]))]
+    return out
 
 
 def status(lab: str | None = None) -> list[dict[str, Any]]:
@@ -17,8 +33,7 @@ def status(lab: str | None = None) -> list[dict[str, Any]]:
         j = load_journal(name)
         if j is None:
             continue
-        procs = [{**{k: e.get(k) for k in ("pid", "node", "what")}, "role": ROLES.get(e["what"], e["what"]),
-                  "alive": alive(e)} for e in j.of_kind("process")]
+        procs = _processes(j.of_kind("process"))
         state = j.state if j.state != "up" or namespaces_present(j) else "dead"
         out.append({"lab": name, "state": state, "runtime": j.runtime, "topology": j.topology_file,
                     "machines": j.info.get("machines", {}), "pods": j.info.get("pods", {}),

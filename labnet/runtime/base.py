@@ -60,6 +60,9 @@ class Recorder(Protocol):
 
 class Runtime(ABC):
     name = "base"
+    # Its machines see this host's files and interpreter, so the lab's zygote can fork their
+    # daemons (labnet.lab.zygote); otherwise each daemon starts by exec inside the machine.
+    shares_host_python = False
 
     def __init__(self, lab: str, journal: Recorder) -> None:
         self.lab = lab

@@ -44,6 +44,7 @@ def _netns(name: str) -> Any:
 
 class NetnsRuntime(Runtime):
     name = "netns"
+    shares_host_python = True
 
     def __init__(self, lab: str, journal: Recorder) -> None:
         super().__init__(lab, journal)

@@ -261,13 +261,13 @@ def test_default_deny_policy(view: LabView) -> None:
     assert ping_once(ns(view, "node-1/pod-1"), str(infos[1].ip)).reached
 
 
-def test_stopped_cni_server(view: LabView) -> None:
-    rows = json.loads(labnet("status", "-l", LAB, "--json").stdout)
-    (pid,) = [p["pid"] for p in rows[0]["processes"] if p["node"] == "node-1" and p["what"] == "cni-server"]
+def test_stopped_node_process_names_the_cni_server_too(view: LabView) -> None:
+    # the agent and the CNI server are one process: stopping it hangs both
+    pid = view.agent_status("node-1")["pid"]
     os.kill(pid, signal.SIGSTOP)
     try:
-        f = wait_finding("node-1", "CNI server is stopped")
-        assert str(pid) in f["evidence"]
+        f = wait_finding("node-1", "labnet-agent is stopped")
+        assert str(pid) in f["evidence"] and "CNI server" in f["explanation"], f
     finally:
         os.kill(pid, signal.SIGCONT)
     wait_clean()

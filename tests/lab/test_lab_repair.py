@@ -26,19 +26,20 @@ def test_up_again_starts_what_died_and_the_lab_converges() -> None:
     try:
         table = labnet("status", "-l", LAB).stdout
         assert "agent-supervisor(" in table, f"status should name the agent's supervisor:\n{table}"
+        assert "node-process(" in table, f"status should show each node's process under its supervisor:\n{table}"
         procs = _procs()
         sup = next(p for p in procs if p["node"] == "node-2" and p["what"] == "agent")
-        cni = next(p for p in procs if p["node"] == "node-2" and p["what"] == "cni-server")
-        assert str(sup["role"]).startswith("agent supervisor"), sup
-        for p in (sup, cni):
-            os.kill(int(str(p["pid"])), signal.SIGKILL)
-        poll(lambda: [p["pid"] for p in (sup, cni) if pid_alive(int(str(p["pid"])))], lambda left: not left,
-             timeout=10, what="the killed supervisor and CNI server to be gone")
+        node = next(p for p in procs if p["node"] == "node-2" and p["what"] == "node-process")
+        assert str(sup["role"]).startswith("supervisor of the node's process"), sup
+        assert "agent, CNI server" in str(node["role"]), node
+        os.kill(int(str(sup["pid"])), signal.SIGKILL)  # its node process follows it (parent-death signal)
+        poll(lambda: [p["pid"] for p in (sup, node) if pid_alive(int(str(p["pid"])))], lambda left: not left,
+             timeout=20, what="the killed supervisor and its node process to be gone")
         out = labnet("up", MINIMAL, "--name", LAB).stdout
         assert "already up; started again what had died" in out, out
-        assert f"agent on node-2: pid {sup['pid']} was dead" in out and f"cni-server on node-2: pid {cni['pid']}" in out, out
+        assert f"agent on node-2: pid {sup['pid']} was dead" in out, out
         after = {(p["node"], p["what"]): p for p in _procs()}
-        for old in (sup, cni):
+        for old in (sup, node):
             new = after[(old["node"], old["what"])]
             assert new["alive"] and new["pid"] != old["pid"], f"{old['what']} on node-2: {old} -> {new}"
         res = labnet("check", MINIMAL, "-l", LAB, "--json", check=False)

@@ -12,9 +12,9 @@ IPIP (the seed's tunl0 and its routes)::
     tun.stop()     # userspace: removes tunl0 (and its routes); kernel: down + addresses flushed
 
 `start_ipip` picks the kernel's ipip device when the kernel has one (detect.ipip_mode, or
-LABNET_IPIP=kernel|userspace), else the userspace datapath as threads of the calling process,
-or, with `run_dir=`, as its own adoptable process (ipip_proc.IpipProcess: the agent's choice,
-so tunl0 survives a killed agent). By hand: `python -m labnet.agent.tunnel.ipip_user --local A --address T
+LABNET_IPIP=kernel|userspace), else the userspace datapath as threads of the calling process;
+with `persist=True` (the agent's choice) the TUN device outlives the process, so tunl0 and its
+routes survive a killed agent and the restarted one attaches to it again (adopted). By hand: `python -m labnet.agent.tunnel.ipip_user --local A --address T
 [--mtu M] [--status-file F]`, or `run_ipip(...)` (blocks; SIGTERM/SIGINT stop it and remove
 tunl0, SIGHUP re-reads routes, SIGUSR1 writes the status file).
 
@@ -29,20 +29,17 @@ labnet.testing.tunnel_testbed builds a two-node Calico-style lab for the tunnel 
 from __future__ import annotations
 
 import importlib
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from labnet.agent.tunnel.detect import ipip_mode, kernel_has_ipip
     from labnet.agent.tunnel.ipip_kernel import KernelIpip
-    from labnet.agent.tunnel.ipip_proc import IpipProcess
     from labnet.agent.tunnel.ipip_user import Counters, IpipDatapath, TunnelError, run_ipip
     from labnet.agent.tunnel.vxlan import SyncResult, Vtep, ensure_vxlan, remove_vxlan, sync_vxlan, vtep_mac
 
 # Loaded on first use, so `python -m labnet.agent.tunnel.ipip_user` does not import itself twice.
 _LAZY = {
     "ipip_mode": "detect", "kernel_has_ipip": "detect", "KernelIpip": "ipip_kernel",
-    "IpipProcess": "ipip_proc",
     "Counters": "ipip_user", "IpipDatapath": "ipip_user", "TunnelError": "ipip_user", "run_ipip": "ipip_user",
     "SyncResult": "vxlan", "Vtep": "vxlan", "ensure_vxlan": "vxlan", "remove_vxlan": "vxlan",
     "sync_vxlan": "vxlan", "vtep_mac": "vxlan",
@@ -65,15 +62,13 @@ class Tunnel(Protocol):
 
 
 def start_ipip(local: str, address: str, mtu: int | None = None, *, mode: str | None = None,
-               run_dir: Path | None = None, log_file: Path | None = None) -> Tunnel:
+               persist: bool = False) -> Tunnel:
     """Bring up tunl0 in the current namespace, kernel or userspace (mode: "kernel"|"userspace").
 
-    Userspace with `run_dir`: the datapath runs as its own process (pidfile and status file in
-    run_dir, output to log_file) that survives a killed caller and is adopted on the next start;
-    without: as threads of the calling process."""
+    Userspace: the datapath runs as threads of the calling process; with `persist` its TUN
+    device (and the routes through it) outlives the process and is adopted on the next start."""
     from labnet.agent.tunnel.detect import ipip_mode
     from labnet.agent.tunnel.ipip_kernel import KernelIpip
-    from labnet.agent.tunnel.ipip_proc import IpipProcess
     from labnet.agent.tunnel.ipip_user import IpipDatapath
 
     chosen = mode or ipip_mode()
@@ -82,16 +77,14 @@ def start_ipip(local: str, address: str, mtu: int | None = None, *, mode: str | 
     tun: Tunnel
     if chosen == "kernel":
         tun = KernelIpip(local, address, mtu)
-    elif run_dir is not None:
-        tun = IpipProcess(local, address, mtu, run_dir=run_dir, log_file=log_file)
     else:
-        tun = IpipDatapath(local, address, mtu)
+        tun = IpipDatapath(local, address, mtu, persist=persist)
     tun.start()
     return tun
 
 
 __all__ = [
-    "Counters", "IpipDatapath", "IpipProcess", "KernelIpip", "SyncResult", "Tunnel", "TunnelError", "Vtep",
+    "Counters", "IpipDatapath", "KernelIpip", "SyncResult", "Tunnel", "TunnelError", "Vtep",
     "ensure_vxlan", "ipip_mode", "kernel_has_ipip", "remove_vxlan", "run_ipip", "start_ipip", "sync_vxlan",
     "vtep_mac",
 ]

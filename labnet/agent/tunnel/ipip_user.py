@@ -20,6 +20,7 @@ every route through it), which is what a clean shutdown does.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import fcntl
 import ipaddress
@@ -54,6 +55,7 @@ from labnet.settings import IPIP_OVERHEAD
 
 TUN_PATH = "/dev/net/tun"
 TUNSETIFF = 0x400454CA
+TUNSETPERSIST = 0x400454CB
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
 RTMGRP_IPV4_ROUTE = 0x40
@@ -99,21 +101,37 @@ def ensure_tun_node() -> None:
         raise TunnelError(f"{TUN_PATH} exists but is not a character device (mode {oct(st.st_mode)})")
 
 
-def open_tun(ifname: str) -> int:
-    """Create the TUN device `ifname` (IFF_TUN | IFF_NO_PI, not persistent) and return its fd."""
+def _link_exists(ifname: str) -> bool:
+    try:
+        socket.if_nametoindex(ifname)
+        return True
+    except OSError:
+        return False
+
+
+def open_tun(ifname: str, persist: bool = False) -> tuple[int, bool]:
+    """Create the TUN device `ifname` (IFF_TUN | IFF_NO_PI) and return (its fd, adopted).
+
+    persist: the device outlives this process (TUNSETPERSIST), with its addresses and the routes
+    through it, so a killed agent leaves tunl0 in place; the next start attaches to it again
+    (adopted=True). Only a clean stop clears the flag, which removes the device."""
     ensure_tun_node()
+    existed = persist and _link_exists(ifname)
     fd = os.open(TUN_PATH, os.O_RDWR | os.O_CLOEXEC)
     try:
         fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", ifname.encode(), IFF_TUN | IFF_NO_PI))
+        if persist:
+            fcntl.ioctl(fd, TUNSETPERSIST, 1)
     except OSError as exc:
         os.close(fd)
         hint = ""
         if exc.errno in (errno.EBUSY, errno.EINVAL, errno.EEXIST):
             hint = (f": an interface named {ifname} already exists in this network namespace"
-                    " (the kernel's ipip fallback device, or another datapath); use the kernel tunnel then")
+                    " (the kernel's ipip fallback device, or another datapath still holding it);"
+                    " use the kernel tunnel then")
         raise TunnelError(f"cannot create TUN device {ifname}: {exc}{hint}") from exc
     os.set_blocking(fd, False)
-    return fd
+    return fd, existed
 
 
 def local_interface_mtu(local: str) -> int:
@@ -197,6 +215,7 @@ class IpipDatapath:
         status_file: Path | None = None,
         status_interval: float = 1.0,
         on_failure: Callable[[BaseException], None] | None = None,
+        persist: bool = False,
     ) -> None:
         try:
             self.local = str(ipaddress.IPv4Address(local))
@@ -226,6 +245,8 @@ class IpipDatapath:
         self._status_lock = threading.Lock()
         self.failed: BaseException | None = None
         self.on_failure = on_failure
+        self.persist = persist
+        self.adopted = False
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -244,12 +265,14 @@ class IpipDatapath:
             self._nl = nl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
             nl.bind((0, RTMGRP_IPV4_ROUTE))
             nl.setblocking(False)
-            self._tun = open_tun(self.ifname)
+            self._tun, self.adopted = open_tun(self.ifname, self.persist)
             self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
             self.ifindex = configure_link(self.ifname, self.address, self.mtu)
             self.update_routes()
         except BaseException:
-            self._close()  # also removes a half-configured tunl0
+            if not self.adopted:
+                self._unpersist()
+            self._close()  # also removes a half-configured tunl0 (not one adopted from before)
             raise
         for target, name in ((self._tx_loop, "tx"), (self._rx_loop, "rx"), (self._monitor_loop, "routes")):
             t = threading.Thread(target=self._guard, args=(target,), name=f"{self.ifname}-{name}", daemon=True)
@@ -278,7 +301,13 @@ class IpipDatapath:
             t.join(timeout=5)
         self._threads.clear()
         self.write_status()
+        self._unpersist()
         self._close()
+
+    def _unpersist(self) -> None:
+        if self.persist and self._tun >= 0:
+            with contextlib.suppress(OSError):
+                fcntl.ioctl(self._tun, TUNSETPERSIST, 0)  # closing the fd now removes tunl0
 
     def __enter__(self) -> IpipDatapath:
         self.start()
@@ -307,7 +336,7 @@ class IpipDatapath:
     def status(self) -> dict[str, object]:
         return {
             "ifname": self.ifname, "mode": self.mode, "local": self.local,
-            "address": self.address, "mtu": self.mtu,
+            "address": self.address, "mtu": self.mtu, "adopted": self.adopted,
             "routes": {str(r.prefix): str(r.gateway) if r.gateway else None for r in self.table.routes},
             "counters": asdict(self.counters()),
         }

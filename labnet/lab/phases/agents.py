@@ -1,7 +1,9 @@
-"""Phase agents: labnet-agent (under its supervisor) in every node, as calico-node's DaemonSet.
+"""Phase agents: each node's process (agent, CNI server, userspace tunl0) under its supervisor,
+as calico-node's DaemonSet. On the netns runtime the lab's zygote forks them (no start-up each).
 
-`up` goes on once every agent has registered and claimed its block and tunnel address: pods
-come next, and the seed's pod gets the address after the tunnel's (tunl0 .128, net-test .129).
+`up` goes on once every agent has registered and claimed its block and tunnel address and every
+CNI server answers: pods come next, and the seed's pod gets the address after the tunnel's
+(tunl0 .128, net-test .129).
 """
 
 from __future__ import annotations
@@ -10,9 +12,12 @@ import sys
 
 from labnet.agent.config import DEFAULT_CONFIG, AgentConfig, EtcdSettings
 from labnet.cni.install import TLS_INSIDE
+from labnet.cni.server import DEFAULT_SOCKET as CNI_SOCKET
+from labnet.cni.server import ping
 from labnet.lab import processes
 from labnet.lab.context import Context
 from labnet.lab.convergence import NotReady, agents_lacking, briefs
+from labnet.runtime.base import Runtime
 from labnet.wait import poll
 
 AGENT_LOG_INSIDE = "/var/log/labnet/agent.log"
@@ -36,13 +41,21 @@ def run(ctx: Context) -> None:
             cert_file=f"{TLS_INSIDE}/etcd-cert" if tls else None,
             key_file=f"{TLS_INSIDE}/etcd-key" if tls else None,
         )
-        cfg = AgentConfig(etcd=etcd, bgp_address=spec.bgp_address, log_file=AGENT_LOG_INSIDE)
+        cfg = AgentConfig(etcd=etcd, bgp_address=spec.bgp_address, log_file=AGENT_LOG_INSIDE, cni_socket=CNI_SOCKET)
         cfg.save(rt.host_path(node, DEFAULT_CONFIG))
         processes.start(ctx.journal, rt.ns(node), node, "agent", agent_argv(),
-                        log=rt.host_path(node, SUPERVISOR_LOG_INSIDE))
+                        log=rt.host_path(node, SUPERVISOR_LOG_INSIDE), zygote=ctx.zygote)
     tunnel = ctx.topo.cluster_settings().pool.encap != "none"
-    poll(lambda: NotReady(agents_lacking(briefs(rt, c.nodes), needs_tunnel=tunnel)), lambda left: not left,
-         timeout=scaled_timeout(len(c.nodes)), what="every agent to register and claim its block and tunnel address")
+    poll(lambda: _lacking(rt, list(c.nodes), tunnel), lambda left: not left, timeout=scaled_timeout(len(c.nodes)),
+         what="every agent to register and claim its block and tunnel address, and every CNI server to answer")
+
+
+def _lacking(rt: Runtime, nodes: list[str], tunnel: bool) -> NotReady:
+    lacks = agents_lacking(briefs(rt, nodes), needs_tunnel=tunnel)
+    for n in nodes:
+        if not ping(rt.host_path(n, CNI_SOCKET), timeout=2):
+            lacks.setdefault(n, []).append(f"CNI server not answering on {CNI_SOCKET}")
+    return NotReady(lacks)
 
 
 def scaled_timeout(nodes: int) -> float:

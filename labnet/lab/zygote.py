@@ -1,0 +1,152 @@
+"""The lab's zygote: one pre-imported interpreter that forks each node's daemon in its namespaces.
+
+Started as `python -m labnet.lab.zygote` when `up` begins, it imports the node's software
+(agent, CNI server, datapath) while the underlay and etcd come up. Each request on its stdin
+(one JSON line: argv, namespaces, log, env) gets one fork: the child enters the node's network,
+UTS and mount namespaces (setns), starts its own session, sends its output to the log and runs
+the module's `main(args)`, exactly what `nsenter ... python -m MODULE ARGS` would run, without
+an interpreter start-up or imports per node, and with the imported pages shared copy-on-write.
+The reply (one JSON line) is the child's pid. The zygote ends when its stdin closes (the end
+of `up`); its children, in their own sessions, go on. Only the modules in MODULES are served:
+anything else (another interpreter: the docker runtime) is spawned by nsenter as before.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import importlib
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import traceback
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from labnet.errors import LabnetError
+from labnet.nsexec import NodeNS, set_process_name
+
+MODULES = ("labnet.agent.main",)  # what the zygote imports up front and can run
+REPLY_TIMEOUT = 60.0  # the first reply waits for the imports
+
+
+class Zygote:
+    """The `up` side: start the zygote, ask it for daemons, close it."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=None, close_fds=True)
+
+    def serves(self, ns: NodeNS | None, argv: Sequence[str]) -> bool:
+        """Whether this request is one the zygote can fork (else: spawn by exec)."""
+        return (ns is not None and ns.python is None and ns.inner_netns is None and self.proc.poll() is None
+                and len(argv) >= 3 and argv[0] == sys.executable and argv[1] == "-m" and argv[2] in MODULES)
+
+    def spawn(self, ns: NodeNS, argv: Sequence[str], *, log: Path, env: Mapping[str, str] | None = None) -> int:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        log.parent.mkdir(parents=True, exist_ok=True)
+        req = {"module": argv[2], "args": list(argv[3:]), "netns": ns.netns, "mntns": ns.mntns,
+               "utsns": ns.utsns, "log": str(log), "env": dict(env) if env is not None else None}
+        self.proc.stdin.write((json.dumps(req) + "\n").encode())
+        self.proc.stdin.flush()
+        ready, _, _ = select.select([self.proc.stdout], [], [], REPLY_TIMEOUT)
+        line = self.proc.stdout.readline() if ready else b""
+        if not line:
+            raise LabnetError(f"zygote pid {self.proc.pid}: no answer to the request for {ns.name} within "
+                              f"{REPLY_TIMEOUT:.0f}s (exit status {self.proc.poll()})")
+        reply = json.loads(line)
+        if "pid" not in reply:
+            raise LabnetError(f"zygote: cannot start {argv[2]} in {ns.name}: {reply.get('error')}")
+        return int(reply["pid"])
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+# --- the zygote process -------------------------------------------------------------------
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _setns(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if _libc.setns(fd, 0) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns {path}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+def _child(req: dict[str, Any]) -> None:
+    """In the forked child: become the daemon. Never returns."""
+    rc = 1
+    try:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the zygote ignores it; the daemon waits for its own
+        os.setsid()
+        log = os.open(req["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)  # a host path: before setns
+        null = os.open(os.devnull, os.O_RDONLY)
+        for ns in ("netns", "utsns", "mntns"):  # mount last: the others' paths are host paths
+            if req.get(ns):
+                _setns(req[ns])
+        os.chdir("/")
+        os.dup2(null, 0)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # the zygote's pipes too
+        if req.get("env") is not None:
+            os.environ.clear()
+            os.environ.update(req["env"])
+        sys.stdin = open(0, closefd=False)  # noqa: SIM115
+        sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+        sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+        sys.argv = [req["module"], *req["args"]]
+        set_process_name("labnet-" + req["module"].rsplit(".", 2)[-2])  # what `ps -o comm` and top show
+        result = sys.modules[req["module"]].main(req["args"])
+        rc = int(result or 0)
+    except SystemExit as exc:
+        rc = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        os._exit(rc)
+
+
+def serve(inp: IO[bytes], out: IO[bytes]) -> None:
+    for module in MODULES:
+        importlib.import_module(module)
+    import labnet.agent.node  # noqa: F401  (what the agent's supervisor forks: warm in every child)
+
+    gc.collect()
+    gc.freeze()  # the collector leaves the imported objects alone: their pages stay shared after fork
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
+    for line in inp:
+        try:
+            req = json.loads(line)
+            if req.get("module") not in MODULES:
+                raise ValueError(f"module {req.get('module')!r} is not one the zygote serves: {MODULES}")
+        except ValueError as exc:
+            out.write((json.dumps({"error": str(exc)}) + "\n").encode())
+            out.flush()
+            continue
+        pid = os.fork()
+        if pid == 0:
+            _child(req)
+        out.write((json.dumps({"pid": pid}) + "\n").encode())
+        out.flush()
+
+
+if __name__ == "__main__":
+    serve(sys.stdin.buffer, sys.stdout.buffer)
