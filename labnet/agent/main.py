@@ -133,14 +133,14 @@ def supervise(config: str, argv: Sequence[str] = (), log_file: str | None = None
         rc = _wait(child)
         if stopping:
             break
-        child = 0
+        dead, child = child, 0
         ran = time.monotonic() - started
         if ran >= HEALTHY_AFTER:
             backoff = BACKOFF_START
         restarts += 1
         how = f"killed by signal {-rc}" if rc < 0 else f"exited with status {rc}"
-        log.warning("supervisor %d: agent %s after %.1fs; restart #%d in %.1fs",
-                    os.getpid(), how, ran, restarts, backoff)
+        log.warning("supervisor %d: agent pid %d %s after %.1fs; restart #%d in %.1fs",
+                    os.getpid(), dead, how, ran, restarts, backoff)
         deadline = time.monotonic() + backoff
         while not stopping and time.monotonic() < deadline:
             time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))  # restart backoff (daemon timer)
