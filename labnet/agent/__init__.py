@@ -7,11 +7,13 @@ How the lab starts it, inside the node's namespaces (net + mount + UTS):
         .save(<host path of the node's /var/lib/labnet/agent.json>)
     labnet-agent supervise --config /var/lib/labnet/agent.json        (record this pid)
       = python -m labnet.agent.main supervise --config /var/lib/labnet/agent.json
-    which runs and restarts `python -m labnet.agent.main run --config /var/lib/labnet/agent.json`.
+    which forks, and restarts when it dies, the node's process (labnet.agent.node): the agent,
+    the CNI server (cni_socket in the config) and the userspace tunl0, in one process. On the
+    netns runtime the lab's zygote (labnet.lab.zygote) forks the supervisor itself.
 
 Status: `labnet-agent status [--json]` inside the node, or `status.query_status(ns)` from the
 host; `status.format_bgp_status(doc)` prints calicoctl's table. The socket protocol is in
 `labnet.agent.status`. Modules: config (files and settings), detect (BGP address), nodes
 (records, name checks), peers, routes (desired state), kernel (netlink), nat (nftables),
-daemon (the loop), main (CLI, supervisor). `labnet.agent.tunnel` is the tunnel datapath.
+daemon (the loop), node (the node's one process), main (CLI, supervisor). `labnet.agent.tunnel` is the tunnel datapath.
 """

@@ -23,9 +23,12 @@ def generate(
     ipip: str = "always",
     vxlan: str = "never",
     mesh: str = "full",
+    route_reflectors: int = 0,
 ) -> str:
     if n_nodes < 1:
         raise ValueError(f"generate: n_nodes must be at least 1, got {n_nodes}")
+    if not 0 <= route_reflectors <= n_nodes:
+        raise ValueError(f"generate: route_reflectors must be 0..{n_nodes}, got {route_reflectors}")
     if pods_per_node < 0:
         raise ValueError(f"generate: pods_per_node must be >= 0, got {pods_per_node}")
     n_lans = math.ceil(n_nodes / NODES_PER_LAN)
@@ -53,7 +56,8 @@ def generate(
         "cluster": {
             "etcd": {"node": "node-1", "tls": True},
             "pool": {"cidr": "10.100.0.0/16", "block_size": 26, "ipip": ipip, "vxlan": vxlan, "nat_outgoing": True},
-            "bgp": {"asn": 64512, "mesh": mesh},
+            "bgp": {"asn": 64512, "mesh": mesh} if not route_reflectors else
+                   {"asn": 64512, "mesh": "none", "route_reflectors": [f"node-{i + 1}" for i in range(route_reflectors)]},
             "nodes": nodes,
             "pods": pods,
         },
