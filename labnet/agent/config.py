@@ -48,7 +48,10 @@ class AgentConfig:
     log_file: str | None = None
     cni_socket: str | None = None  # serve CNI here, in the node's process (the lab sets it)
     nodename: str | None = None  # fault injection only: register under another name than the CNI's
-    resync_interval: float = 5.0  # full re-read of the datastore, on top of the watches
+    # full re-read of the datastore, the safety net under the watches (a broken watch already
+    # triggers one when it reconnects); every agent reading every block at 5 s loaded etcd with
+    # a core's worth of work at 100 nodes
+    resync_interval: float = 30.0
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "agent config") -> AgentConfig:

@@ -16,6 +16,7 @@ import ipaddress
 import json
 import logging
 import os
+import random
 import signal
 import threading
 import time
@@ -54,7 +55,11 @@ log = logging.getLogger("labnet.agent")
 
 Net = ipaddress.IPv4Network
 SETTINGS_KEY = CLUSTER_KEY
-WATCHED = (keys.NODES, keys.affinities(), keys.BLOCKS, SETTINGS_KEY)
+# Blocks are not watched: every pod's address changes one, which would wake every agent of the
+# cluster (nodes x pods passes, and etcd's fan-out of each block to every node). The agent reads
+# them in each full read; the node's CNI server kicks one when this node borrows or releases.
+WATCHED = (keys.NODES, keys.affinities(), SETTINGS_KEY)
+CACHED = (*WATCHED, keys.BLOCKS)
 BURST_PASSES = 3  # back-to-back passes before a pause: bounds the pass rate under sustained churn
 COALESCE = 0.05  # that pause: seconds to gather a burst of RIB changes / watch events
 
@@ -107,7 +112,7 @@ class Agent:
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._ds_dirty = True  # full re-read of the datastore wanted
-        self._cache = KeyCache(WATCHED)
+        self._cache = KeyCache(CACHED)
         self._cache_dirty = False  # watch events changed the cache since the last pass
         self._block_memo: dict[str, tuple[int, ipam.Block | None]] = {}
         self._applied: tuple[Any, ...] | None = None  # what the last kernel pass programmed
@@ -220,6 +225,11 @@ class Agent:
         if self._cache.apply(prefix, ev):
             self._cache_dirty = True
             self._wake.set()
+
+    def kick_threadsafe(self, datastore: bool = False) -> None:
+        """kick() from another thread (the CNI server's, in the node's process)."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.kick, datastore)
 
     def kick(self, datastore: bool = False) -> None:
         """Wake the loop; `datastore`: re-read the datastore fully (and program the kernel)."""
@@ -655,7 +665,7 @@ class Agent:
             now = time.monotonic()
             if now >= next_full:
                 self._ds_dirty = True
-                next_full = now + interval
+                next_full = now + interval * random.uniform(0.8, 1.2)  # agents do not resync in step
             self._wake.clear()
             try:
                 await self.sync()

@@ -9,10 +9,12 @@ from its own pre-imported interpreter, so a restart costs a fork, not a start-up
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 
 from labnet.agent.config import AgentConfig
-from labnet.agent.daemon import run_agent
+from labnet.agent.daemon import Agent
 from labnet.cni import server as cni_server
 
 log = logging.getLogger("labnet.agent")
@@ -20,10 +22,26 @@ log = logging.getLogger("labnet.agent")
 
 def run_node(cfg: AgentConfig) -> int:
     """Serve CNI on cfg.cni_socket (if set) and run the agent until it stops; the agent's exit status."""
+    agent = Agent(cfg)
     if cfg.cni_socket is None:
-        return run_agent(cfg)
-    server = cni_server.open_server(cfg.cni_socket)
+        return asyncio.run(agent.run())
+    server = cni_server.open_server(cfg.cni_socket, lambda *a: after_cni(agent, *a))
     try:
-        return run_agent(cfg)
+        return asyncio.run(agent.run())
     finally:
         cni_server.close_server(server)
+
+
+def after_cni(agent: Agent, command: str, code: int, out: bytes) -> None:
+    """The agent does not watch every block (each pod's address would fire an event on every
+    node): the addresses this node borrows from others' blocks change only by its own ADD and
+    DEL, so those make it re-read the datastore."""
+    if code == 0 and (command == "DEL" or (command == "ADD" and _borrowed(out))):
+        agent.kick_threadsafe(datastore=True)
+
+
+def _borrowed(out: bytes) -> bool:
+    try:
+        return bool(json.loads(out).get("labnet", {}).get("borrowed"))
+    except (ValueError, AttributeError):
+        return True  # unsure: a re-read costs little

@@ -27,7 +27,7 @@ import socketserver
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ MAX_STORES = 16
 log = logging.getLogger("labnet.cni.server")
 
 
+OnDone = Callable[[str, int, bytes], None]
 _WARM = (datapath,)  # the plugin imports it lazily; the server pays once, at start
 
 
@@ -121,6 +122,9 @@ class _Handler(socketserver.BaseRequestHandler):
         except OSError as exc:
             log.warning("%s: could not answer: %s", what, exc)
             return
+        if self.server.on_done is not None:
+            with contextlib.suppress(Exception):  # a hook's trouble is not the request's
+                self.server.on_done(req.env.get("CNI_COMMAND", ""), code, out)
         line = out.decode(errors="replace").strip() if code else ""
         log.info("%s -> exit %d in %.1f ms%s", what, code, (time.monotonic() - t0) * 1e3,
                  f": {line[:300]}" if line else "")
@@ -131,9 +135,10 @@ class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     block_on_close = False
     request_queue_size = 128
 
-    def __init__(self, path: str, dispatch: Dispatcher) -> None:
+    def __init__(self, path: str, dispatch: Dispatcher, on_done: OnDone | None = None) -> None:
         self.dispatch = dispatch
         self.path = path
+        self.on_done = on_done
         super().__init__(path, _Handler)
 
 
@@ -159,12 +164,13 @@ def _bind_path(path: str) -> None:
         os.unlink(path)
 
 
-def open_server(path: str) -> Server:
-    """Bind the socket (root's alone: it can create pods) and start serving in a thread."""
+def open_server(path: str, on_done: OnDone | None = None) -> Server:
+    """Bind the socket (root's alone: it can create pods) and start serving in a thread.
+    on_done(command, exit code, stdout) runs after each answer (the node's agent listens)."""
     _bind_path(path)
     old = os.umask(0o077)
     try:
-        server = Server(path, Dispatcher())
+        server = Server(path, Dispatcher(), on_done)
     finally:
         os.umask(old)
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5}, name="cni-server",

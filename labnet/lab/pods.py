@@ -23,28 +23,24 @@ def _record(node: str, pod: str, result: dict[str, Any], netns: str, cid: str) -
     return {"node": node, "ip": ip, "host_veth": host, "netns": netns, "container_id": cid}
 
 
-def add_to(journal: Journal, ns: NodeNS, node: str, pod: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
+def add_to(journal: Journal, ns: NodeNS, node: str, pod: str, labels: dict[str, str] | None = None,
+           conflist: dict[str, Any] | None = None) -> dict[str, Any]:
     """ADD `pod` on `node` and record it in the journal (recorded first: a crash leaves a trace)."""
     from labnet.cni import invoke
 
     cid = invoke.container_id(journal.lab, node, pod)
     netns = f"/var/run/netns/{invoke.netns_name(cid)}"
-    with journal.lock:  # other pods may be added beside this one (phases.pods)
-        pods = journal.info.setdefault("pods", {})
-        pods[pod] = {"node": node, "ip": None, "host_veth": None, "netns": netns, "container_id": cid}
-        journal.save()
+    # other pods may be added beside this one (phases.pods): set_info takes the journal's lock
+    journal.set_info(("pods", pod), {"node": node, "ip": None, "host_veth": None, "netns": netns, "container_id": cid})
     try:
-        result = invoke.add_pod(ns, pod, labels=labels, lab=journal.lab)
+        result = invoke.add_pod(ns, pod, labels=labels, lab=journal.lab, conflist=conflist)
     except BaseException:
         # add_pod has already rolled the pod back (CNI DEL); forget it, so a retry can work.
-        with journal.lock:
-            pods.pop(pod, None)
-            journal.save()
+        journal.set_info(("pods", pod), remove=True)
         raise
-    with journal.lock:
-        pods[pod] = {**_record(node, pod, result, netns, cid), "labels": dict(labels or {})}
-        journal.save()
-        return pods[pod]  # type: ignore[no-any-return]
+    rec = {**_record(node, pod, result, netns, cid), "labels": dict(labels or {})}
+    journal.set_info(("pods", pod), rec)
+    return rec
 
 
 def reapply_policy(journal: Journal) -> None:

@@ -14,6 +14,7 @@ import pytest
 from _labtools import TOPOLOGIES, lab_exec, lab_pids, labnet, snapshot
 
 from labnet import paths
+from labnet.lab.journal import Journal
 from labnet.wait import poll
 
 SEED = str(TOPOLOGIES / "seed.yaml")
@@ -180,8 +181,8 @@ def _start_up(name: str) -> subprocess.Popen[str]:
 
 def _journal_entries(name: str) -> int:
     p = paths.lab_dir(name) / "journal.json"
-    try:
-        return len(json.loads(p.read_text())["entries"])
+    try:  # the file and its tail (labnet.lab.journal)
+        return len(Journal.load(p).entries)
     except (OSError, ValueError):
         return 0
 

@@ -66,3 +66,37 @@ def test_the_journal_takes_records_from_many_threads(tmp_path: Path) -> None:
         t.join()
     back = Journal.load(j.path)
     assert len(back.entries) == 320 and len(back.info["pods"]) == 320
+
+
+def test_records_go_to_the_tail_and_a_reader_sees_them_without_a_save(tmp_path: Path) -> None:
+    from labnet.lab.journal import tail_path
+
+    j = Journal(path=tmp_path / "journal.json", lab="t")
+    j.claim()
+    size = j.path.stat().st_size
+    a = j.record("netns", name="lnet-t.a")
+    j.record("veth", name="v1")
+    j.update(a, pid=7)
+    j.set_info(("pods", "p1"), {"node": "n1"})
+    j.set_info(("pods", "p2"), {"node": "n2"})
+    j.set_info(("pods", "p2"), remove=True)
+    assert j.path.stat().st_size == size, "a record must not rewrite the whole journal"
+    back = Journal.load(j.path)  # another process, mid-build
+    assert back.entries == [{"kind": "netns", "name": "lnet-t.a", "pid": 7}, {"kind": "veth", "name": "v1"}]
+    assert back.info == {"pods": {"p1": {"node": "n1"}}}
+    j.save()  # folds the tail into the file
+    assert not tail_path(j.path).exists() and Journal.load(j.path).entries == back.entries
+
+
+def test_a_tail_cut_by_a_crash_and_a_tail_already_saved_replay_safely(tmp_path: Path) -> None:
+    from labnet.lab.journal import tail_path
+
+    j = Journal(path=tmp_path / "journal.json", lab="t")
+    j.claim()
+    j.record("netns", name="a")
+    j.record("netns", name="b")
+    lines = tail_path(j.path).read_text()
+    j.save()  # a crash right after the file was written, before the tail went: both hold a and b
+    tail_path(j.path).write_text(lines + '{"op": "entry", "i": 2, "entry": {"kind": "netns", "na')
+    back = Journal.load(j.path)
+    assert [e["name"] for e in back.entries] == ["a", "b"], back.entries

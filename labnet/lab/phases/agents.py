@@ -46,14 +46,21 @@ def run(ctx: Context) -> None:
         processes.start(ctx.journal, rt.ns(node), node, "agent", agent_argv(),
                         log=rt.host_path(node, SUPERVISOR_LOG_INSIDE), zygote=ctx.zygote)
     tunnel = ctx.topo.cluster_settings().pool.encap != "none"
-    poll(lambda: _lacking(rt, list(c.nodes), tunnel), lambda left: not left, timeout=scaled_timeout(len(c.nodes)),
+    waiting = set(c.nodes)
+
+    def lacking() -> NotReady:
+        lacks = _lacking(rt, sorted(waiting), tunnel)
+        waiting.intersection_update(lacks)  # a node once ready is not asked again
+        return lacks
+
+    poll(lacking, lambda left: not left, timeout=scaled_timeout(len(c.nodes)),
          what="every agent to register and claim its block and tunnel address, and every CNI server to answer")
 
 
 def _lacking(rt: Runtime, nodes: list[str], tunnel: bool) -> NotReady:
     lacks = agents_lacking(briefs(rt, nodes), needs_tunnel=tunnel)
     for n in nodes:
-        if not ping(rt.host_path(n, CNI_SOCKET), timeout=2):
+        if n not in lacks and not ping(rt.host_path(n, CNI_SOCKET), timeout=2):
             lacks.setdefault(n, []).append(f"CNI server not answering on {CNI_SOCKET}")
     return NotReady(lacks)
 

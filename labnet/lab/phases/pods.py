@@ -25,9 +25,12 @@ def run(ctx: Context) -> None:
         by_node.setdefault(spec.node, []).append(pod)
 
     def add_all(node: str) -> None:
+        from labnet.cni.invoke import read_conflist
+
         ns = ctx.runtime.ns(node)
+        conflist = read_conflist(ns)  # once per node: the phase installed it and nothing changes it
         for pod in by_node[node]:
-            pods.add_to(ctx.journal, ns, node, pod, labels=cluster.pods[pod].labels or None)
+            pods.add_to(ctx.journal, ns, node, pod, labels=cluster.pods[pod].labels or None, conflist=conflist)
 
     if by_node:
         with ThreadPoolExecutor(max_workers=min(WORKERS, len(by_node))) as pool:
