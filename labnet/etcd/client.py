@@ -252,9 +252,9 @@ class EtcdStore:
             actual = now.mod_revision if now else 0
             raise Conflict(f"{key}: expected mod_revision {mod_revision}, found {actual}")
 
-    def cas_many(self, writes: Sequence[tuple[str, bytes | str, int]]) -> bool:
-        what = "cas " + ", ".join(f"{k}@{rev}" for k, _, rev in writes)
-        res = self._txn(what, [self._compare_rev(k, rev) for k, _, rev in writes],
+    def cas_many(self, writes: Sequence[tuple[str, bytes | str, int | None]]) -> bool:
+        what = "cas " + ", ".join(f"{k}@{rev}" if rev is not None else k for k, _, rev in writes)
+        res = self._txn(what, [self._compare_rev(k, rev) for k, _, rev in writes if rev is not None],
                         [{"request_put": {"key": _b64(k), "value": _b64(v)}} for k, v, _ in writes])
         return bool(res.get("succeeded", False))
 

@@ -74,9 +74,9 @@ class Datastore(Protocol):
         """Write only if the key's mod_revision is `mod_revision` (0: the key must not exist)."""
         ...
 
-    def cas_many(self, writes: Sequence[tuple[str, bytes | str, int]]) -> bool:
-        """All of `writes` (key, value, mod_revision as in `cas`) in one atomic step, or none:
-        False if any key's revision moved."""
+    def cas_many(self, writes: Sequence[tuple[str, bytes | str, int | None]]) -> bool:
+        """All of `writes` (key, value, mod_revision as in `cas`; None: whatever it is) in one
+        atomic step, or none: False if any compared key's revision moved."""
         ...
 
     def snapshot(self, keys: Sequence[str] = (), prefixes: Sequence[str] = ()) -> Snapshot:

@@ -247,8 +247,10 @@ def _claim(store: Datastore, node: str, pool: Pool, taken: set[str]) -> str | No
     for cidr in pool.node_order(node):
         if cidr in taken:
             continue
-        if store.cas(keys.block(cidr), Block.new(cidr, node).encode(), 0):
-            store.cas(keys.affinity(node, cidr), json.dumps({"state": "confirmed", "deleted": False}), 0)
+        # one transaction: a block claimed without its affinity record (the write of the one
+        # lost to a timeout after etcd had done it) would be the node's, yet never routed
+        store.cas_many([(keys.block(cidr), Block.new(cidr, node).encode(), 0),
+                        (keys.affinity(node, cidr), json.dumps({"state": "confirmed", "deleted": False}), None)])
         return cidr
     return None
 

@@ -61,9 +61,11 @@ class MemStore:
             self._write(key, value)
             return True
 
-    def cas_many(self, writes: Sequence[tuple[str, bytes | str, int]]) -> bool:
+    def cas_many(self, writes: Sequence[tuple[str, bytes | str, int | None]]) -> bool:
         with self._lock:
             for key, _, rev in writes:
+                if rev is None:
+                    continue
                 old = self._data.get(key)
                 if (old.mod_revision if old else 0) != rev:
                     self.conflicts += 1

@@ -37,7 +37,7 @@ def brief(runtime: Runtime, node: str, timeout: float = 5.0) -> dict[str, Any]:
             "tunnel": (st.get("tunnel") or {}).get("address"),
             "peers": {p["peer_address"]: p.get("bgp_state") for p in st.get("peers", [])},
             "unacked": {p["peer_address"]: p["unacked"] for p in st.get("peers", []) if p.get("unacked")},
-            "routes": st.get("routes") or []}
+            "routes": st.get("routes") or [], "problems": list(st.get("problems") or [])[:2]}
 
 
 QUERIES = 16  # agents asked at once: a 100-node lab's poll round stays short
@@ -114,7 +114,7 @@ def agents_lacking(states: Mapping[str, Mapping[str, Any]], *, needs_tunnel: boo
         why = ([] if s.get("blocks") else ["no block claimed"]) + (
             ["no tunnel address"] if needs_tunnel and not s.get("tunnel") else [])
         if why:
-            out[n] = why
+            out[n] = why + [f"the agent says: {p}" for p in s.get("problems") or []]
     return out
 
 

@@ -79,6 +79,7 @@ def stop_all(entries: list[dict[str, Any]], timeout: float = 5.0) -> list[str]:
     """Stop many recorded processes at once: SIGTERM (and SIGCONT, for frozen ones) to all,
     one shared deadline, then SIGKILL for what is left. Returns what would not die."""
     mine = [e for e in entries if alive(e)]
+    timeout = max(timeout, 0.05 * len(mine))  # 200 node processes shutting down share 2 cores
     for sig in (signal.SIGTERM, signal.SIGCONT):
         for e in mine:
             with contextlib.suppress(ProcessLookupError):
@@ -95,7 +96,8 @@ def stop_all(entries: list[dict[str, Any]], timeout: float = 5.0) -> list[str]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(e["pid"], signal.SIGKILL)
     try:
-        poll(left, lambda rest: not rest, timeout=5, what="the lab's processes to die after SIGKILL")
+        poll(left, lambda rest: not rest, timeout=max(5.0, 0.05 * len(mine)),
+             what="the lab's processes to die after SIGKILL")
     except LabnetError as exc:
         return [str(exc)]
     return []

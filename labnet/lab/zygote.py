@@ -94,7 +94,8 @@ def _child(req: dict[str, Any]) -> None:
     """In the forked child: become the daemon. Never returns."""
     rc = 1
     try:
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the zygote ignores it; the daemon waits for its own
+        for sig in (signal.SIGCHLD, signal.SIGINT):  # the zygote ignores them; the daemon has its own
+            signal.signal(sig, signal.SIG_DFL)
         os.setsid()
         log = os.open(req["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)  # a host path: before setns
         null = os.open(os.devnull, os.O_RDONLY)
@@ -132,6 +133,7 @@ def serve(inp: IO[bytes], out: IO[bytes]) -> None:
     gc.collect()
     gc.freeze()  # the collector leaves the imported objects alone: their pages stay shared after fork
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C of `up` is up's to handle; we end with stdin
     for line in inp:
         try:
             req = json.loads(line)

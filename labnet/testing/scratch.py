@@ -37,7 +37,7 @@ class ScratchNamespaces:
 
     def cleanup(self) -> None:
         # The recorded pids, and whatever else still runs inside these namespaces (a daemon's
-        # own children, such as the agent's tunl0 datapath, which outlives a killed agent).
+        # own children, such as a supervisor's node process).
         inside = processes_in([str(NETNS_DIR / n) for n in self.made])
         for pid in [*reversed(self.pids), *inside]:
             if pid_alive(pid):

@@ -79,3 +79,10 @@ def test_a_session_whose_sent_bytes_are_not_acknowledged_is_not_converged() -> N
         "a": ["BGP data not yet acknowledged by 10.0.0.2 38 B"]}
     states["a"]["unacked"] = {}
     assert lacking(states, expect_peers=True) == {}
+
+
+def test_a_node_not_ready_says_what_its_agent_says() -> None:
+    states = {"a": node([], [], problems=["tunnel setup: etcd unreachable for cas /labnet/...: Read timed out"])}
+    assert agents_lacking(states, needs_tunnel=True) == {"a": [
+        "no block claimed", "no tunnel address",
+        "the agent says: tunnel setup: etcd unreachable for cas /labnet/...: Read timed out"]}

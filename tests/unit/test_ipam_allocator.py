@@ -198,3 +198,31 @@ def test_a_stale_handle_without_addresses_is_taken_over() -> None:
     s.put(keys.block(a.block), blk.encode())
     b = ipam.auto_assign(s, "n1", "net.c1", POOL)
     assert ipam.lookup(s, "net.c1") == [b]
+
+
+def test_a_claim_whose_answer_is_lost_still_leaves_the_block_routed() -> None:
+    # etcd did the claim, but its answer timed out: the retry must find the block AND its
+    # affinity record (the agent's index of its own blocks), not a block nobody routes
+    from labnet.etcd.store import DatastoreUnavailable
+
+    class LostAnswer(MemStore):
+        lost = False
+
+        def cas_many(self, writes):  # type: ignore[no-untyped-def]
+            done = super().cas_many(writes)
+            if not self.lost:
+                self.lost = True
+                raise DatastoreUnavailable("etcd at https://10.20.1.11:2379 is unreachable: Read timed out")
+            return done
+
+    s = LostAnswer()
+    with pytest.raises(DatastoreUnavailable):
+        ipam.tunnel_address(s, "node-170", POOL)
+    addr = ipam.tunnel_address(s, "node-170", POOL)  # the agent's retry
+    (block,) = ipam.blocks_of(s, "node-170")
+    assert ipaddress.IPv4Address(addr) in ipaddress.IPv4Network(block), (addr, block)
+    # a stale affinity record of the node does not block a new claim of that block
+    s2 = MemStore()
+    first = POOL.node_order("node-9")[0]
+    s2.put(keys.affinity("node-9", first), json.dumps({"state": "confirmed"}))
+    assert ipaddress.IPv4Address(ipam.tunnel_address(s2, "node-9", POOL)) in ipaddress.IPv4Network(first)
