@@ -212,6 +212,12 @@ class TimedStore:
         self.writes.append((key, sent, time.time(), won))
         return won
 
+    def cas_many(self, writes: Any) -> bool:  # the claim: block and affinity in one transaction
+        sent = time.time()
+        won = bool(self._store.cas_many(writes))
+        self.writes.append((",".join(k for k, _, _ in writes), sent, time.time(), won))
+        return won
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
 
@@ -225,7 +231,7 @@ class Claim:
 
 
 def claim_block(view: LabView, owner: str) -> Claim:
-    """Claim a fresh block for `owner` with the IPAM's own claim (block record, then affinity)."""
+    """Claim a fresh block for `owner` with the IPAM's own claim (block record and affinity, one txn)."""
     store = admin_store(view.journal.info)
     try:
         pool = cluster_pool(store)
