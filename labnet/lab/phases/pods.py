@@ -6,12 +6,37 @@ go in file order, so a lab's addresses are the same every time (the seed's net-t
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from labnet.cni.invoke import CniFailed
 from labnet.lab import pods
 from labnet.lab.context import Context
+from labnet.wait import poll
 
 WORKERS = 8
+TRY_AGAIN = 11  # the CNI spec's "try again later" (etcd busy): kubelet retries it, so do we
+RETRY_FOR = 120.0
+
+
+def add_retrying(add: Callable[[], object], what: str, timeout: float = RETRY_FOR) -> None:
+    """One ADD; again (it was rolled back) while it fails with code 11, until `timeout`.
+    Any other failure is raised at once."""
+
+    def attempt() -> Exception | None:
+        try:
+            add()
+        except Exception as exc:  # returned, not raised: poll() would take it for "not yet"
+            return exc
+        return None
+
+    def done(r: Exception | None) -> bool:
+        return not (isinstance(r, CniFailed) and r.code == TRY_AGAIN)
+
+    last = poll(attempt, done, timeout=timeout, what=f"{what}: CNI ADD (code 11, try again later)")
+    if last is not None:
+        raise last
 
 
 def run(ctx: Context) -> None:
@@ -30,7 +55,9 @@ def run(ctx: Context) -> None:
         ns = ctx.runtime.ns(node)
         conflist = read_conflist(ns)  # once per node: the phase installed it and nothing changes it
         for pod in by_node[node]:
-            pods.add_to(ctx.journal, ns, node, pod, labels=cluster.pods[pod].labels or None, conflist=conflist)
+            labels = cluster.pods[pod].labels or None
+            add_retrying(functools.partial(pods.add_to, ctx.journal, ns, node, pod, labels=labels, conflist=conflist),
+                         f"pod {pod} on {node}")
 
     if by_node:
         with ThreadPoolExecutor(max_workers=min(WORKERS, len(by_node))) as pool:
