@@ -58,8 +58,9 @@ def test_agent_mesh_routes_tunnel_nat_and_withdraw(cluster: list[AgentNode]) -> 
     nodes = cluster
     with agents_running(nodes, stop=False):
         for node in nodes:
-            st = poll(partial(established, node, 2), lambda v: isinstance(v, dict), timeout=40,
-                      what=f"{node.name}: 2 BGP sessions Established")
+            # the sessions may come up a pass before the one that reports the node's block
+            st = poll(partial(established, node, 2), lambda v: isinstance(v, dict) and bool(v["blocks"]), timeout=40,
+                      what=f"{node.name}: 2 BGP sessions Established and its block in the status")
             assert st["nodename"] == node.name
             assert st["pid"] == node.pid, f"{node.name}: status pid {st['pid']}, spawned {node.pid}"
             assert st["bgp_address"] == f"{node.address}/24"
