@@ -37,8 +37,11 @@ def iperf(server: str, client: str, dst: str, seconds: int) -> float:
             proc = subprocess.run([sys.executable, "-m", "labnet.cli", "exec", "-l", LAB, client, "--",
                                    "iperf3", "-J", "-t", str(seconds), "-c", dst], capture_output=True, text=True,
                                   timeout=seconds + 60)
-            if proc.returncode == 0:
-                return float(json.loads(proc.stdout)["end"]["sum_received"]["bits_per_second"]) / 1e6
+            try:
+                got = json.loads(proc.stdout)["end"]["sum_received"]["bits_per_second"]
+            except (ValueError, KeyError):
+                continue  # not listening yet: iperf3 says so in its JSON
+            return float(got) / 1e6
         raise SystemExit(f"iperf3 {client} -> {server} {dst}: {proc.stdout[-500:]} {proc.stderr[-500:]}")
     finally:
         srv.kill()
