@@ -560,6 +560,7 @@ class Agent:
                     "state": "up" if ps.state == "Established" else "start",
                     "since": time.strftime("%H:%M:%S", time.gmtime(ps.since)), "since_epoch": ps.since,
                     "info": ps.info or ps.state, "bgp_state": ps.state, "unacked": ps.unacked,
+                    "stalled": ps.stalled,
                     "asn": spec.asn if spec else None, "name": spec.name if spec else None,
                 })
         tun = tunnel if tunnel is not None else self._tunnel_status()

@@ -28,6 +28,7 @@ SUPERVISOR_ENV = "LABNET_AGENT_SUPERVISOR"  # the supervisor's pid, reported in 
 BACKOFF_START = 0.5
 BACKOFF_MAX = 10.0
 HEALTHY_AFTER = 30.0  # a child that ran this long resets the backoff
+STOP_TIMEOUT = 20  # seconds a stopping child gets before SIGKILL
 
 
 def _setup_logging(log_file: str | None) -> None:
@@ -80,12 +81,22 @@ def _fork_node(config: str) -> int:
         logging.getLogger("labnet.agent").info("labnet-agent starting (pid %d, config %s)", os.getpid(), config)
         rc = run_node(cfg)
     except SystemExit as exc:
-        rc = exc.code if isinstance(exc.code, int) else 1
+        rc = exit_status(exc)
     except BaseException:
         logging.getLogger("labnet.agent").exception("node process failed")
     finally:
         logging.shutdown()
         os._exit(rc)
+
+
+def exit_status(exc: SystemExit) -> int:
+    """What a process exiting with `exc` returns, as the interpreter would (a message: 1)."""
+    if exc.code is None:
+        return 0
+    if isinstance(exc.code, int):
+        return exc.code
+    print(exc.code, file=sys.stderr)
+    return 1
 
 
 def _popen(argv: Sequence[str]) -> int:
@@ -113,15 +124,24 @@ def supervise(config: str, argv: Sequence[str] = (), log_file: str | None = None
     stopping = False
     child = 0
 
+    def forward(signum: int) -> None:
+        for sig in (signum, signal.SIGCONT):  # SIGCONT: a stopped (faulted) child must hear it too
+            with contextlib.suppress(ProcessLookupError):
+                if child:
+                    os.kill(child, sig)
+
     def on_signal(signum: int, _frame: object) -> None:
         nonlocal stopping
         stopping = True
-        if child:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signum)
+        forward(signum)
+        signal.alarm(STOP_TIMEOUT)  # a child that does not stop in time is killed (on_alarm)
+
+    def on_alarm(_signum: int, _frame: object) -> None:
+        forward(signal.SIGKILL)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGALRM, on_alarm)
     what = " ".join(argv) if argv else f"node process (agent, CNI server, datapath) --config {config}"
     backoff = BACKOFF_START
     restarts = 0
@@ -130,6 +150,8 @@ def supervise(config: str, argv: Sequence[str] = (), log_file: str | None = None
         started = time.monotonic()
         child = _popen(argv) if argv else _fork_node(config)
         log.info("supervisor %d: started agent pid %d: %s", os.getpid(), child, what)
+        if stopping:  # the signal came while the child was being made: it has not heard it
+            forward(signal.SIGTERM)
         rc = _wait(child)
         if stopping:
             break

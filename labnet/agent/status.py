@@ -13,7 +13,7 @@ The status document:
               "device", "address", "mtu", "counters": {...}},
    "peers": [{"peer_address", "peer_type", "state": "up"|"start", "since": "HH:MM:SS",
               "since_epoch", "info", "bgp_state", "asn", "name",
-              "unacked"}],   # unacked: bytes sent the peer has not acknowledged
+              "unacked", "stalled"}],   # bytes not yet acknowledged; TCP retransmitting them
    "blocks": [...], "borrowed": [...], "routes": ["blackhole 10.100.163.128/26 proto bird", ...],
    "routes_skipped": [...],   # learned prefixes another protocol's route already holds (not a fault)
    "nat": {"enabled", "table", "pool"}, "problems": [...],  # problems: one sentence each, by name

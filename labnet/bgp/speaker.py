@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import itertools
 import logging
+import socket
 import struct
 import termios
 import time
@@ -101,6 +102,7 @@ class PeerStatus:
     since: float  # epoch seconds of the last state change
     info: str
     unacked: int = 0  # bytes sent on the session the peer has not acknowledged yet (TCP + buffer)
+    stalled: bool = False  # TCP is retransmitting or probing: what was sent has not got through
 
     def row(self) -> list[str]:
         since = time.strftime("%H:%M:%S", time.gmtime(self.since))
@@ -109,7 +111,7 @@ class PeerStatus:
 
     def as_dict(self) -> dict[str, object]:
         return {"peer_address": self.address, "peer_type": self.peer_type, "state": self.state,
-                "since": self.since, "info": self.info, "unacked": self.unacked}
+                "since": self.since, "info": self.info, "unacked": self.unacked, "stalled": self.stalled}
 
 
 def format_status(rows: list[PeerStatus]) -> str:
@@ -142,6 +144,22 @@ def _unacked(writer: asyncio.StreamWriter | None) -> int:
         return pending
     except (OSError, AttributeError, ValueError):  # closing: its state is said elsewhere
         return 0
+
+
+def _stalled(writer: asyncio.StreamWriter | None) -> bool:
+    """TCP is retransmitting (or probing a zero window) on the session: after a loss its timer
+    backs off, and the next try may come after the peer's hold timer. Bytes merely in flight
+    (every keepalive for one round trip) do not count."""
+    if writer is None:
+        return False
+    try:
+        sock = writer.get_extra_info("socket")
+        if sock is None:
+            return False
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)
+        return any(info[2:5])  # tcpi_retransmits, tcpi_probes, tcpi_backoff
+    except (OSError, AttributeError, ValueError):
+        return False
 
 
 class _Conn:
@@ -217,9 +235,9 @@ class _Peer:
         if best is not None and (best.fsm.state != State.IDLE or best is self.dialer):
             state, since = best.fsm.state.value, best.fsm.since
             info = best.fsm.info or info
-        unacked = _unacked(self.up.writer) if self.up is not None else 0
+        writer = self.up.writer if self.up is not None else None
         return PeerStatus(self.cfg.address, self.cfg.peer_type, state, since,
-                          "Established" if state == "Established" else info, unacked)
+                          "Established" if state == "Established" else info, _unacked(writer), _stalled(writer))
 
     # --- event loop ----------------------------------------------------------------------------
 

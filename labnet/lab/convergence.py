@@ -36,7 +36,7 @@ def brief(runtime: Runtime, node: str, timeout: float = 5.0) -> dict[str, Any]:
     return {"pid": st.get("pid"), "nodename": st.get("nodename"), "blocks": st.get("blocks") or [],
             "tunnel": (st.get("tunnel") or {}).get("address"),
             "peers": {p["peer_address"]: p.get("bgp_state") for p in st.get("peers", [])},
-            "unacked": {p["peer_address"]: p["unacked"] for p in st.get("peers", []) if p.get("unacked")},
+            "stalled": {p["peer_address"]: p.get("unacked", 0) for p in st.get("peers", []) if p.get("stalled")},
             "routes": st.get("routes") or [], "problems": list(st.get("problems") or [])[:2]}
 
 
@@ -90,12 +90,12 @@ def lacking(states: Mapping[str, Mapping[str, Any]], *, expect_peers: bool,
         down = sorted(f"{a} {st}" for a, st in peers.items() if st != "Established" and a not in unwaited)
         if down:
             why.append("BGP not Established: " + ", ".join(down))
-        # bytes the peer has not acknowledged (after a loss, TCP retransmits late: the session
-        # may still die of its hold timer)
-        pending = sorted(f"{a} {b} B" for a, b in (s.get("unacked") or {}).items()
+        # TCP retransmitting on a session (after a loss its timer backs off): it may still die
+        # of the peer's hold timer, so it is not converged yet
+        stalled = sorted(f"{a} ({b} B unacknowledged)" for a, b in (s.get("stalled") or {}).items()
                          if a not in unwaited and peers.get(a) == "Established")
-        if pending:
-            why.append("BGP data not yet acknowledged by " + ", ".join(pending))
+        if stalled:
+            why.append("BGP data being retransmitted to " + ", ".join(stalled))
         missing = sorted(every_block - blocks[n] - route_dsts(s.get("routes") or []))
         if missing:
             why.append("no route to " + ", ".join(missing))

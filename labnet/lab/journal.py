@@ -37,6 +37,7 @@ class Journal:
     created: float = field(default_factory=time.time)
     entries: list[dict[str, Any]] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)  # facts for status (addresses, etcd endpoints...)
+    generation: int = 0  # counts whole writes; tail lines carry the one they follow
     # Held while the journal changes and while it is written: phases add pods from several threads.
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
     _tail_lines: int = field(default=0, repr=False, compare=False)
@@ -48,19 +49,24 @@ class Journal:
         data = json.loads(path.read_text())
         j = cls(path=path, **data)
         try:
-            lines = tail_path(path).read_text().splitlines()
+            raw = tail_path(path).read_bytes()
         except FileNotFoundError:
-            lines = []
-        for line in lines:
+            raw = b""
+        for line in raw.split(b"\n"):
             try:
-                j._replay(json.loads(line))
-            except (ValueError, KeyError, IndexError, TypeError):
-                break  # a line cut short by a crash: what came before it holds
+                op = json.loads(line)
+            except ValueError:
+                continue  # empty, or cut short by a crash: that write never finished
+            # lines of another generation were folded into a file already (a crash between the
+            # file's replace and the tail's removal): replaying them over a newer file is wrong
+            if isinstance(op, dict) and op.get("g") == j.generation:
+                with contextlib.suppress(KeyError, IndexError, TypeError):
+                    j._replay(op)
         return j
 
     def _replay(self, op: dict[str, Any]) -> None:
         if op["op"] == "entry":
-            if op["i"] == len(self.entries):  # lower: already in the file (saved after the line)
+            if op["i"] == len(self.entries):
                 self.entries.append(op["entry"])
         elif op["op"] == "update":
             self.entries[op["i"]].update(op["attrs"])
@@ -68,12 +74,18 @@ class Journal:
             _set_in(self.info, op["keys"], op.get("value"), op.get("remove", False))
 
     def _append(self, op: dict[str, Any]) -> None:
-        """One change as one line of the tail, on disk before this returns."""
-        tail = tail_path(self.path)
-        with open(tail, "a") as f:
-            f.write(json.dumps(op) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        """One change, already made in memory, as one line of the tail, on disk before this
+        returns; a long tail is folded into the file."""
+        line = json.dumps({**op, "g": self.generation}).encode() + b"\n"
+        fd = os.open(tail_path(self.path), os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = b"\n" + line  # a line cut short by a crash stays a line of its own
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         self._tail_lines += 1
         if self._tail_lines >= self.TAIL_MAX:
             self.save()
@@ -85,8 +97,9 @@ class Journal:
             self._append({"op": "info", "keys": list(keys), "value": value, "remove": remove})
 
     def save(self) -> None:
-        """Write the whole journal, then drop the tail it now contains."""
+        """Write the whole journal as a new generation, then drop the tail it now contains."""
         with self.lock:
+            self.generation += 1
             data = {k: v for k, v in self.__dict__.items() if k not in ("path", "lock", "_tail_lines")}
             tmp = self.path.with_suffix(".tmp")
             with open(tmp, "w") as f:
@@ -101,12 +114,15 @@ class Journal:
     def record(self, kind: str, **attrs: Any) -> dict[str, Any]:
         entry = {"kind": kind, **attrs}
         with self.lock:
-            if not self.path.exists():
-                self.entries.append(entry)
-                self.save()
-                return entry
-            self._append({"op": "entry", "i": len(self.entries), "entry": entry})
-            self.entries.append(entry)
+            self.entries.append(entry)  # first: a fold of the tail must include it
+            try:
+                if not self.path.exists():
+                    self.save()
+                else:
+                    self._append({"op": "entry", "i": len(self.entries) - 1, "entry": entry})
+            except BaseException:
+                self.entries.pop()
+                raise
         return entry
 
     def update(self, entry: dict[str, Any], **attrs: Any) -> None:

@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from labnet.agent.main import exit_status
 from labnet.errors import LabnetError
 from labnet.nsexec import NodeNS, set_process_name
 
@@ -118,11 +119,29 @@ def _child(req: dict[str, Any]) -> None:
         result = sys.modules[req["module"]].main(req["args"])
         rc = int(result or 0)
     except SystemExit as exc:
-        rc = exc.code if isinstance(exc.code, int) else 1
+        rc = exit_status(exc)
     except BaseException:
         traceback.print_exc()
     finally:
         os._exit(rc)
+
+
+def _check(req: object) -> None:
+    """A request the zygote can fork for, or ValueError saying why not (answered, not fatal)."""
+    if not isinstance(req, dict):
+        raise ValueError(f"expected a JSON object, got {type(req).__name__}")
+    if req.get("module") not in MODULES:
+        raise ValueError(f"module {req.get('module')!r} is not one the zygote serves: {MODULES}")
+    if not isinstance(req.get("args"), list) or not all(isinstance(a, str) for a in req["args"]):
+        raise ValueError("args must be a list of strings")
+    if not isinstance(req.get("log"), str) or not req["log"].startswith("/"):
+        raise ValueError("log must be an absolute path")
+    for ns in ("netns", "mntns", "utsns"):
+        if req.get(ns) is not None and not isinstance(req[ns], str):
+            raise ValueError(f"{ns} must be a path or null")
+    if req.get("env") is not None and not (isinstance(req["env"], dict)
+                                           and all(isinstance(v, str) for v in req["env"].values())):
+        raise ValueError("env must be an object of strings or null")
 
 
 def serve(inp: IO[bytes], out: IO[bytes]) -> None:
@@ -137,8 +156,7 @@ def serve(inp: IO[bytes], out: IO[bytes]) -> None:
     for line in inp:
         try:
             req = json.loads(line)
-            if req.get("module") not in MODULES:
-                raise ValueError(f"module {req.get('module')!r} is not one the zygote serves: {MODULES}")
+            _check(req)
         except ValueError as exc:
             out.write((json.dumps({"error": str(exc)}) + "\n").encode())
             out.flush()

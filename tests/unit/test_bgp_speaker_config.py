@@ -77,7 +77,7 @@ def test_unacked_counts_what_the_peer_has_not_taken_yet() -> None:
     # transport's buffer and socket's send queue; once it reads everything, nothing is pending
     import asyncio
 
-    from labnet.bgp.speaker import _unacked
+    from labnet.bgp.speaker import _stalled, _unacked
 
     async def main() -> tuple[int, int, int]:
         got: asyncio.Future[asyncio.StreamReader] = asyncio.get_running_loop().create_future()
@@ -89,6 +89,7 @@ def test_unacked_counts_what_the_peer_has_not_taken_yet() -> None:
         port = server.sockets[0].getsockname()[1]
         _, writer = await asyncio.open_connection("127.0.0.1", port)
         idle = _unacked(writer)
+        assert not _stalled(writer), "a fresh connection is not retransmitting"
         size = 8 << 20
         writer.write(b"x" * size)
         reader = await got
@@ -106,4 +107,4 @@ def test_unacked_counts_what_the_peer_has_not_taken_yet() -> None:
 
     idle, stuck, done = asyncio.run(main())
     assert (idle, done) == (0, 0) and stuck > 0, (idle, stuck, done)
-    assert _unacked(None) == 0
+    assert _unacked(None) == 0 and _stalled(None) is False

@@ -100,3 +100,35 @@ def test_a_tail_cut_by_a_crash_and_a_tail_already_saved_replay_safely(tmp_path: 
     tail_path(j.path).write_text(lines + '{"op": "entry", "i": 2, "entry": {"kind": "netns", "na')
     back = Journal.load(j.path)
     assert [e["name"] for e in back.entries] == ["a", "b"], back.entries
+
+
+def test_a_fold_keeps_the_record_that_caused_it_and_a_torn_line_keeps_what_follows(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from labnet.lab.journal import tail_path
+
+    monkeypatch.setattr(Journal, "TAIL_MAX", 3)
+    j = Journal(path=tmp_path / "journal.json", lab="t")
+    j.claim()
+    for i in range(7):
+        j.record("netns", name=f"n{i}")
+    assert [e["name"] for e in Journal.load(j.path).entries] == [f"n{i}" for i in range(7)]
+    # a crash cut the last line short; the next writer's lines must still count
+    with open(tail_path(j.path), "ab") as f:
+        f.write(b'{"op": "entry", "i": 7, "entry": {"kind": "net')
+    again = Journal.load(j.path)
+    again.record("netns", name="after-1")
+    again.record("netns", name="after-2")
+    assert [e["name"] for e in Journal.load(j.path).entries][-3:] == ["n6", "after-1", "after-2"]
+
+
+def test_a_tail_left_from_before_the_last_save_is_not_replayed_over_it(tmp_path: Path) -> None:
+    from labnet.lab.journal import tail_path
+
+    j = Journal(path=tmp_path / "journal.json", lab="t")
+    j.claim()
+    j.set_info(("pods", "p1"), {"node": "n1"})
+    old_tail = tail_path(j.path).read_bytes()
+    j.info["pods"].pop("p1")  # `labnet pod del` edits info and saves the whole journal
+    j.save()
+    tail_path(j.path).write_bytes(old_tail)  # a crash between the file's replace and the tail's removal
+    assert Journal.load(j.path).info.get("pods") == {}, "a removed pod came back from an old tail"
