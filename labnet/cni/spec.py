@@ -103,9 +103,8 @@ def parse_env(environ: Mapping[str, str]) -> Env:
 
 
 def parse_conf(raw: bytes | str, command: str) -> dict[str, Any]:
-    """Network config from stdin: code 6 if it is not a JSON object, 1 for a version we lack."""
-    if command in ("VERSION",) and not raw.strip():
-        return {}
+    """Network config from stdin: code 6 if it is not a JSON object, 1 for a version we lack.
+    (VERSION never parses it: see run.)"""
     try:
         conf = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -114,12 +113,10 @@ def parse_conf(raw: bytes | str, command: str) -> dict[str, Any]:
         raise CniError(DECODE_FAILURE, "network configuration on stdin is nested too deeply") from None
     if not isinstance(conf, dict):
         raise CniError(DECODE_FAILURE, f"network configuration on stdin is a JSON {type(conf).__name__}, not an object")
-    version = conf.get("cniVersion", "0.3.0" if command != "VERSION" else LATEST)
+    version = conf.get("cniVersion", "0.3.0")
     if not isinstance(version, str) or version not in SUPPORTED_VERSIONS:
         raise CniError(INCOMPATIBLE_VERSION, f"cniVersion {version!r} is not supported",
                        f"supported: {', '.join(SUPPORTED_VERSIONS)}")
-    if command == "VERSION":
-        return conf
     if command == "CHECK" and vtuple(version) < (0, 4, 0):
         raise CniError(INCOMPATIBLE_VERSION, f"CHECK needs cniVersion 0.4.0 or later, config has {version}")
     if command in ("GC", "STATUS") and vtuple(version) < (1, 1, 0):
@@ -197,8 +194,9 @@ def run(handler: Handler, services: Services, stdin: bytes) -> tuple[int, bytes,
     try:
         env = parse_env(services.environ)
         if env.command == "VERSION":
-            conf = parse_conf(stdin, "VERSION")
-            result: dict[str, Any] | None = version_result(conf)
+            # as libcni's skel: VERSION answers whatever stdin holds (an unknown or broken
+            # cniVersion included), in the version asked for when it is one we speak
+            result: dict[str, Any] | None = version_result({"cniVersion": version})
         else:
             conf = parse_conf(stdin, env.command)
             result = handler(env, conf, services)

@@ -45,6 +45,11 @@ def test_version_lists_all_supported_versions(node: CniNode) -> None:
                 f"{binary} VERSION {version}: {doc}"
         rc, doc, _ = run_bin(node, binary, cni_env("VERSION", ifname=""), "")
         assert rc == 0 and doc is not None and doc["supportedVersions"]
+        # as libcni's skel and the reference plugins: VERSION ignores what stdin holds
+        for stdin in ({"cniVersion": "9.9.9"}, "{broken"):
+            rc, doc, _ = run_bin(node, binary, cni_env("VERSION", ifname=""), stdin)
+            assert rc == 0 and doc is not None and set(VERSIONS) <= set(doc["supportedVersions"]), \
+                f"{binary} VERSION with stdin {stdin!r}: expected an answer, got exit {rc}, {doc}"
 
 
 @pytest.mark.parametrize("version", VERSIONS)
