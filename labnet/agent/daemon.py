@@ -62,6 +62,7 @@ WATCHED = (keys.NODES, keys.affinities(), SETTINGS_KEY)
 CACHED = (*WATCHED, keys.BLOCKS)
 BURST_PASSES = 3  # back-to-back passes before a pause: bounds the pass rate under sustained churn
 COALESCE = 0.05  # that pause: seconds to gather a burst of RIB changes / watch events
+KERNEL_CHECK = 5.0  # seconds between re-reads of the kernel's routes (drift, deletions by others)
 
 
 @dataclass
@@ -660,13 +661,18 @@ class Agent:
 
     async def _main_loop(self) -> None:
         interval = self.cfg.resync_interval
-        next_full = time.monotonic()
+        next_full = next_kernel = time.monotonic()
         burst = 0
         while not self._stop.is_set():
             now = time.monotonic()
             if now >= next_full:
                 self._ds_dirty = True
                 next_full = now + interval * random.uniform(0.8, 1.2)  # agents do not resync in step
+            if now >= next_kernel:
+                # the kernel is re-read and repaired more often than the datastore: someone may
+                # delete a route (the seed's missing default route) and no event tells us
+                self._kernel_due = True
+                next_kernel = now + min(interval, KERNEL_CHECK)
             self._wake.clear()
             try:
                 await self.sync()
@@ -684,7 +690,7 @@ class Agent:
             burst = 0
             stop = asyncio.ensure_future(self._stop.wait())
             wake = asyncio.ensure_future(self._wake.wait())
-            timeout = max(0.05, next_full - time.monotonic())
+            timeout = max(0.05, min(next_full, next_kernel) - time.monotonic())
             if self._grace_until > time.monotonic():
                 timeout = min(timeout, 1.0)
             await asyncio.wait({stop, wake}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
