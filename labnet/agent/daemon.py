@@ -18,6 +18,8 @@ import logging
 import os
 import random
 import signal
+import socket
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -62,7 +64,8 @@ WATCHED = (keys.NODES, keys.affinities(), SETTINGS_KEY)
 CACHED = (*WATCHED, keys.BLOCKS)
 BURST_PASSES = 3  # back-to-back passes before a pause: bounds the pass rate under sustained churn
 COALESCE = 0.05  # that pause: seconds to gather a burst of RIB changes / watch events
-KERNEL_CHECK = 5.0  # seconds between re-reads of the kernel's routes (drift, deletions by others)
+RTMGRP_IPV4_ROUTE = 0x40
+RTM_NEWROUTE, RTM_DELROUTE = 24, 25
 
 
 @dataclass
@@ -226,6 +229,33 @@ class Agent:
         if self._cache.apply(prefix, ev):
             self._cache_dirty = True
             self._wake.set()
+
+    def _watch_kernel(self) -> None:
+        """Wake a kernel pass when someone removes a route or changes the default route (the
+        seed's missing default route, a block route deleted by hand): no datastore event says
+        so, and the full pass only comes with the resync. Runs in its own thread."""
+        assert self._loop is not None
+        try:
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+            sock.bind((0, RTMGRP_IPV4_ROUTE))
+            sock.settimeout(1.0)
+        except OSError as exc:
+            log.warning("route monitor: %s (kernel drift is found at the next resync only)", exc)
+            return
+        with sock:
+            while not self._stop.is_set():
+                try:
+                    data = sock.recv(1 << 16)
+                except TimeoutError:
+                    continue
+                except OSError:  # ENOBUFS: events were lost; a pass finds what they said
+                    data = b""
+                if not data or route_event_matters(data):
+                    self._loop.call_soon_threadsafe(self._kernel_event)
+
+    def _kernel_event(self) -> None:
+        self._kernel_due = True
+        self._wake.set()
 
     def kick_threadsafe(self, datastore: bool = False) -> None:
         """kick() from another thread (the CNI server's, in the node's process)."""
@@ -652,6 +682,7 @@ class Agent:
                 t = threading.Thread(target=self._watch, args=(prefix,), name=f"watch:{prefix}", daemon=True)
                 t.start()
                 self._watch_threads.append(t)
+            threading.Thread(target=self._watch_kernel, name="watch:routes", daemon=True).start()
             await self._main_loop()
         except asyncio.CancelledError:
             pass
@@ -661,18 +692,13 @@ class Agent:
 
     async def _main_loop(self) -> None:
         interval = self.cfg.resync_interval
-        next_full = next_kernel = time.monotonic()
+        next_full = time.monotonic()
         burst = 0
         while not self._stop.is_set():
             now = time.monotonic()
             if now >= next_full:
                 self._ds_dirty = True
                 next_full = now + interval * random.uniform(0.8, 1.2)  # agents do not resync in step
-            if now >= next_kernel:
-                # the kernel is re-read and repaired more often than the datastore: someone may
-                # delete a route (the seed's missing default route) and no event tells us
-                self._kernel_due = True
-                next_kernel = now + min(interval, KERNEL_CHECK)
             self._wake.clear()
             try:
                 await self.sync()
@@ -690,7 +716,7 @@ class Agent:
             burst = 0
             stop = asyncio.ensure_future(self._stop.wait())
             wake = asyncio.ensure_future(self._wake.wait())
-            timeout = max(0.05, min(next_full, next_kernel) - time.monotonic())
+            timeout = max(0.05, next_full - time.monotonic())
             if self._grace_until > time.monotonic():
                 timeout = min(timeout, 1.0)
             await asyncio.wait({stop, wake}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
@@ -727,6 +753,19 @@ class Agent:
         with contextlib.suppress(OSError):
             Path(self.cfg.status_socket).unlink()
         log.info("stopped")
+
+
+def route_event_matters(data: bytes) -> bool:
+    """Whether a batch of rtnetlink route messages holds a deletion or a new default route (pure)."""
+    off = 0
+    while off + 18 <= len(data):
+        length, kind = struct.unpack_from("=IH", data, off)
+        if length < 16:
+            return True  # malformed: a pass costs less than a missed change
+        if kind == RTM_DELROUTE or (kind == RTM_NEWROUTE and data[off + 17] == 0):  # rtm_dst_len 0: default
+            return True
+        off += (length + 3) & ~3
+    return False
 
 
 def _link_mtu(ifname: str) -> int | None:

@@ -26,3 +26,21 @@ def test_only_a_borrowing_add_or_a_del_makes_the_agent_re_read() -> None:
         agent = FakeAgent()
         after_cni(agent, command, code, out)  # type: ignore[arg-type]
         assert agent.kicks == want, f"{command} exit {code} {out[:40]!r}: expected kicks {want}, got {agent.kicks}"
+
+
+def _route_msg(kind: int, dst_len: int) -> bytes:
+    import struct
+
+    rtmsg = struct.pack("=BBBBBBBBI", 2, dst_len, 0, 0, 254, 12, 0, 1, 0)
+    return struct.pack("=IHHII", 16 + len(rtmsg), kind, 0, 0, 0) + rtmsg
+
+
+def test_route_events_that_wake_a_kernel_pass() -> None:
+    from labnet.agent.daemon import RTM_DELROUTE, RTM_NEWROUTE, route_event_matters
+
+    assert route_event_matters(_route_msg(RTM_DELROUTE, 26)), "a route deleted (by anyone)"
+    assert route_event_matters(_route_msg(RTM_NEWROUTE, 0)), "a new default route"
+    assert not route_event_matters(_route_msg(RTM_NEWROUTE, 32)), "a pod's new /32: the CNI plugin's"
+    assert route_event_matters(_route_msg(RTM_NEWROUTE, 32) + _route_msg(RTM_DELROUTE, 0)), "one of a batch"
+    assert route_event_matters(b"\x04\x00\x00\x00" + b"\x00" * 14), "malformed: a pass rather than a miss"
+    assert not route_event_matters(b"")
