@@ -103,6 +103,21 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def setns(path: str, nstype: int = 0) -> None:
+    """Move the calling thread into the namespace at `path` (an nsfs file); nstype 0: any kind.
+    (os.setns exists only from Python 3.12.)"""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if libc.setns(fd, nstype) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns into {path}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
 def set_process_name(name: str) -> None:
     """The name in /proc/self/comm (15 bytes), which `ps -o comm` and top show: a forked daemon
     keeps its parent's command line, so this is where it says what it is."""

@@ -8,11 +8,12 @@ in the root namespace. (os.setns exists only from Python 3.12; ctypes covers 3.1
 
 from __future__ import annotations
 
-import ctypes
 import os
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
+
+from labnet.nsexec import setns
 
 T = TypeVar("T")
 
@@ -21,14 +22,7 @@ CLONE_NEWNET = 0x40000000
 
 def enter_netns(path: str) -> None:
     """Move the calling thread into the network namespace at `path` (an nsfs file)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns into network namespace {path}: {os.strerror(err)}")
-    finally:
-        os.close(fd)
+    setns(path, CLONE_NEWNET)
 
 
 def call_in_netns(path: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

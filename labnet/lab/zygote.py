@@ -13,7 +13,6 @@ anything else (another interpreter: the docker runtime) is spawned by nsenter as
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import importlib
 import json
@@ -29,7 +28,7 @@ from typing import IO, Any
 
 from labnet.agent.main import exit_status
 from labnet.errors import LabnetError
-from labnet.nsexec import NodeNS, set_process_name
+from labnet.nsexec import NodeNS, set_process_name, setns
 
 MODULES = ("labnet.agent.main",)  # what the zygote imports up front and can run
 REPLY_TIMEOUT = 60.0  # the first reply waits for the imports
@@ -78,19 +77,6 @@ class Zygote:
 
 # --- the zygote process -------------------------------------------------------------------
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _setns(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if _libc.setns(fd, 0) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns {path}: {os.strerror(err)}")
-    finally:
-        os.close(fd)
-
-
 def _child(req: dict[str, Any]) -> None:
     """In the forked child: become the daemon. Never returns."""
     rc = 1
@@ -102,7 +88,7 @@ def _child(req: dict[str, Any]) -> None:
         null = os.open(os.devnull, os.O_RDONLY)
         for ns in ("netns", "utsns", "mntns"):  # mount last: the others' paths are host paths
             if req.get(ns):
-                _setns(req[ns])
+                setns(req[ns])
         os.chdir("/")
         os.dup2(null, 0)
         os.dup2(log, 1)

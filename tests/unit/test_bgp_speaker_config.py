@@ -78,6 +78,7 @@ def test_unacked_counts_what_the_peer_has_not_taken_yet() -> None:
     import asyncio
 
     from labnet.bgp.speaker import _stalled, _unacked
+    from labnet.wait import poll
 
     async def main() -> tuple[int, int, int]:
         got: asyncio.Future[asyncio.StreamReader] = asyncio.get_running_loop().create_future()
@@ -96,11 +97,8 @@ def test_unacked_counts_what_the_peer_has_not_taken_yet() -> None:
         stuck = _unacked(writer)
         await reader.readexactly(size)
         await writer.drain()
-        for _ in range(100):  # the last ACK may trail the read by a moment
-            if _unacked(writer) == 0:
-                break
-            await asyncio.sleep(0.01)
-        done = _unacked(writer)
+        # the last ACK may trail the read by a moment (the kernel sends it, not this loop)
+        done = poll(lambda: _unacked(writer), lambda n: n == 0, timeout=5, what="the peer's last ACK")
         writer.close()
         server.close()
         return idle, stuck, done
