@@ -32,10 +32,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if "/tests/lab/" in str(path) and item.get_closest_marker("lab") is None:
             item.add_marker(pytest.mark.lab)
         # Docker tests share one labnet dockerd: tox runs them in their own env, one at a time.
-        # test_runtimes.py's netns half is a plain lab test.
+        # The netns half of a test parametrised by runtime is a plain lab test.
         params = getattr(getattr(item, "callspec", None), "params", {})
-        if path.name.startswith("test_docker_") or (path.name == "test_runtimes.py"
-                                                    and params.get("runtime") == "docker"):
+        if path.name.startswith("test_docker_") or params.get("runtime") == "docker":
             item.add_marker(pytest.mark.docker)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +39,20 @@ def connect(path: str | Path, timeout: float) -> socket.socket:
 def request(path: str, payload: dict[str, Any], *, timeout: float = 10.0, what: str = "control socket",
             hint: str = "") -> dict[str, Any]:
     """Send `payload` as one JSON line to the socket at `path`; return the JSON object answered."""
+    return exchange(path, payload, timeout=timeout, what=what, hint=hint)[0]
+
+
+def exchange(path: str, payload: dict[str, Any], *, timeout: float = 10.0, what: str = "control socket",
+             hint: str = "") -> tuple[dict[str, Any], int]:
+    """`request`, and the pid of the process listening on the socket as this process's PID
+    namespace numbers it (SO_PEERCRED; the kernel translates it), 0 if the kernel cannot say."""
     where = f"{what} {path}"
     try:
         s = connect(path, timeout)
     except OSError as exc:
         raise SocketUnavailable(f"{where}: {exc.strerror or exc}{f' ({hint})' if hint else ''}") from exc
     try:
+        peer = struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[0]
         s.sendall(json.dumps(payload).encode() + b"\n")
         buf = b""
         while not buf.endswith(b"\n"):
@@ -63,4 +72,4 @@ def request(path: str, payload: dict[str, Any], *, timeout: float = 10.0, what: 
         raise SocketUnavailable(f"{where}: answer is not JSON: {buf[:200]!r}") from exc
     if not isinstance(data, dict):
         raise SocketUnavailable(f"{where}: expected a JSON object, got {data!r}"[:300])
-    return data
+    return data, peer

@@ -114,6 +114,7 @@ def supervise(config: str, argv: Sequence[str] = (), log_file: str | None = None
     """Run the node's process (or argv); restart it with backoff whenever it exits, until
     SIGTERM/SIGINT (forwarded to it)."""
     _setup_logging(log_file)
+    set_process_name("labnet-agent")  # as the zygote names it; started by exec, it would say python3
     log = logging.getLogger("labnet.agent.supervisor")
     if not argv:
         import gc

@@ -31,7 +31,7 @@ from typing import Any
 
 from labnet import jsonsock
 from labnet.agent.config import DEFAULT_SOCKET
-from labnet.nsexec import NodeNS, run
+from labnet.nsexec import NodeNS, parent_pid, run
 
 HEADERS = ("PEER ADDRESS", "PEER TYPE", "STATE", "SINCE", "INFO")
 
@@ -103,9 +103,19 @@ def format_status(status: Mapping[str, Any]) -> str:
 
 
 def request(path: str = DEFAULT_SOCKET, cmd: str = "status", timeout: float = 10.0) -> dict[str, Any]:
-    """Ask the agent listening on `path` (a path as seen from here) one command."""
-    return jsonsock.request(path, {"cmd": cmd}, timeout=timeout, what="agent status socket",
-                            hint="is labnet-agent running in this node?")
+    """Ask the agent listening on `path` (a path as seen from here) one command.
+
+    The pids in the answer are the agent's and its supervisor's as the asker's PID namespace
+    numbers them: the agent says its own (the node's) numbers, and a node has a PID namespace
+    of its own, so asked from the host they are replaced by what the socket's peer credentials
+    and /proc say here."""
+    answer, peer = jsonsock.exchange(path, {"cmd": cmd}, timeout=timeout, what="agent status socket",
+                                     hint="is labnet-agent running in this node?")
+    if peer and "pid" in answer:
+        answer["pid"] = peer
+        if answer.get("supervisor_pid"):  # None: the agent runs without one
+            answer["supervisor_pid"] = parent_pid(peer)
+    return answer
 
 
 def query_status(ns: NodeNS, socket_path: str = DEFAULT_SOCKET, timeout: float = 15.0) -> dict[str, Any]:

@@ -15,16 +15,16 @@ Writes, through the host-side directories that are bind-mounted into the node:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import shutil
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from labnet.nsexec.build import BuildError, compile_once
 
 NETWORK_NAME = "k8s-pod-network"
 CONFLIST = "10-labnet.conflist"
@@ -79,27 +79,10 @@ def build_shim(cache_dir: Path) -> Path | None:
     """Compile shim.c once per source hash into `cache_dir`; None if that cannot be done
     (no C compiler, no source shipped): the plugins are then the Python scripts themselves."""
     try:
-        source = SHIM_SOURCE.read_bytes()
-    except OSError as exc:
-        log.warning("CNI fast path off: shim source %s unreadable (%s); installing the Python plugins", SHIM_SOURCE, exc)
+        return compile_once(SHIM_SOURCE, "labnet-cni-shim", cache_dir)
+    except BuildError as exc:
+        log.warning("CNI fast path off: %s; installing the Python plugins", exc)
         return None
-    out = cache_dir / f"labnet-cni-shim-{hashlib.sha256(source).hexdigest()[:16]}"
-    if out.exists():
-        return out
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        log.warning("CNI fast path off: no C compiler (cc) to build %s; installing the Python plugins", SHIM_SOURCE)
-        return None
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    proc = subprocess.run([cc, "-O2", "-o", str(tmp), str(SHIM_SOURCE)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        tmp.unlink(missing_ok=True)
-        log.warning("CNI fast path off: `%s -O2 %s` failed (exit %d): %s; installing the Python plugins",
-                    cc, SHIM_SOURCE, proc.returncode, proc.stderr.strip()[-500:])
-        return None
-    os.replace(tmp, out)  # concurrent installs: the last identical binary wins
-    return out
 
 
 def conflist(etcd_endpoints: str, tls: bool, settings: dict[str, Any] | None = None) -> dict[str, Any]:

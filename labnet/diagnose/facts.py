@@ -82,8 +82,6 @@ def stopped_pids(pids: Iterable[int]) -> list[int]:
 
 
 def observe_node(view: LabView, node: str, tunnel_dev: str | None) -> NodeFacts:
-    from labnet.agent.status import query_status
-
     ns = view.ns(node)
     facts = NodeFacts(node, ns)
     sups = [p["pid"] for p in view.journal.of_kind("process") if p.get("node") == node and p.get("what") == "agent"]
@@ -92,7 +90,7 @@ def observe_node(view: LabView, node: str, tunnel_dev: str | None) -> NodeFacts:
         facts.status_error = f"agent process(es) {', '.join(map(str, stopped))} are stopped (state T)"
     else:
         try:
-            facts.status = query_status(ns, timeout=10)
+            facts.status = view.agent_status(node)  # on its socket, pids as this host numbers them
         except (LabnetError, subprocess.SubprocessError) as exc:
             facts.status_error = str(exc)
     try:

@@ -30,8 +30,7 @@ def describe(entry: dict[str, Any]) -> str:
 
 
 # What each recorded process is, for status: the pid to signal is the one the journal records.
-ROLES = {"agent": "supervisor of the node's process (agent, CNI server, datapath; restarts it; its pid: "
-                  "labnet exec NODE -- labnet-agent status)",
+ROLES = {"agent": "supervisor of the node's process (agent, CNI server, datapath; restarts it)",
          "etcd": "etcd member", "bird": "BIRD"}
 
 

@@ -2,11 +2,13 @@
 
 Started as `python -m labnet.lab.zygote` when `up` begins, it imports the node's software
 (agent, CNI server, datapath) while the underlay and etcd come up. Each request on its stdin
-(one JSON line: argv, namespaces, log, env) gets one fork: the child enters the node's network,
-UTS and mount namespaces (setns), starts its own session, sends its output to the log and runs
+(one JSON line: argv, namespaces, log, env) gets one fork: the child enters the node's PID
+namespace (setns there moves only the children, so it forks once more and that grandchild is
+the daemon), then the node's network, UTS and mount namespaces, starts its own session, sends
+its output to the log and runs
 the module's `main(args)`, exactly what `nsenter ... python -m MODULE ARGS` would run, without
 an interpreter start-up or imports per node, and with the imported pages shared copy-on-write.
-The reply (one JSON line) is the child's pid. The zygote ends when its stdin closes (the end
+The reply (one JSON line) is the daemon's pid as this host sees it. The zygote ends when its stdin closes (the end
 of `up`); its children, in their own sessions, go on. Only the modules in MODULES are served:
 anything else (another interpreter: the docker runtime) is spawned by nsenter as before.
 """
@@ -19,6 +21,8 @@ import json
 import os
 import select
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import traceback
@@ -30,6 +34,7 @@ from labnet.agent.main import exit_status
 from labnet.errors import LabnetError
 from labnet.nsexec import NodeNS, set_process_name, setns
 
+CLONE_NEWPID = 0x20000000
 MODULES = ("labnet.agent.main",)  # what the zygote imports up front and can run
 REPLY_TIMEOUT = 60.0  # the first reply waits for the imports
 
@@ -50,7 +55,7 @@ class Zygote:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         log.parent.mkdir(parents=True, exist_ok=True)
         req = {"module": argv[2], "args": list(argv[3:]), "netns": ns.netns, "mntns": ns.mntns,
-               "utsns": ns.utsns, "log": str(log), "env": dict(env) if env is not None else None}
+               "utsns": ns.utsns, "pidns": ns.pidns, "log": str(log), "env": dict(env) if env is not None else None}
         self.proc.stdin.write((json.dumps(req) + "\n").encode())
         self.proc.stdin.flush()
         ready, _, _ = select.select([self.proc.stdout], [], [], REPLY_TIMEOUT)
@@ -122,7 +127,7 @@ def _check(req: object) -> None:
         raise ValueError("args must be a list of strings")
     if not isinstance(req.get("log"), str) or not req["log"].startswith("/"):
         raise ValueError("log must be an absolute path")
-    for ns in ("netns", "mntns", "utsns"):
+    for ns in ("netns", "mntns", "utsns", "pidns"):
         if req.get(ns) is not None and not isinstance(req[ns], str):
             raise ValueError(f"{ns} must be a path or null")
     if req.get("env") is not None and not (isinstance(req["env"], dict)
@@ -147,11 +152,48 @@ def serve(inp: IO[bytes], out: IO[bytes]) -> None:
             out.write((json.dumps({"error": str(exc)}) + "\n").encode())
             out.flush()
             continue
+        out.write((json.dumps(_fork(req)) + "\n").encode())
+        out.flush()
+
+
+def _fork(req: dict[str, Any]) -> dict[str, Any]:
+    """Fork the daemon for `req`; the reply: its pid as this host sees it, or an error."""
+    if not req.get("pidns"):
         pid = os.fork()
         if pid == 0:
             _child(req)
-        out.write((json.dumps({"pid": pid}) + "\n").encode())
-        out.flush()
+        return {"pid": pid}
+    # setns into a PID namespace moves only the caller's later children, and an orphan goes to
+    # the init of its dead parent's namespace. So: a child enters (host side), its child (the
+    # namespace's side) forks the daemon and exits, and the daemon's parent becomes the node's
+    # init, which reaps it at once. The daemon's first message carries its pid, translated by
+    # the kernel into ours (SCM_CREDENTIALS).
+    here, there = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    here.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    if os.fork() == 0:
+        here.close()
+        try:
+            setns(req["pidns"], CLONE_NEWPID)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            inside = os.fork()
+            if inside == 0:
+                if os.fork() == 0:
+                    there.send(b"started")
+                    there.close()
+                    _child(req)
+                os._exit(0)
+            os.waitpid(inside, 0)
+            os._exit(0)
+        except BaseException as exc:
+            there.send(json.dumps({"error": f"entering {req['pidns']}: {exc}"}).encode())
+            os._exit(1)
+    there.close()
+    with here:
+        msg, anc, _, _ = here.recvmsg(4096, socket.CMSG_SPACE(struct.calcsize("3i")))
+    if msg != b"started":
+        return json.loads(msg) if msg else {"error": "the daemon's fork ended before it started"}
+    creds = [data for level, kind, data in anc if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS]
+    return {"pid": struct.unpack("3i", creds[0])[0]} if creds else {"error": "no credentials came with the start"}
 
 
 if __name__ == "__main__":

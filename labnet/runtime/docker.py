@@ -9,10 +9,11 @@ and its mount and UTS namespaces under /run/labnet/<lab>/, so `ns()`, `labnet ex
 later phases and the checks reach a container the same way they reach a netns machine.
 
 Choices, and why:
-- pid_mode host: processes labnet starts in a node (etcd, agents, CNI ADDs, `labnet exec`) are
-  nsenter'd into the container's net/mount/UTS namespaces from the host, so their pids are host
-  pids the journal can stop. Inside a private pid namespace their /proc/self would not resolve
-  (the container's /proc belongs to the other pid namespace), and `ip netns add` needs it.
+- a PID namespace of its own (not pid_mode host): a node sees only its own processes. Its
+  namespace is bound under /run/labnet/<lab>/ with the others, and processes labnet starts
+  in a node (etcd, agents, CNI ADDs, `labnet exec`) are nsenter'd into all of them from the
+  host (their /proc/self then resolves in the container's /proc); the journal records their
+  pids as this host sees them (labnet.nsexec.spawn).
 - no masked or read-only /proc paths (the CLI's `--security-opt systempaths=unconfined`): the
   per-interface sysctls the CNI plugin and agent set (proxy_arp, forwarding...) are writes to
   /proc/sys in the container's mount namespace. Not `--privileged`: it fails here (no
@@ -115,7 +116,7 @@ class DockerRuntime(NetnsRuntime):
             sysctls.update({"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1"})
         api = self.docker.api
         host_config = api.create_host_config(
-            network_mode="none", pid_mode="host", cap_add=CAPS, devices=["/dev/net/tun:/dev/net/tun:rwm"],
+            network_mode="none", init=True, cap_add=CAPS, devices=["/dev/net/tun:/dev/net/tun:rwm"],
             sysctls=sysctls, binds={src: {"bind": v["bind"], "mode": v["mode"]} for src, v in volumes.items()},
         )
         # What `--security-opt systempaths=unconfined` does in the docker CLI (the SDK has no flag).
@@ -147,7 +148,8 @@ class DockerRuntime(NetnsRuntime):
         prepare_netns_dir()
         targets = [("netns", paths.NETNS_DIR / self.netns_name(machine), "net"),
                    ("nsfile", self.run_dir / f"{machine}.mnt", "mnt"),
-                   ("nsfile", self.run_dir / f"{machine}.uts", "uts")]
+                   ("nsfile", self.run_dir / f"{machine}.uts", "uts"),
+                   ("nsfile", self.run_dir / f"{machine}.pid", "pid")]
         for kind, target, ns in targets:
             if kind == "netns":
                 self.journal.record("netns", name=target.name)

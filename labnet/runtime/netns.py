@@ -1,10 +1,11 @@
 """The netns runtime: machines are namespaces on this host, LANs are bridges in a fabric netns.
 
 Per machine: a network namespace bound at /run/netns/lnet-<lab>.<name> (so `ip netns` sees
-it), and mount + UTS namespaces bound under /run/labnet/<lab>/ (itself a private bind mount:
-the kernel refuses to bind a mount namespace onto a shared mount). Nothing touches the root
-network namespace: veths are created inside the fabric namespace and their peer is moved
-straight into the machine.
+it), and mount, UTS and PID namespaces bound under /run/labnet/<lab>/ (itself a private bind
+mount: the kernel refuses to bind a mount namespace onto a shared mount). The PID namespace
+lives as long as its init, labnet-nsinit (labnet/nsexec/nsinit.c), which also gives the machine a /proc of
+its own. Nothing touches the root network namespace: veths are created inside the fabric
+namespace and their peer is moved straight into the machine.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 from labnet import paths
 from labnet.errors import LabnetError
-from labnet.nsexec import NodeNS, pid_alive, processes_in
+from labnet.nsexec import NodeNS, nsinit, pid_alive, proc_starttime, processes_in, same_process
 from labnet.runtime.base import NODE_DIRS, LinkSpec, MachineSpec, Recorder, Runtime
 from labnet.wait import poll
 
@@ -61,6 +62,7 @@ class NetnsRuntime(Runtime):
             netns=str(paths.NETNS_DIR / self.netns_name(machine)),
             mntns=str(self.run_dir / f"{machine}.mnt"),
             utsns=str(self.run_dir / f"{machine}.uts"),
+            pidns=str(self.run_dir / f"{machine}.pid"),
         )
 
     def host_path(self, machine: str, path: str) -> Path:
@@ -123,6 +125,23 @@ class NetnsRuntime(Runtime):
                 f"hostname {m.name}", *binds, "ip link set lo up", "sysctl -qw " + " ".join(sysctls),
             ])
             self._make_ns(self.netns_name(m.name), m.name, script)
+            self._start_init(m.name)
+
+    def _start_init(self, machine: str) -> None:
+        """The machine's PID namespace: labnet-nsinit forks its init inside the machine's other
+        namespaces, which mounts the machine's own /proc, and binds the namespace at <machine>.pid."""
+        ns = self.ns(machine)
+        assert ns.mntns and ns.utsns and ns.pidns
+        self.journal.record("nsfile", path=ns.pidns)
+        Path(ns.pidns).touch()
+        entry = self.journal.record("nsinit", node=machine)
+        proc = subprocess.run([str(nsinit()), "init", ns.netns, ns.utsns, ns.mntns, ns.pidns],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise LabnetError(f"{machine}: starting its PID namespace's init failed (exit {proc.returncode}): "
+                              f"{proc.stderr.strip()}")
+        pid = int(proc.stdout)
+        self.journal.update(entry, pid=pid, start=proc_starttime(pid))
 
     def add_links(self, links: list[LinkSpec], gateways: dict[str, IPv4Address]) -> None:
         by_machine: dict[str, list[LinkSpec]] = {}
@@ -193,6 +212,8 @@ class NetnsRuntime(Runtime):
                 d.parent.rmdir()  # /run/labnet itself, once no lab uses it
         elif kind == "dir":
             shutil.rmtree(e["path"], ignore_errors=True)
+        elif kind == "nsinit" and e.get("pid") and same_process(int(e["pid"]), e.get("start")):
+            os.kill(int(e["pid"]), signal.SIGKILL)  # pid 1 of the machine: its death ends the namespace
 
 
     @classmethod
@@ -200,12 +221,18 @@ class NetnsRuntime(Runtime):
         """Namespace files of orphan labs: /run/netns/lnet-<lab>.* and /run/labnet/<lab>/
         (mount/UTS namespace files, itself a private bind mount)."""
         removed: list[str] = []
-        for f in _entries_of(paths.NETNS_DIR):
-            owner = paths.lab_of_netns(f.name)
-            if owner is not None and is_orphan(owner):
-                _umount_vanishing(f)
-                f.unlink(missing_ok=True)
-                removed.append(f"orphan namespace {f.name}")
+        orphans = [f for f in _entries_of(paths.NETNS_DIR)
+                   if (owner := paths.lab_of_netns(f.name)) is not None and is_orphan(owner)]
+        # Their processes first (each machine's init among them): they would keep the
+        # namespaces alive, unseen, after the files are gone.
+        for pid in processes_in([str(f) for f in orphans]):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+                removed.append(f"process {pid} in an orphan lab's namespace")
+        for f in orphans:
+            _umount_vanishing(f)
+            f.unlink(missing_ok=True)
+            removed.append(f"orphan namespace {f.name}")
         for d in _entries_of(paths.run_root()):
             if d.is_dir() and is_orphan(d.name):
                 for f in _entries_of(d):

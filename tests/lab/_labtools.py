@@ -38,6 +38,7 @@ class Snapshot:
     root_links: frozenset[str]
     state: bool
     pids: frozenset[int]
+    inits: frozenset[int] = frozenset()  # labnet-nsinit processes of the lab's machines
 
     def leftovers(self, before: Snapshot) -> dict[str, object]:
         out: dict[str, object] = {}
@@ -51,6 +52,8 @@ class Snapshot:
             out["state dir"] = True
         if self.pids:
             out["processes alive"] = sorted(self.pids)
+        if self.inits - before.inits:
+            out["machine inits alive"] = sorted(self.inits - before.inits)
         return out
 
 
@@ -67,7 +70,23 @@ def snapshot(lab: str, pids: frozenset[int] = frozenset()) -> Snapshot:
     links = json.loads(subprocess.run(["ip", "-j", "link"], capture_output=True, text=True, check=True).stdout)
     root_links = frozenset(f"{x['ifname']}" for x in links)
     alive = frozenset(p for p in pids if os.path.exists(f"/proc/{p}") and _not_zombie(p))
-    return Snapshot(ns, mounts, root_links, paths.lab_dir(lab).exists(), alive)
+    return Snapshot(ns, mounts, root_links, paths.lab_dir(lab).exists(), alive, _inits(lab))
+
+
+def _inits(lab: str) -> frozenset[int]:
+    """Running labnet-nsinit processes of `lab` (their argv names the machine's netns file)."""
+    mark = f"/run/netns/{paths.lab_prefix(lab)}.".encode()
+    found = set()
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                with open(f"/proc/{p}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+            except OSError:
+                continue
+            if argv[0].endswith(b"/labnet-nsinit") and any(a.startswith(mark) for a in argv) and _not_zombie(int(p)):
+                found.add(int(p))
+    return frozenset(found)
 
 
 def _not_zombie(pid: int) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 from _dockertools import containers_of, labnet_dockerd  # noqa: F401
@@ -78,5 +79,8 @@ def _node_container_holds_cni_pods_and_agent(name: str) -> None:
         assert "labnet.agent.main" in cmd, f"ubuntu-3: {what} pid {pid} runs {cmd!r}, expected labnet.agent.main"
         got = os.readlink(f"/proc/{pid}/ns/mnt")
         assert got == mnt, f"ubuntu-3: {what} pid {pid} in mount namespace {got}, container's is {mnt}"
-    # and the container itself sees it (pid_mode host: the same pid inside)
-    assert "labnet.agent.main" in dexec("cat", f"/proc/{st['pid']}/cmdline").replace("\0", " ")
+    # and the container itself sees it, under its number in the container's own PID namespace
+    nspid = next(line.split()[1:] for line in Path(f"/proc/{st['pid']}/status").read_text().splitlines()
+                 if line.startswith("NSpid:"))
+    assert len(nspid) == 2, f"ubuntu-3: agent pid {st['pid']} NSpid {nspid}: expected the host's and the container's"
+    assert "labnet.agent.main" in dexec("cat", f"/proc/{nspid[-1]}/cmdline").replace("\0", " ")

@@ -1,4 +1,4 @@
-"""Run commands inside a node's namespaces (net + mount + UTS), and start daemons there."""
+"""Run commands inside a node's namespaces (net, mount, UTS, PID), and start daemons there."""
 
 from __future__ import annotations
 
@@ -22,6 +22,9 @@ class NodeNS:
     netns: str
     mntns: str | None = None
     utsns: str | None = None
+    # The machine's PID namespace (its /proc is that namespace's, so whatever enters the mount
+    # namespace enters this one too, or /proc/self would not resolve).
+    pidns: str | None = None
     # A pod's netns lives in its node's private /var/run/netns, as with containerd: that path
     # only resolves inside the node's mount namespace, so we enter the node first, then the pod.
     inner_netns: str | None = None
@@ -35,14 +38,16 @@ class NodeNS:
             pre.append(f"--mount={self.mntns}")
         if self.utsns:
             pre.append(f"--uts={self.utsns}")
+        if self.pidns:
+            pre.append(f"--pid={self.pidns}")  # nsenter forks: the command is its child
         if self.inner_netns:
             pre += ["--", "nsenter", f"--net={self.inner_netns}"]
         return [*pre, "--", *cmd]
 
     def pod(self, pod: str, netns_path: str) -> NodeNS:
         """The namespaces of a pod on this node (netns_path as seen inside the node)."""
-        return NodeNS(f"{self.name}/{pod}", self.netns, self.mntns, self.utsns, inner_netns=netns_path,
-                      python=self.python)
+        return NodeNS(f"{self.name}/{pod}", self.netns, self.mntns, self.utsns, self.pidns,
+                      inner_netns=netns_path, python=self.python)
 
 
 def run(
@@ -73,19 +78,37 @@ def spawn(
     log: Path,
     env: Mapping[str, str] | None = None,
 ) -> int:
-    """Start a daemon in `ns`, detached in its own session; return its pid.
+    """Start a daemon in `ns`, detached in its own session; return its pid as this host numbers
+    it, which is what the journal records and what `down` signals.
 
-    nsenter execs the command (no fork: we do not pass --fork), so the pid we get is the
-    daemon's own pid, which is what the journal records and what `down` signals.
+    Into a machine with a PID namespace, labnet-nsinit starts it (nsinit.c): nothing of ours
+    stays beside it, and the machine's init is its parent. Otherwise nsenter execs it (no
+    fork), so nsenter's pid is the daemon's.
     """
     log.parent.mkdir(parents=True, exist_ok=True)
-    argv = ns.argv(cmd) if ns else list(cmd)
+    envd = dict(env) if env is not None else None
+    if ns is None or not ns.pidns:
+        argv = ns.argv(cmd) if ns else list(cmd)
+        with open(log, "ab") as out:
+            return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True, env=envd, close_fds=True).pid
+    if ns.inner_netns:
+        raise ValueError(f"{ns.name}: daemons start in machines, not in pods")
     with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True, env=dict(env) if env is not None else None, close_fds=True,
-        )
-    return proc.pid
+        proc = subprocess.run([str(nsinit()), "spawn", ns.netns, ns.utsns or "-", ns.mntns or "-", ns.pidns, *cmd],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=out, start_new_session=True,
+                              env=envd, text=True, timeout=30)
+    pid = proc.stdout.strip()
+    if proc.returncode != 0 or not pid.isdigit():
+        raise CommandFailed(ns.name, list(cmd), proc.returncode, f"not started; see {log}")
+    return int(pid)
+
+
+def nsinit() -> Path:
+    """labnet-nsinit (nsinit.c), built on first use."""
+    from labnet.nsexec.build import compile_once
+
+    return compile_once(Path(__file__).with_name("nsinit.c"), "labnet-nsinit")
 
 
 def pid_alive(pid: int) -> bool:
@@ -133,6 +156,15 @@ def children(pid: int) -> list[int]:
             return [int(x) for x in f.read().split()]
     except (OSError, ValueError):
         return []
+
+
+def parent_pid(pid: int) -> int | None:
+    """The parent of `pid` as this process's PID namespace numbers it; None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def proc_starttime(pid: int) -> int | None:

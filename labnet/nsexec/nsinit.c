@@ -1,0 +1,177 @@
+/*
+ * labnet-nsinit: a machine's PID namespace, and daemons started inside it (netns and docker
+ * runtimes). Namespace arguments are nsfs files; "-" for one the machine does not have.
+ *
+ * labnet-nsinit init NETNS UTSNS MNTNS PIDNS_FILE
+ *   Enters the machine's network and UTS namespaces and forks the first process of a new PID
+ *   namespace. That process enters the machine's mount namespace and mounts a /proc of its
+ *   own there (so a process of the node sees only the node's processes, and /proc/self
+ *   resolves). Once it has, this binds the namespace at PIDNS_FILE (in this, the host's,
+ *   mount namespace: `nsenter --pid=PIDNS_FILE` enters it), prints the first process's pid as
+ *   this host numbers it, and exits. The first process is the namespace's init: it reaps
+ *   orphans until it is killed (SIGKILL from the host: it blocks every other signal), and its
+ *   death ends every process in the namespace.
+ *
+ * labnet-nsinit spawn NETNS UTSNS MNTNS PIDNS CMD [ARG...]
+ *   Starts CMD as a daemon inside all four namespaces, in a session of its own, with this
+ *   process's environment, cwd and stdin, and stderr as both its stdout and stderr (the
+ *   daemon's log), and prints its pid as this host numbers it on stdout.
+ *   CMD's parent is the namespace's init (its own parent, inside the namespace, exits at
+ *   once), so nothing of ours lingers beside it, and it is reaped as soon as it dies. Its pid
+ *   comes from the credentials of one message it sends before exec (SCM_CREDENTIALS: the
+ *   kernel translates a pid into the receiver's namespace).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static void die(const char *what, const char *arg) {
+    fprintf(stderr, "labnet-nsinit: %s %s: %s\n", what, arg, strerror(errno));
+    exit(1);
+}
+
+static void enter(const char *path, int nstype) {
+    if (strcmp(path, "-") == 0)
+        return;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        die("open", path);
+    if (setns(fd, nstype) != 0)
+        die("setns", path);
+    close(fd);
+}
+
+static void reap_forever(void) {
+    sigset_t all, chld;
+    sigfillset(&all);
+    sigprocmask(SIG_BLOCK, &all, NULL);
+    sigemptyset(&chld);
+    sigaddset(&chld, SIGCHLD);
+    for (;;) {
+        while (waitpid(-1, NULL, WNOHANG) > 0)
+            ;
+        sigwaitinfo(&chld, NULL); /* blocked, so a SIGCHLD between the two stays pending */
+    }
+}
+
+static int init(char **argv) {
+    enter(argv[0], CLONE_NEWNET);
+    enter(argv[1], CLONE_NEWUTS);
+    if (unshare(CLONE_NEWPID) != 0)
+        die("unshare", "CLONE_NEWPID");
+    int ready[2];
+    if (pipe2(ready, O_CLOEXEC) != 0)
+        die("pipe", "");
+    pid_t pid = fork();
+    if (pid < 0)
+        die("fork", "");
+    if (pid == 0) {
+        close(ready[0]);
+        enter(argv[2], CLONE_NEWNS);
+        if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) != 0)
+            die("mount a /proc for the namespace on", "/proc");
+        if (chdir("/") != 0)
+            die("chdir", "/");
+        setsid();
+        int null = open("/dev/null", O_RDWR);
+        if (null >= 0) {
+            dup2(null, 0);
+            dup2(null, 1);
+            dup2(null, 2);
+            if (null > 2)
+                close(null);
+        }
+        if (write(ready[1], "k", 1) != 1)
+            exit(1);
+        close(ready[1]);
+        reap_forever();
+    }
+    close(ready[1]);
+    char c;
+    ssize_t n;
+    while ((n = read(ready[0], &c, 1)) < 0 && errno == EINTR)
+        ;
+    if (n != 1) { /* it exited before it was ready; it said why on stderr */
+        int status = 0;
+        waitpid(pid, &status, 0);
+        fprintf(stderr, "labnet-nsinit: the namespace's first process failed (exit status %d)\n",
+                WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
+        return 1;
+    }
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/ns/pid", (int)pid);
+    if (mount(path, argv[3], NULL, MS_BIND, NULL) != 0) {
+        kill(pid, SIGKILL);
+        die("bind the PID namespace at", argv[3]);
+    }
+    printf("%d\n", (int)pid);
+    return 0;
+}
+
+static int spawn(char **argv) {
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0)
+        die("socketpair", "");
+    int on = 1;
+    if (setsockopt(sv[0], SOL_SOCKET, SO_PASSCRED, &on, sizeof on) != 0)
+        die("setsockopt", "SO_PASSCRED");
+    enter(argv[0], CLONE_NEWNET);
+    enter(argv[1], CLONE_NEWUTS);
+    enter(argv[3], CLONE_NEWPID); /* for our children */
+    enter(argv[2], CLONE_NEWNS);  /* last: the other paths are this host's */
+    pid_t inside = fork();
+    if (inside < 0)
+        die("fork", "");
+    if (inside == 0) {
+        close(sv[0]);
+        pid_t daemon = fork();
+        if (daemon < 0)
+            die("fork", "");
+        if (daemon > 0)
+            _exit(0); /* the daemon's parent becomes the namespace's init */
+        setsid();
+        if (dup2(2, 1) != 1 || send(sv[1], "x", 1, 0) != 1)
+            _exit(127);
+        execvp(argv[4], &argv[4]);
+        fprintf(stderr, "labnet-nsinit: exec %s: %s\n", argv[4], strerror(errno));
+        _exit(127);
+    }
+    close(sv[1]);
+    char buf[1];
+    char control[CMSG_SPACE(sizeof(struct ucred))];
+    struct iovec iov = {buf, sizeof buf};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof control};
+    ssize_t n;
+    while ((n = recvmsg(sv[0], &msg, 0)) < 0 && errno == EINTR)
+        ;
+    waitpid(inside, NULL, 0);
+    struct cmsghdr *cm = n == 1 ? CMSG_FIRSTHDR(&msg) : NULL;
+    if (cm == NULL || cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_CREDENTIALS) {
+        fprintf(stderr, "labnet-nsinit: %s did not start inside %s\n", argv[4], argv[3]);
+        return 1;
+    }
+    struct ucred cred;
+    memcpy(&cred, CMSG_DATA(cm), sizeof cred);
+    printf("%d\n", (int)cred.pid);
+    return fflush(stdout) == 0 ? 0 : 1;
+}
+
+int main(int argc, char **argv) {
+    if (argc == 6 && strcmp(argv[1], "init") == 0)
+        return init(argv + 2);
+    if (argc >= 7 && strcmp(argv[1], "spawn") == 0)
+        return spawn(argv + 2);
+    fprintf(stderr, "usage: labnet-nsinit init NETNS UTSNS MNTNS PIDNS_FILE\n"
+                    "       labnet-nsinit spawn NETNS UTSNS MNTNS PIDNS CMD [ARG...]\n");
+    return 2;
+}

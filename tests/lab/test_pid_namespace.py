@@ -1,0 +1,95 @@
+"""Each machine has a PID namespace of its own, on both runtimes: a node sees only its own
+processes (its /proc is its own), so it cannot reach the host's files through another
+process's /proc/<pid>/root (the lab's CA key was readable that way). The pids labnet shows and
+signals are still the host's."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from _dockertools import labnet_dockerd  # noqa: F401  (the session fixture)
+from _labtools import TOPOLOGIES, lab_exec, labnet, snapshot
+
+from labnet import paths
+from labnet.nsexec import pid_alive, proc_starttime, same_process
+from labnet.wait import poll
+
+MINIMAL = str(TOPOLOGIES / "minimal.yaml")
+
+
+def _pidns(pid: int | str) -> int:
+    return os.stat(f"/proc/{pid}/ns/pid").st_ino
+
+
+def _host_pids_in(pidns: int) -> set[int]:
+    out = set()
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                if _pidns(p) == pidns:
+                    out.add(int(p))
+            except OSError:
+                continue
+    return out
+
+
+def _inner_pid(pid: int) -> int:
+    """The pid in the innermost namespace (the last NSpid field) of host pid `pid`."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("NSpid:"):
+            return int(line.split()[-1])
+    raise AssertionError(f"pid {pid}: no NSpid line")
+
+
+@pytest.mark.parametrize("runtime", ["netns", "docker"])
+def test_a_node_sees_only_its_own_processes(runtime: str, request: pytest.FixtureRequest) -> None:
+    if runtime == "docker":
+        request.getfixturevalue("labnet_dockerd")
+    lab = f"t-pidns-{runtime[:2]}"
+    before = snapshot(lab)
+    labnet("up", MINIMAL, "--name", lab, "--runtime", runtime, "-q", timeout=900)
+    try:
+        nsfile = paths.ns_dir(lab) / "node-1.pid"
+        node_ns = os.stat(nsfile).st_ino
+        assert node_ns != _pidns("self"), f"{lab} node-1: PID namespace {node_ns} is the host's"
+        # What node-1 lists in its /proc is exactly what lives in its PID namespace, not the host's
+        seen = lab_exec(lab, "node-1", "sh", "-c", "ls -d /proc/[0-9]* | wc -l").stdout.strip()
+        host_side = _host_pids_in(node_ns)
+        assert 2 <= int(seen) <= len(host_side) + 3, \
+            f"{lab} node-1 sees {seen} processes; its PID namespace holds {len(host_side)}: {sorted(host_side)}"
+        assert os.getpid() not in host_side
+        # The lab's CA key, which the host keeps in the lab's state directory: no process of the
+        # node reaches it through any /proc/<pid>/root
+        keys = list(paths.lab_dir(lab).rglob("ca-key.pem"))
+        assert keys, f"{lab}: no CA key under {paths.lab_dir(lab)}"
+        probe = "; ".join(f"cat /proc/[0-9]*/root{k} 2>/dev/null" for k in keys) + "; true"
+        leaked = lab_exec(lab, "node-1", "sh", "-c", probe).stdout
+        assert "PRIVATE KEY" not in leaked, f"{lab} node-1 read the lab's CA key {keys} through /proc"
+        # status shows host pids: the node process is alive here, in the node's PID namespace,
+        # with another number inside; killing it there restarts it (its supervisor)
+        rows = json.loads(labnet("status", "-l", lab, "--json").stdout)[0]["processes"]
+        mine = {p["what"]: int(p["pid"]) for p in rows if p["node"] == "node-1"}
+        assert {"etcd", "agent", "node-process"} <= set(mine), rows
+        for what, pid in mine.items():
+            assert _pidns(pid) == node_ns, f"{lab} node-1: {what} pid {pid} is not in the node's PID namespace"
+        inner = _inner_pid(mine["node-process"])
+        comm = lab_exec(lab, "node-1", "cat", f"/proc/{inner}/comm").stdout.strip()
+        assert comm == "labnet-node", f"{lab} node-1: inside, pid {inner} is {comm!r}, expected labnet-node"
+        os.kill(mine["node-process"], signal.SIGKILL)
+        again = poll(lambda: {p["what"]: p for p in json.loads(labnet("status", "-l", lab, "--json").stdout)[0][
+                     "processes"] if p["node"] == "node-1"}.get("node-process"),
+                     lambda p: p is not None and int(p["pid"]) != mine["node-process"], timeout=30,
+                     what=f"{lab} node-1: a new node process after SIGKILL of pid {mine['node-process']}")
+        assert again is not None and _pidns(int(again["pid"])) == node_ns
+        members = {p: proc_starttime(p) for p in _host_pids_in(node_ns)}
+    finally:
+        labnet("down", "--name", lab, check=False)
+    left = snapshot(lab).leftovers(before)
+    assert not left, f"lab {lab} left: {left}"
+    assert not pid_alive(mine["etcd"]), f"{lab}: etcd pid {mine['etcd']} outlived down"
+    left_running = [p for p, start in members.items() if same_process(p, start)]
+    assert not left_running, f"{lab}: processes of node-1's PID namespace still run after down: {left_running}"
