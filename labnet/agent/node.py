@@ -10,7 +10,6 @@ from its own pre-imported interpreter, so a restart costs a fork, not a start-up
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 
 from labnet.agent.config import AgentConfig
@@ -32,16 +31,9 @@ def run_node(cfg: AgentConfig) -> int:
         cni_server.close_server(server)
 
 
-def after_cni(agent: Agent, command: str, code: int, out: bytes) -> None:
+def after_cni(agent: Agent, command: str, code: int, borrowed: bool | None) -> None:
     """The agent does not watch every block (each pod's address would fire an event on every
     node): the addresses this node borrows from others' blocks change only by its own ADD and
-    DEL, so those make it re-read the datastore."""
-    if code == 0 and (command == "DEL" or (command == "ADD" and _borrowed(out))):
+    DEL, so those make it re-read the datastore. `borrowed` None: not known (re-read)."""
+    if code == 0 and (command == "DEL" or (command == "ADD" and borrowed is not False)):
         agent.kick_threadsafe(datastore=True)
-
-
-def _borrowed(out: bytes) -> bool:
-    try:
-        return bool(json.loads(out).get("labnet", {}).get("borrowed"))
-    except (ValueError, AttributeError):
-        return True  # unsure: a re-read costs little

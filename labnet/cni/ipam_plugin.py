@@ -14,6 +14,7 @@ from labnet.cni import settings
 from labnet.cni.spec import (
     CHECK_FAILED,
     INVALID_CONFIG,
+    IPAM_INFO_ENV,
     NOT_AVAILABLE,
     UNKNOWN_CONTAINER,
     CniError,
@@ -48,7 +49,7 @@ def _pool_of(c: ClusterSettings) -> ipam.Pool:
 def _run(env: Env, conf: dict[str, Any], services: Services) -> dict[str, Any] | None:
     try:
         with settings.store_for(conf, services.store_pool) as store:
-            return _dispatch(env, conf, store, services.memo)
+            return _dispatch(env, conf, store, services.memo, info=services.environ.get(IPAM_INFO_ENV) == "1")
     except DatastoreUnavailable as exc:
         if env.command == "STATUS":
             raise CniError(NOT_AVAILABLE, f"etcd at {conf.get('etcd_endpoints')} is unreachable", str(exc)) from exc
@@ -64,7 +65,7 @@ def handle(environ: Mapping[str, str], stdin: bytes, *, store_pool: Any = None,
 
 
 def _dispatch(env: Env, conf: dict[str, Any], store: Any,
-              memo: settings.RequestMemo | None = None) -> dict[str, Any] | None:
+              memo: settings.RequestMemo | None = None, info: bool = False) -> dict[str, Any] | None:
     version = version_of(conf)
     node = settings.nodename(conf)
     if env.command == "ADD":
@@ -78,8 +79,9 @@ def _dispatch(env: Env, conf: dict[str, Any], store: Any,
         pool = _pool_of(settings.cluster_from(conf, first.keys[settings.CLUSTER_KEY]))
         attrs = {"node": node, "pod": env.pod or "", "namespace": env.namespace, "containerID": env.container_id}
         a = ipam.auto_assign(store, node, hid, pool, attrs, first=first)
-        result = {"ips": [{"address": f"{a.address}/32"}], "routes": [], "dns": {},
-                  "labnet": {**a.to_json(), "pool": pool.cidr, "node": node}}
+        result: dict[str, Any] = {"ips": [{"address": f"{a.address}/32"}], "routes": [], "dns": {}}
+        if info:  # labnet's own plugin asked (IPAM_INFO_ENV): the block, the affinity, whether borrowed
+            result["labnet"] = {**a.to_json(), "pool": pool.cidr, "node": node}
         return convert(result, version)
     if env.command == "DEL":
         ipam.release(store, handle_id(conf, env.container_id))

@@ -23,6 +23,7 @@ from labnet.cni.spec import (
     DATAPATH_FAILED,
     DELEGATE_FAILED,
     INVALID_CONFIG,
+    IPAM_INFO_ENV,
     NOT_AVAILABLE,
     UNKNOWN_CONTAINER,
     CniError,
@@ -51,7 +52,9 @@ class _Delegate:
         self.command = command
         self.proc: subprocess.Popen[bytes] | None = None
         self.done: tuple[int, bytes, str] | None = None
-        environ = dict(services.environ, CNI_COMMAND=command)
+        # labnet-ipam tells its block and whether it borrowed only when asked: its result is then
+        # ours to read, not a runtime's (a result a runtime sees keeps to the spec's keys).
+        environ = dict(services.environ, CNI_COMMAND=command, **{IPAM_INFO_ENV: "1"})
         self.thread: threading.Thread | None = None
         if ipam["type"] == IN_PROCESS_IPAM and services.ipam is not None:
             # A thread, as the exec'd one is a process: IPAM's etcd round trips overlap the
@@ -219,8 +222,8 @@ def cmd_add(env: Env, conf: dict[str, Any], store: Any, ipam: _Delegate, service
         "routes": prev.get("routes", []) if prev else [],
         "dns": (prev or {}).get("dns") or {},
     }
-    if info:
-        result["labnet"] = info
+    if services.memo is not None:
+        services.memo.borrowed = bool(info.get("borrowed"))  # for the node's agent, not the runtime
     return convert(result, version_of(conf))
 
 

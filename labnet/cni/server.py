@@ -43,7 +43,7 @@ MAX_STORES = 16
 log = logging.getLogger("labnet.cni.server")
 
 
-OnDone = Callable[[str, int, bytes], None]
+OnDone = Callable[[str, int, "bool | None"], None]  # command, exit status, borrowed (see Dispatcher)
 _WARM = (datapath,)  # the plugin imports it lazily; the server pays once, at start
 
 
@@ -86,16 +86,18 @@ class Dispatcher:
              memo: settings.RequestMemo | None = None) -> tuple[int, bytes, str]:
         return ipam_plugin.handle(environ, stdin, store_pool=self.stores, memo=memo)
 
-    def __call__(self, req: framing.Request) -> tuple[int, bytes, str]:
+    def __call__(self, req: framing.Request) -> tuple[int, bytes, str, bool | None]:
+        """(exit status, stdout, stderr, whether an ADD borrowed its address: None if unknown)."""
         if req.plugin == "labnet":
             # One memo per request: the plugin and its in-process IPAM share the cluster settings read.
             memo = settings.RequestMemo()
-            return plugin.handle(req.env, req.stdin, store_pool=self.stores,
-                                 ipam=functools.partial(self.ipam, memo=memo), memo=memo)
+            code, out, err = plugin.handle(req.env, req.stdin, store_pool=self.stores,
+                                           ipam=functools.partial(self.ipam, memo=memo), memo=memo)
+            return code, out, err, memo.borrowed
         if req.plugin == "labnet-ipam":
-            return self.ipam(req.env, req.stdin)
-        err = CniError(4, f"labnet CNI server: unknown plugin {req.plugin!r}; expected labnet or labnet-ipam")
-        return 1, (json.dumps(err.to_json("1.0.0")) + "\n").encode(), ""
+            return (*self.ipam(req.env, req.stdin), None)
+        bad = CniError(4, f"labnet CNI server: unknown plugin {req.plugin!r}; expected labnet or labnet-ipam")
+        return 1, (json.dumps(bad.to_json("1.0.0")) + "\n").encode(), "", None
 
 
 class _Handler(socketserver.BaseRequestHandler):
@@ -112,11 +114,11 @@ class _Handler(socketserver.BaseRequestHandler):
             return
         what = f"{req.plugin} {req.env.get('CNI_COMMAND', '?')} container={req.env.get('CNI_CONTAINERID', '-')}"
         try:
-            code, out, err = self.server.dispatch(req)
+            code, out, err, borrowed = self.server.dispatch(req)
         except BaseException as exc:  # handle() turns errors into CNI errors; this is the last guard
             log.exception("%s: internal error", what)
             body = CniError(999, f"labnet CNI server internal error: {type(exc).__name__}: {exc}").to_json("1.0.0")
-            code, out, err = 1, (json.dumps(body) + "\n").encode(), ""
+            code, out, err, borrowed = 1, (json.dumps(body) + "\n").encode(), "", None
         try:
             sock.sendall(framing.encode_response(code, out, err.encode(errors="replace")))
         except OSError as exc:
@@ -124,7 +126,7 @@ class _Handler(socketserver.BaseRequestHandler):
             return
         if self.server.on_done is not None:
             with contextlib.suppress(Exception):  # a hook's trouble is not the request's
-                self.server.on_done(req.env.get("CNI_COMMAND", ""), code, out)
+                self.server.on_done(req.env.get("CNI_COMMAND", ""), code, borrowed)
         line = out.decode(errors="replace").strip() if code else ""
         log.info("%s -> exit %d in %.1f ms%s", what, code, (time.monotonic() - t0) * 1e3,
                  f": {line[:300]}" if line else "")
@@ -166,7 +168,7 @@ def _bind_path(path: str) -> None:
 
 def open_server(path: str, on_done: OnDone | None = None) -> Server:
     """Bind the socket (root's alone: it can create pods) and start serving in a thread.
-    on_done(command, exit code, stdout) runs after each answer (the node's agent listens)."""
+    on_done(command, exit status, borrowed) runs after each answer (the node's agent listens)."""
     _bind_path(path)
     old = os.umask(0o077)
     try:

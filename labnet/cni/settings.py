@@ -106,6 +106,9 @@ class RequestMemo:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._reads: dict[str, Future[KV | None]] = {}
+        # What the ADD learnt that the node's agent wants and the runtime must not see: the
+        # address came from another node's block (labnet.agent.node.after_cni). None: no ADD.
+        self.borrowed: bool | None = None
 
     def get(self, store: Datastore, key: str) -> KV | None:
         with self._lock:

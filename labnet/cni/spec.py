@@ -156,6 +156,11 @@ def version_result(conf: Mapping[str, Any]) -> dict[str, Any]:
     return {"cniVersion": version_of(conf) if conf else LATEST, "supportedVersions": list(SUPPORTED_VERSIONS)}
 
 
+# Set by labnet's plugin for the labnet-ipam it delegates to: add a `labnet` key (block,
+# affinity, borrowed) to the result. Without it the result has the spec's keys only.
+IPAM_INFO_ENV = "LABNET_IPAM_INFO"
+
+
 @dataclass(frozen=True)
 class Services:
     """What one plugin run may reuse. An exec'd plugin gets the defaults (its own environment, a

@@ -158,22 +158,23 @@ def children(pid: int) -> list[int]:
         return []
 
 
-def parent_pid(pid: int) -> int | None:
-    """The parent of `pid` as this process's PID namespace numbers it; None when it is gone."""
+def _stat(pid: int, field: int) -> int | None:
+    """Field `field` of /proc/<pid>/stat, counted after the command name (0: the state)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[1])
+            return int(f.read().rsplit(")", 1)[1].split()[field])
     except (OSError, IndexError, ValueError):
         return None
+
+
+def parent_pid(pid: int) -> int | None:
+    """The parent of `pid` as this process's PID namespace numbers it; None when it is gone."""
+    return _stat(pid, 1)
 
 
 def proc_starttime(pid: int) -> int | None:
     """Start time in clock ticks; recorded with a pid so a reused pid is never signalled."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
+    return _stat(pid, 19)
 
 
 def same_process(pid: int, start: int | None) -> bool:

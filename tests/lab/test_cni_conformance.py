@@ -14,6 +14,7 @@ import pytest
 from _cni_node import CniNode, cni_env, make_node, pod_netns, run_bin
 
 from labnet import ipam, nsexec
+from labnet.cni.spec import IPAM_INFO_ENV
 from labnet.etcd import keys
 
 VERSIONS = ("0.3.1", "0.4.0", "1.0.0", "1.1.0")
@@ -60,6 +61,8 @@ def test_add_check_del_in_every_version(node: CniNode, version: str) -> None:
     rc, res, err = run_bin(node, "labnet", cni_env("ADD", cid, netns, pod=f"pod-{cid}"), conf)
     assert rc == 0, f"ADD {version} failed: {res} {err}"
     assert res is not None and res["cniVersion"] == version
+    assert set(res) <= {"cniVersion", "interfaces", "ips", "routes", "dns"}, \
+        f"ADD {version}: the result has keys the spec does not define: {sorted(res)}"
     host, cont = res["interfaces"]
     assert host["name"].startswith("cali") and len(host["name"]) == 15 and host["mac"] == "ee:ee:ee:ee:ee:ee"
     assert cont["name"] == "eth0" and cont["sandbox"] == netns
@@ -204,7 +207,11 @@ def test_ipam_plugin_alone(node: CniNode) -> None:
     assert rc == 0 and res is not None
     again = run_bin(node, "labnet-ipam", env, conf)[1]
     assert again is not None and again["ips"] == res["ips"]
-    assert res["labnet"]["affinity"] == "node-a" and res["labnet"]["borrowed"] is False
+    assert "labnet" not in res, f"labnet-ipam's result to a runtime has a non-spec key: {res}"
+    # labnet's own plugin asks for the block and affinity (IPAM_INFO_ENV); a repeated ADD answers the same
+    info = run_bin(node, "labnet-ipam", {**env, IPAM_INFO_ENV: "1"}, conf)[1]
+    assert info is not None and info["ips"] == res["ips"], info
+    assert info["labnet"]["affinity"] == "node-a" and info["labnet"]["borrowed"] is False, info
     assert run_bin(node, "labnet-ipam", {**env, "CNI_COMMAND": "CHECK"}, {**conf, "prevResult": res})[0] == 0
     assert run_bin(node, "labnet-ipam", {**env, "CNI_COMMAND": "DEL"}, conf)[0] == 0
     rc, doc, _ = run_bin(node, "labnet-ipam", {**env, "CNI_COMMAND": "CHECK"}, {**conf, "prevResult": res})
