@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -290,13 +291,20 @@ def _register_etcd(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
     p.add_argument("-l", "--lab", type=paths.lab_arg, help="the lab (default: the only running one): labnet etcd -l NAME ls")
 
 
+def _ipv4(value: str) -> IPv4Address:
+    try:
+        return IPv4Address(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an IPv4 address") from None
+
+
 def cmd_pod(args: argparse.Namespace) -> int:
     from labnet.lab import pods, state
     _need_root()
     name = state.pick_lab(args.lab)
     if args.pod_command == "add":
         labels = dict(kv.split("=", 1) for kv in args.label or [])  # each checked by _label
-        rec = pods.add(name, args.node, args.pod, labels=labels or None)
+        rec = pods.add(name, args.node, args.pod, labels=labels or None, ip=args.ip)
         print(f"pod {args.pod} on {args.node}: {rec['ip']} (host veth {rec['host_veth']})")
     else:
         pods.remove(name, args.node, args.pod)
@@ -424,6 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
         ps.add_argument("-l", "--lab", type=paths.lab_arg, help="the lab (default: the only running one)")
         if verb == "add":
             ps.add_argument("--label", action="append", metavar="K=V", type=_label, help="pod label (repeatable)")
+            ps.add_argument("--ip", type=_ipv4, help="the pod's address, from the pool (default: the next free one)")
         ps.set_defaults(func=cmd_pod)
 
     s = sub.add_parser("bgp", help="BGP state of a node's agent")

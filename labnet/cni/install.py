@@ -91,6 +91,7 @@ def conflist(etcd_endpoints: str, tls: bool, settings: dict[str, Any] | None = N
         "log_level": "info",
         "etcd_endpoints": etcd_endpoints,
         "ipam": {"type": "labnet-ipam"},
+        "capabilities": {"ips": True},  # libcni then passes a runtime's requested address (runtimeConfig.ips)
     }
     if tls:
         plugin.update({

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from ipaddress import IPv4Address
 from typing import Any
 
 from labnet import nsexec
@@ -77,14 +78,18 @@ def read_conflist(node: NodeNS) -> dict[str, Any]:
     return dict(doc)
 
 
-def _env(command: str, cid: str, netns: str, pod: str, namespace: str, ifname: str = IFNAME) -> dict[str, str]:
-    return {
+def _env(command: str, cid: str, netns: str, pod: str, namespace: str, ifname: str = IFNAME,
+         ip: IPv4Address | None = None) -> dict[str, str]:
+    env = {
         "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
         "CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_NETNS": netns, "CNI_IFNAME": ifname,
         "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={pod};"
                     f"K8S_POD_INFRA_CONTAINER_ID={cid}",
         "CNI_PATH": CNI_BIN,
     }
+    if ip is not None:  # a requested address, as podman's --ip asks for it
+        env["CNI_ARGS"] += f";IP={ip}"
+    return env
 
 
 def _exec_plugin(node: NodeNS, pod: str, plugin: dict[str, Any], conflist: dict[str, Any], command: str,
@@ -151,9 +156,10 @@ def _loopback(node: NodeNS, pod: str, cid: str, netns: str, command: str, presen
 
 
 def add_pod(node: NodeNS, pod: str, namespace: str = "default", labels: dict[str, str] | None = None,
-            lab: str | None = None, conflist: dict[str, Any] | None = None) -> dict[str, Any]:
+            lab: str | None = None, conflist: dict[str, Any] | None = None,
+            ip: IPv4Address | None = None) -> dict[str, Any]:
     """Create pod `pod` on `node` through the node's CNI config (`conflist`: read from the node
-    when not given); return the final CNI result.
+    when not given); return the final CNI result. `ip`: the address to ask for (CNI_ARGS IP=).
 
     Idempotent: for a pod that exists, the plugins see a repeated ADD and answer the same.
     """
@@ -165,7 +171,7 @@ def add_pod(node: NodeNS, pod: str, namespace: str = "default", labels: dict[str
                               "network": conflist["name"], "cniVersion": conflist["cniVersion"],
                               "labels": labels or {}, "result": None}
     has_loopback = _prepare(node, pod, namespace, cid, netns, record)
-    env = _env("ADD", cid, netns, pod, namespace)
+    env = _env("ADD", cid, netns, pod, namespace, ip=ip)
     extra = {"args": {"labels": labels}} if labels else None
     prev: dict[str, Any] | None = None
     try:

@@ -7,6 +7,7 @@ borrowed from another node's block (the agent then routes a /32).
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,6 +15,7 @@ from labnet.cni import settings
 from labnet.cni.spec import (
     CHECK_FAILED,
     INVALID_CONFIG,
+    INVALID_ENV,
     IPAM_INFO_ENV,
     NOT_AVAILABLE,
     UNKNOWN_CONTAINER,
@@ -64,13 +66,39 @@ def handle(environ: Mapping[str, str], stdin: bytes, *, store_pool: Any = None,
     return run(_run, Services(environ, store_pool, memo=memo), stdin)
 
 
+def requested_ip(env: Env, conf: dict[str, Any]) -> str | None:
+    """The one IPv4 address the runtime asks for, if any: CNI_ARGS `IP=` (podman's --ip, Calico's
+    convention), `args.cni.ips` or `runtimeConfig.ips` (the `ips` capability); a prefix length
+    is dropped. Code 4 for a bad CNI_ARGS value, 7 for a bad config, one address at most."""
+    found: dict[str, str] = {}
+    for part in filter(None, (env.args.get("IP") or "").split(",")):
+        try:
+            found[str(ipaddress.IPv4Address(part.split("/")[0]))] = "CNI_ARGS IP"
+        except ValueError:
+            raise CniError(INVALID_ENV, f"CNI_ARGS IP={env.args['IP']!r}: {part!r} is not an IPv4 address") from None
+    for where, ips in (("args.cni.ips", ((conf.get("args") or {}).get("cni") or {}).get("ips")),
+                       ("runtimeConfig.ips", (conf.get("runtimeConfig") or {}).get("ips"))):
+        if ips is None:
+            continue
+        if not isinstance(ips, list) or not all(isinstance(x, str) for x in ips):
+            raise CniError(INVALID_CONFIG, f"{where} must be a list of address strings, got {ips!r}")
+        for x in ips:
+            try:
+                found[str(ipaddress.IPv4Interface(x).ip)] = where
+            except ValueError:
+                raise CniError(INVALID_CONFIG, f"{where}: {x!r} is not an IPv4 address") from None
+    if len(found) > 1:
+        raise CniError(INVALID_CONFIG, "labnet assigns one IPv4 address per attachment; requested "
+                       + ", ".join(f"{a} ({w})" for a, w in found.items()))
+    return next(iter(found), None)
+
+
 def _dispatch(env: Env, conf: dict[str, Any], store: Any,
               memo: settings.RequestMemo | None = None, info: bool = False) -> dict[str, Any] | None:
     version = version_of(conf)
     node = settings.nodename(conf)
     if env.command == "ADD":
-        if (conf.get("args") or {}).get("cni", {}).get("ips") or (conf.get("runtimeConfig") or {}).get("ips"):
-            raise CniError(2, "static IPs (args.cni.ips / runtimeConfig.ips) are not supported by labnet-ipam")
+        wanted = requested_ip(env, conf)
         hid = handle_id(conf, env.container_id)
         # One read for the settings, the handle and the blocks; the plugin's MTU reuses the settings.
         first = ipam.first_read(store, hid, settings.CLUSTER_KEY)
@@ -78,7 +106,10 @@ def _dispatch(env: Env, conf: dict[str, Any], store: Any,
             memo.prime(settings.CLUSTER_KEY, first.keys[settings.CLUSTER_KEY])
         pool = _pool_of(settings.cluster_from(conf, first.keys[settings.CLUSTER_KEY]))
         attrs = {"node": node, "pod": env.pod or "", "namespace": env.namespace, "containerID": env.container_id}
-        a = ipam.auto_assign(store, node, hid, pool, attrs, first=first)
+        if wanted is None:
+            a = ipam.auto_assign(store, node, hid, pool, attrs, first=first)
+        else:
+            a = ipam.assign_ip(store, node, hid, pool, wanted, attrs, first=first)
         result: dict[str, Any] = {"ips": [{"address": f"{a.address}/32"}], "routes": [], "dns": {}}
         if info:  # labnet's own plugin asked (IPAM_INFO_ENV): the block, the affinity, whether borrowed
             result["labnet"] = {**a.to_json(), "pool": pool.cidr, "node": node}

@@ -44,6 +44,12 @@ class PoolExhausted(IpamError):
     code = 100
 
 
+class AddressUnavailable(IpamError):
+    """A requested address cannot be given: outside the pool, or another container holds it."""
+
+    code = 101
+
+
 class IpamConflict(IpamError):
     """Gave up after MAX_ATTEMPTS lost compare-and-swaps (should not happen)."""
 
@@ -344,6 +350,56 @@ def auto_assign(
             return Assignment(block.address(ordinal), cidr, ordinal, handle_id, block.node, block.node != node)
         snap = first_read(store, handle_id)  # a block or the handle moved: decide again
     raise IpamConflict(f"handle {handle_id}: gave up after {MAX_ATTEMPTS} attempts")
+
+
+def assign_ip(
+    store: Datastore, node: str, handle_id: str, pool: Pool, address: str,
+    attrs: dict[str, Any] | None = None, first: Snapshot | None = None,
+) -> Assignment:
+    """Exactly `address` for `handle_id` (Calico's AssignIP: podman's --ip, a pod's `ip:`), the
+    same again if the handle holds it already. Its block is claimed for `node` if nobody has
+    it yet, else the address is borrowed from the block's node. AddressUnavailable when it is
+    outside the pool, another container holds it, or the handle holds another address."""
+    try:
+        ip = ipaddress.IPv4Address(address)
+    except ValueError:
+        raise AddressUnavailable(f"requested address {address!r} is not an IPv4 address") from None
+    if ip not in pool.network:
+        raise AddressUnavailable(f"requested address {ip} is outside IP pool {pool.cidr}")
+    cidr = str(ipaddress.IPv4Network(f"{ip}/{pool.block_size}", strict=False))
+    hkey, bkey = keys.handle(handle_id), keys.block(cidr)
+    attrs = {"node": node, **(attrs or {})}
+    snap = first if first is not None else first_read(store, handle_id)
+    for _ in range(MAX_ATTEMPTS):
+        held = _held(snap, handle_id, node)
+        if held:
+            if held[0].address == str(ip):
+                return held[0]
+            raise AddressUnavailable(f"handle {handle_id} already holds {held[0].address}; it cannot also "
+                                     f"have the requested {ip} (DEL it first)")
+        kv = next((b for b in snap.prefixes[keys.BLOCKS] if b.key == bkey), None)
+        if kv is None:
+            store.cas_many([(bkey, Block.new(cidr, node).encode(), 0),
+                            (keys.affinity(node, cidr), json.dumps({"state": "confirmed", "deleted": False}), None)])
+            snap = first_read(store, handle_id)  # ours now, or a racer's: either way, decide again
+            continue
+        block = Block.decode(kv.value)
+        ordinal = block.ordinal(str(ip))
+        owner = block.allocations[ordinal]
+        if owner is not None:
+            raise AddressUnavailable(f"requested address {ip} is taken: handle {owner} holds it "
+                                     f"(block {cidr}, node {block.node or 'none'})")
+        block.unallocated.remove(ordinal)
+        block.allocations[ordinal] = handle_id
+        block.attributes[handle_id] = attrs
+        hkv = snap.keys.get(hkey)
+        doc = json.loads(hkv.value) if hkv else {"handleID": handle_id}
+        doc["block"] = {cidr: 1}
+        if store.cas_many([(kv.key, block.encode(), kv.mod_revision),
+                           (hkey, json.dumps(doc), hkv.mod_revision if hkv else 0)]):
+            return Assignment(str(ip), cidr, ordinal, handle_id, block.node, block.node != node)
+        snap = first_read(store, handle_id)
+    raise IpamConflict(f"handle {handle_id}: gave up after {MAX_ATTEMPTS} attempts for {ip}")
 
 
 def release(store: Datastore, handle_id: str) -> list[str]:

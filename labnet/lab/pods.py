@@ -6,6 +6,7 @@ The lab's journal keeps one record per pod (node, IP, host veth, netns) so check
 
 from __future__ import annotations
 
+from ipaddress import IPv4Address
 from typing import Any
 
 from labnet.errors import BadInput
@@ -24,7 +25,7 @@ def _record(node: str, pod: str, result: dict[str, Any], netns: str, cid: str) -
 
 
 def add_to(journal: Journal, ns: NodeNS, node: str, pod: str, labels: dict[str, str] | None = None,
-           conflist: dict[str, Any] | None = None) -> dict[str, Any]:
+           conflist: dict[str, Any] | None = None, ip: IPv4Address | None = None) -> dict[str, Any]:
     """ADD `pod` on `node` and record it in the journal (recorded first: a crash leaves a trace)."""
     from labnet.cni import invoke
 
@@ -33,7 +34,7 @@ def add_to(journal: Journal, ns: NodeNS, node: str, pod: str, labels: dict[str, 
     # other pods may be added beside this one (phases.pods): set_info takes the journal's lock
     journal.set_info(("pods", pod), {"node": node, "ip": None, "host_veth": None, "netns": netns, "container_id": cid})
     try:
-        result = invoke.add_pod(ns, pod, labels=labels, lab=journal.lab, conflist=conflist)
+        result = invoke.add_pod(ns, pod, labels=labels, lab=journal.lab, conflist=conflist, ip=ip)
     except BaseException:
         # add_pod has already rolled the pod back (CNI DEL); forget it, so a retry can work.
         journal.set_info(("pods", pod), remove=True)
@@ -50,13 +51,14 @@ def reapply_policy(journal: Journal) -> None:
     apply_all(journal.info, lambda node: node_ns(journal.lab, node))
 
 
-def add(lab: str, node: str, pod: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
+def add(lab: str, node: str, pod: str, labels: dict[str, str] | None = None,
+        ip: IPv4Address | None = None) -> dict[str, Any]:
     check_name("pod", pod)
     with lab_lock(lab):
         journal = running_journal(lab)
         if pod in journal.info.get("pods", {}):
             raise BadInput(f"lab {lab}: pod {pod!r} exists already (on {journal.info['pods'][pod]['node']})")
-        rec = add_to(journal, node_ns(lab, node), node, pod, labels)
+        rec = add_to(journal, node_ns(lab, node), node, pod, labels, ip=ip)
         reapply_policy(journal)
         return rec
 

@@ -196,6 +196,8 @@ class BgpSpec(_Model):
 class PodSpec(_Model):
     node: str
     labels: dict[str, str] = {}
+    ip: Address | None = Field(default=None, description="the pod's address, from the pool (as Calico's "
+                               "cni.projectcalico.org/ipAddrs annotation); default: the next free one")
 
 
 class Cluster(_Model):

@@ -278,8 +278,17 @@ class _Checker:
             self.check_bgp()
         for name, node in cl.nodes.items():
             self.check_bgp_address(name, node)
+        asked: dict[IPv4Address, str] = {}
         for name, pod in cl.pods.items():
             self.ref(("cluster", "pods", name, "node"), pod.node, ("node",), f"pod {name} is on an ")
+            if pod.ip is None:
+                continue
+            if pod.ip not in cl.pool.cidr:
+                self.add(("cluster", "pods", name, "ip"), f"pod {name}'s ip {pod.ip} is outside pool {cl.pool.cidr}",
+                         "a pod's address comes from the pool")
+            elif pod.ip in asked:
+                self.add(("cluster", "pods", name, "ip"), f"pod {name}'s ip {pod.ip} is also pod {asked[pod.ip]}'s")
+            asked.setdefault(pod.ip, name)
 
     def check_bgp(self) -> None:
         cl = self.topo.cluster

@@ -101,8 +101,8 @@ def test_errors_use_spec_codes(node: CniNode) -> None:
     assert_error(*run_bin(node, "labnet", env, {k: v for k, v in conf.items() if k != "name"})[:2], 7, "name")
     missing = cni_env("ADD", "cerr", "/var/run/netns/does-not-exist", pod="perr")
     assert_error(*run_bin(node, "labnet", missing, conf)[:2], 3, "/var/run/netns/does-not-exist")
-    static = {**conf, "args": {"cni": {"ips": ["10.100.0.9"]}}}
-    assert_error(*run_bin(node, "labnet", env, static)[:2], 2, "static IPs")
+    static = {**conf, "args": {"cni": {"ips": ["192.0.2.9"]}}}
+    assert_error(*run_bin(node, "labnet", env, static)[:2], 101, "192.0.2.9 is outside IP pool")
     dead = {**conf, "etcd_endpoints": "http://127.0.0.1:2399"}
     assert_error(*run_bin(node, "labnet", env, dead)[:2], 11, "etcd", "127.0.0.1:2399")
     # both binaries: bad stdin and unknown versions, the error rendered in the version asked for
@@ -198,6 +198,28 @@ def test_status_reports_etcd_reachability(node: CniNode) -> None:
     assert rc == 0 and doc is None, f"STATUS failed: {doc}"
     dead = {**conf, "etcd_endpoints": "http://127.0.0.1:2399"}
     assert_error(*run_bin(node, "labnet", cni_env("STATUS", ifname=""), dead)[:2], 50, "etcd")
+
+
+def test_a_requested_address_is_given_or_refused_by_name(node: CniNode) -> None:
+    """podman's --ip (CNI_ARGS IP=) and the `ips` capability (runtimeConfig.ips), as libcni sends them."""
+    conf = node.conf()
+    pool = node.store_call(lambda s: ipam.cluster_pool(s))
+    want = str(pool.network.network_address + 4000)
+    got = {}
+    netns = {cid: pod_netns(node, f"p-{cid}") for cid in ("rq1", "rq2", "rq3")}
+    for cid, env_extra, conf_extra in (("rq1", {"CNI_ARGS": f"IgnoreUnknown=1;IP={want}"}, {}),
+                                       ("rq2", {}, {"runtimeConfig": {"ips": [f"{pool.network.network_address + 4001}/32"]}})):
+        env = {**cni_env("ADD", cid, netns[cid], pod=f"pod-{cid}"), **env_extra}
+        rc, res, err = run_bin(node, "labnet", env, {**conf, **conf_extra})
+        assert rc == 0 and res is not None, f"ADD {cid} asking for an address: {res} {err}"
+        got[cid] = res["ips"][0]["address"]
+    assert got == {"rq1": f"{want}/32", "rq2": f"{pool.network.network_address + 4001}/32"}, got
+    env = {**cni_env("ADD", "rq3", netns["rq3"], pod="pod-rq3"), "CNI_ARGS": f"IP={want}"}
+    assert_error(*run_bin(node, "labnet", env, conf)[:2], 101, f"{want} is taken", "k8s-pod-network.rq1")
+    for cid in ("rq1", "rq2", "rq3"):
+        rc, doc, _ = run_bin(node, "labnet", cni_env("DEL", cid, netns[cid], pod=f"pod-{cid}"), conf)
+        assert rc == 0, f"DEL {cid}: {doc}"
+    assert node.store_call(lambda s: ipam.usage(s))["allocated"] == 0, "DEL released every requested address"
 
 
 def test_ipam_plugin_alone(node: CniNode) -> None:

@@ -8,6 +8,7 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -121,3 +122,28 @@ def test_plugin_import_path_stays_lean() -> None:
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_requested_address_from_cni_args_or_the_config() -> None:
+    from labnet.cni.ipam_plugin import requested_ip
+    from labnet.cni.spec import CniError, Env
+
+    def env(args: str = "") -> Env:
+        return Env("ADD", "c1", "/n", "eth0", ("/opt/cni/bin",),
+                   dict(p.split("=", 1) for p in args.split(";") if p))
+
+    assert requested_ip(env(), {}) is None
+    assert requested_ip(env("IgnoreUnknown=1;IP=10.100.3.4"), {}) == "10.100.3.4"
+    assert requested_ip(env(), {"runtimeConfig": {"ips": ["10.100.3.4/24"]}}) == "10.100.3.4"
+    assert requested_ip(env(), {"args": {"cni": {"ips": ["10.100.3.4"]}}}) == "10.100.3.4"
+    assert requested_ip(env("IP=10.100.3.4"), {"runtimeConfig": {"ips": ["10.100.3.4/32"]}}) == "10.100.3.4"
+    cases: list[tuple[Env, dict[str, Any], int, str]] = [
+        (env("IP=nope"), {}, 4, "CNI_ARGS IP='nope'"),
+        (env(), {"runtimeConfig": {"ips": "10.1.1.1"}}, 7, "must be a list"),
+        (env(), {"runtimeConfig": {"ips": ["fd00::1/64"]}}, 7, "not an IPv4 address"),
+        (env("IP=10.100.3.4"), {"runtimeConfig": {"ips": ["10.100.3.5"]}}, 7, "one IPv4 address per attachment"),
+    ]
+    for e, conf, code, says in cases:
+        with pytest.raises(CniError) as err:
+            requested_ip(e, conf)
+        assert err.value.code == code and says in str(err.value), (code, str(err.value))

@@ -226,3 +226,54 @@ def test_a_claim_whose_answer_is_lost_still_leaves_the_block_routed() -> None:
     first = POOL.node_order("node-9")[0]
     s2.put(keys.affinity("node-9", first), json.dumps({"state": "confirmed"}))
     assert ipaddress.IPv4Address(ipam.tunnel_address(s2, "node-9", POOL)) in ipaddress.IPv4Network(first)
+
+
+# -- a requested address (podman's --ip, a pod's `ip:`): Calico's AssignIP ------------------------
+
+
+def test_assign_ip_claims_the_block_of_a_free_address_for_the_node() -> None:
+    s = MemStore()
+    a = ipam.assign_ip(s, "n1", "net.want", POOL, "10.100.200.7")
+    assert (a.address, a.block, a.ordinal, a.affinity, a.borrowed) == ("10.100.200.7", "10.100.200.0/26", 7, "n1", False)
+    assert ipam.blocks_of(s, "n1") == ["10.100.200.0/26"]
+    assert ipam.assign_ip(s, "n1", "net.want", POOL, "10.100.200.7") == a, "a repeated ADD gets the same"
+    # the node's next automatic address comes from that block too, never the requested one again
+    b = ipam.auto_assign(s, "n1", "net.next", POOL)
+    assert b.block == a.block and b.address != a.address
+
+
+def test_assign_ip_borrows_from_another_nodes_block_and_refuses_what_is_taken() -> None:
+    s = MemStore()
+    owner = ipam.auto_assign(s, "n1", "net.first", POOL)
+    free = str(ipaddress.IPv4Network(owner.block).network_address + 9)
+    b = ipam.assign_ip(s, "n2", "net.borrower", POOL, free)
+    assert b.borrowed and b.affinity == "n1" and ipam.blocks_of(s, "n2") == []
+    with pytest.raises(ipam.AddressUnavailable, match=f"{owner.address} is taken: handle net.first holds it") as e:
+        ipam.assign_ip(s, "n2", "net.thief", POOL, owner.address)
+    assert e.value.code == 101
+    with pytest.raises(ipam.AddressUnavailable, match="outside IP pool 10.100.0.0/16"):
+        ipam.assign_ip(s, "n2", "net.out", POOL, "10.20.30.7")
+    with pytest.raises(ipam.AddressUnavailable, match="already holds"):
+        ipam.assign_ip(s, "n1", "net.first", POOL, free)
+    assert ipam.usage(s)["allocated"] == 2 and sorted(ipam.usage(s)["handles"]) == ["net.borrower", "net.first"]
+
+
+def test_concurrent_requests_for_one_address_give_it_once() -> None:
+    s = MemStore()
+    won: list[str] = []
+    lost: list[str] = []
+
+    def worker(i: int) -> None:
+        try:
+            ipam.assign_ip(s, f"n{i % 3}", f"net.c{i}", POOL, "10.100.7.7")
+            won.append(f"net.c{i}")
+        except ipam.AddressUnavailable as exc:
+            lost.append(str(exc))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(won) == 1 and len(lost) == 11, (won, lost[:2])
+    assert ipam.usage(s)["allocated"] == 1

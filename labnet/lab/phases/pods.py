@@ -55,9 +55,9 @@ def run(ctx: Context) -> None:
         ns = ctx.runtime.ns(node)
         conflist = read_conflist(ns)  # once per node: the phase installed it and nothing changes it
         for pod in by_node[node]:
-            labels = cluster.pods[pod].labels or None
-            add_retrying(functools.partial(pods.add_to, ctx.journal, ns, node, pod, labels=labels, conflist=conflist),
-                         f"pod {pod} on {node}")
+            spec = cluster.pods[pod]
+            add_retrying(functools.partial(pods.add_to, ctx.journal, ns, node, pod, labels=spec.labels or None,
+                                           conflist=conflist, ip=spec.ip), f"pod {pod} on {node}")
 
     if by_node:
         with ThreadPoolExecutor(max_workers=min(WORKERS, len(by_node))) as pool:
