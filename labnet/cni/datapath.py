@@ -53,9 +53,17 @@ class DatapathError(Exception):
     pass
 
 
-def host_veth_name(container_id: str, namespace: str | None = None, pod: str | None = None) -> str:
-    """Calico's name: 'cali' + first 11 hex of sha1('<namespace>.<pod>') (or of the container id)."""
+PRIMARY_IFNAME = "eth0"  # the attachment that gets the pod's routes; others are reachable, not routed by
+
+
+def host_veth_name(container_id: str, namespace: str | None = None, pod: str | None = None,
+                   ifname: str = PRIMARY_IFNAME) -> str:
+    """Calico's name: 'cali' + first 11 hex of sha1('<namespace>.<pod>') (or of the container id).
+    Another attachment of the same container (eth1, a second network) adds '/<ifname>' to what
+    is hashed ('/' is in no pod name or container id), so attachments never share a veth."""
     key = f"{namespace}.{pod}" if pod else container_id
+    if ifname != PRIMARY_IFNAME:
+        key += f"/{ifname}"
     return "cali" + hashlib.sha1(key.encode()).hexdigest()[:11]
 
 
@@ -236,11 +244,14 @@ def finish(pair: Pair, address: str, mtu: int) -> Endpoint:
         # One batch per netns. The kernel runs them in order and answers each; a failure does
         # not stop the rest, but the first one fails the ADD and the pair goes.
         pidx, idx = pair.pod_index, pair.index
+        routes = [  # the pod's gateway and default route go with its primary attachment only
+            nlbatch.route(GATEWAY, 32, pidx, RT_SCOPE_LINK, RTPROT_BOOT),
+            nlbatch.route("0.0.0.0", 0, pidx, RT_SCOPE_UNIVERSE, RTPROT_BOOT, gateway=GATEWAY),
+        ] if pair.ifname == PRIMARY_IFNAME else []
         for answer in pair.pod.batch([
             nlbatch.link_up(pidx, mtu, pair.ifname),
             nlbatch.addr_add(pidx, address, 32, pair.ifname),
-            nlbatch.route(GATEWAY, 32, pidx, RT_SCOPE_LINK, RTPROT_BOOT),
-            nlbatch.route("0.0.0.0", 0, pidx, RT_SCOPE_UNIVERSE, RTPROT_BOOT, gateway=GATEWAY),
+            *routes,
         ]) + pair.node.batch([
             nlbatch.link_up(idx, mtu, pair.host_if),
             nlbatch.route(address, 32, idx, RT_SCOPE_LINK, RTPROT_BOOT, replace=True),
@@ -344,6 +355,8 @@ def check(host_if: str, netns: str, ifname: str, address: str) -> list[str]:
         if f"{address}/32" not in addrs:
             problems.append(f"pod {ifname} address: expected {address}/32, found {addrs}")
         routes = ipr.get_routes(family=2, oif=pidx, table=254)
+        if ifname != PRIMARY_IFNAME:
+            return problems
         if not any(r.get_attr("RTA_DST") == GATEWAY and r["dst_len"] == 32 and r["scope"] == RT_SCOPE_LINK
                    for r in routes):
             problems.append(f"pod route: expected '{GATEWAY} dev {ifname} scope link', found none")

@@ -33,8 +33,11 @@ from labnet.ipam import allocator as ipam
 from labnet.settings import ClusterSettings
 
 
-def handle_id(conf: dict[str, Any], container_id: str) -> str:
-    return f"{conf['name']}.{container_id}"
+def handle_id(conf: dict[str, Any], container_id: str, ifname: str = "eth0") -> str:
+    """Calico's `<network>.<container id>`; another interface of the container on the same network
+    adds `/<ifname>`, so each attachment holds its own address."""
+    base = f"{conf['name']}.{container_id}"
+    return base if ifname in ("eth0", "") else f"{base}/{ifname}"
 
 
 def _pool(conf: dict[str, Any], store: Any, memo: settings.RequestMemo | None = None) -> ipam.Pool:
@@ -99,7 +102,7 @@ def _dispatch(env: Env, conf: dict[str, Any], store: Any,
     node = settings.nodename(conf)
     if env.command == "ADD":
         wanted = requested_ip(env, conf)
-        hid = handle_id(conf, env.container_id)
+        hid = handle_id(conf, env.container_id, env.ifname)
         # One read for the settings, the handle and the blocks; the plugin's MTU reuses the settings.
         first = ipam.first_read(store, hid, settings.CLUSTER_KEY)
         if memo is not None:
@@ -115,13 +118,13 @@ def _dispatch(env: Env, conf: dict[str, Any], store: Any,
             result["labnet"] = {**a.to_json(), "pool": pool.cidr, "node": node}
         return convert(result, version)
     if env.command == "DEL":
-        ipam.release(store, handle_id(conf, env.container_id))
+        ipam.release(store, handle_id(conf, env.container_id, env.ifname))
         return None
     if env.command == "CHECK":
-        held = ipam.lookup(store, handle_id(conf, env.container_id), node)
+        held = ipam.lookup(store, handle_id(conf, env.container_id, env.ifname), node)
         if not held:
             raise CniError(UNKNOWN_CONTAINER, f"IPAM holds no address for container {env.container_id} "
-                           f"(handle {handle_id(conf, env.container_id)})")
+                           f"(handle {handle_id(conf, env.container_id, env.ifname)})")
         prev = normalize(conf.get("prevResult") or {})
         want = {ip["address"].split("/")[0] for ip in prev["ips"]}
         have = {a.address for a in held}
@@ -130,7 +133,8 @@ def _dispatch(env: Env, conf: dict[str, Any], store: Any,
                            f"prevResult has {sorted(want)}")
         return None
     if env.command == "GC":
-        valid = {a.get("containerID", "") for a in conf.get("cni.dev/valid-attachments") or []}
+        valid = {handle_id(conf, a.get("containerID", ""), a.get("ifname", "eth0"))
+                 for a in conf.get("cni.dev/valid-attachments") or []}
         ipam.gc(store, conf["name"], valid, node)
         return None
     if env.command == "STATUS":

@@ -10,6 +10,7 @@ addresses of attachments the runtime no longer lists. STATUS says whether ADD ca
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -134,11 +135,11 @@ def _labels(env: Env, conf: dict[str, Any]) -> dict[str, str]:
 def _host_if(env: Env) -> str:
     from labnet.cni.datapath import host_veth_name
 
-    return host_veth_name(env.container_id, env.namespace, env.pod)
+    return host_veth_name(env.container_id, env.namespace, env.pod, env.ifname or "eth0")
 
 
 def _wep_key(node: str, env: Env) -> str:
-    return keys.workload_endpoint(node, env.pod or env.container_id, env.container_id)
+    return keys.workload_endpoint(node, env.pod or env.container_id, env.container_id, env.ifname or "eth0")
 
 
 def _mtu(conf: dict[str, Any], store: Any, memo: settings.RequestMemo | None, underlay: int) -> int:
@@ -261,9 +262,11 @@ def cmd_del(env: Env, conf: dict[str, Any], store: Any, ipam: _Delegate) -> None
         if env.pod:
             store.delete(_wep_key(node, env))
         else:
-            for kv in store.range(keys.workload_endpoints(node)):
-                if kv.key.endswith("/" + env.container_id):
-                    store.delete(kv.key)
+            for kv in store.range(keys.workload_endpoints(node)):  # no pod name: find it by its record
+                with contextlib.suppress(ValueError, AttributeError):
+                    wep = json.loads(kv.value)
+                    if (wep.get("containerID"), wep.get("ifname", "eth0")) == (env.container_id, env.ifname or "eth0"):
+                        store.delete(kv.key)
     except DatastoreUnavailable:
         raise
     except Exception as exc:
@@ -304,10 +307,10 @@ def cmd_gc(env: Env, conf: dict[str, Any], store: Any, services: Services) -> No
     from labnet.cni import datapath
 
     node = settings.nodename(conf)
-    valid = {a.get("containerID", "") for a in conf.get("cni.dev/valid-attachments") or []}
+    valid = {(a.get("containerID", ""), a.get("ifname", "eth0")) for a in conf.get("cni.dev/valid-attachments") or []}
     for kv in store.range(keys.workload_endpoints(node)):
         wep = json.loads(kv.value)
-        if wep.get("network") == conf["name"] and wep.get("containerID") not in valid:
+        if wep.get("network") == conf["name"] and (wep.get("containerID"), wep.get("ifname", "eth0")) not in valid:
             datapath.teardown(wep.get("interface", ""), None, wep.get("ifname", "eth0"))
             store.delete(kv.key, kv.mod_revision)
     delegate(env, conf, "GC", services)

@@ -36,6 +36,8 @@ CHECK_FAILED = 103
 IPAM_FAILED = 104
 
 _CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+# What the kernel takes as an interface name, less what a path or a key could misread ('/', ':').
+_IFNAME = re.compile(r"^[A-Za-z0-9_.\-@]{1,15}$")
 
 
 class CniError(Exception):
@@ -92,6 +94,9 @@ def parse_env(environ: Mapping[str, str]) -> Env:
     cid = environ.get("CNI_CONTAINERID", "")
     if cid and not _CONTAINER_ID.match(cid):
         raise CniError(INVALID_ENV, f"CNI_CONTAINERID {cid!r} has characters outside [A-Za-z0-9_.-]")
+    ifname = environ.get("CNI_IFNAME", "")
+    if ifname and (not _IFNAME.match(ifname) or ifname in (".", "..")):
+        raise CniError(INVALID_ENV, f"CNI_IFNAME {ifname!r} is not an interface name (1-15 of [A-Za-z0-9_.@-])")
     args: dict[str, str] = {}
     for part in filter(None, environ.get("CNI_ARGS", "").split(";")):
         k, sep, v = part.partition("=")
@@ -99,7 +104,7 @@ def parse_env(environ: Mapping[str, str]) -> Env:
             raise CniError(INVALID_ENV, f"CNI_ARGS item {part!r} is not KEY=VALUE")
         args[k] = v
     path = tuple(p for p in environ.get("CNI_PATH", "").split(":") if p)
-    return Env(cmd, cid, environ.get("CNI_NETNS", ""), environ.get("CNI_IFNAME", ""), path, args)
+    return Env(cmd, cid, environ.get("CNI_NETNS", ""), ifname, path, args)
 
 
 def parse_conf(raw: bytes | str, command: str) -> dict[str, Any]:

@@ -48,8 +48,11 @@ def node(name: str) -> str:
 NODES = f"{RESOURCES}/nodes/"
 
 
-def workload_endpoint(node_name: str, pod: str, container_id: str) -> str:
-    return f"{RESOURCES}/workloadendpoints/{node_name}/{pod}/{container_id}"
+def workload_endpoint(node_name: str, pod: str, container_id: str, ifname: str = "eth0") -> str:
+    """One attachment's record: the container's eth0 at <container_id>, another interface of it
+    (a second network, eth1) at <container_id>/<ifname>."""
+    base = f"{RESOURCES}/workloadendpoints/{node_name}/{pod}/{container_id}"
+    return base if ifname == "eth0" else f"{base}/{ifname}"
 
 
 def workload_endpoints(node_name: str | None = None) -> str:

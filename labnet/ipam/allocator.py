@@ -436,9 +436,9 @@ def tunnel_address(store: Datastore, node: str, pool: Pool | None = None) -> str
                        prefer_first=True).address
 
 
-def gc(store: Datastore, network: str, valid_container_ids: set[str], node: str) -> list[str]:
-    """Release the handles of `network` on `node` whose container is not in `valid_container_ids`
-    (the attachments the runtime of that node still has; other nodes' pods are not its to judge).
+def gc(store: Datastore, network: str, valid_handles: set[str], node: str) -> list[str]:
+    """Release the handles of `network` on `node` that are not in `valid_handles` (those of the
+    attachments the runtime of that node still has; other nodes' pods are not its to judge).
 
     Also sweeps the node's block entries of the network whose handle record is missing (left by
     a plugin older than the one-transaction write of block and handle).
@@ -457,12 +457,12 @@ def gc(store: Datastore, network: str, valid_container_ids: set[str], node: str)
     released: list[str] = []
     handles = {kv.key[len(keys.HANDLES):] for kv in snap.prefixes[keys.HANDLES + prefix]}
     for hid in sorted(handles):
-        if hid[len(prefix):] not in valid_container_ids and owner(hid) in (node, None):
+        if hid not in valid_handles and owner(hid) in (node, None):
             release(store, hid)  # owner None: a handle holding no address, stale wherever it came from
             released.append(hid)
     for b in blocks:
         for hid in sorted({h for h in b.allocations if h and h.startswith(prefix)} - handles):
-            if hid[len(prefix):] not in valid_container_ids and owner(hid) == node:
+            if hid not in valid_handles and owner(hid) == node:
                 _release_in(store, b.cidr, hid)
                 if hid not in released:
                     released.append(hid)

@@ -290,3 +290,59 @@ def test_add_with_a_prev_result_appends_to_it(node: CniNode) -> None:
     assert res["routes"] == prev["routes"]
     rc, doc, _ = run_bin(node, "labnet", cni_env("CHECK", "cprev", netns, pod="prev"), {**node.conf(), "prevResult": res})
     assert rc == 0, doc
+
+
+def links(node: CniNode) -> list[str]:
+    return [x["ifname"] for x in json.loads(nsexec.run(node.ns, ["ip", "-j", "link", "show"]).stdout)]
+
+
+def test_attachments_of_one_container_are_independent(node: CniNode) -> None:
+    """A second interface (eth1) and a second network (eth2 on `other-net`) on one container, as
+    Multus and podman's multi-network make them: each its own veth, address and record; DEL of
+    one leaves the others working; the pod's routes stay with eth0."""
+    netns = pod_netns(node, "p-multi")
+    base = node.conf()
+    atts = {"eth0": base, "eth1": base, "eth2": {**base, "name": "other-net"}}
+
+    def env(command: str, ifname: str) -> dict[str, str]:
+        return cni_env(command, "cmulti", netns, ifname=ifname, pod="multi")
+
+    addr: dict[str, str] = {}
+    for ifname, conf in atts.items():
+        rc, res, err = run_bin(node, "labnet", env("ADD", ifname), conf)
+        assert rc == 0 and res is not None, f"ADD {ifname} ({conf['name']}): {res} {err}"
+        addr[ifname] = res["ips"][0]["address"].split("/")[0]
+        assert res["interfaces"][1]["name"] == ifname, res
+    assert len(set(addr.values())) == 3, f"attachments share an address: {addr}"
+    veths = [n for n in links(node) if n.startswith("cali")]
+    assert len(veths) == 3, f"expected one host veth per attachment, found {veths}"
+    weps = node.store_call(lambda s: [json.loads(kv.value) for kv in s.range(keys.workload_endpoints("node-a"))])
+    assert sorted((w["ifname"], w["network"], w["ip"]) for w in weps) == sorted(
+        (i, atts[i]["name"], f"{addr[i]}/32") for i in atts), weps
+    pod_routes = nsexec.run(node.ns, ["ip", "-n", "p-multi", "route"]).stdout
+    assert "default via 169.254.1.1 dev eth0" in pod_routes and "eth1" not in pod_routes, pod_routes
+    for ifname, ip in addr.items():
+        ping = nsexec.run(node.ns, ["ping", "-c1", "-W2", ip], check=False)
+        assert ping.returncode == 0, f"node -> {ifname} {ip}: {ping.stdout}{ping.stderr}"
+
+    def check(ifname: str) -> tuple[int, dict[str, Any] | None, str]:
+        prev = {"cniVersion": "1.0.0", "interfaces": [{"name": "x"}, {"name": ifname, "sandbox": netns}],
+                "ips": [{"address": f"{addr[ifname]}/32", "interface": 1}]}
+        return run_bin(node, "labnet", env("CHECK", ifname), {**atts[ifname], "prevResult": prev})
+
+    assert all(check(i)[0] == 0 for i in atts), [check(i) for i in atts]
+    rc, doc, _ = run_bin(node, "labnet", env("DEL", "eth1"), atts["eth1"])
+    assert rc == 0, f"DEL eth1: {doc}"
+    for ifname in ("eth0", "eth2"):
+        rc, doc, _ = check(ifname)
+        assert rc == 0, f"CHECK {ifname} after DEL of eth1: {doc}"
+        assert nsexec.run(node.ns, ["ping", "-c1", "-W2", addr[ifname]], check=False).returncode == 0
+    held = node.store_call(lambda s: ipam.usage(s))
+    assert held["allocated"] == 2 and sorted(held["handles"]) == ["k8s-pod-network.cmulti", "other-net.cmulti/eth2"], held
+    again = run_bin(node, "labnet", env("ADD", "eth0"), atts["eth0"])[1]
+    assert again is not None and again["ips"][0]["address"] == f"{addr['eth0']}/32", "a repeated ADD answers the same"
+    for ifname in ("eth0", "eth2"):
+        assert run_bin(node, "labnet", env("DEL", ifname), atts[ifname])[0] == 0
+    assert node.store_call(lambda s: ipam.usage(s))["allocated"] == 0
+    assert not [n for n in links(node) if n.startswith("cali")]
+    assert node.store_call(lambda s: s.range(keys.workload_endpoints("node-a"))) == []

@@ -64,6 +64,19 @@ def test_host_veth_name_is_calicos() -> None:
     assert name.startswith("cali") and len(name) == 15 and all(c in "0123456789abcdef" for c in name[4:])
     assert host_veth_name("cid", "default", "net-test") == name != host_veth_name("cid", "kube", "net-test")
     assert host_veth_name("cid") != host_veth_name("cid2")
+    # another attachment of the same pod: its own name; eth0 keeps Calico's
+    assert host_veth_name("cid", "default", "net-test", "eth0") == name
+    others = {host_veth_name("cid", "default", "net-test", i) for i in ("eth1", "net1", "eth2")}
+    assert len(others) == 3 and name not in others and all(len(n) == 15 for n in others)
+
+
+def test_cni_ifname_is_an_interface_name() -> None:
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": "/n", "CNI_PATH": "/opt/cni/bin"}
+    assert spec.parse_env({**env, "CNI_IFNAME": "net1"}).ifname == "net1"
+    for bad in ("../x", "eth0/1", "a" * 16, "eth 0", "x:y", "..", "eth0;K=V"):
+        with pytest.raises(spec.CniError) as err:
+            spec.parse_env({**env, "CNI_IFNAME": bad})
+        assert err.value.code == 4 and "CNI_IFNAME" in str(err.value), bad
 
 
 @pytest.mark.parametrize("request_file", sorted(p.name for p in FIXTURES.glob("*.json")))

@@ -100,7 +100,7 @@ def test_gc_releases_invalid_attachments_and_orphans_only() -> None:
     # an orphan: block entry without handle record
     orphan = ipam.auto_assign(s, "n1", "k8s-pod-network.orphan", POOL)
     s.delete(keys.handle("k8s-pod-network.orphan"))
-    released = ipam.gc(s, "k8s-pod-network", {"keep"}, "n1")
+    released = ipam.gc(s, "k8s-pod-network", {"k8s-pod-network.keep"}, "n1")
     assert sorted(released) == ["k8s-pod-network.drop", "k8s-pod-network.orphan"]
     used = {a for b in ipam.usage(s)["blocks"] for a in b["allocated"]}
     assert tunnel.address in used and orphan.address not in used
@@ -122,7 +122,7 @@ def test_gc_on_one_node_leaves_the_other_nodes_pods_alone() -> None:
     held = ipam.usage(s)["handles"]
     assert "net.b-borrowed" in held and all(f"net.b{i}" in held for i in range(7)), held
     assert ipam.lookup(s, "net.b-borrowed")[0].address == b_borrowed.address
-    assert ipam.gc(s, "net", {"b-first"}, "node-b") == sorted(["net.b-borrowed", *(f"net.b{i}" for i in range(7))])
+    assert ipam.gc(s, "net", {"net.b-first"}, "node-b") == sorted(["net.b-borrowed", *(f"net.b{i}" for i in range(7))])
     assert ipam.usage(s)["handles"] == ["net.b-first"]
     assert len(b_own) == 7
 
