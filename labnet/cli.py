@@ -329,13 +329,27 @@ def cmd_routes(args: argparse.Namespace) -> int:
     from labnet.lab import state
 
     _need_root()
-    ns = state.node_ns(state.pick_lab(args.lab), args.node)
+    lab = state.pick_lab(args.lab)
+    ns = state.node_ns(lab, args.node)
     routes = get_routes(ns, table=args.table)
     if args.json:
         print(json.dumps([r.as_dict() for r in routes], indent=2, default=str))
-    else:
-        print(format_table(routes))
+        return 0
+    print(format_table(routes))
+    for why in _routes_not_installed(lab, args.node):  # what the agent wants and cannot install, and why
+        print(f"not installed: {why}")
     return 0
+
+
+def _routes_not_installed(lab: str, node: str) -> list[str]:
+    from labnet.lab.view import LabView
+
+    try:
+        problems = LabView(lab).agent_status(node).get("problems") or []
+    except LabnetError:
+        return []  # a router, a host, or an agent that does not answer: nothing to add
+    mark = "route not programmed: "
+    return [p[len(mark):] for p in problems if isinstance(p, str) and p.startswith(mark)]
 
 
 def _register_doctor(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

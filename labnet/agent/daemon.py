@@ -451,7 +451,8 @@ class Agent:
         for x in r.removed:
             log.info("route - %s", x)
         for x in r.errors:
-            log.warning("route: %s", x)
+            if x not in self.state.route_errors:  # once, not on every pass while it lasts
+                log.warning("route: %s", x)
         self.state.route_errors = r.errors
         self.state.routes_skipped = r.skipped
         vx = (PROTO_FELIX, VXLAN_DEVICE) if vteps is not None else (None, None)

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from labnet.agent.routes import PROTO_BIRD, DesiredRoute
+from labnet.agent.routes import PROTO_BIRD, DesiredRoute, OwnRoute, resolve_next_hop
 
 RT_TABLE_MAIN = 254
 RTN_UNICAST = 1
@@ -57,18 +57,24 @@ def _kernel_route(r: Any) -> KernelRoute:
     return KernelRoute(_dst(r), kind, r.get("RTA_GATEWAY"), r.get("RTA_OIF"), bool(r["flags"] & RTNH_F_ONLINK))
 
 
-def read_routes(ipr: Any) -> tuple[dict[Net, KernelRoute], set[Net]]:
-    """(our proto-bird routes by destination, destinations that other protocols hold at metric 0)."""
+def read_routes(ipr: Any) -> tuple[dict[Net, KernelRoute], set[Net], list[OwnRoute]]:
+    """(our proto-bird routes by destination, destinations that other protocols hold at metric
+    0, the node's own unicast routes: what a next hop that is not on-link resolves through)."""
     ours: dict[Net, KernelRoute] = {}
     foreign: set[Net] = set()
+    own: list[OwnRoute] = []
     for r in ipr.route("dump", family=socket.AF_INET, table=RT_TABLE_MAIN):
         if r.get("RTA_TABLE", r["table"]) != RT_TABLE_MAIN:
             continue
         if r["proto"] == PROTO_BIRD:
             ours[_dst(r)] = _kernel_route(r)
-        elif not r.get("RTA_PRIORITY"):
+            continue
+        if not r.get("RTA_PRIORITY"):
             foreign.add(_dst(r))
-    return ours, foreign
+        if r["type"] == RTN_UNICAST and not r["flags"] & RTNH_F_ONLINK:
+            gw = r.get("RTA_GATEWAY")
+            own.append(OwnRoute(_dst(r), ipaddress.IPv4Address(gw) if gw else None, r.get("RTA_OIF")))
+    return ours, foreign, own
 
 
 def _matches(have: KernelRoute, want: DesiredRoute, oif: int | None) -> bool:
@@ -91,7 +97,7 @@ def reconcile(desired: Mapping[Net, DesiredRoute], *, keep_unicast: bool = False
     ipr = ipr or IPRoute()
     oifs: dict[str, list[Any]] = {}  # device -> link_lookup result: one request per device, not per route
     try:
-        have, foreign = read_routes(ipr)
+        have, foreign, node_routes = read_routes(ipr)
         for dst, kr in sorted(have.items()):
             if dst in desired:
                 continue
@@ -115,6 +121,18 @@ def reconcile(desired: Mapping[Net, DesiredRoute], *, keep_unicast: bool = False
                     res.errors.append(f"{want}: device {want.dev} does not exist")
                     continue
                 oif = int(found[0])
+            if want.kind == "unicast" and want.gateway is not None and not want.dev and not want.onlink:
+                via = resolve_next_hop(want.gateway, node_routes)
+                if via is None:
+                    res.errors.append(f"{want}: next hop {want.gateway} is unreachable: no route of this node "
+                                      "leads there (not on a connected subnet, no default route)")
+                    if dst in have:  # resolved before (through a route since deleted): it goes
+                        with contextlib.suppress(NetlinkError):
+                            ipr.route("del", dst=str(dst), table=RT_TABLE_MAIN, proto=PROTO_BIRD, type=RTN_UNICAST)
+                            res.removed.append(f"{dst} (next hop unreachable)")
+                    continue
+                # as BIRD's `gateway recursive`: through the node's own route to the next hop
+                want, oif = DesiredRoute(dst, gateway=via.gateway or want.gateway), via.oif
             cur = have.get(dst)
             if cur is not None and _matches(cur, want, oif):
                 continue

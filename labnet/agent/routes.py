@@ -80,8 +80,29 @@ def route_for(prefix: Net, next_hop: Addr, *, pool: Net, encap: str, mode: str, 
         return DesiredRoute(prefix, gateway=next_hop, dev=tunnel_dev, onlink=True)
     if same_subnet:
         return DesiredRoute(prefix, gateway=next_hop, dev=underlay.ifname)
-    # Not on-link (e.g. learned via a ToR that kept another next hop): the kernel resolves it.
+    # Not on-link (learned via a ToR or reflector that kept a next hop on another LAN): the
+    # kernel step resolves it through the node's own routes (resolve_next_hop).
     return DesiredRoute(prefix, gateway=next_hop)
+
+
+@dataclass(frozen=True)
+class OwnRoute:
+    """A route of the node's own (connected, static, default): not the agent's."""
+
+    dst: Net
+    gateway: Addr | None
+    oif: int | None
+
+
+def resolve_next_hop(next_hop: Addr, own: Iterable[OwnRoute]) -> OwnRoute | None:
+    """BIRD's `gateway recursive`: the node's own longest-prefix route towards `next_hop`; a
+    route through it goes via that route's gateway (or straight out of its device when it is
+    connected). None: nothing of the node's leads there."""
+    best: OwnRoute | None = None
+    for r in own:
+        if next_hop in r.dst and r.oif is not None and (best is None or r.dst.prefixlen > best.dst.prefixlen):
+            best = r
+    return best
 
 
 def desired_routes(

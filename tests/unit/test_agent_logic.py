@@ -380,3 +380,19 @@ def test_null_numbers_take_defaults_and_bad_ones_are_named() -> None:
         ClusterSettings.from_dict({"pool": {"cidr": "10.100.0.0/16"}, "bgp": {"hold_time": "soon"}})
     with pytest.raises(BadInput, match="hold_time 2 must be 0 or 3..65535"):
         ClusterSettings.from_dict({"pool": {"cidr": "10.100.0.0/16"}, "bgp": {"hold_time": 2}})
+
+
+def test_a_next_hop_off_link_resolves_through_the_nodes_own_routes() -> None:
+    """BIRD's `gateway recursive`: the longest of the node's own routes towards the next hop."""
+    from ipaddress import IPv4Address as A
+    from ipaddress import IPv4Network as N
+
+    from labnet.agent.routes import OwnRoute, resolve_next_hop
+
+    own = [OwnRoute(N("0.0.0.0/0"), A("10.20.30.1"), 2), OwnRoute(N("10.20.30.0/24"), None, 2),
+           OwnRoute(N("192.168.50.0/24"), A("10.20.30.254"), 2), OwnRoute(N("10.99.0.0/16"), None, None)]
+    assert resolve_next_hop(A("192.168.50.74"), own) == own[2], "a static route beats the default"
+    assert resolve_next_hop(A("198.51.100.1"), own) == own[0], "else the default route"
+    assert resolve_next_hop(A("10.20.30.9"), own) == own[1], "on a connected subnet: straight out"
+    assert resolve_next_hop(A("10.99.1.1"), own[3:]) is None, "a route without a device leads nowhere"
+    assert resolve_next_hop(A("198.51.100.1"), own[1:]) is None, "no default route: unreachable"
