@@ -7,11 +7,16 @@ request:  b"LNC1" | nfields | nfields x (len | bytes)
           fields 2.. = environment entries b"KEY=VALUE" (CNI_* and PATH)
 response: b"LNR1" | exit status | len | stdout bytes | len | stderr bytes
 
+The shim sends the request's first bytes with the pod's netns as an open fd (SCM_RIGHTS) when
+it could open CNI_NETNS: it opens the path in the runtime's mount namespace, which need not be
+the server's.
+
 Every length is bounded, so a confused peer costs an error, never unbounded memory.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 from collections.abc import Mapping
@@ -36,6 +41,7 @@ class Request:
     plugin: str
     env: dict[str, str]
     stdin: bytes
+    netns_fd: int | None = None  # the pod's netns, opened by the shim; the receiver closes it
 
 
 def forwarded_env(environ: Mapping[str, str]) -> dict[str, str]:
@@ -75,8 +81,40 @@ def _u32(sock: socket.socket) -> int:
     return value
 
 
+def _recv_with_fd(sock: socket.socket, n: int) -> tuple[bytes, int | None]:
+    """The first n bytes and the one fd that may come with them (SCM_RIGHTS)."""
+    fds: list[int] = []
+    buf = b""
+    try:
+        while len(buf) < n:
+            data, anc, _flags, _ = sock.recvmsg(n - len(buf), socket.CMSG_SPACE(4 * 4), socket.MSG_CMSG_CLOEXEC)
+            for level, kind, payload in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds += struct.unpack(f"{len(payload) // 4}i", payload[: len(payload) // 4 * 4])
+            if not data:
+                raise FrameError(f"connection closed after {len(buf)} of {n} bytes")
+            buf += data
+        if len(fds) > 1:
+            raise FrameError(f"request came with {len(fds)} file descriptors; at most one (the pod's netns)")
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return buf, (fds[0] if fds else None)
+
+
 def read_request(sock: socket.socket) -> Request:
-    magic = recv_exact(sock, 4)
+    """One request; its netns fd, if any, is the caller's to close (also when this raises later)."""
+    magic, fd = _recv_with_fd(sock, 4)
+    try:
+        return _read_rest(sock, magic, fd)
+    except BaseException:
+        if fd is not None:
+            os.close(fd)
+        raise
+
+
+def _read_rest(sock: socket.socket, magic: bytes, fd: int | None) -> Request:
     if magic != REQ_MAGIC:
         raise FrameError(f"bad request magic {magic!r}, expected {REQ_MAGIC!r}")
     n = _u32(sock)
@@ -95,7 +133,7 @@ def read_request(sock: socket.socket) -> Request:
         if not eq or not key:
             raise FrameError(f"environment entry {item[:60]!r} is not KEY=VALUE")
         env[key] = value
-    return Request(fields[0].decode("utf-8", "replace"), env, fields[1])
+    return Request(fields[0].decode("utf-8", "replace"), env, fields[1], fd)
 
 
 def read_response(sock: socket.socket) -> tuple[int, bytes, bytes]:

@@ -166,7 +166,7 @@ def cmd_add(env: Env, conf: dict[str, Any], store: Any, ipam: _Delegate, service
         pair = datapath.prepare(host_if, env.netns, env.ifname)
     except Exception as exc:
         _give_back(env, conf, ipam, services)
-        raise CniError(DATAPATH_FAILED, f"node {node}: creating {host_if} <-> {env.ifname} in {env.netns} failed: "
+        raise CniError(DATAPATH_FAILED, f"node {node}: creating {host_if} <-> {env.ifname} in {env.sandbox} failed: "
                        f"{type(exc).__name__}: {exc}") from exc
     try:
         underlay = datapath.underlay_mtu()
@@ -185,7 +185,7 @@ def cmd_add(env: Env, conf: dict[str, Any], store: Any, ipam: _Delegate, service
         return json.dumps({
             "pod": env.pod or env.container_id, "namespace": env.namespace, "node": node,
             "containerID": env.container_id, "network": conf["name"], "interface": host_if, "ifname": env.ifname,
-            "ip": f"{address}/32", "mac": mac, "netns": env.netns, "labels": _labels(env, conf),
+            "ip": f"{address}/32", "mac": mac, "netns": env.sandbox, "labels": _labels(env, conf),
             "block": info.get("block"), "borrowed": bool(info.get("borrowed")), "mtu": mtu,
         })
 
@@ -201,7 +201,7 @@ def cmd_add(env: Env, conf: dict[str, Any], store: Any, ipam: _Delegate, service
         except Exception:
             pass
         _give_back(env, conf, ipam, services)
-        raise CniError(DATAPATH_FAILED, f"node {node}: setting up {host_if} <-> {env.ifname} in {env.netns} "
+        raise CniError(DATAPATH_FAILED, f"node {node}: setting up {host_if} <-> {env.ifname} in {env.sandbox} "
                        f"for {address} failed: {type(exc).__name__}: {exc}") from exc
     try:
         if early is not None:
@@ -218,7 +218,7 @@ def cmd_add(env: Env, conf: dict[str, Any], store: Any, ipam: _Delegate, service
     result: dict[str, Any] = {
         "interfaces": [*(prev["interfaces"] if prev else []),
                        {"name": host_if, "mac": ep.host_mac},
-                       {"name": env.ifname, "mac": ep.container_mac, "sandbox": env.netns}],
+                       {"name": env.ifname, "mac": ep.container_mac, "sandbox": env.sandbox}],
         "ips": [*(prev["ips"] if prev else []), {"address": f"{address}/32", "interface": base + 1}],
         "routes": prev.get("routes", []) if prev else [],
         "dns": (prev or {}).get("dns") or {},
@@ -285,7 +285,7 @@ def cmd_check(env: Env, conf: dict[str, Any], store: Any, services: Services) ->
     from labnet.cni import datapath
 
     if not os.path.exists(env.netns):
-        raise CniError(UNKNOWN_CONTAINER, f"container {env.container_id}: netns {env.netns} does not exist")
+        raise CniError(UNKNOWN_CONTAINER, f"container {env.container_id}: netns {env.sandbox} does not exist")
     if not isinstance(conf.get("prevResult"), dict):
         raise CniError(INVALID_CONFIG, "CHECK needs prevResult in the network configuration")
     prev = normalize(conf["prevResult"])
@@ -327,7 +327,7 @@ def cmd_status(env: Env, conf: dict[str, Any], store: Any, services: Services) -
 def _run(env: Env, conf: dict[str, Any], services: Services) -> dict[str, Any] | None:
     ipam = None
     if env.command == "ADD" and not os.path.exists(env.netns):
-        raise CniError(UNKNOWN_CONTAINER, f"container {env.container_id}: netns {env.netns} does not exist")
+        raise CniError(UNKNOWN_CONTAINER, f"container {env.container_id}: netns {env.sandbox} does not exist")
     if env.command in ("ADD", "DEL"):
         settings.etcd_config(conf)  # bad config: fail before anything is assigned
         # An exec'd IPAM plugin runs while this process imports the etcd client and the datapath.

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -33,7 +34,7 @@ from typing import Any
 
 from labnet import jsonsock
 from labnet.cni import datapath, framing, ipam_plugin, plugin, settings
-from labnet.cni.spec import CniError
+from labnet.cni.spec import NETNS_GIVEN_ENV, CniError
 from labnet.etcd.client import EtcdStore
 
 DEFAULT_SOCKET = "/var/run/labnet/cni.sock"
@@ -88,6 +89,9 @@ class Dispatcher:
 
     def __call__(self, req: framing.Request) -> tuple[int, bytes, str, bool | None]:
         """(exit status, stdout, stderr, whether an ADD borrowed its address: None if unknown)."""
+        if req.netns_fd is not None:  # the runtime's netns, opened where its path means something
+            req = dataclasses.replace(req, env={**req.env, "CNI_NETNS": f"/proc/self/fd/{req.netns_fd}",
+                                                NETNS_GIVEN_ENV: req.env.get("CNI_NETNS", "")})
         if req.plugin == "labnet":
             # One memo per request: the plugin and its in-process IPAM share the cluster settings read.
             memo = settings.RequestMemo()
@@ -119,6 +123,9 @@ class _Handler(socketserver.BaseRequestHandler):
             log.exception("%s: internal error", what)
             body = CniError(999, f"labnet CNI server internal error: {type(exc).__name__}: {exc}").to_json("1.0.0")
             code, out, err, borrowed = 1, (json.dumps(body) + "\n").encode(), "", None
+        finally:
+            if req.netns_fd is not None:
+                os.close(req.netns_fd)
         try:
             sock.sendall(framing.encode_response(code, out, err.encode(errors="replace")))
         except OSError as exc:

@@ -10,10 +10,14 @@
  * gets the Python plugin (stdin replayed from a memfd; ADD and DEL are idempotent); one that
  * does not answer within LABNET_CNI_TIMEOUT seconds (60) gives CNI error 11.
  *
+ * The pod's netns (CNI_NETNS) is opened here, in the runtime's mount namespace, and its fd goes
+ * with the request's first bytes (SCM_RIGHTS): the server's mount namespace may not have the path.
+ *
  * Wire format: see labnet/cni/framing.py (kept in step with this file).
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
 #include <stdarg.h>
@@ -254,6 +258,30 @@ static enum io send_all(int fd, const unsigned char *p, size_t n, long long dead
     return IO_OK;
 }
 
+/* The first bytes of the request with `nsfd` attached; how many went (0 on error). */
+static enum io send_with_fd(int fd, const unsigned char *p, size_t n, int nsfd, long long deadline, size_t *sent) {
+    char control[CMSG_SPACE(sizeof(int))];
+    memset(control, 0, sizeof control);
+    struct iovec iov = {(void *)p, n};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof control};
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(cm), &nsfd, sizeof(int));
+    for (;;) {
+        if (!wait_fd(fd, POLLOUT, deadline))
+            return IO_TIMEOUT;
+        ssize_t w = sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w < 0 && (errno == EINTR || errno == EAGAIN))
+            continue;
+        if (w < 0)
+            return IO_ERROR;
+        *sent = (size_t)w;
+        return IO_OK;
+    }
+}
+
 static size_t g_received; /* response bytes so far: 0 means the server never started answering */
 
 static enum io recv_all(int fd, unsigned char *p, size_t n, long long deadline) {
@@ -359,7 +387,15 @@ int main(int argc, char **argv) {
         if ((!strncmp(*e, "CNI_", 4) || !strncmp(*e, "PATH=", 5)) && strlen(*e) <= MAX_ENV_ITEM)
             buf_field(&req, *e, strlen(*e));
 
-    check_io(send_all(fd, req.data, req.len, deadline), &in, sock_path);
+    /* O_NONBLOCK: a path that is a FIFO must not hang the shim; a netns file does not care */
+    const char *netns = getenv("CNI_NETNS");
+    int nsfd = netns && *netns ? open(netns, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC) : -1;
+    size_t sent = 0;
+    if (nsfd >= 0) { /* else the server tries the path itself and says what is wrong with it */
+        check_io(send_with_fd(fd, req.data, 4, nsfd, deadline, &sent), &in, sock_path);
+        close(nsfd);
+    }
+    check_io(send_all(fd, req.data + sent, req.len - sent, deadline), &in, sock_path);
     shutdown(fd, SHUT_WR);
 
     unsigned char head[12];

@@ -63,10 +63,15 @@ def vtuple(v: str) -> tuple[int, ...]:
 class Env:
     command: str
     container_id: str = ""
-    netns: str = ""
+    netns: str = ""  # where to open the pod's netns (the server's /proc/self/fd/N of the shim's fd)
     ifname: str = ""
     path: tuple[str, ...] = ()
     args: dict[str, str] = field(default_factory=dict)
+    sandbox: str = ""  # CNI_NETNS as the runtime gave it: what results, records and messages say
+
+    def __post_init__(self) -> None:
+        if not self.sandbox:
+            object.__setattr__(self, "sandbox", self.netns)
 
     @property
     def pod(self) -> str | None:
@@ -104,7 +109,8 @@ def parse_env(environ: Mapping[str, str]) -> Env:
             raise CniError(INVALID_ENV, f"CNI_ARGS item {part!r} is not KEY=VALUE")
         args[k] = v
     path = tuple(p for p in environ.get("CNI_PATH", "").split(":") if p)
-    return Env(cmd, cid, environ.get("CNI_NETNS", ""), ifname, path, args)
+    netns = environ.get("CNI_NETNS", "")
+    return Env(cmd, cid, netns, ifname, path, args, environ.get(NETNS_GIVEN_ENV) or netns)
 
 
 def parse_conf(raw: bytes | str, command: str) -> dict[str, Any]:
@@ -160,6 +166,11 @@ def normalize(result: Mapping[str, Any]) -> dict[str, Any]:
 def version_result(conf: Mapping[str, Any]) -> dict[str, Any]:
     return {"cniVersion": version_of(conf) if conf else LATEST, "supportedVersions": list(SUPPORTED_VERSIONS)}
 
+
+# Set by labnet's CNI server when the shim passed the pod's netns as an open fd (opened in the
+# runtime's mount namespace, which may not be the server's): CNI_NETNS is then that fd in the
+# server, and this is the path the runtime gave.
+NETNS_GIVEN_ENV = "LABNET_CNI_NETNS_GIVEN"
 
 # Set by labnet's plugin for the labnet-ipam it delegates to: add a `labnet` key (block,
 # affinity, borrowed) to the result. Without it the result has the spec's keys only.

@@ -159,3 +159,34 @@ def test_version_through_both_binaries(node: CniNode) -> None:
     if getattr(node, "server_pid", None):  # the server logs a request after answering it: poll
         poll(lambda: log.read_text(), lambda text: "labnet-ipam VERSION" in text, timeout=10,
              what="the CNI server's log line for labnet-ipam VERSION")
+
+
+def test_a_runtime_in_a_mount_namespace_of_its_own(node: CniNode) -> None:
+    """CNI_NETNS names a file only the runtime's mount namespace has (a tmpfs of its own): the
+    shim opens it there and hands the server its fd, so the server need not see the path."""
+    import json
+
+    script = """set -e
+mount -t tmpfs runtime-only /mnt
+touch /mnt/pod-ns
+unshare --net=/mnt/pod-ns true
+printf '%s' "$CONF" | /opt/cni/bin/labnet > /mnt/add.json || { cat /mnt/add.json; exit 3; }
+nsenter --net=/mnt/pod-ns ip -o -4 addr show eth0
+echo '--'
+cat /mnt/add.json
+echo '--'
+printf '%s' "$CONF" | CNI_COMMAND=DEL /opt/cni/bin/labnet
+echo "del $?"
+"""
+    env = {**cni_env("ADD", "cmntns", "/mnt/pod-ns", pod="mntns"), "CONF": json.dumps(node.conf())}
+    proc = nsexec.run(node.ns, ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                      env=env, check=False)
+    assert proc.returncode == 0, f"ADD/DEL from a private mount namespace: exit {proc.returncode}: " \
+                                 f"{proc.stdout}{proc.stderr}"
+    inside, result, deleted = proc.stdout.split("--\n")
+    res = json.loads(result)
+    assert res["interfaces"][1]["sandbox"] == "/mnt/pod-ns", res
+    address = res["ips"][0]["address"]
+    assert f"inet {address}" in inside, f"the pod's eth0 in /mnt/pod-ns: {inside!r}, expected {address}"
+    assert deleted.strip() == "del 0", deleted
+    assert node.store_call(lambda s: ipam.usage(s))["allocated"] == 0

@@ -97,3 +97,34 @@ def test_server_answers_in_process_and_survives_junk(tmp_path: Path) -> None:
         server.shutdown()
         server.server_close()
         t.join(10)
+
+
+def _send_with_fds(sock: socket.socket, data: bytes, fds: list[int]) -> None:
+    sock.sendmsg([data[:4]], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))])
+    sock.sendall(data[4:])
+
+
+def test_the_pods_netns_fd_comes_with_the_request_and_too_many_fds_are_refused(tmp_path: Path) -> None:
+    import os
+
+    req = framing.Request("labnet", {"CNI_COMMAND": "ADD", "CNI_NETNS": "/mnt/pod-ns"}, b"{}")
+    f = tmp_path / "ns"
+    f.write_text("stands for a netns")
+    fd = os.open(f, os.O_RDONLY)
+    try:
+        a, b = socket.socketpair()
+        _send_with_fds(a, framing.encode_request(req), [fd])
+        got = framing.read_request(b)
+        assert got.netns_fd is not None and got.netns_fd != fd
+        assert os.path.samefile(f"/proc/self/fd/{got.netns_fd}", f), "the fd received is the file sent"
+        assert (got.plugin, got.env, got.stdin) == (req.plugin, req.env, req.stdin)
+        os.close(got.netns_fd)
+        # two fds: refused, and neither is left open here
+        before = set(os.listdir("/proc/self/fd"))
+        a, b = socket.socketpair()
+        _send_with_fds(a, framing.encode_request(req), [fd, fd])
+        with pytest.raises(framing.FrameError, match="2 file descriptors"):
+            framing.read_request(b)
+        assert set(os.listdir("/proc/self/fd")) <= before | {str(a.fileno()), str(b.fileno())}
+    finally:
+        os.close(fd)
