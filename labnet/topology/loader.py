@@ -244,6 +244,37 @@ def _too_big(size: int, filename: str) -> TopologyError:
                                      "a lab of hundreds of nodes takes well under 1 MB: is this the right file?")])
 
 
+MAX_DAEMON_FILE = 1 << 20
+
+
+def _read_daemon_files(topo: Topology, filename: str) -> list[Issue]:
+    """Each daemon file given `from:` is read now (relative to the topology file), so `up` and
+    the journal hold its content, and a missing one is an error at its line."""
+    issues = []
+    here = Path(filename).parent if os.path.isfile(filename) else None
+    for kind, machines in (("routers", topo.routers), ("hosts", topo.hosts)):
+        for mname, spec in machines.items():
+            for dname, d in spec.daemons.items():
+                for path, f in d.files.items():
+                    if f.from_ is None or f.text is not None:
+                        continue
+                    at: PathT = (kind, mname, "daemons", dname, "files", path, "from")
+                    src = Path(f.from_) if Path(f.from_).is_absolute() or here is None else here / f.from_
+                    if here is None and not Path(f.from_).is_absolute():
+                        issues.append(Issue(at, f"from: {f.from_!r} is relative, and this topology is not a file"))
+                        continue
+                    try:
+                        with open(src, "rb") as fh:
+                            data = fh.read(MAX_DAEMON_FILE + 1)
+                        if len(data) > MAX_DAEMON_FILE:
+                            raise ValueError(f"larger than {MAX_DAEMON_FILE} bytes")
+                        f.text = data.decode("utf-8")
+                    except (OSError, ValueError) as exc:
+                        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                        issues.append(Issue(at, f"cannot read {src} for {path}: {why}"))
+    return issues
+
+
 def loads(text: str, filename: str = "<string>") -> Topology:
     """Parse and validate topology YAML. Raises TopologyError listing every problem."""
     if len(text) > MAX_BYTES:
@@ -283,6 +314,7 @@ def loads(text: str, filename: str = "<string>") -> Topology:
     issues += type_issues
     if topo is not None:
         issues += check(topo, raw, Known.from_raw(raw), skip)
+        issues += _read_daemon_files(topo, filename)
     errors = [i for i in issues if not i.warning]
     if errors:
         raise TopologyError([diag(i) for i in errors])

@@ -8,6 +8,7 @@ which runs once after validation. Cross-object checks (references, overlaps) liv
 from __future__ import annotations
 
 import ipaddress
+import shlex
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Annotated, Any, Literal
 
@@ -114,15 +115,38 @@ class RouterBgp(_Model):
     peers: Literal["cluster"] | list[str] = Field(default="cluster", description="'cluster' (every node) or node names")
 
 
+class DaemonFile(_Model):
+    """One file a daemon needs, written into the machine's own directories before it starts."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    text: str | None = Field(default=None, description="the file's content")
+    from_: str | None = Field(default=None, alias="from", description="a file to copy, relative to the topology file")
+
+
+class Daemon(_Model):
+    """A program of the user's (FRR, GoBGP, ...) that the machine runs: started after the
+    underlay, stopped by down, logged to /var/log/labnet/<name>.log, restarted by up if dead."""
+
+    command: list[str] | str = Field(description="argv, or one string split as a shell splits words (no shell runs)")
+    files: dict[str, DaemonFile] = Field(
+        default={}, description="path inside the machine (under its own /var/lib/labnet, /var/run, /var/log/labnet "
+                                "or /etc/cni/net.d) -> its content")
+
+    def argv(self) -> list[str]:
+        return shlex.split(self.command) if isinstance(self.command, str) else list(self.command)
+
+
 class Router(_Model):
     interfaces: list[Interface] = Field(min_length=1)
     gateway: Address | None = None
     bgp: RouterBgp | None = None
+    daemons: dict[str, Daemon] = {}
 
 
 class Host(_Model):
     interfaces: list[Interface] = Field(min_length=1)
     gateway: Address | None = None
+    daemons: dict[str, Daemon] = {}
 
 
 class ClusterNode(_Model):

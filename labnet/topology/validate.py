@@ -8,6 +8,7 @@ out of the model) does not cause a second, misleading "unknown name" error.
 
 from __future__ import annotations
 
+import posixpath
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,9 +18,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from labnet.paths import MACHINE_NAME_MAX, NETWORK_NAME_MAX, name_error
+from labnet.runtime.base import NODE_DIRS
 from labnet.topology.issues import Issue, PathT, did_you_mean, path_str, pydantic_issues
 from labnet.topology.model import (
     ClusterNode,
+    DaemonFile,
     Interface,
     Machine,
     MachineKind,
@@ -29,6 +32,8 @@ from labnet.topology.model import (
 )
 from labnet.topology.steps import STEP_KINDS, Category, Ref
 
+# what labnet's own processes are called in the journal and in status
+RESERVED_DAEMONS = frozenset({"agent", "etcd", "bird", "node-process", "agent-supervisor"})
 SCENARIO_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 IFNAMSIZ = 15
 LINK_LOCAL = IPv4Network("169.254.0.0/16")
@@ -329,6 +334,9 @@ class _Checker:
                 continue
             name = owner[0]
             router = self.topo.routers.get(name)
+            machine = self.topo.hosts.get(name) or router
+            if machine is not None and machine.daemons and (router is None or router.bgp is None):
+                continue  # the user's own daemons run there (FRR, GoBGP...): theirs to answer
             if name in self.topo.hosts or (router is not None and router.bgp is None):
                 what = "host" if name in self.topo.hosts else "router"
                 self.add(path + ("address",), f"BGP peer {peer.address} is {what} {name}, where labnet starts no BGP "
@@ -386,6 +394,36 @@ class _Checker:
                 self.add(("routers", name, "bgp"),
                          f"router {name} peers with the cluster, but cluster.bgp.peers has no entry for it",
                          f"add {{address: {addr}, asn: {router.bgp.asn}}} to cluster.bgp.peers")
+
+    def check_daemons(self) -> None:
+        """A daemon's name is a name (it names its log and its journal record), its command has a
+        program, and its files go into the machine's own directories, nowhere else."""
+        for kind, machines in (("routers", self.topo.routers), ("hosts", self.topo.hosts)):
+            for mname, spec in machines.items():
+                for dname, d in spec.daemons.items():
+                    base = (kind, mname, "daemons", dname)
+                    err = name_error("daemon", dname)
+                    if err or dname in RESERVED_DAEMONS:
+                        self.add(base, err or f"daemon name {dname!r} is one of labnet's own: "
+                                 f"{', '.join(sorted(RESERVED_DAEMONS))}", at_key=True)
+                    try:
+                        argv = d.argv()
+                    except ValueError as exc:
+                        argv = [""]
+                        self.add(base + ("command",), f"command of daemon {dname}: {exc}")
+                    if not argv or not argv[0]:
+                        self.add(base + ("command",), f"daemon {dname} has an empty command")
+                    for path, f in d.files.items():
+                        self.check_daemon_file(base + ("files", path), path, f)
+
+    def check_daemon_file(self, at: PathT, path: str, f: DaemonFile) -> None:
+        inside = sorted(NODE_DIRS.values())
+        normal = posixpath.normpath(path) == path and ".." not in path.split("/")
+        if not (path.startswith("/") and normal and any(path.startswith(d + "/") for d in inside)):
+            self.add(at, f"file {path!r} is not in the machine's own directories",
+                     f"use a path under {', '.join(inside)}", at_key=True)
+        if (f.text is None) == (f.from_ is None):
+            self.add(at, f"file {path!r} needs exactly one of text: or from:")
 
     def _facing_address(self, router: str) -> IPv4Address:
         """The router's address on a network that has cluster nodes (for hints)."""
@@ -470,5 +508,6 @@ def check(topo: Topology, raw: dict[str, Any], known: Known | None = None, skip:
     c.check_interfaces()
     c.check_cluster()
     c.check_routers()
+    c.check_daemons()
     c.check_scenarios()
     return c.issues

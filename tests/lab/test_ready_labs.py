@@ -1,4 +1,5 @@
-"""Every ready lab in topologies/ comes up and passes its own scenarios; BIRD interop on tor-bird."""
+"""Every ready lab in topologies/ comes up and passes its own scenarios; interop with BIRD
+(tor-bird), FRR (tor-frr) and GoBGP (rr-gobgp), seen from both sides."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import json
 import pytest
 from _labtools import TOPOLOGIES, lab_exec, labnet, snapshot
 
-LABS = ["minimal", "cross-subnet", "vxlan", "route-reflectors", "tor-bird", "two-labs-b", "policy"]
+LABS = ["minimal", "cross-subnet", "vxlan", "route-reflectors", "tor-bird", "two-labs-b", "policy", "tor-frr",
+        "rr-gobgp"]
 
 
 @pytest.mark.parametrize("topology", LABS)
@@ -22,8 +24,9 @@ def test_ready_lab_passes_its_scenarios(topology: str) -> None:
         bad = [r for r in results if not r["ok"]]
         assert res.returncode == 0 and not bad, "\n\n".join(r["message"] for r in bad) or res.stderr
         assert results, f"{topology} has no checks"
-        if topology == "tor-bird":
-            _bird_interop(name)
+        interop = {"tor-bird": _bird_interop, "tor-frr": _frr_interop, "rr-gobgp": _gobgp_interop}.get(topology)
+        if interop is not None:
+            interop(name)
     finally:
         labnet("down", "--name", name, check=False)
     assert not snapshot(name).leftovers(before)
@@ -44,3 +47,54 @@ def _bird_interop(lab: str) -> None:
     assert cidrs, f"no block affinities in etcd: {blocks}"
     for cidr in cidrs:
         assert cidr in table, f"BIRD's table on tor lacks block {cidr}:\n{table}"
+
+
+def _blocks(lab: str) -> dict[str, str]:
+    """Every node's blocks (cidr -> node), from the block affinities in etcd."""
+    rows = json.loads(labnet("etcd", "-l", lab, "ls", "/labnet/calico/ipam/v2/host/", "--json").stdout)
+    # keys: .../ipam/v2/host/<node>/ipv4/block/<cidr with - for />
+    out = {kv["key"].rsplit("/", 1)[1].replace("-", "/"): kv["key"].split("/host/", 1)[1].split("/")[0] for kv in rows}
+    assert out, f"{lab}: no block affinities in etcd: {rows}"
+    return out
+
+
+def _node_addresses(lab: str) -> dict[str, str]:
+    machines = json.loads(labnet("status", "-l", lab, "--json").stdout)[0]["machines"]
+    return {m: info["interfaces"][0]["address"].split("/")[0] for m, info in machines.items() if info["kind"] == "node"}
+
+
+def _frr_interop(lab: str) -> None:
+    """FRR (Debian's frr, AS 4200000001) and labnet: sessions Established on both sides, every
+    node's blocks in bgpd's table with that node as next hop, and in the ToR's kernel via zebra."""
+    vtysh = ["vtysh", "--vty_socket", "/var/run/frr", "-c"]
+    summary = json.loads(lab_exec(lab, "tor", *vtysh, "show bgp ipv4 unicast summary json").stdout)
+    peers = summary["peers"]
+    addrs = _node_addresses(lab)
+    for node, addr in addrs.items():
+        assert peers.get(addr, {}).get("state") == "Established", f"FRR on tor: session with {node}: {peers.get(addr)}"
+        mine = json.loads(labnet("bgp", "status", node, "-l", lab, "--json").stdout)
+        assert [(p["bgp_state"], p["asn"]) for p in mine] == [("Established", 4200000001)], f"labnet on {node}: {mine}"
+    table = json.loads(lab_exec(lab, "tor", *vtysh, "show bgp ipv4 unicast json").stdout)["routes"]
+    kernel = lab_exec(lab, "tor", "ip", "route").stdout
+    for cidr, node in _blocks(lab).items():
+        hops = [h["ip"] for path in table.get(cidr, []) for h in path.get("nexthops", [])]
+        assert hops == [addrs[node]], f"FRR's table on tor: {cidr} (block of {node}) next hops {hops}, " \
+                                      f"expected [{addrs[node]}]"
+        assert f"{cidr} nhid" in kernel or f"{cidr} via {addrs[node]}" in kernel, f"tor's kernel lacks {cidr}:\n{kernel}"
+
+
+def _gobgp_interop(lab: str) -> None:
+    """GoBGP (Debian's gobgpd) as route reflector: every client Established on both sides, and every
+    node's blocks in its RIB with that node's address kept as next hop (iBGP reflection)."""
+    neighbors = json.loads(lab_exec(lab, "rr", "gobgp", "neighbor", "-j").stdout)
+    state = {n["state"]["neighbor_address"]: n["state"]["session_state"] for n in neighbors}
+    addrs = _node_addresses(lab)
+    for node, addr in addrs.items():
+        assert state.get(addr) == 6, f"GoBGP on rr: session with {node} {addr}: state {state.get(addr)} (6: established)"
+        mine = json.loads(labnet("bgp", "status", node, "-l", lab, "--json").stdout)
+        assert [p["bgp_state"] for p in mine] == ["Established"], f"labnet on {node}: {mine}"
+    rib = json.loads(lab_exec(lab, "rr", "gobgp", "global", "rib", "-j").stdout)
+    for cidr, node in _blocks(lab).items():
+        hops = [a.get("nexthop") for p in rib.get(cidr, []) for a in p.get("attrs", []) if a.get("nexthop")]
+        assert hops == [addrs[node]], f"GoBGP's RIB on rr: {cidr} (block of {node}) next hops {hops}, " \
+                                      f"expected [{addrs[node]}]; RIB: {sorted(rib)}"

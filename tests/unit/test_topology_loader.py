@@ -250,3 +250,32 @@ def test_an_oversized_file_is_refused_before_it_is_parsed(tmp_path: Path) -> Non
         load(big)
     with pytest.raises(TopologyError, match="refused above 4 MiB"):
         loads("#" * (MAX_BYTES + 1), "s.yaml")
+
+
+def test_daemon_files_from_are_read_relative_to_the_topology_file(tmp_path: Path) -> None:
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "gobgpd.yaml").write_text("global: {}\n")
+    text = """name: d
+networks: {lan: {cidr: 10.20.30.0/24}}
+hosts:
+  rr:
+    interfaces: [{network: lan, address: 10.20.30.5}]
+    daemons:
+      gobgpd:
+        command: gobgpd -f /var/lib/labnet/gobgpd.yaml
+        files:
+          /var/lib/labnet/gobgpd.yaml: {from: conf/gobgpd.yaml}
+"""
+    good = tmp_path / "good.yaml"
+    good.write_text(text)
+    topo = load(good)
+    d = topo.hosts["rr"].daemons["gobgpd"]
+    assert d.argv() == ["gobgpd", "-f", "/var/lib/labnet/gobgpd.yaml"]
+    assert d.files["/var/lib/labnet/gobgpd.yaml"].text == "global: {}\n"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text.replace("conf/gobgpd.yaml", "conf/missing.yaml"))
+    with pytest.raises(TopologyError) as err:
+        load(bad)
+    (diag,) = err.value.diagnostics
+    assert (diag.line, diag.path) == (10, "hosts.rr.daemons.gobgpd.files./var/lib/labnet/gobgpd.yaml.from"), str(diag)
+    assert "cannot read" in str(diag) and "missing.yaml" in str(diag)

@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 from labnet.lab.context import Phase
-from labnet.lab.phases import agents, cni, converge, etcd, pods, routers, underlay
+from labnet.lab.phases import agents, cni, converge, daemons, etcd, pods, routers, underlay
 
 PHASES: list[tuple[str, Phase]] = [
     ("underlay", underlay.run),
     ("routers", routers.run),
+    ("daemons", daemons.run),
     ("etcd", etcd.run),
     ("cni", cni.run),
     ("agents", agents.run),
