@@ -6,7 +6,7 @@ declare -A want=(
   [etcd]=etcd-server [etcdctl]=etcd-client [bird]=bird2 [tcpdump]=tcpdump [dot]=graphviz
   [iperf3]=iperf3 [curl]=curl [ping]=iputils-ping [pkill]=procps [git]=git
   [dockerd]=docker.io [docker]=docker.io [debootstrap]=debootstrap [cc]=gcc
-  [gobgpd]=gobgpd [vtysh]=frr
+  [gobgpd]=gobgpd [vtysh]=frr [podman]=podman [busybox]=busybox-static
 )
 missing=()
 for cmd in "${!want[@]}"; do
@@ -37,7 +37,7 @@ $SUDO apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
 # The services these packages bring, disabled only when this run installed the package: a
 # service that was on the machine before is the host's business, never ours.
 declare -A services=([etcd-server]="etcd" [bird2]="bird" [docker.io]="docker.socket docker" [gobgpd]="gobgpd"
-                     [frr]="frr")
+                     [frr]="frr" [podman]="podman.socket podman")
 for pkg in "${pkgs[@]}"; do
   for svc in ${services[$pkg]:-}; do
     if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled --quiet "$svc" 2>/dev/null; then

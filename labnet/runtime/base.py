@@ -19,10 +19,15 @@ from labnet.nsexec import NodeNS
 # Private directories of every machine, bind-mounted from the lab's state directory.
 # Order matters: the host's lab state lives under /var/lib/labnet, so that one is mounted last
 # (after it, the bind sources under it are hidden inside the node).
+# /var/tmp, /var/lib/cni (libcni's result cache) and /var/lib/containers are a machine's own
+# too: what the user runs there (FRR's crash logs, podman) writes them, and must not reach the host.
 NODE_DIRS = {
     "etc-cni-net.d": "/etc/cni/net.d",
     "opt-cni-bin": "/opt/cni/bin",
     "run": "/var/run",
+    "var-tmp": "/var/tmp",
+    "var-lib-cni": "/var/lib/cni",
+    "var-lib-containers": "/var/lib/containers",
     "var-log-labnet": "/var/log/labnet",
     "var-lib-labnet": "/var/lib/labnet",
 }
