@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import subprocess
@@ -33,16 +34,20 @@ class NodeNS:
     python: str | None = None
 
     def argv(self, cmd: Sequence[str]) -> list[str]:
-        pre = ["nsenter", f"--net={self.netns}"]
-        if self.mntns:
-            pre.append(f"--mount={self.mntns}")
-        if self.utsns:
-            pre.append(f"--uts={self.utsns}")
+        """`cmd` run inside these namespaces. With a PID namespace, labnet-nsinit enters them and
+        waits for `cmd`, which dies with it (a caller's timeout kills both); else nsenter execs it."""
         if self.pidns:
-            pre.append(f"--pid={self.pidns}")  # nsenter forks: the command is its child
+            pre = [str(nsinit()), "run", self.netns, self.utsns or "-", self.mntns or "-", self.pidns]
+        else:
+            pre = ["nsenter", f"--net={self.netns}"]
+            if self.mntns:
+                pre.append(f"--mount={self.mntns}")
+            if self.utsns:
+                pre.append(f"--uts={self.utsns}")
+            pre.append("--")
         if self.inner_netns:
-            pre += ["--", "nsenter", f"--net={self.inner_netns}"]
-        return [*pre, "--", *cmd]
+            pre += ["nsenter", f"--net={self.inner_netns}", "--"]
+        return [*pre, *cmd]
 
     def pod(self, pod: str, netns_path: str) -> NodeNS:
         """The namespaces of a pod on this node (netns_path as seen inside the node)."""
@@ -104,6 +109,7 @@ def spawn(
     return int(pid)
 
 
+@functools.cache
 def nsinit() -> Path:
     """labnet-nsinit (nsinit.c), built on first use."""
     from labnet.nsexec.build import compile_once

@@ -12,6 +12,12 @@
  *   orphans until it is killed (SIGKILL from the host: it blocks every other signal), and its
  *   death ends every process in the namespace.
  *
+ * labnet-nsinit run NETNS UTSNS MNTNS PIDNS CMD [ARG...]
+ *   Runs CMD inside all four namespaces and waits for it, as `nsenter` would, except that CMD
+ *   goes with it: SIGTERM, SIGINT, SIGHUP and SIGQUIT are passed on, and if this process dies
+ *   (a caller's timeout SIGKILLs it) the kernel SIGKILLs CMD (PR_SET_PDEATHSIG). nsenter leaves
+ *   its child running then, holding the caller's pipes. Exits with CMD's status (128+signal).
+ *
  * labnet-nsinit spawn NETNS UTSNS MNTNS PIDNS CMD [ARG...]
  *   Starts CMD as a daemon inside all four namespaces, in a session of its own, with this
  *   process's environment, cwd and stdin, and stderr as both its stdout and stderr (the
@@ -30,6 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -118,6 +125,58 @@ static int init(char **argv) {
     return 0;
 }
 
+static volatile pid_t g_child;
+
+static void pass_on(int sig) {
+    if (g_child > 0)
+        kill(g_child, sig);
+}
+
+static int run(char **argv) {
+    enter(argv[0], CLONE_NEWNET);
+    enter(argv[1], CLONE_NEWUTS);
+    enter(argv[3], CLONE_NEWPID); /* for our child */
+    enter(argv[2], CLONE_NEWNS);  /* last: the other paths are this host's */
+    int alive[2]; /* its write end closes when we die: how the child tells we died before prctl */
+    if (pipe2(alive, O_CLOEXEC) != 0)
+        die("pipe", "");
+    struct sigaction sa = {.sa_handler = pass_on};
+    sigemptyset(&sa.sa_mask);
+    int sigs[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT};
+    sigset_t block, old;
+    sigemptyset(&block);
+    for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++)
+        sigaddset(&block, sigs[i]);
+    sigprocmask(SIG_BLOCK, &block, &old); /* none lost between the fork and g_child being set */
+    pid_t child = fork();
+    if (child < 0)
+        die("fork", "");
+    if (child == 0) {
+        sigprocmask(SIG_SETMASK, &old, NULL);
+        close(alive[1]);
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0)
+            _exit(127);
+        char c;
+        fcntl(alive[0], F_SETFL, O_NONBLOCK);
+        if (read(alive[0], &c, 1) == 0) /* EOF: we died already (getppid() says 0 here anyway) */
+            _exit(127);
+        close(alive[0]);
+        execvp(argv[4], &argv[4]);
+        fprintf(stderr, "labnet-nsinit: exec %s: %s\n", argv[4], strerror(errno));
+        _exit(127);
+    }
+    close(alive[0]);
+    g_child = child;
+    for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++)
+        sigaction(sigs[i], &sa, NULL);
+    sigprocmask(SIG_SETMASK, &old, NULL);
+    int status;
+    while (waitpid(child, &status, 0) < 0)
+        if (errno != EINTR)
+            die("waitpid", "");
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
 static int spawn(char **argv) {
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0)
@@ -171,7 +230,10 @@ int main(int argc, char **argv) {
         return init(argv + 2);
     if (argc >= 7 && strcmp(argv[1], "spawn") == 0)
         return spawn(argv + 2);
+    if (argc >= 7 && strcmp(argv[1], "run") == 0)
+        return run(argv + 2);
     fprintf(stderr, "usage: labnet-nsinit init NETNS UTSNS MNTNS PIDNS_FILE\n"
+                    "       labnet-nsinit run NETNS UTSNS MNTNS PIDNS CMD [ARG...]\n"
                     "       labnet-nsinit spawn NETNS UTSNS MNTNS PIDNS CMD [ARG...]\n");
     return 2;
 }

@@ -8,13 +8,15 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
 from _dockertools import labnet_dockerd  # noqa: F401  (the session fixture)
 from _labtools import TOPOLOGIES, lab_exec, labnet, snapshot
 
-from labnet import paths
+from labnet import nsexec, paths
+from labnet.lab.view import LabView
 from labnet.nsexec import pid_alive, proc_starttime, same_process
 from labnet.wait import poll
 
@@ -43,6 +45,23 @@ def _inner_pid(pid: int) -> int:
         if line.startswith("NSpid:"):
             return int(line.split()[-1])
     raise AssertionError(f"pid {pid}: no NSpid line")
+
+
+def _a_timed_out_command_goes_with_its_caller(lab: str, node_ns: int) -> None:
+    """A command run inside the node whose caller gives up (a timeout SIGKILLs what it started)
+    dies too: it would otherwise hold the caller's pipes, and the caller would wait forever."""
+    ns = LabView(lab).ns("node-1")
+    with pytest.raises(subprocess.TimeoutExpired):
+        nsexec.run(ns, ["sh", "-c", "echo started; exec sleep 300"], timeout=1)
+    poll(lambda: [p for p in _host_pids_in(node_ns) if Path(f"/proc/{p}/cmdline").read_bytes() == b"sleep\x00300\x00"],
+         lambda left: not left, timeout=10, what=f"{lab} node-1: the timed-out sleep to die with its caller")
+    # and a signal to the caller reaches the command
+    proc = subprocess.Popen(ns.argv(["sh", "-c", "trap 'exit 42' TERM; echo ready; while :; do sleep 0.1; done"]),
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    proc.terminate()
+    assert proc.wait(timeout=10) == 42, "SIGTERM to the caller reaches the command inside the node"
+    proc.stdout.close()
 
 
 @pytest.mark.parametrize("runtime", ["netns", "docker"])
@@ -85,6 +104,7 @@ def test_a_node_sees_only_its_own_processes(runtime: str, request: pytest.Fixtur
                      lambda p: p is not None and int(p["pid"]) != mine["node-process"], timeout=30,
                      what=f"{lab} node-1: a new node process after SIGKILL of pid {mine['node-process']}")
         assert again is not None and _pidns(int(again["pid"])) == node_ns
+        _a_timed_out_command_goes_with_its_caller(lab, node_ns)
         members = {p: proc_starttime(p) for p in _host_pids_in(node_ns)}
     finally:
         labnet("down", "--name", lab, check=False)
