@@ -348,7 +348,8 @@ def _routes_not_installed(lab: str, node: str) -> list[str]:
         problems = LabView(lab).agent_status(node).get("problems") or []
     except LabnetError:
         return []  # a router, a host, or an agent that does not answer: nothing to add
-    mark = "route not programmed: "
+    from labnet.agent.status import ROUTE_NOT_PROGRAMMED as mark
+
     return [p[len(mark):] for p in problems if isinstance(p, str) and p.startswith(mark)]
 
 

@@ -42,6 +42,7 @@ from labnet.agent.routes import (
     desired_routes,
     vxlan_plan,
 )
+from labnet.agent.status import ROUTE_NOT_PROGRAMMED
 from labnet.agent.tunnel import Tunnel, Vtep, ensure_vxlan, remove_vxlan, start_ipip, sync_vxlan
 from labnet.agent.tunnel.vxlan import IFNAME as VXLAN_DEVICE
 from labnet.agent.tunnel.vxlan import PROTO_FELIX
@@ -542,7 +543,7 @@ class Agent:
                 self._applied = applied
         registered = {n.name for n in snap.nodes}
         problems = name_problems(self.name, self.cni_name, self.cfg.nodename_file, snap.affine_nodes, registered)
-        problems += [f"route not programmed: {e}" for e in self.state.route_errors]
+        problems += [f"{ROUTE_NOT_PROGRAMMED}{e}" for e in self.state.route_errors]
         if self.state.gateway_problem:
             problems.append(self.state.gateway_problem)
         if not snap.my_blocks:

@@ -34,6 +34,7 @@ from labnet.agent.config import DEFAULT_SOCKET
 from labnet.nsexec import NodeNS, parent_pid, run
 
 HEADERS = ("PEER ADDRESS", "PEER TYPE", "STATE", "SINCE", "INFO")
+ROUTE_NOT_PROGRAMMED = "route not programmed: "  # the problem a route the kernel step could not install gives
 
 
 StatusUnavailable = jsonsock.SocketUnavailable  # the agent's status socket did not answer

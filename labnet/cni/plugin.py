@@ -25,6 +25,7 @@ from labnet.cni.spec import (
     DELEGATE_FAILED,
     INVALID_CONFIG,
     IPAM_INFO_ENV,
+    NETNS_GIVEN_ENV,
     NOT_AVAILABLE,
     UNKNOWN_CONTAINER,
     CniError,
@@ -77,6 +78,8 @@ class _Delegate:
         if binary is None:
             raise CniError(DELEGATE_FAILED, f"IPAM plugin {ipam['type']!r} not found in CNI_PATH {':'.join(env.path)}")
         self.binary = binary
+        if environ.pop(NETNS_GIVEN_ENV, None) is not None:  # the server's fd is not the delegate's
+            environ["CNI_NETNS"] = env.sandbox
         self.proc = subprocess.Popen([binary], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      env=environ)
         assert self.proc.stdin is not None
@@ -223,8 +226,8 @@ def cmd_add(env: Env, conf: dict[str, Any], store: Any, ipam: _Delegate, service
         "routes": prev.get("routes", []) if prev else [],
         "dns": (prev or {}).get("dns") or {},
     }
-    if services.memo is not None:
-        services.memo.borrowed = bool(info.get("borrowed"))  # for the node's agent, not the runtime
+    if services.memo is not None:  # for the node's agent, not the runtime; None: IPAM did not say
+        services.memo.borrowed = bool(info["borrowed"]) if "borrowed" in info else None
     return convert(result, version_of(conf))
 
 

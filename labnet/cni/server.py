@@ -77,6 +77,20 @@ class StorePool:
             self._stores.clear()
 
 
+NS_GET_NSTYPE = 0xB703  # ioctl on an nsfs fd: the kind of namespace (linux/nsfs.h)
+CLONE_NEWNET = 0x40000000
+
+
+def _is_netns(fd: int) -> bool:
+    """The fd the shim sent is a network namespace (not a FIFO, a device, a file...)."""
+    import fcntl
+
+    try:
+        return fcntl.ioctl(fd, NS_GET_NSTYPE) == CLONE_NEWNET
+    except OSError:
+        return False
+
+
 class Dispatcher:
     """Requests to the plugins' handle(), with the warm services."""
 
@@ -90,6 +104,9 @@ class Dispatcher:
     def __call__(self, req: framing.Request) -> tuple[int, bytes, str, bool | None]:
         """(exit status, stdout, stderr, whether an ADD borrowed its address: None if unknown)."""
         if req.netns_fd is not None:  # the runtime's netns, opened where its path means something
+            if not _is_netns(req.netns_fd):
+                bad = CniError(4, f"CNI_NETNS {req.env.get('CNI_NETNS', '')!r} is not a network namespace")
+                return 1, (json.dumps(bad.to_json("1.0.0")) + "\n").encode(), "", None
             req = dataclasses.replace(req, env={**req.env, "CNI_NETNS": f"/proc/self/fd/{req.netns_fd}",
                                                 NETNS_GIVEN_ENV: req.env.get("CNI_NETNS", "")})
         if req.plugin == "labnet":

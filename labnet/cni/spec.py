@@ -36,6 +36,8 @@ CHECK_FAILED = 103
 IPAM_FAILED = 104
 
 _CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+# Kubernetes' names and podman's container names: no '/', nothing a key or a path could misread.
+_POD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,252}$")
 # What the kernel takes as an interface name, less what a path or a key could misread ('/', ':').
 _IFNAME = re.compile(r"^[A-Za-z0-9_.\-@]{1,15}$")
 
@@ -108,6 +110,10 @@ def parse_env(environ: Mapping[str, str]) -> Env:
         if not sep or not k:
             raise CniError(INVALID_ENV, f"CNI_ARGS item {part!r} is not KEY=VALUE")
         args[k] = v
+    for key in ("K8S_POD_NAME", "K8S_POD_NAMESPACE"):  # they reach veth names, etcd keys and records
+        if key in args and not _POD_NAME.match(args[key]):
+            raise CniError(INVALID_ENV, f"CNI_ARGS {key}={args[key][:80]!r} is not a pod or namespace name "
+                           "(1-253 of [A-Za-z0-9_.-], starting with a letter or digit)")
     path = tuple(p for p in environ.get("CNI_PATH", "").split(":") if p)
     netns = environ.get("CNI_NETNS", "")
     return Env(cmd, cid, netns, ifname, path, args, environ.get(NETNS_GIVEN_ENV) or netns)

@@ -47,9 +47,20 @@ def start(journal: Journal, ns: NodeNS, node: str, what: str, argv: Sequence[str
                           log=str(log), env=dict(env) if env is not None else None)
 
 
+def dead_machines(journal: Journal) -> list[str]:
+    """Machines whose PID namespace init (labnet-nsinit) is gone: everything they ran went with
+    it, and nothing can start there any more. One sentence each."""
+    return [f"machine {e['node']}: its PID namespace init (pid {e['pid']}) is gone, and every process of the "
+            "machine with it; nothing can start there: `labnet down`, then `labnet up`"
+            for e in journal.of_kind("nsinit") if e.get("pid") and not same_process(int(e["pid"]), e.get("start"))]
+
+
 def repair(journal: Journal, ns_of: Callable[[str], NodeNS]) -> list[str]:
     """Start again every recorded daemon that is dead, with its recorded argv, log and env; say
     what was started. A stopped (SIGSTOPped) process is alive: a fault's, left alone."""
+    dead = dead_machines(journal)
+    if dead:
+        raise LabnetError(f"lab {journal.lab}: cannot repair: " + "; ".join(dead))
     done = []
     for e in journal.of_kind("process"):
         if alive(e) or not e.get("argv") or not e.get("log"):

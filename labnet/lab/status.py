@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from labnet.lab.processes import ROLES, alive
+from labnet.lab.processes import ROLES, alive, dead_machines
 from labnet.lab.state import list_labs, load_journal, namespaces_present
 from labnet.nsexec import children
 
@@ -37,7 +37,8 @@ def status(lab: str | None = None) -> list[dict[str, Any]]:
         state = j.state if j.state != "up" or namespaces_present(j) else "dead"
         out.append({"lab": name, "state": state, "runtime": j.runtime, "topology": j.topology_file,
                     "machines": j.info.get("machines", {}), "pods": j.info.get("pods", {}),
-                    "processes": procs, "timings": j.info.get("timings", {}), "left": j.info.get("left", [])})
+                    "processes": procs, "timings": j.info.get("timings", {}), "left": j.info.get("left", []),
+                    "dead_machines": dead_machines(j) if state == "up" else []})
     return out
 
 
@@ -56,6 +57,7 @@ def format_status(rows: list[dict[str, Any]]) -> str:
         lines.append(f"lab {r['lab']}  state {r['state']}  runtime {r['runtime']}  ({r['topology']})")
         if r.get("left"):
             lines.append("  left by a failed teardown: " + "; ".join(r["left"]))
+        lines += [f"  {m}" for m in r.get("dead_machines") or []]
         table = [("MACHINE", "KIND", "INTERFACES", "PROCESSES")]
         for m, info in r["machines"].items():
             ifs = ", ".join(f"{i['name']} {i['address']} [{i['network']}]" for i in info["interfaces"])

@@ -105,7 +105,11 @@ def spawn(
                               env=envd, text=True, timeout=30)
     pid = proc.stdout.strip()
     if proc.returncode != 0 or not pid.isdigit():
-        raise CommandFailed(ns.name, list(cmd), proc.returncode, f"not started; see {log}")
+        try:
+            said = log.read_text(errors="replace").strip().splitlines()[-1]
+        except (OSError, IndexError):
+            said = ""
+        raise CommandFailed(ns.name, list(cmd), proc.returncode, f"not started: {said} (log {log})")
     return int(pid)
 
 

@@ -15,13 +15,15 @@
  * labnet-nsinit run NETNS UTSNS MNTNS PIDNS CMD [ARG...]
  *   Runs CMD inside all four namespaces and waits for it, as `nsenter` would, except that CMD
  *   goes with it: SIGTERM, SIGINT, SIGHUP and SIGQUIT are passed on, and if this process dies
- *   (a caller's timeout SIGKILLs it) the kernel SIGKILLs CMD (PR_SET_PDEATHSIG). nsenter leaves
- *   its child running then, holding the caller's pipes. Exits with CMD's status (128+signal).
+ *   (a caller's timeout SIGKILLs it) the kernel SIGKILLs CMD (PR_SET_PDEATHSIG; CMD itself, not
+ *   what CMD started). nsenter leaves its child running then, holding the caller's pipes.
+ *   Exits with CMD's status (128+signal).
  *
  * labnet-nsinit spawn NETNS UTSNS MNTNS PIDNS CMD [ARG...]
  *   Starts CMD as a daemon inside all four namespaces, in a session of its own, with this
- *   process's environment, cwd and stdin, and stderr as both its stdout and stderr (the
- *   daemon's log), and prints its pid as this host numbers it on stdout.
+ *   process's environment and stdin, and stderr as both its stdout and stderr (the daemon's
+ *   log), and prints its pid as this host numbers it on stdout once CMD is exec'd (exit 1 and
+ *   why, if it cannot be). Its cwd is the machine's root (entering a mount namespace sets it).
  *   CMD's parent is the namespace's init (its own parent, inside the namespace, exits at
  *   once), so nothing of ours lingers beside it, and it is reaped as soon as it dies. Its pid
  *   comes from the credentials of one message it sends before exec (SCM_CREDENTIALS: the
@@ -85,21 +87,24 @@ static int init(char **argv) {
     if (pid == 0) {
         close(ready[0]);
         enter(argv[2], CLONE_NEWNS);
+        /* the host's procfs goes first: stacked under ours, a umount in the node would bring it back */
+        if (umount2("/proc", MNT_DETACH) != 0 && errno != EINVAL)
+            die("unmount the host's", "/proc");
         if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) != 0)
             die("mount a /proc for the namespace on", "/proc");
         if (chdir("/") != 0)
             die("chdir", "/");
         setsid();
         int null = open("/dev/null", O_RDWR);
-        if (null >= 0) {
-            dup2(null, 0);
-            dup2(null, 1);
-            dup2(null, 2);
-            if (null > 2)
-                close(null);
-        }
+        if (null < 0)
+            die("open", "/dev/null"); /* else it would keep the caller's pipes open forever */
         if (write(ready[1], "k", 1) != 1)
             exit(1);
+        dup2(null, 0);
+        dup2(null, 1);
+        dup2(null, 2);
+        if (null > 2)
+            close(null);
         close(ready[1]);
         reap_forever();
     }
@@ -125,11 +130,26 @@ static int init(char **argv) {
     return 0;
 }
 
-static volatile pid_t g_child;
+static volatile sig_atomic_t g_child;
 
 static void pass_on(int sig) {
+    int saved = errno;
     if (g_child > 0)
-        kill(g_child, sig);
+        kill((pid_t)g_child, sig);
+    errno = saved;
+}
+
+/* fork() into a PID namespace whose init has exited fails with ENOMEM: say that instead */
+static pid_t fork_into(const char *pidns) {
+    pid_t pid = fork();
+    if (pid < 0 && errno == ENOMEM) {
+        fprintf(stderr, "labnet-nsinit: cannot start a process in %s: its init (pid 1) has exited; "
+                        "the machine is dead (labnet down, then up)\n", pidns);
+        exit(1);
+    }
+    if (pid < 0)
+        die("fork", "");
+    return pid;
 }
 
 static int run(char **argv) {
@@ -148,9 +168,7 @@ static int run(char **argv) {
     for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++)
         sigaddset(&block, sigs[i]);
     sigprocmask(SIG_BLOCK, &block, &old); /* none lost between the fork and g_child being set */
-    pid_t child = fork();
-    if (child < 0)
-        die("fork", "");
+    pid_t child = fork_into(argv[3]);
     if (child == 0) {
         sigprocmask(SIG_SETMASK, &old, NULL);
         close(alive[1]);
@@ -188,9 +206,7 @@ static int spawn(char **argv) {
     enter(argv[1], CLONE_NEWUTS);
     enter(argv[3], CLONE_NEWPID); /* for our children */
     enter(argv[2], CLONE_NEWNS);  /* last: the other paths are this host's */
-    pid_t inside = fork();
-    if (inside < 0)
-        die("fork", "");
+    pid_t inside = fork_into(argv[3]);
     if (inside == 0) {
         close(sv[0]);
         pid_t daemon = fork();
@@ -202,7 +218,9 @@ static int spawn(char **argv) {
         if (dup2(2, 1) != 1 || send(sv[1], "x", 1, 0) != 1)
             _exit(127);
         execvp(argv[4], &argv[4]);
-        fprintf(stderr, "labnet-nsinit: exec %s: %s\n", argv[4], strerror(errno));
+        int err = errno; /* the socket closes on a successful exec; a failed one says why */
+        send(sv[1], &err, sizeof err, 0);
+        fprintf(stderr, "labnet-nsinit: exec %s: %s\n", argv[4], strerror(err));
         _exit(127);
     }
     close(sv[1]);
@@ -221,6 +239,13 @@ static int spawn(char **argv) {
     }
     struct ucred cred;
     memcpy(&cred, CMSG_DATA(cm), sizeof cred);
+    int err = 0;
+    while ((n = recv(sv[0], &err, sizeof err, 0)) < 0 && errno == EINTR)
+        ;
+    if (n > 0) {
+        fprintf(stderr, "labnet-nsinit: %s did not start: exec: %s\n", argv[4], strerror(err));
+        return 1;
+    }
     printf("%d\n", (int)cred.pid);
     return fflush(stdout) == 0 ? 0 : 1;
 }

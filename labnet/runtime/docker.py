@@ -11,9 +11,9 @@ later phases and the checks reach a container the same way they reach a netns ma
 Choices, and why:
 - a PID namespace of its own (not pid_mode host): a node sees only its own processes. Its
   namespace is bound under /run/labnet/<lab>/ with the others, and processes labnet starts
-  in a node (etcd, agents, CNI ADDs, `labnet exec`) are nsenter'd into all of them from the
-  host (their /proc/self then resolves in the container's /proc); the journal records their
-  pids as this host sees them (labnet.nsexec.spawn).
+  in a node (etcd, agents, CNI ADDs, `labnet exec`) enter all of them from the host through
+  labnet-nsinit (their /proc/self then resolves in the container's /proc); the journal records
+  their pids as this host sees them (labnet.nsexec.spawn). docker-init is the container's pid 1.
 - no masked or read-only /proc paths (the CLI's `--security-opt systempaths=unconfined`): the
   per-interface sysctls the CNI plugin and agent set (proxy_arp, forwarding...) are writes to
   /proc/sys in the container's mount namespace. Not `--privileged`: it fails here (no

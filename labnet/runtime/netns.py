@@ -136,7 +136,7 @@ class NetnsRuntime(Runtime):
         Path(ns.pidns).touch()
         entry = self.journal.record("nsinit", node=machine)
         proc = subprocess.run([str(nsinit()), "init", ns.netns, ns.utsns, ns.mntns, ns.pidns],
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, timeout=30)
         if proc.returncode != 0:
             raise LabnetError(f"{machine}: starting its PID namespace's init failed (exit {proc.returncode}): "
                               f"{proc.stderr.strip()}")

@@ -129,8 +129,9 @@ class Daemon(_Model):
 
     command: list[str] | str = Field(description="argv, or one string split as a shell splits words (no shell runs)")
     files: dict[str, DaemonFile] = Field(
-        default={}, description="path inside the machine (under its own /var/lib/labnet, /var/run, /var/log/labnet "
-                                "or /etc/cni/net.d) -> its content")
+        default={}, description="path inside the machine, under one of its own directories (/var/lib/labnet, "
+                                "/var/run, /var/log/labnet, /var/tmp, /var/lib/cni, /var/lib/containers, "
+                                "/etc/cni/net.d, /opt/cni/bin) -> its content")
 
     def argv(self) -> list[str]:
         return shlex.split(self.command) if isinstance(self.command, str) else list(self.command)

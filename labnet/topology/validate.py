@@ -293,6 +293,11 @@ class _Checker:
                          "a pod's address comes from the pool")
             elif pod.ip in asked:
                 self.add(("cluster", "pods", name, "ip"), f"pod {name}'s ip {pod.ip} is also pod {asked[pod.ip]}'s")
+            elif int(pod.ip) % (1 << (32 - cl.pool.block_size)) == 0:
+                block = IPv4Network(f"{pod.ip}/{cl.pool.block_size}")
+                self.add(("cluster", "pods", name, "ip"), f"pod {name}'s ip {pod.ip} is the first address of block "
+                         f"{block}: a node that claims that block takes it for its tunnel", "ask for another address",
+                         warning=True)
             asked.setdefault(pod.ip, name)
 
     def check_bgp(self) -> None:

@@ -16,6 +16,7 @@ from _dockertools import labnet_dockerd  # noqa: F401  (the session fixture)
 from _labtools import TOPOLOGIES, lab_exec, labnet, snapshot
 
 from labnet import nsexec, paths
+from labnet.errors import CommandFailed
 from labnet.lab.view import LabView
 from labnet.nsexec import pid_alive, proc_starttime, same_process
 from labnet.wait import poll
@@ -113,3 +114,28 @@ def test_a_node_sees_only_its_own_processes(runtime: str, request: pytest.Fixtur
     assert not pid_alive(mine["etcd"]), f"{lab}: etcd pid {mine['etcd']} outlived down"
     left_running = [p for p, start in members.items() if same_process(p, start)]
     assert not left_running, f"{lab}: processes of node-1's PID namespace still run after down: {left_running}"
+
+
+def test_a_daemon_that_cannot_start_and_a_machine_whose_init_died_are_said_so() -> None:
+    lab = "t-pidns-dead"
+    before = snapshot(lab)
+    labnet("up", MINIMAL, "--name", lab, "--runtime", "netns", "-q")
+    try:
+        view = LabView(lab)
+        log = paths.lab_dir(lab) / "spawn-test.log"
+        with pytest.raises(CommandFailed) as err:
+            nsexec.spawn(view.ns("node-2"), ["/no/such/daemon", "--flag"], log=log)
+        assert "exec /no/such/daemon: No such file or directory" in str(err.value), str(err.value)
+        init = next(e for e in view.journal.of_kind("nsinit") if e["node"] == "node-2")
+        os.kill(int(init["pid"]), signal.SIGKILL)  # pid 1 of node-2: every process of node-2 goes with it
+        poll(lambda: pid_alive(int(init["pid"])), lambda up: not up, timeout=10, what="node-2's init to die")
+        status = labnet("status", "-l", lab).stdout
+        assert f"machine node-2: its PID namespace init (pid {init['pid']}) is gone" in status, status
+        again = labnet("up", MINIMAL, "--name", lab, check=False)
+        assert again.returncode == 1 and "cannot repair: machine node-2" in again.stderr, again.stderr
+        ran = lab_exec(lab, "node-2", "true", check=False)
+        assert ran.returncode != 0 and "its init (pid 1) has exited" in ran.stderr, ran.stderr
+    finally:
+        labnet("down", "--name", lab, check=False)
+    left = snapshot(lab).leftovers(before)
+    assert not left, f"lab {lab} left: {left}"

@@ -128,3 +128,19 @@ def test_the_pods_netns_fd_comes_with_the_request_and_too_many_fds_are_refused(t
         assert set(os.listdir("/proc/self/fd")) <= before | {str(a.fileno()), str(b.fileno())}
     finally:
         os.close(fd)
+
+
+def test_a_netns_fd_that_is_not_a_netns_is_refused(tmp_path: Path) -> None:
+    import os
+
+    f = tmp_path / "not-a-netns"
+    f.write_text("x")
+    fd = os.open(f, os.O_RDONLY)
+    req = framing.Request("labnet", {"CNI_COMMAND": "ADD", "CNI_NETNS": str(f), "CNI_CONTAINERID": "c1",
+                                     "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin"}, b"{}", fd)
+    try:
+        code, out, _err, _borrowed = Dispatcher()(req)
+    finally:
+        os.close(fd)
+    doc = json.loads(out)
+    assert code == 1 and doc["code"] == 4 and "is not a network namespace" in doc["msg"], doc

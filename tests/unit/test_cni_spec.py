@@ -160,3 +160,15 @@ def test_a_requested_address_from_cni_args_or_the_config() -> None:
         with pytest.raises(CniError) as err:
             requested_ip(e, conf)
         assert err.value.code == code and says in str(err.value), (code, str(err.value))
+
+
+def test_pod_names_in_cni_args_are_names() -> None:
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": "/n", "CNI_IFNAME": "eth0",
+           "CNI_PATH": "/opt/cni/bin"}
+    ok = spec.parse_env({**env, "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web_1.a-b"})
+    assert (ok.pod, ok.namespace) == ("web_1.a-b", "default")
+    for bad in ("K8S_POD_NAME=p/eth1", "K8S_POD_NAME=../x", "K8S_POD_NAMESPACE=kube system", "K8S_POD_NAME=" + "a" * 254,
+                "K8S_POD_NAME=", "K8S_POD_NAMESPACE=-x"):
+        with pytest.raises(spec.CniError) as err:
+            spec.parse_env({**env, "CNI_ARGS": bad})
+        assert err.value.code == 4 and "K8S_POD_" in str(err.value), bad

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from labnet.cni.invoke import CniFailed
 from labnet.lab import pods
@@ -45,22 +46,27 @@ def run(ctx: Context) -> None:
     cluster = ctx.topo.cluster
     if cluster is None:
         return
-    by_node: dict[str, list[str]] = {}
-    for pod, spec in cluster.pods.items():
-        by_node.setdefault(spec.node, []).append(pod)
+    conflists: dict[str, Any] = {}
 
-    def add_all(node: str) -> None:
+    def add_all(node: str, names: list[str]) -> None:
         from labnet.cni.invoke import read_conflist
 
         ns = ctx.runtime.ns(node)
-        conflist = read_conflist(ns)  # once per node: the phase installed it and nothing changes it
-        for pod in by_node[node]:
+        if node not in conflists:  # once per node: the phase installed it and nothing changes it
+            conflists[node] = read_conflist(ns)
+        for pod in names:
             spec = cluster.pods[pod]
             add_retrying(functools.partial(pods.add_to, ctx.journal, ns, node, pod, labels=spec.labels or None,
-                                           conflist=conflist, ip=spec.ip), f"pod {pod} on {node}")
+                                           conflist=conflists[node], ip=spec.ip), f"pod {pod} on {node}")
 
-    if by_node:
-        with ThreadPoolExecutor(max_workers=min(WORKERS, len(by_node))) as pool:
-            for fut in [pool.submit(add_all, node) for node in by_node]:
-                fut.result()  # a failure is raised (and up rolls back) once every node has stopped
+    # Pods that ask for an address go first, everywhere: an automatic one must not take it meanwhile.
+    for wave in ([p for p, s in cluster.pods.items() if s.ip is not None],
+                 [p for p, s in cluster.pods.items() if s.ip is None]):
+        by_node: dict[str, list[str]] = {}
+        for pod in wave:
+            by_node.setdefault(cluster.pods[pod].node, []).append(pod)
+        if by_node:
+            with ThreadPoolExecutor(max_workers=min(WORKERS, len(by_node))) as pool:
+                for fut in [pool.submit(add_all, node, names) for node, names in by_node.items()]:
+                    fut.result()  # a failure is raised (and up rolls back) once every node has stopped
     apply_all(ctx.journal.info, ctx.runtime.ns)  # the topology's policy, on the pods' host veths
