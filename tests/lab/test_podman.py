@@ -60,6 +60,12 @@ def _node_files(tmp: Path) -> None:
     shutil.copy2("/usr/bin/busybox", root / "busybox")  # busybox-static: the whole userland in one file
     for cmd in ("sh", "ping", "ip", "sleep"):
         (root / cmd).symlink_to("busybox")
+    # a dynamic busybox (the host's `busybox` package, not busybox-static) brings its libraries along
+    ldd = subprocess.run(["ldd", "/usr/bin/busybox"], capture_output=True, text=True)
+    for lib in {w for line in ldd.stdout.splitlines() for w in line.split() if w.startswith("/")}:
+        dest = tmp / "rootfs" / lib.lstrip("/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(lib, dest)
     subprocess.run(["tar", "-C", str(tmp / "rootfs"), "-cf", str(pm / "bb.tar"), "."], check=True)
     netd = base / "etc-cni-net.d"
     second = json.loads((netd / "10-labnet.conflist").read_text())
