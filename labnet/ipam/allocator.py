@@ -253,11 +253,30 @@ def _claim(store: Datastore, node: str, pool: Pool, taken: set[str]) -> str | No
     for cidr in pool.node_order(node):
         if cidr in taken:
             continue
-        # one transaction: a block claimed without its affinity record (the write of the one
-        # lost to a timeout after etcd had done it) would be the node's, yet never routed
-        store.cas_many([(keys.block(cidr), Block.new(cidr, node).encode(), 0),
-                        (keys.affinity(node, cidr), json.dumps({"state": "confirmed", "deleted": False}), None)])
+        _claim_block(store, node, cidr)
         return cidr
+    return None
+
+
+def _claim_block(store: Datastore, node: str, cidr: str) -> None:
+    """Claim `cidr` for `node` if nobody has it. One transaction: a block claimed without its
+    affinity record (the write of the one lost to a timeout after etcd had done it) would be the
+    node's, yet never routed."""
+    store.cas_many([(keys.block(cidr), Block.new(cidr, node).encode(), 0),
+                    (keys.affinity(node, cidr), json.dumps({"state": "confirmed", "deleted": False}), None)])
+
+
+def _commit(store: Datastore, snap: Snapshot, handle_id: str, node: str, kv: KV, block: Block,
+            ordinal: int) -> Assignment | None:
+    """Write `block` (an ordinal taken for the handle) and the handle, each compared on its
+    revision in `snap`; the Assignment, or None when a racer moved either (read and decide again)."""
+    hkey = keys.handle(handle_id)
+    hkv = snap.keys.get(hkey)
+    doc = json.loads(hkv.value) if hkv else {"handleID": handle_id}
+    doc["block"] = {block.cidr: 1}  # new, or stale (its addresses were swept): take it over
+    if store.cas_many([(kv.key, block.encode(), kv.mod_revision),
+                       (hkey, json.dumps(doc), hkv.mod_revision if hkv else 0)]):
+        return Assignment(block.address(ordinal), block.cidr, ordinal, handle_id, block.node, block.node != node)
     return None
 
 
@@ -311,7 +330,6 @@ def auto_assign(
     a lost race re-reads and decides again, so two ADDs never share an address and two ADDs
     of one container end with one address.
     """
-    hkey = keys.handle(handle_id)
     attrs = {"node": node, **(attrs or {})}  # whose address it is, also when borrowed (gc reads it)
     snap = first if first is not None else first_read(store, handle_id)
     for _ in range(MAX_ATTEMPTS):
@@ -342,12 +360,9 @@ def auto_assign(
         kv, block = blocks[cidr]
         ordinal = block.take(handle_id, prefer, attrs)
         assert ordinal is not None, f"block {cidr} has free ordinals"
-        hkv = snap.keys.get(hkey)
-        doc = json.loads(hkv.value) if hkv else {"handleID": handle_id}
-        doc["block"] = {cidr: 1}  # new, or stale (its addresses were swept): take it over
-        if store.cas_many([(kv.key, block.encode(), kv.mod_revision),
-                           (hkey, json.dumps(doc), hkv.mod_revision if hkv else 0)]):
-            return Assignment(block.address(ordinal), cidr, ordinal, handle_id, block.node, block.node != node)
+        done = _commit(store, snap, handle_id, node, kv, block, ordinal)
+        if done is not None:
+            return done
         snap = first_read(store, handle_id)  # a block or the handle moved: decide again
     raise IpamConflict(f"handle {handle_id}: gave up after {MAX_ATTEMPTS} attempts")
 
@@ -367,7 +382,7 @@ def assign_ip(
     if ip not in pool.network:
         raise AddressUnavailable(f"requested address {ip} is outside IP pool {pool.cidr}")
     cidr = str(ipaddress.IPv4Network(f"{ip}/{pool.block_size}", strict=False))
-    hkey, bkey = keys.handle(handle_id), keys.block(cidr)
+    bkey = keys.block(cidr)
     attrs = {"node": node, **(attrs or {})}
     snap = first if first is not None else first_read(store, handle_id)
     for _ in range(MAX_ATTEMPTS):
@@ -379,8 +394,7 @@ def assign_ip(
                                      f"have the requested {ip} (DEL it first)")
         kv = next((b for b in snap.prefixes[keys.BLOCKS] if b.key == bkey), None)
         if kv is None:
-            store.cas_many([(bkey, Block.new(cidr, node).encode(), 0),
-                            (keys.affinity(node, cidr), json.dumps({"state": "confirmed", "deleted": False}), None)])
+            _claim_block(store, node, cidr)
             snap = first_read(store, handle_id)  # ours now, or a racer's: either way, decide again
             continue
         block = Block.decode(kv.value)
@@ -389,15 +403,11 @@ def assign_ip(
         if owner is not None:
             raise AddressUnavailable(f"requested address {ip} is taken: handle {owner} holds it "
                                      f"(block {cidr}, node {block.node or 'none'})")
-        block.unallocated.remove(ordinal)
-        block.allocations[ordinal] = handle_id
-        block.attributes[handle_id] = attrs
-        hkv = snap.keys.get(hkey)
-        doc = json.loads(hkv.value) if hkv else {"handleID": handle_id}
-        doc["block"] = {cidr: 1}
-        if store.cas_many([(kv.key, block.encode(), kv.mod_revision),
-                           (hkey, json.dumps(doc), hkv.mod_revision if hkv else 0)]):
-            return Assignment(str(ip), cidr, ordinal, handle_id, block.node, block.node != node)
+        if block.take(handle_id, ordinal, attrs) != ordinal:  # free, yet not in `unallocated`: a torn block
+            raise AddressUnavailable(f"requested address {ip}: block {cidr} lists it neither as held nor as free")
+        done = _commit(store, snap, handle_id, node, kv, block, ordinal)
+        if done is not None:
+            return done
         snap = first_read(store, handle_id)
     raise IpamConflict(f"handle {handle_id}: gave up after {MAX_ATTEMPTS} attempts for {ip}")
 

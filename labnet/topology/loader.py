@@ -259,10 +259,12 @@ def _read_daemon_files(topo: Topology, filename: str) -> list[Issue]:
                     if f.from_ is None or f.text is not None:
                         continue
                     at: PathT = (kind, mname, "daemons", dname, "files", path, "from")
-                    src = Path(f.from_) if Path(f.from_).is_absolute() or here is None else here / f.from_
-                    if here is None and not Path(f.from_).is_absolute():
-                        issues.append(Issue(at, f"from: {f.from_!r} is relative, and this topology is not a file"))
-                        continue
+                    src = Path(f.from_)
+                    if not src.is_absolute():
+                        if here is None:
+                            issues.append(Issue(at, f"from: {f.from_!r} is relative, and this topology is not a file"))
+                            continue
+                        src = here / src
                     try:
                         with open(src, "rb") as fh:
                             data = fh.read(MAX_DAEMON_FILE + 1)
