@@ -440,13 +440,10 @@ class Agent:
             res = sync_vxlan(vteps)
             for x in res.added + res.removed:
                 log.info("vxlan: %s", x)
-        from pyroute2 import IPRoute
+        r = kernel.reconcile(want, keep_unicast=keep)  # reads by rtnl; pyroute2 only if it writes
+        self._report_kernel(r, vteps)
 
-        with IPRoute() as ipr:  # one netlink socket for the whole kernel step
-            r = kernel.reconcile(want, keep_unicast=keep, ipr=ipr)
-            self._report_kernel(r, vteps, ipr)
-
-    def _report_kernel(self, r: kernel.ReconcileResult, vteps: list[Vtep] | None, ipr: Any) -> None:
+    def _report_kernel(self, r: kernel.ReconcileResult, vteps: list[Vtep] | None) -> None:
         for x in r.added:
             log.info("route + %s", x)
         for x in r.removed:
@@ -459,7 +456,7 @@ class Agent:
         vx = (PROTO_FELIX, VXLAN_DEVICE) if vteps is not None else (None, None)
         # state.routes (status only) is read back when a status asks for it: a dump less per pass
         self._routes_vx = vx
-        self.state.gateway_problem = kernel.pod_gateway_problem(ipr)
+        self.state.gateway_problem = kernel.pod_gateway_problem()
 
     @staticmethod
     def _nat_want(snap: Snapshot) -> str | None:

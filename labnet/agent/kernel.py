@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from labnet.agent import rtnl
 from labnet.agent.routes import PROTO_BIRD, DesiredRoute, OwnRoute, resolve_next_hop
 
 RT_TABLE_MAIN = 254
@@ -48,33 +49,55 @@ class ReconcileResult:
         return bool(self.added or self.removed)
 
 
-def _dst(r: Any) -> Net:
-    return ipaddress.IPv4Network(f"{r.get('RTA_DST') or '0.0.0.0'}/{r['dst_len']}")
+def _dst(r: rtnl.Route) -> Net:
+    return ipaddress.IPv4Network(f"{r.dst}/{r.dst_len}")
 
 
-def _kernel_route(r: Any) -> KernelRoute:
-    kind = "blackhole" if r["type"] == RTN_BLACKHOLE else "unicast" if r["type"] == RTN_UNICAST else str(r["type"])
-    return KernelRoute(_dst(r), kind, r.get("RTA_GATEWAY"), r.get("RTA_OIF"), bool(r["flags"] & RTNH_F_ONLINK))
+def _kernel_route(r: rtnl.Route) -> KernelRoute:
+    kind = "blackhole" if r.type == RTN_BLACKHOLE else "unicast" if r.type == RTN_UNICAST else str(r.type)
+    return KernelRoute(_dst(r), kind, r.gateway, r.oif, bool(r.flags & RTNH_F_ONLINK))
 
 
-def read_routes(ipr: Any) -> tuple[dict[Net, KernelRoute], set[Net], list[OwnRoute]]:
+def read_routes() -> tuple[dict[Net, KernelRoute], set[Net], list[OwnRoute]]:
     """(our proto-bird routes by destination, destinations that other protocols hold at metric
     0, the node's own unicast routes: what a next hop that is not on-link resolves through)."""
     ours: dict[Net, KernelRoute] = {}
     foreign: set[Net] = set()
     own: list[OwnRoute] = []
-    for r in ipr.route("dump", family=socket.AF_INET, table=RT_TABLE_MAIN):
-        if r.get("RTA_TABLE", r["table"]) != RT_TABLE_MAIN:
-            continue
-        if r["proto"] == PROTO_BIRD:
+    for r in rtnl.dump_routes(socket.AF_INET, table=RT_TABLE_MAIN):
+        if r.proto == PROTO_BIRD:
             ours[_dst(r)] = _kernel_route(r)
             continue
-        if not r.get("RTA_PRIORITY"):
+        if not r.priority:
             foreign.add(_dst(r))
-        if r["type"] == RTN_UNICAST and not r["flags"] & RTNH_F_ONLINK:
-            gw = r.get("RTA_GATEWAY")
-            own.append(OwnRoute(_dst(r), ipaddress.IPv4Address(gw) if gw else None, r.get("RTA_OIF")))
+        if r.type == RTN_UNICAST and not r.flags & RTNH_F_ONLINK:
+            own.append(OwnRoute(_dst(r), ipaddress.IPv4Address(r.gateway) if r.gateway else None, r.oif))
     return ours, foreign, own
+
+
+class _Writer:
+    """pyroute2 for the writes, opened at the first one: most passes change nothing."""
+
+    def __init__(self, ipr: Any) -> None:
+        self.ipr, self.own = ipr, False
+
+    def route(self, *args: Any, **kw: Any) -> Any:
+        if self.ipr is None:
+            from pyroute2 import IPRoute
+
+            self.ipr, self.own = IPRoute(), True
+        return self.ipr.route(*args, **kw)
+
+    def close(self) -> None:
+        if self.own:
+            self.ipr.close()
+
+
+def _ifindex(dev: str) -> int | None:
+    try:
+        return socket.if_nametoindex(dev)
+    except OSError:
+        return None
 
 
 def _matches(have: KernelRoute, want: DesiredRoute, oif: int | None) -> bool:
@@ -89,15 +112,13 @@ def _matches(have: KernelRoute, want: DesiredRoute, oif: int | None) -> bool:
 def reconcile(desired: Mapping[Net, DesiredRoute], *, keep_unicast: bool = False,
               ipr: Any = None) -> ReconcileResult:
     """One pass. keep_unicast: do not delete learned routes (a graceful restart is in progress)."""
-    from pyroute2 import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError
 
     res = ReconcileResult()
-    own = ipr is None
-    ipr = ipr or IPRoute()
-    oifs: dict[str, list[Any]] = {}  # device -> link_lookup result: one request per device, not per route
+    ipr = _Writer(ipr)
+    oifs: dict[str, int | None] = {}  # device -> index: one lookup per device, not per route
     try:
-        have, foreign, node_routes = read_routes(ipr)
+        have, foreign, node_routes = read_routes()
         for dst, kr in sorted(have.items()):
             if dst in desired:
                 continue
@@ -115,12 +136,11 @@ def reconcile(desired: Mapping[Net, DesiredRoute], *, keep_unicast: bool = False
             oif: int | None = None
             if want.dev:
                 if want.dev not in oifs:
-                    oifs[want.dev] = ipr.link_lookup(ifname=want.dev)
-                found = oifs[want.dev]
-                if not found:
+                    oifs[want.dev] = _ifindex(want.dev)
+                oif = oifs[want.dev]
+                if oif is None:
                     res.errors.append(f"{want}: device {want.dev} does not exist")
                     continue
-                oif = int(found[0])
             if want.kind == "unicast" and want.gateway is not None and not want.dev and not want.onlink:
                 via = resolve_next_hop(want.gateway, node_routes)
                 if via is None:
@@ -159,8 +179,7 @@ def reconcile(desired: Mapping[Net, DesiredRoute], *, keep_unicast: bool = False
             except NetlinkError as exc:
                 res.errors.append(f"{want}: {exc}")
     finally:
-        if own:
-            ipr.close()
+        ipr.close()
     return res
 
 
@@ -177,8 +196,8 @@ def programmed(extra_proto: int | None = None, extra_dev: str | None = None, ipr
     out = []
     with _socket(ipr, IPRoute) as ipr:
         names = {link["index"]: link.get("IFLA_IFNAME") for link in ipr.get_links()}
-        for r in ipr.route("dump", family=socket.AF_INET, table=RT_TABLE_MAIN):
-            proto = r["proto"]
+        for r in rtnl.dump_routes(socket.AF_INET, table=RT_TABLE_MAIN):
+            proto = r.proto
             kr = _kernel_route(r)
             dev = names.get(kr.oif) if kr.oif is not None else None
             if proto != PROTO_BIRD and not (proto == extra_proto and dev == extra_dev):
@@ -200,22 +219,17 @@ def programmed(extra_proto: int | None = None, extra_dev: str | None = None, ipr
 POD_GATEWAY = "169.254.1.1"
 
 
-def pod_gateway_problem(ipr: Any = None) -> str | None:
+def pod_gateway_problem() -> str | None:
     """The seed's proxy-ARP requirement 2: the node needs a route to 169.254.1.1 (normally its
     default route), else the kernel will not proxy-answer the pods' ARP for their gateway."""
-    from pyroute2 import IPRoute
-    from pyroute2.netlink.exceptions import NetlinkError
-
-    with _socket(ipr, IPRoute) as ipr:
-        try:
-            found = ipr.route("get", dst=POD_GATEWAY)
-        except NetlinkError as exc:
-            found = []
-            reason = str(exc)
-        else:
-            reason = "no route"
-        if found and found[0]["type"] == RTN_UNICAST:
+    try:
+        found = rtnl.route_to(POD_GATEWAY)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+    else:
+        if found.type == RTN_UNICAST:
             return None
+        reason = "no route"
     return (f"no route to {POD_GATEWAY} ({reason}; the node has no default route): proxy-ARP on the "
             f"cali veths cannot answer the pods' ARP for their gateway {POD_GATEWAY}, so pods reach nothing")
 

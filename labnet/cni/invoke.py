@@ -11,11 +11,14 @@ lets `del_pod`, `check_pod` and `exec` find the pod again.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from ipaddress import IPv4Address
-from typing import Any
+from typing import Any, TypeVar
 
 from labnet import nsexec
 from labnet.errors import LabnetError
@@ -37,6 +40,22 @@ class CniFailed(LabnetError):
         extra = f" ({details})" if details else ""
         super().__init__(f"node {node}, pod {pod}: CNI {command} by plugin {plugin!r} failed with code {code}: "
                          f"{msg}{extra}")
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _in_node(fn: _F) -> _F:
+    """Run `fn(node, ...)` with this thread inside the node (nsexec.entered): its commands are
+    one exec each and its files are read and written here. A thousand pods used to cost ten
+    processes each. Whatever `fn` does must be the node's: the lab's journal is not in reach."""
+
+    @functools.wraps(fn)
+    def inside(node: NodeNS, *args: Any, **kw: Any) -> Any:
+        with nsexec.entered(node):
+            return fn(node, *args, **kw)
+
+    return inside  # type: ignore[return-value]
 
 
 def container_id(lab: str, node: str, pod: str, namespace: str = "default") -> str:
@@ -61,14 +80,20 @@ def _lab_of(node: NodeNS) -> str:
     return base
 
 
+@_in_node
 def read_conflist(node: NodeNS) -> dict[str, Any]:
     """The node's first network config in lexicographic order (.conflist, or a single .conf)."""
-    names = nsexec.run(node, ["ls", "-1", NET_D], check=False).stdout.split()
+    if nsexec.is_inside(node):
+        names = os.listdir(NET_D) if os.path.isdir(NET_D) else []
+    else:
+        names = nsexec.run(node, ["ls", "-1", NET_D], check=False).stdout.split()
     confs = sorted(n for n in names if n.endswith((".conflist", ".conf", ".json")))
     if not confs:
         raise LabnetError(f"node {node.name}: no CNI network config in {NET_D} (is the CNI plugin installed?)")
     path = f"{NET_D}/{confs[0]}"
-    text = nsexec.run(node, ["cat", path]).stdout
+    text = _read(node, path)
+    if text is None:
+        raise LabnetError(f"node {node.name}: {path} vanished while it was read")
     try:
         doc = json.loads(text)
     except ValueError as exc:
@@ -116,18 +141,47 @@ def _exec_plugin(node: NodeNS, pod: str, plugin: dict[str, Any], conflist: dict[
     return doc if isinstance(doc, dict) else None
 
 
+def _read(node: NodeNS, path: str) -> str | None:
+    """A file of the node (None: none), read here when this thread is inside the node."""
+    if nsexec.is_inside(node):
+        try:
+            with open(path) as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+    proc = nsexec.run(node, ["cat", path], check=False)
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def _write(node: NodeNS, path: str, text: str) -> None:
+    """Replace a file of the node at once (its directory made if need be)."""
+    if nsexec.is_inside(node):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(path + ".tmp", path)
+        return
+    nsexec.run(node, ["sh", "-c", 'mkdir -p "$(dirname "$0")" && cat > "$0.tmp" && mv "$0.tmp" "$0"', path],
+               input=text)
+
+
+def _exists(node: NodeNS, path: str, executable: bool = False) -> bool:
+    if nsexec.is_inside(node):
+        return os.access(path, os.X_OK) if executable else os.path.exists(path)
+    return nsexec.run(node, ["test", "-x" if executable else "-e", path], check=False).returncode == 0
+
+
 def _record_path(pod: str, namespace: str) -> str:
     return f"{PODS_DIR}/{pod}.json" if namespace == "default" else f"{PODS_DIR}/{namespace}.{pod}.json"
 
 
 def read_record(node: NodeNS, pod: str, namespace: str = "default") -> dict[str, Any] | None:
-    proc = nsexec.run(node, ["cat", _record_path(pod, namespace)], check=False)
-    return json.loads(proc.stdout) if proc.returncode == 0 and proc.stdout.strip() else None
+    text = _read(node, _record_path(pod, namespace))
+    return json.loads(text) if text and text.strip() else None
 
 
 def _write_record(node: NodeNS, pod: str, namespace: str, record: dict[str, Any]) -> None:
-    nsexec.run(node, ["sh", "-c", f'mkdir -p {PODS_DIR} && cat > "$0.tmp" && mv "$0.tmp" "$0"',
-                      _record_path(pod, namespace)], input=json.dumps(record, indent=2))
+    _write(node, _record_path(pod, namespace), json.dumps(record, indent=2))
 
 
 # One trip into the node before the plugins run: the pod's netns (if new), its record (first,
@@ -139,6 +193,11 @@ _PREPARE = ('[ -e "$1" ] || ip netns add "$2" || exit 1; mkdir -p "$3" && cat > 
 
 def _prepare(node: NodeNS, pod: str, namespace: str, cid: str, netns: str, record: dict[str, Any]) -> bool:
     """Returns whether the loopback plugin is installed."""
+    if nsexec.is_inside(node):  # the same, with one process (ip) at most
+        if not os.path.exists(netns):
+            nsexec.run(node, ["ip", "netns", "add", netns_name(cid)])
+        _write_record(node, pod, namespace, record)
+        return os.access(f"{CNI_BIN}/loopback", os.X_OK)
     out = nsexec.run(node, ["sh", "-c", _PREPARE, "prepare", netns, netns_name(cid), PODS_DIR,
                             _record_path(pod, namespace), f"{CNI_BIN}/loopback"], input=json.dumps(record, indent=2))
     return out.stdout.strip() == "loopback"
@@ -146,7 +205,7 @@ def _prepare(node: NodeNS, pod: str, namespace: str, cid: str, netns: str, recor
 
 def _loopback(node: NodeNS, pod: str, cid: str, netns: str, command: str, present: bool | None = None) -> None:
     if present is None:
-        present = nsexec.run(node, ["test", "-x", f"{CNI_BIN}/loopback"], check=False).returncode == 0
+        present = _exists(node, f"{CNI_BIN}/loopback", executable=True)
     if present:
         lo = {"type": "loopback"}
         _exec_plugin(node, pod, lo, {"name": "lo", "cniVersion": "1.0.0"}, command,
@@ -155,6 +214,7 @@ def _loopback(node: NodeNS, pod: str, cid: str, netns: str, command: str, presen
         nsexec.run(node.pod(pod, netns), ["ip", "link", "set", "lo", "up"])
 
 
+@_in_node
 def add_pod(node: NodeNS, pod: str, namespace: str = "default", labels: dict[str, str] | None = None,
             lab: str | None = None, conflist: dict[str, Any] | None = None,
             ip: IPv4Address | None = None) -> dict[str, Any]:
@@ -191,6 +251,7 @@ def add_pod(node: NodeNS, pod: str, namespace: str = "default", labels: dict[str
     return prev or {}
 
 
+@_in_node
 def del_pod(node: NodeNS, pod: str, namespace: str = "default", lab: str | None = None) -> None:
     """Delete pod `pod`: CNI DEL in reverse order, then its netns and record. Idempotent."""
     check_name("pod", pod)
@@ -204,7 +265,7 @@ def del_pod(node: NodeNS, pod: str, namespace: str = "default", lab: str | None 
     prev = record.get("result") if record else None
     for plugin in reversed(conflist["plugins"]):
         _exec_plugin(node, pod, plugin, conflist, "DEL", env, prev)
-    if nsexec.run(node, ["test", "-e", netns], check=False).returncode == 0:
+    if _exists(node, netns):
         _loopback(node, pod, cid, netns, "DEL")  # as containerd's go-cni: loopback's network goes last
     _forget(node, cid, pod, namespace)
 
@@ -212,9 +273,14 @@ def del_pod(node: NodeNS, pod: str, namespace: str = "default", lab: str | None 
 def _forget(node: NodeNS, cid: str, pod: str, namespace: str) -> None:
     """The pod's netns and record on the node."""
     nsexec.run(node, ["ip", "netns", "del", netns_name(cid)], check=False)
-    nsexec.run(node, ["rm", "-f", _record_path(pod, namespace)], check=False)
+    if nsexec.is_inside(node):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(_record_path(pod, namespace))
+    else:
+        nsexec.run(node, ["rm", "-f", _record_path(pod, namespace)], check=False)
 
 
+@_in_node
 def check_pod(node: NodeNS, pod: str, namespace: str = "default") -> None:
     """CNI CHECK of every plugin with the stored result; raises CniFailed naming what differs."""
     record = read_record(node, pod, namespace)

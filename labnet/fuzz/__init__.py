@@ -1,4 +1,4 @@
-"""Fuzz targets for labnet's parsers (BGP codec, topology loader, CNI request parsing).
+"""Fuzz targets for labnet's parsers (BGP codec, topology loader, CNI request parsing, route dumps).
 
 Run a campaign with `python bench/fuzz.py`; CI runs tests/unit/test_fuzz_targets.py.
 """
@@ -8,9 +8,11 @@ from labnet.fuzz.targets import (
     bgp_decode,
     cni_request,
     crash_key,
+    route_dump,
     run_target,
     split_cni_request,
     topology_load,
 )
 
-__all__ = ["TARGETS", "crash_key", "run_target", "bgp_decode", "cni_request", "split_cni_request", "topology_load"]
+__all__ = ["TARGETS", "crash_key", "run_target", "bgp_decode", "cni_request", "route_dump", "split_cni_request",
+           "topology_load"]

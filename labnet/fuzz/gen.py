@@ -89,3 +89,49 @@ def random_bgp_message(rng: random.Random) -> bytes:
     mtype = rng.choice((1, 2, 3, 4, 5, rng.randrange(256)))
     length = 19 + len(body) if rng.random() < 0.8 else rng.randrange(0x10000)
     return b"\xff" * 16 + length.to_bytes(2, "big") + bytes([mtype]) + body
+
+
+def rtnl_route(dst: str | None, dst_len: int, *, gateway: str | None = None, oif: int | None = None,
+               proto: int = 12, rtype: int = 1, flags: int = 0, table: int = 254, priority: int | None = None,
+               family: int = 2, kind: int = 24, error: int = 0) -> bytes:
+    """One rtnetlink message as the kernel would send it, encoded by pyroute2's rtmsg (kind 24:
+    RTM_NEWROUTE; 3: NLMSG_DONE; 2: NLMSG_ERROR carrying `error`)."""
+    import struct
+
+    if kind != 24:
+        body = struct.pack("=i", error) + struct.pack("=IHHII", 16, 26, 0, 1, 0) if kind == 2 else struct.pack("=i", 0)
+        return struct.pack("=IHHII", 16 + len(body), kind, 2, 1, 0) + body
+    from pyroute2.netlink.rtnl.rtmsg import rtmsg
+
+    msg = rtmsg()
+    msg["header"]["type"] = kind
+    msg["header"]["flags"] = 2
+    msg["header"]["sequence_number"] = 1
+    msg.update(family=family, dst_len=dst_len, table=min(table, 255), proto=proto, type=rtype, flags=flags, scope=0)
+    attrs: list[list[Any]] = [["RTA_TABLE", table]]
+    if dst is not None:
+        attrs.append(["RTA_DST", dst])
+    if gateway is not None:
+        attrs.append(["RTA_GATEWAY", gateway])
+    if oif is not None:
+        attrs.append(["RTA_OIF", oif])
+    if priority is not None:
+        attrs.append(["RTA_PRIORITY", priority])
+    msg["attrs"] = attrs
+    msg.encode()
+    return bytes(msg.data)
+
+
+def random_route_dump(rng: random.Random) -> bytes:
+    """A dump of a few plausible routes, sometimes cut short or ended."""
+    out = b""
+    for _ in range(rng.randint(0, 6)):
+        dst_len = rng.choice([0, 24, 26, 32])
+        dst = None if dst_len == 0 else f"10.{rng.randint(0, 255)}.{rng.randint(0, 255)}.0"
+        out += rtnl_route(dst, dst_len, gateway=rng.choice([None, "10.0.0.1"]), oif=rng.choice([None, 2, 9]),
+                          proto=rng.choice([2, 3, 12]), rtype=rng.choice([1, 6]), flags=rng.choice([0, 4]))
+    if rng.random() < 0.5:
+        out += rtnl_route(None, 0, kind=3)
+    if rng.random() < 0.3:
+        out = out[:rng.randint(0, len(out))]
+    return out

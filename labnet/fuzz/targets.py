@@ -86,10 +86,25 @@ def cni_request(data: bytes) -> None:
         exc.to_json("1.1.0")
 
 
+def route_dump(data: bytes) -> None:
+    """labnet.agent.rtnl.parse: the routes of a buffer of rtnetlink messages, or a DumpError."""
+    from labnet.agent.rtnl import DumpError, parse
+
+    try:
+        routes, _ = parse(data)
+    except DumpError as exc:
+        str(exc)
+        return
+    for r in routes:
+        if not (isinstance(r.dst, str) and 0 <= r.dst_len <= 255):
+            raise AssertionError(f"route_dump: a malformed route came out: {r}")
+
+
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "bgp_decode": bgp_decode,
     "topology_load": topology_load,
     "cni_request": cni_request,
+    "route_dump": route_dump,
 }
 
 

@@ -7,7 +7,8 @@ import functools
 import os
 import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +56,64 @@ class NodeNS:
                       inner_netns=netns_path, python=self.python)
 
 
+CLONE_FS, CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWPID, CLONE_NEWNET = 0x200, 0x20000, 0x04000000, 0x20000000, 0x40000000
+_inside = threading.local()  # .machine: (netns, mntns) of the machine this thread has entered
+
+
+def is_inside(ns: NodeNS) -> bool:
+    """Whether the calling thread is inside `ns`'s machine (by `entered`)."""
+    return getattr(_inside, "machine", None) == (ns.netns, ns.mntns)
+
+
+@contextlib.contextmanager
+def entered(ns: NodeNS) -> Iterator[bool]:
+    """Move the calling thread into machine `ns` (network, UTS, mount namespaces, and the PID
+    namespace of the processes it starts) for the block, and back after it. Inside, `run(ns,
+    ...)` execs each command directly: one process, not labnet-nsinit's chain of forks. Yields
+    whether it entered: only machines that share the host's files (ns.python None) are entered,
+    and not from a pod. In the block, paths are the machine's: /var/run, /var/lib/labnet and
+    the other node directories are its own, so nothing in it may read or write the lab's
+    state on the host (the journal). Other threads are not affected (each has its own)."""
+    if is_inside(ns):
+        yield True
+        return
+    if ns.python is not None or ns.inner_netns is not None or not ns.mntns:
+        yield False
+        return
+    if not getattr(_inside, "own_fs", False):  # setns into a mount namespace wants our own cwd/root
+        _unshare(CLONE_FS)
+        _inside.own_fs = True
+    kinds = [(k, flag, path) for k, flag, path in (
+        ("net", CLONE_NEWNET, ns.netns), ("uts", CLONE_NEWUTS, ns.utsns),
+        ("pid_for_children", CLONE_NEWPID, ns.pidns), ("mnt", CLONE_NEWNS, ns.mntns)) if path]  # mount last
+    home = [(os.open(f"/proc/thread-self/ns/{k}", os.O_RDONLY | os.O_CLOEXEC), flag) for k, flag, _ in kinds]
+    cwd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    moved: list[tuple[int, int]] = []
+    try:
+        for (_, flag, path), back in zip(kinds, home, strict=True):
+            setns(path, flag)
+            moved.append(back)
+        os.chdir("/")
+        _inside.machine = (ns.netns, ns.mntns)
+        yield True
+    finally:
+        _inside.machine = None
+        for fd, flag in reversed(moved):  # the mount namespace first: back where host paths are
+            _setns_fd(fd, flag, "back to this process's namespace")
+        os.fchdir(cwd)
+        for fd, _ in home:
+            os.close(fd)
+        os.close(cwd)
+
+
+def _argv(ns: NodeNS | None, cmd: Sequence[str]) -> list[str]:
+    if ns is None:
+        return list(cmd)
+    if is_inside(ns):
+        return ["nsenter", f"--net={ns.inner_netns}", "--", *cmd] if ns.inner_netns else list(cmd)
+    return ns.argv(cmd)
+
+
 def run(
     ns: NodeNS | None,
     cmd: Sequence[str],
@@ -65,7 +124,7 @@ def run(
     env: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run `cmd` in `ns` (or here when ns is None), capturing text output."""
-    argv = ns.argv(cmd) if ns else list(cmd)
+    argv = _argv(ns, cmd)
     data = input.decode() if isinstance(input, bytes) else input
     proc = subprocess.run(
         argv, input=data, capture_output=True, text=True, timeout=timeout,
@@ -139,16 +198,34 @@ def pid_alive(pid: int) -> bool:
 def setns(path: str, nstype: int = 0) -> None:
     """Move the calling thread into the namespace at `path` (an nsfs file); nstype 0: any kind.
     (os.setns exists only from Python 3.12.)"""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        if libc.setns(fd, nstype) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns into {path}: {os.strerror(err)}")
+        _setns_fd(fd, nstype, f"into {path}")
     finally:
         os.close(fd)
+
+
+@functools.cache
+def _libc() -> object:
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _setns_fd(fd: int, nstype: int, what: str) -> None:
+    import ctypes
+
+    if _libc().setns(fd, nstype) != 0:  # type: ignore[attr-defined]
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns {what}: {os.strerror(err)}")
+
+
+def _unshare(flags: int) -> None:
+    import ctypes
+
+    if _libc().unshare(flags) != 0:  # type: ignore[attr-defined]
+        err = ctypes.get_errno()
+        raise OSError(err, f"unshare({flags:#x}): {os.strerror(err)}")
 
 
 def set_process_name(name: str) -> None:

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import tempfile
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,9 @@ def _netns(name: str) -> Any:
     from pyroute2 import NetNS  # imported late: 90 ms we only pay when building
 
     return NetNS(name)
+
+
+MACHINE_WORKERS = 2
 
 
 class NetnsRuntime(Runtime):
@@ -106,26 +110,36 @@ class NetnsRuntime(Runtime):
             fab.link("set", index=idx, state="up")
 
     def add_machines(self, machines: list[MachineSpec]) -> None:
-        for m in machines:
-            ndir = paths.node_dir(self.lab, m.name)
-            binds = []
-            for sub, inside in NODE_DIRS.items():
-                (ndir / sub).mkdir(parents=True, exist_ok=True)
-                if not inside.startswith("/var/run"):
-                    Path(inside).mkdir(parents=True, exist_ok=True)  # the mount point on the host fs
-                binds.append(f"mount --bind {ndir / sub} {inside}")
-            sysctls = ["net.ipv4.ip_forward=" + ("1" if m.forward else "0")]
-            if not m.ipv6:
-                sysctls += ["net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"]
-            script = "; ".join([
-                # Drop this mount namespace's copies of other namespaces' bind mounts: they would
-                # keep other nodes (and other labs) alive after their own `down`.
-                "awk '$5 ~ \"^/run/(netns|labnet)/\" {print $5}' /proc/self/mountinfo | sort -r "
-                "| xargs -r umount -l 2>/dev/null || true",  # some vanish meanwhile: fine
-                f"hostname {m.name}", *binds, "ip link set lo up", "sysctl -qw " + " ".join(sysctls),
-            ])
-            self._make_ns(self.netns_name(m.name), m.name, script)
-            self._start_init(m.name)
+        """Two at a time: each machine waits on its processes (unshare, its set-up, its init)
+        more than it computes, and no machine depends on another."""
+        with ThreadPoolExecutor(max_workers=MACHINE_WORKERS) as pool:
+            for fut in [pool.submit(self._add_machine, m) for m in machines]:
+                fut.result()  # the first failure is raised once every started machine is done
+
+    def _add_machine(self, m: MachineSpec) -> None:
+        ndir = paths.node_dir(self.lab, m.name)
+        binds = []
+        for sub, inside in NODE_DIRS.items():
+            (ndir / sub).mkdir(parents=True, exist_ok=True)
+            if not inside.startswith("/var/run"):
+                Path(inside).mkdir(parents=True, exist_ok=True)  # the mount point on the host fs
+            binds.append(f"mount --bind {ndir / sub} {inside}")
+        sysctls = ["net.ipv4.ip_forward=" + ("1" if m.forward else "0")]
+        if not m.ipv6:
+            sysctls += ["net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"]
+        script = "; ".join([
+            # Drop this mount namespace's copies of other namespaces' bind mounts: they would keep
+            # other nodes (and other labs) alive after their own `down`. Whole trees first (one
+            # unmount each, not one per machine already made: that grew as the square of the lab),
+            # then whatever was not under them.
+            "awk '$5 == \"/run/netns\" || $5 ~ \"^/run/labnet/[^/]+$\" {print $5}' /proc/self/mountinfo "
+            "| xargs -r umount -l 2>/dev/null",
+            "awk '$5 ~ \"^/run/(netns|labnet)/\" {print $5}' /proc/self/mountinfo | sort -r "
+            "| xargs -r umount -l 2>/dev/null || true",  # some vanish meanwhile: fine
+            f"hostname {m.name}", *binds, "ip link set lo up", "sysctl -qw " + " ".join(sysctls),
+        ])
+        self._make_ns(self.netns_name(m.name), m.name, script)
+        self._start_init(m.name)
 
     def _start_init(self, machine: str) -> None:
         """The machine's PID namespace: labnet-nsinit forks its init inside the machine's other

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from labnet.fuzz.gen import mutate, random_bgp_message, random_cni_request, random_topology
+from labnet.fuzz.gen import mutate, random_bgp_message, random_cni_request, random_route_dump, random_topology
 from labnet.fuzz.known import KNOWN
 from labnet.fuzz.targets import TARGETS, run_target, split_cni_request
 
@@ -75,6 +75,12 @@ def test_topology_load(data: bytes) -> None:
 @given(st.one_of(st.binary(max_size=200), mutated("cni_request"), seeded(random_cni_request)))
 def test_cni_request(data: bytes) -> None:
     check("cni_request", data)
+
+
+@FUZZ_SETTINGS
+@given(st.one_of(st.binary(max_size=300), mutated("route_dump"), seeded(random_route_dump)))
+def test_route_dump(data: bytes) -> None:
+    check("route_dump", data)
 
 
 def test_split_cni_request() -> None:

@@ -39,6 +39,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from labnet.agent import rtnl
 from labnet.agent.tunnel.packet import (
     ICMP_FRAG_NEEDED,
     ICMP_NET_UNREACH,
@@ -177,21 +178,10 @@ def configure_link(ifname: str, address: str, mtu: int) -> int:
 
 
 def read_tunnel_routes(ifindex: int) -> list[TunnelRoute]:
-    """Unicast routes of the main table that leave through `ifindex`."""
-    from pyroute2 import IPRoute
-
-    out: list[TunnelRoute] = []
-    with IPRoute() as ipr:
-        for r in ipr.route("dump", family=socket.AF_INET, table=RT_TABLE_MAIN):
-            if r.get("RTA_OIF") != ifindex or r["type"] != RTN_UNICAST:
-                continue
-            dst = r.get("RTA_DST") or "0.0.0.0"
-            gw = r.get("RTA_GATEWAY")
-            out.append(TunnelRoute(
-                ipaddress.IPv4Network(f"{dst}/{r['dst_len']}"),
-                ipaddress.IPv4Address(gw) if gw else None,
-            ))
-    return out
+    """Unicast routes of the main table that leave through `ifindex` (the kernel filters)."""
+    return [TunnelRoute(ipaddress.IPv4Network(f"{r.dst}/{r.dst_len}"),
+                        ipaddress.IPv4Address(r.gateway) if r.gateway else None)
+            for r in rtnl.dump_routes(socket.AF_INET, table=RT_TABLE_MAIN, oif=ifindex) if r.type == RTN_UNICAST]
 
 
 class IpipDatapath:
