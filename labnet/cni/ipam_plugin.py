@@ -103,8 +103,8 @@ def _dispatch(env: Env, conf: dict[str, Any], store: Any,
     if env.command == "ADD":
         wanted = requested_ip(env, conf)
         hid = handle_id(conf, env.container_id, env.ifname)
-        # One read for the settings, the handle and the blocks; the plugin's MTU reuses the settings.
-        first = ipam.first_read(store, hid, settings.CLUSTER_KEY)
+        # One read for the settings, the handle and the node's blocks; the plugin's MTU reuses the settings.
+        first = ipam.first_read(store, hid, settings.CLUSTER_KEY, node=node)
         if memo is not None:
             memo.prime(settings.CLUSTER_KEY, first.keys[settings.CLUSTER_KEY])
         pool = _pool_of(settings.cluster_from(conf, first.keys[settings.CLUSTER_KEY]))

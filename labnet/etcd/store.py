@@ -47,6 +47,8 @@ class Snapshot:
 
     keys: dict[str, KV | None]
     prefixes: dict[str, list[KV]]
+    # prefixes that hold only some of their keys (IPAM reads only a node's own blocks)
+    partial: frozenset[str] = frozenset()
 
 
 class DatastoreUnavailable(Exception):

@@ -294,10 +294,34 @@ def _release_in(store: Datastore, cidr: str, handle_id: str) -> list[str]:
     raise IpamConflict(f"block {cidr}: gave up after {MAX_ATTEMPTS} conflicting updates")
 
 
-def first_read(store: Datastore, handle_id: str, *extra: str) -> Snapshot:
-    """What auto_assign starts from, in one round trip: the handle, every block, and `extra`
-    keys the caller wants at the same revision (the CNI IPAM plugin adds the cluster settings)."""
-    return store.snapshot([keys.handle(handle_id), *extra], [keys.BLOCKS])
+def first_read(store: Datastore, handle_id: str, *extra: str, node: str | None = None) -> Snapshot:
+    """What auto_assign starts from, in one round trip: the handle, the blocks, and `extra` keys
+    the caller wants at the same revision (the CNI IPAM plugin adds the cluster settings).
+
+    With `node`: only that node's own blocks, which its affinity keys name, instead of every
+    block of the pool (an ADD at 200 nodes read and decoded 200 blocks, and etcd served them).
+    The snapshot says so (`partial`); auto_assign reads them all when it has to look further.
+    A process that assigns again (the CNI server) names the blocks it saw last time in the same
+    read; a new one costs a second round trip."""
+    if node is None:
+        return store.snapshot([keys.handle(handle_id), *extra], [keys.BLOCKS])
+    hint = _affine_seen.get(node, ())
+    own = keys.affinities(node)
+    snap = store.snapshot([keys.handle(handle_id), *extra, *(keys.block(c) for c in hint)], [own])
+    cidrs = tuple(sorted(keys.cidr_from_key(kv.key[len(own):]) for kv in snap.prefixes[own]))
+    found = dict(snap.keys)
+    missing = [keys.block(c) for c in cidrs if keys.block(c) not in found]
+    if missing:
+        found.update(store.snapshot(missing, []).keys)  # each block's revision is compared at commit
+    if len(_affine_seen) >= 256:
+        _affine_seen.clear()
+    _affine_seen[node] = cidrs
+    blocks = sorted((kv for c in cidrs if (kv := found.get(keys.block(c))) is not None), key=lambda kv: kv.key)
+    return Snapshot({k: found[k] for k in (keys.handle(handle_id), *extra)}, {keys.BLOCKS: blocks},
+                    partial=frozenset({keys.BLOCKS}))
+
+
+_affine_seen: dict[str, tuple[str, ...]] = {}  # node -> the blocks its last first_read found
 
 
 def _held(snap: Snapshot, handle_id: str, node: str) -> list[Assignment]:
@@ -331,8 +355,12 @@ def auto_assign(
     of one container end with one address.
     """
     attrs = {"node": node, **(attrs or {})}  # whose address it is, also when borrowed (gc reads it)
-    snap = first if first is not None else first_read(store, handle_id)
+    snap = first if first is not None else first_read(store, handle_id, node=node)
     for _ in range(MAX_ATTEMPTS):
+        partial = keys.BLOCKS in snap.partial
+        if partial and snap.keys.get(keys.handle(handle_id)) is not None:
+            snap = first_read(store, handle_id)  # a repeated ADD: its address may be borrowed, elsewhere
+            continue
         held = _held(snap, handle_id, node)
         if held:
             return held[0]
@@ -345,9 +373,12 @@ def auto_assign(
         mine = sorted((c for c, (_, b) in blocks.items() if b.node == node), key=rank.__getitem__)
         cidr = next((c for c in mine if blocks[c][1].unallocated), None)
         prefer = 0 if prefer_first else None
+        if cidr is None and partial:  # our blocks are full: claiming or borrowing needs them all
+            snap = first_read(store, handle_id)
+            continue
         if cidr is None:
             if _claim(store, node, pool, set(blocks)) is not None:
-                snap = first_read(store, handle_id)
+                snap = first_read(store, handle_id, node=node)
                 continue  # allocate from the claimed block on the next pass
             others = sorted((c for c in blocks if c not in mine), key=rank.__getitem__)
             cidr = next((c for c in others if blocks[c][1].unallocated), None)
@@ -363,7 +394,7 @@ def auto_assign(
         done = _commit(store, snap, handle_id, node, kv, block, ordinal)
         if done is not None:
             return done
-        snap = first_read(store, handle_id)  # a block or the handle moved: decide again
+        snap = first_read(store, handle_id, node=node)  # a block or the handle moved: decide again
     raise IpamConflict(f"handle {handle_id}: gave up after {MAX_ATTEMPTS} attempts")
 
 
@@ -384,7 +415,7 @@ def assign_ip(
     cidr = str(ipaddress.IPv4Network(f"{ip}/{pool.block_size}", strict=False))
     bkey = keys.block(cidr)
     attrs = {"node": node, **(attrs or {})}
-    snap = first if first is not None else first_read(store, handle_id)
+    snap = first if first is not None and keys.BLOCKS not in first.partial else first_read(store, handle_id)
     for _ in range(MAX_ATTEMPTS):
         held = _held(snap, handle_id, node)
         if held:

@@ -62,8 +62,40 @@ def test_add_in_an_affine_block_reads_each_key_once() -> None:
     s.calls.clear()
     second = ipam.auto_assign(s, "n1", "net.c2", POOL)
     assert second.block == first.block and second.ordinal == 1
-    assert s.calls == [("read", f"{keys.handle('net.c2')},{keys.BLOCKS}"),
+    # the node's own block only (named by its affinity), not every block of the pool
+    assert s.calls == [("read", f"{keys.handle('net.c2')},{keys.block(first.block)},{keys.affinities('n1')}"),
                        ("txn", f"{keys.block(first.block)},{keys.handle('net.c2')}")], s.calls
+
+
+def test_a_process_new_to_the_node_reads_its_blocks_in_a_second_trip_not_the_pool() -> None:
+    s = Counting()
+    for n in ("n1", "n2", "n3"):
+        ipam.auto_assign(s, n, f"net.{n}", POOL)
+    ipam.allocator._affine_seen.clear()
+    s.calls.clear()
+    a = ipam.auto_assign(s, "n2", "net.x", POOL)
+    assert a.affinity == "n2" and not a.borrowed
+    assert [c[0] for c in s.calls] == ["read", "read", "txn"], s.calls
+    assert all(keys.BLOCKS not in c[1].split(",") for c in s.calls[:2]), s.calls
+
+
+def test_full_blocks_fall_back_to_the_whole_pool_then_claim() -> None:
+    s = Counting()
+    pool = ipam.Pool("10.100.0.0/29", 30)  # two blocks of 4
+    got = [ipam.auto_assign(s, "n1", f"net.c{i}", pool) for i in range(6)]
+    assert len({g.address for g in got}) == 6
+    assert len({g.block for g in got}) == 2 and all(g.affinity == "n1" for g in got)
+
+
+def test_a_repeated_add_finds_its_borrowed_address() -> None:
+    s = Counting()
+    pool = ipam.Pool("10.100.0.0/29", 30)
+    for i in range(4):
+        ipam.auto_assign(s, "n1", f"net.a{i}", pool)  # n1 fills and claims both blocks... the second
+    ipam.auto_assign(s, "n2", "net.b0", pool)         # n2 takes what is left, or borrows
+    first = ipam.auto_assign(s, "n2", "net.b1", pool)
+    again = ipam.auto_assign(s, "n2", "net.b1", pool)
+    assert again.address == first.address
 
 
 def test_ipam_plugin_add_reads_settings_with_the_blocks_and_shares_them() -> None:
