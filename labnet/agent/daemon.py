@@ -32,7 +32,7 @@ from labnet.agent.cache import KeyCache
 from labnet.agent.config import AgentConfig
 from labnet.agent.detect import Detected, detect
 from labnet.agent.nodes import NodeRecord, name_problems, read_nodename
-from labnet.agent.peers import PeerSpec, compute_peers
+from labnet.agent.peers import PeerSpec, compute_peers, peer_inputs
 from labnet.agent.routes import (
     IPIP_DEVICE,
     DesiredRoute,
@@ -119,7 +119,10 @@ class Agent:
         self._ds_dirty = True  # full re-read of the datastore wanted
         self._cache = KeyCache(CACHED)
         self._cache_dirty = False  # watch events changed the cache since the last pass
-        self._block_memo: dict[str, tuple[int, ipam.Block | None]] = {}
+        # decoded once per revision: a pass rebuilds the snapshot from every node and block, and
+        # while a 100-node lab comes up that is two passes per node on every node
+        self._block_memo: dict[str, tuple[int, ipam.Block | None, tuple[ipaddress.IPv4Address, ...]]] = {}
+        self._node_memo: dict[str, tuple[int, NodeRecord | None]] = {}
         self._applied: tuple[Any, ...] | None = None  # what the last kernel pass programmed
         self._kernel_due = True
         self._peers_input: tuple[Any, ...] | None = None  # what _sync_peers last worked from
@@ -162,26 +165,42 @@ class Agent:
         return self._build_snapshot(c.get(SETTINGS_KEY, SETTINGS_KEY), c.values(keys.NODES),
                                     c.values(keys.affinities()), c.values(keys.BLOCKS))
 
-    def _decode_block(self, kv: KV) -> ipam.Block | None:
+    def _decode_block(self, kv: KV) -> tuple[ipam.Block | None, tuple[ipaddress.IPv4Address, ...]]:
+        """The block, and the addresses in it that were given to this node (borrowed)."""
         hit = self._block_memo.get(kv.key)
         if hit is not None and hit[0] == kv.mod_revision:
-            return hit[1]
+            return hit[1], hit[2]
         try:
             block: ipam.Block | None = ipam.Block.decode(kv.value)
         except (ValueError, KeyError):
             block = None
-        self._block_memo[kv.key] = (kv.mod_revision, block)
-        return block
+        given: tuple[ipaddress.IPv4Address, ...] = ()
+        if block is not None and block.node != self.name:
+            given = tuple(ipaddress.IPv4Address(block.address(i)) for i, h in enumerate(block.allocations)
+                          if h is not None and (block.attributes.get(h) or {}).get("node") == self.name)
+        self._block_memo[kv.key] = (kv.mod_revision, block, given)
+        return block, given
+
+    def _decode_node(self, kv: KV) -> NodeRecord | None:
+        hit = self._node_memo.get(kv.key)
+        if hit is not None and hit[0] == kv.mod_revision:
+            return hit[1]
+        rec: NodeRecord | None = None
+        try:
+            rec = NodeRecord.decode(kv.value, kv.key)
+        except LabnetError as exc:
+            log.warning("%s", exc)
+        self._node_memo[kv.key] = (kv.mod_revision, rec)
+        return rec
 
     def _build_snapshot(self, settings_kv: KV | None, node_kvs: list[KV], affinity_kvs: list[KV],
                         block_kvs: list[KV]) -> Snapshot:
         settings = decode_cluster_config(settings_kv)
-        nodes = []
-        for kv in node_kvs:
-            try:
-                nodes.append(NodeRecord.decode(kv.value, kv.key))
-            except LabnetError as exc:
-                log.warning("%s", exc)
+        nodes = [rec for kv in node_kvs if (rec := self._decode_node(kv)) is not None]
+        if len(self._node_memo) > len(node_kvs):
+            live = {kv.key for kv in node_kvs}
+            for gone in set(self._node_memo) - live:
+                del self._node_memo[gone]
         host_prefix = keys.affinities()
         by_node: dict[str, list[str]] = {}
         for kv in affinity_kvs:
@@ -195,13 +214,10 @@ class Agent:
         present: set[str] = set()
         for kv in block_kvs:
             present.add(kv.key)
-            block = self._decode_block(kv)
+            block, given = self._decode_block(kv)
             if block is None or block.node == self.name:
                 continue
-            for i, h in enumerate(block.allocations):
-                if h is None or (block.attributes.get(h) or {}).get("node") != self.name:
-                    continue
-                addr = ipaddress.IPv4Address(block.address(i))
+            for addr in given:
                 if not any(addr in n for n in my_nets):
                     borrowed.add(ipaddress.IPv4Network(f"{addr}/32"))
         for gone in set(self._block_memo) - present:
@@ -518,7 +534,7 @@ class Agent:
                     await asyncio.to_thread(self._register)
                 except (DatastoreUnavailable, LabnetError) as exc:
                     self.state.last_error = f"node registration: {exc}"
-            peers_input = (snap.nodes, snap.settings)
+            peers_input = (peer_inputs(self.name, snap.nodes, snap.settings), self.underlay)
             if peers_input != self._peers_input:  # most events (block claims) do not touch peers
                 await self._sync_peers(snap)
                 self._peers_input = peers_input

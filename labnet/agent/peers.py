@@ -36,6 +36,15 @@ def _addr(n: NodeRecord) -> ipaddress.IPv4Address | None:
         return None
 
 
+def peer_inputs(me: str, nodes: Iterable[NodeRecord], settings: ClusterSettings) -> tuple[object, ...]:
+    """What compute_peers reads: each node's name and address (only the route reflectors', for
+    a node that is not one: others come and go without changing its sessions), and the settings.
+    While a lab comes up every registration changes the node list; most change no peer."""
+    rrs = set(settings.bgp.route_reflectors)
+    relevant = (n for n in nodes if not rrs or me in rrs or n.name in rrs)
+    return tuple((n.name, n.ipv4_address) for n in relevant), settings
+
+
 def compute_peers(me: str, my_address: str, nodes: Iterable[NodeRecord], settings: ClusterSettings) -> list[PeerSpec]:
     """The peers of node `me` (whose BGP address is `my_address`), sorted by address."""
     bgp = settings.bgp
