@@ -73,9 +73,9 @@ class Journal:
         elif op["op"] == "info":
             _set_in(self.info, op["keys"], op.get("value"), op.get("remove", False))
 
-    def _append(self, op: dict[str, Any]) -> None:
+    def _append(self, op: dict[str, Any], sync: bool = True) -> None:
         """One change, already made in memory, as one line of the tail, on disk before this
-        returns; a long tail is folded into the file."""
+        returns (`sync`: through a host crash too); a long tail is folded into the file."""
         line = json.dumps({**op, "g": self.generation}).encode() + b"\n"
         fd = os.open(tail_path(self.path), os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
@@ -83,7 +83,8 @@ class Journal:
             if size and os.pread(fd, 1, size - 1) != b"\n":
                 line = b"\n" + line  # a line cut short by a crash stays a line of its own
             os.write(fd, line)
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
         finally:
             os.close(fd)
         self._tail_lines += 1
@@ -91,10 +92,13 @@ class Journal:
             self.save()
 
     def set_info(self, keys: tuple[str, ...], value: Any = None, *, remove: bool = False) -> None:
-        """info[k1][k2]... = value (or removed), recorded as one line, not a rewrite."""
+        """info[k1][k2]... = value (or removed), recorded as one line, not a rewrite. Not fsynced:
+        info says what the lab looks like (pods, addresses), entries say what to undo, and what
+        a host crash would leave of a pod (its netns, its veth) goes with the node's namespaces.
+        A thousand pods made two thousand fsyncs, each behind the lab's other disk writes."""
         with self.lock:
             _set_in(self.info, list(keys), value, remove)
-            self._append({"op": "info", "keys": list(keys), "value": value, "remove": remove})
+            self._append({"op": "info", "keys": list(keys), "value": value, "remove": remove}, sync=False)
 
     def save(self) -> None:
         """Write the whole journal as a new generation, then drop the tail it now contains."""

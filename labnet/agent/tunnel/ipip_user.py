@@ -233,6 +233,7 @@ class IpipDatapath:
         self._rx = (0, 0, 0, 0)
         self._reloads = 0
         self._status_lock = threading.Lock()
+        self._status_written = ""  # what the status file holds
         self.failed: BaseException | None = None
         self.on_failure = on_failure
         self.persist = persist
@@ -335,9 +336,13 @@ class IpipDatapath:
         if self.status_file is None:
             return
         with self._status_lock:
+            text = json.dumps(self.status(), indent=1) + "\n"
+            if text == self._status_written:  # an idle tunnel: 200 nodes rewrote 200 files a second
+                return
             tmp = self.status_file.with_suffix(self.status_file.suffix + ".tmp")
-            tmp.write_text(json.dumps(self.status(), indent=1) + "\n")
+            tmp.write_text(text)
             os.replace(tmp, self.status_file)
+            self._status_written = text
 
     def update_routes(self) -> None:
         """Re-read the routes through tunl0 from the kernel into the LPM table."""

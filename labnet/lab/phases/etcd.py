@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from labnet import paths
+from labnet import nsexec, paths
 from labnet.etcd.admin import with_store
 from labnet.etcd.settings import write_cluster_config
 from labnet.lab import processes
@@ -15,6 +15,18 @@ from labnet.lab.context import Context
 ETCD_TLS_INSIDE = "/var/lib/labnet/etcd-tls"  # etcd's own certificates, as the etcd node sees them
 ETCD_DATA_INSIDE = "/var/lib/labnet/etcd"
 ETCD_LOG_INSIDE = "/var/log/labnet/etcd.log"
+
+
+ETCD_DATA_SIZE = "1g"  # a tmpfs limit, not an allocation: a 200-node lab's etcd uses ~100 MB
+
+
+def _memory_backed(ctx: Context, node: str) -> None:
+    """etcd's data directory on a tmpfs in the node's mount namespace (it goes with the node).
+    etcd fsyncs its WAL on every write; on a host disk busy with a big lab's logs and state a
+    single fsync took over a second, every read waited behind it, and CNI ADDs timed out. A
+    lab's datastore need not outlive the lab. Where the mount is refused, the disk it is."""
+    nsexec.run(ctx.runtime.ns(node), ["mount", "-t", "tmpfs", "-o", f"size={ETCD_DATA_SIZE},mode=0700",
+                                      "labnet-etcd", ETCD_DATA_INSIDE], check=False)
 
 
 def run(ctx: Context) -> None:
@@ -45,6 +57,7 @@ def run(ctx: Context) -> None:
             inside_pki = pki.moved(ETCD_TLS_INSIDE)
         data = rt.host_path(m.name, ETCD_DATA_INSIDE)
         data.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _memory_backed(ctx, m.name)
         log = rt.host_path(m.name, ETCD_LOG_INSIDE)
         argv = server.etcd_argv(m, members, inside_pki, Path(ETCD_DATA_INSIDE))
         entry = processes.start(ctx.journal, rt.ns(m.name), m.name, "etcd", argv, log=log, env=server.etcd_env())
