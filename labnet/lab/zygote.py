@@ -51,11 +51,13 @@ class Zygote:
         return (ns is not None and ns.python is None and ns.inner_netns is None and self.proc.poll() is None
                 and len(argv) >= 3 and argv[0] == sys.executable and argv[1] == "-m" and argv[2] in MODULES)
 
-    def spawn(self, ns: NodeNS, argv: Sequence[str], *, log: Path, env: Mapping[str, str] | None = None) -> int:
+    def spawn(self, ns: NodeNS, argv: Sequence[str], *, log: Path, env: Mapping[str, str] | None = None,
+              nice: int = 0) -> int:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         log.parent.mkdir(parents=True, exist_ok=True)
         req = {"module": argv[2], "args": list(argv[3:]), "netns": ns.netns, "mntns": ns.mntns,
-               "utsns": ns.utsns, "pidns": ns.pidns, "log": str(log), "env": dict(env) if env is not None else None}
+               "utsns": ns.utsns, "pidns": ns.pidns, "log": str(log), "env": dict(env) if env is not None else None,
+               "nice": nice}
         self.proc.stdin.write((json.dumps(req) + "\n").encode())
         self.proc.stdin.flush()
         ready, _, _ = select.select([self.proc.stdout], [], [], REPLY_TIMEOUT)
@@ -89,6 +91,8 @@ def _child(req: dict[str, Any]) -> None:
         for sig in (signal.SIGCHLD, signal.SIGINT):  # the zygote ignores them; the daemon has its own
             signal.signal(sig, signal.SIG_DFL)
         os.setsid()
+        if req.get("nice"):
+            os.setpriority(os.PRIO_PROCESS, 0, int(req["nice"]))  # before any thread: they inherit it
         log = os.open(req["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)  # a host path: before setns
         null = os.open(os.devnull, os.O_RDONLY)
         for ns in ("netns", "utsns", "mntns"):  # mount last: the others' paths are host paths
@@ -130,6 +134,8 @@ def _check(req: object) -> None:
     for ns in ("netns", "mntns", "utsns", "pidns"):
         if req.get(ns) is not None and not isinstance(req[ns], str):
             raise ValueError(f"{ns} must be a path or null")
+    if not isinstance(req.get("nice", 0), int) or not -20 <= req.get("nice", 0) <= 19:
+        raise ValueError("nice must be an integer -20..19")
     if req.get("env") is not None and not (isinstance(req["env"], dict)
                                            and all(isinstance(v, str) for v in req["env"].values())):
         raise ValueError("env must be an object of strings or null")

@@ -72,8 +72,9 @@ def start_recorded(view: LabView, node: str, what: str) -> int:
         env = etcd_env()
     rt = view.runtime
     with journal_edit(view) as j:
-        return processes.respawn(j, entry_in(j, node, what), rt.ns(node), argv,
-                                 log=rt.host_path(node, LOGS_INSIDE[what]), env=env)
+        entry = entry_in(j, node, what)
+        return processes.respawn(j, entry, rt.ns(node), argv, log=rt.host_path(node, LOGS_INSIDE[what]), env=env,
+                                 nice=int(entry.get("nice") or 0))
 
 
 def stop_recorded(view: LabView, node: str, what: str, sig: signal.Signals) -> int:

@@ -20,6 +20,7 @@ from labnet.lab.convergence import NotReady, agents_lacking, briefs
 from labnet.runtime.base import Runtime
 from labnet.wait import poll
 
+REFLECTOR_NICE = -5
 AGENT_LOG_INSIDE = "/var/log/labnet/agent.log"
 SUPERVISOR_LOG_INSIDE = "/var/log/labnet/agent-supervisor.log"
 
@@ -33,6 +34,7 @@ def run(ctx: Context) -> None:
     if c is None:
         return
     rt, info = ctx.runtime, ctx.journal.info
+    reflectors = set(ctx.topo.cluster_settings().bgp.route_reflectors)
     tls = info["etcd"]["tls"]
     for node, spec in c.nodes.items():
         etcd = EtcdSettings(
@@ -43,8 +45,9 @@ def run(ctx: Context) -> None:
         )
         cfg = AgentConfig(etcd=etcd, bgp_address=spec.bgp_address, log_file=AGENT_LOG_INSIDE, cni_socket=CNI_SOCKET)
         cfg.save(rt.host_path(node, DEFAULT_CONFIG))
-        processes.start(ctx.journal, rt.ns(node), node, "agent", agent_argv(),
-                        log=rt.host_path(node, SUPERVISOR_LOG_INSIDE), zygote=ctx.zygote)
+        # a route reflector carries every other node's routes: it must keep up with them all
+        processes.start(ctx.journal, rt.ns(node), node, "agent", agent_argv(), zygote=ctx.zygote,
+                        log=rt.host_path(node, SUPERVISOR_LOG_INSIDE), nice=REFLECTOR_NICE if node in reflectors else 0)
     tunnel = ctx.topo.cluster_settings().pool.encap != "none"
     waiting = set(c.nodes)
 

@@ -17,6 +17,7 @@ ETCD_DATA_INSIDE = "/var/lib/labnet/etcd"
 ETCD_LOG_INSIDE = "/var/log/labnet/etcd.log"
 
 
+ETCD_NICE = -10  # every node's CNI and agent waits on it
 ETCD_DATA_SIZE = "1g"  # a tmpfs limit, not an allocation: a 200-node lab's etcd uses ~100 MB
 
 
@@ -60,7 +61,8 @@ def run(ctx: Context) -> None:
         _memory_backed(ctx, m.name)
         log = rt.host_path(m.name, ETCD_LOG_INSIDE)
         argv = server.etcd_argv(m, members, inside_pki, Path(ETCD_DATA_INSIDE))
-        entry = processes.start(ctx.journal, rt.ns(m.name), m.name, "etcd", argv, log=log, env=server.etcd_env())
+        entry = processes.start(ctx.journal, rt.ns(m.name), m.name, "etcd", argv, log=log, env=server.etcd_env(),
+                                nice=ETCD_NICE)
         logs[entry["pid"]] = log
     cfg = server.client_config(members, pki)
     via = members[0].name
