@@ -303,7 +303,16 @@ class Fsm:
 
     def notification_received(self, code: int, subcode: int) -> list[FsmAction]:
         self.info = f"NOTIFICATION received {code}/{subcode}: {error_name(code, subcode)}"
-        return self.handle(Event.NOTIF_MSG)
+        before = self.state
+        acts = self.handle(Event.NOTIF_MSG)
+        if (code, subcode) == (ErrCode.CEASE, CeaseSub.CONNECTION_REJECTED) and before in (
+                State.OPEN_SENT, State.OPEN_CONFIRM) and self.state == State.IDLE and self.config.auto_restart:
+            # The peer is up but does not know us yet (a lab starting: its agent has not read our
+            # node record). Come back as after a refused connect, soon and backing off, not after
+            # the whole idle hold time.
+            self.connect_retry_counter += 1
+            self._start(Event.IDLE_HOLD_TIMER_EXPIRES, min(self.config.idle_hold_time, self._retry_delay()))
+        return acts
 
     def _established_lost(self, reason: str, graceful: bool) -> list[FsmAction]:
         acts = self._to_idle(reason)

@@ -233,3 +233,26 @@ def test_refused_connects_are_retried_sooner_then_at_the_configured_interval() -
     g.handle(Event.MANUAL_START)
     g.handle(Event.TCP_CONNECTION_FAILS)
     assert g.next_deadline() == g.clock() + 5
+
+
+def test_a_peer_that_rejects_us_before_it_knows_us_is_tried_again_soon() -> None:
+    """Cease 6/5 (connection rejected) in OpenSent: the peer listens but has not configured us
+    yet. Back off from initial_connect_retry as for a refused connect, not the idle hold time."""
+    clock = Clock()
+    f = make(clock, initial_connect_retry=0.1)
+    f.handle(Event.MANUAL_START)
+    delays = []
+    for _ in range(3):
+        assert f.handle(Event.TCP_CR_ACKED) == [SendOpen()] and f.state == State.OPEN_SENT
+        f.notification_received(6, 5)
+        assert f.state == State.IDLE
+        deadline = f.next_deadline()
+        assert deadline is not None
+        delays.append(round(deadline - clock.now, 3))
+        clock.now = deadline
+        assert f.fire_timers() == [ConnectTcp()]
+    assert delays == [0.1, 0.2, 0.4], delays
+    # another NOTIFICATION keeps the idle hold time
+    f.handle(Event.TCP_CR_ACKED)
+    f.notification_received(2, 2)
+    assert f.next_deadline() == clock.now + f.config.idle_hold_time
