@@ -80,9 +80,9 @@ def entered(ns: NodeNS) -> Iterator[bool]:
     if ns.python is not None or ns.inner_netns is not None or not ns.mntns:
         yield False
         return
-    if not getattr(_inside, "own_fs", False):  # setns into a mount namespace wants our own cwd/root
-        _unshare(CLONE_FS)
-        _inside.own_fs = True
+    # setns into a mount namespace wants a cwd and root of our own; a thread started since the
+    # last time shares them again, so every time (a no-op when they are ours alone)
+    _unshare(CLONE_FS)
     kinds = [(k, flag, path) for k, flag, path in (
         ("net", CLONE_NEWNET, ns.netns), ("uts", CLONE_NEWUTS, ns.utsns),
         ("pid_for_children", CLONE_NEWPID, ns.pidns), ("mnt", CLONE_NEWNS, ns.mntns)) if path]  # mount last

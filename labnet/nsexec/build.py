@@ -6,6 +6,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 from labnet import paths
@@ -35,7 +36,7 @@ def compile_once(source: Path, name: str, cache_dir: Path | None = None) -> Path
     if cc is None:
         raise BuildError(f"{name}: no C compiler (cc) to build {source}; `make sysdeps` installs gcc")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # builds may race
     proc = subprocess.run([cc, "-O2", "-o", str(tmp), str(source)], capture_output=True, text=True)
     if proc.returncode != 0:
         tmp.unlink(missing_ok=True)

@@ -133,7 +133,7 @@ class NetnsRuntime(Runtime):
             # unmount each, not one per machine already made: that grew as the square of the lab),
             # then whatever was not under them.
             "awk '$5 == \"/run/netns\" || $5 ~ \"^/run/labnet/[^/]+$\" {print $5}' /proc/self/mountinfo "
-            "| xargs -r umount -l 2>/dev/null",
+            "| xargs -r umount -l 2>/dev/null || true",
             "awk '$5 ~ \"^/run/(netns|labnet)/\" {print $5}' /proc/self/mountinfo | sort -r "
             "| xargs -r umount -l 2>/dev/null || true",  # some vanish meanwhile: fine
             f"hostname {m.name}", *binds, "ip link set lo up", "sysctl -qw " + " ".join(sysctls),

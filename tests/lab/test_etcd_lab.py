@@ -359,8 +359,13 @@ def _down_leaves_no_etcd(lab: str, before: object) -> None:
     members = journal.info["etcd"]["members"]
     data_dirs = [paths.node_dir(lab, m) for m in members]
     host_data = [get_runtime(journal.runtime)(lab, journal).host_path(m, ETCD_DATA_INSIDE) for m in members]
-    for m, d in zip(members, host_data, strict=True):
-        assert (d / "member").is_dir(), f"lab {lab}: etcd member {m} has no data in {d} while up"
+    for m in members:  # on a tmpfs in the node's mount namespace: it goes with the node
+        seen = labnet("exec", "-l", lab, m, "--", "sh", "-c",
+                      f"test -d {ETCD_DATA_INSIDE}/member && grep ' {ETCD_DATA_INSIDE} ' /proc/self/mountinfo",
+                      check=False)
+        assert seen.returncode == 0 and " - tmpfs " in seen.stdout, (
+            f"lab {lab}: etcd member {m}: expected its data in {ETCD_DATA_INSIDE}/member on a tmpfs, got "
+            f"exit {seen.returncode}: {seen.stdout.strip()} {seen.stderr.strip()}")
     urls = dict(zip(members, journal.info["etcd"]["endpoints"], strict=True))
     pids = lab_pids(lab)
     running = _etcd_processes(urls)
