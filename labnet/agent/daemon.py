@@ -11,7 +11,6 @@ view of the datastore and the speaker's Loc-RIB. The datastore view is a cache
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import ipaddress
 import json
@@ -23,7 +22,6 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,12 +63,8 @@ SETTINGS_KEY = CLUSTER_KEY
 # them in each full read; the node's CNI server kicks one when this node borrows or releases.
 WATCHED = (keys.NODES, keys.affinities(), SETTINGS_KEY)
 CACHED = (*WATCHED, keys.BLOCKS)
-# Under sustained churn (a 200-node lab coming up: three events per node on every node) passes
-# are spaced so that at most 1/(1+DUTY) of the time goes into them; isolated changes run at once.
-RATE_PASSES = 4  # this many passes within RATE_WINDOW seconds is churn
-RATE_WINDOW = 1.0
-DUTY = 3.0  # then wait DUTY times the last pass's duration after it (at least COALESCE)
-COALESCE = 0.05
+BURST_PASSES = 3  # back-to-back passes before a pause: bounds the pass rate under sustained churn
+COALESCE = 0.05  # that pause: seconds to gather a burst of RIB changes / watch events
 RTMGRP_IPV4_ROUTE = 0x40
 RTM_NEWROUTE, RTM_DELROUTE = 24, 25
 
@@ -714,32 +708,27 @@ class Agent:
     async def _main_loop(self) -> None:
         interval = self.cfg.resync_interval
         next_full = time.monotonic()
-        starts: collections.deque[float] = collections.deque(maxlen=RATE_PASSES)
-        last_end = last_took = 0.0
+        burst = 0
         while not self._stop.is_set():
             now = time.monotonic()
             if now >= next_full:
                 self._ds_dirty = True
                 next_full = now + interval * random.uniform(0.8, 1.2)  # agents do not resync in step
-            pause = pass_pause(starts, last_end, last_took, now)
-            if pause > 0:  # churning: what comes in meanwhile joins the next pass
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), pause)
-                if self._stop.is_set():
-                    break
             self._wake.clear()
-            t0 = time.monotonic()
-            starts.append(t0)
             try:
                 await self.sync()
             except Exception:
                 log.exception("sync pass failed; retrying")
                 self.state.last_error = "sync pass failed (see the agent log)"
                 self._kernel_due = True
-            last_end = time.monotonic()
-            last_took = last_end - t0
             if self._wake.is_set():  # changes came in during the pass: they form the next one
+                burst += 1
+                if burst >= BURST_PASSES:  # still churning: gather a little before going on
+                    burst = 0
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stop.wait(), COALESCE)
                 continue
+            burst = 0
             stop = asyncio.ensure_future(self._stop.wait())
             wake = asyncio.ensure_future(self._wake.wait())
             timeout = max(0.05, next_full - time.monotonic())
@@ -779,14 +768,6 @@ class Agent:
         with contextlib.suppress(OSError):
             Path(self.cfg.status_socket).unlink()
         log.info("stopped")
-
-
-def pass_pause(starts: Sequence[float], last_end: float, last_took: float, now: float) -> float:
-    """Seconds to wait before the next pass (pure): none unless the last RATE_PASSES passes
-    started within RATE_WINDOW, then until DUTY times the last pass's duration after its end."""
-    if len(starts) < RATE_PASSES or now - starts[-RATE_PASSES] >= RATE_WINDOW:
-        return 0.0
-    return max(0.0, last_end + max(COALESCE, DUTY * last_took) - now)
 
 
 def route_event_matters(data: bytes) -> bool:

@@ -39,14 +39,3 @@ def test_route_events_that_wake_a_kernel_pass() -> None:
     assert route_event_matters(b"\x04\x00\x00\x00" + b"\x00" * 14), "malformed: a pass rather than a miss"
     assert not route_event_matters(b"")
 
-
-def test_passes_run_at_once_until_they_churn() -> None:
-    from labnet.agent.daemon import COALESCE, DUTY, RATE_PASSES, pass_pause
-
-    assert pass_pause([], 0.0, 0.0, 10.0) == 0.0, "the first pass"
-    assert pass_pause([9.0, 9.5, 9.9], 9.91, 0.01, 9.92) == 0.0, "a few passes: at once"
-    assert pass_pause([5.0, 8.0, 9.0, 9.5], 9.51, 0.01, 9.6) == 0.0, "spread over more than a second"
-    busy = [9.1, 9.3, 9.5, 9.7][:RATE_PASSES]
-    assert abs(pass_pause(busy, 9.72, 0.01, 9.72) - COALESCE) < 1e-9, "churn, cheap passes: gather a little"
-    assert abs(pass_pause(busy, 9.9, 0.2, 9.9) - DUTY * 0.2) < 1e-9, "churn, costly passes: keep the duty low"
-    assert pass_pause(busy, 9.9, 0.2, 11.0) == 0.0, "the pause is over"
