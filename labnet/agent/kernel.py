@@ -111,7 +111,9 @@ def _matches(have: KernelRoute, want: DesiredRoute, oif: int | None) -> bool:
 
 def reconcile(desired: Mapping[Net, DesiredRoute], *, keep_unicast: bool = False,
               ipr: Any = None) -> ReconcileResult:
-    """One pass. keep_unicast: do not delete learned routes (a graceful restart is in progress)."""
+    """One pass. keep_unicast: do not delete learned routes (a graceful restart is in progress).
+    `ipr`: a pyroute2 socket for the writes (else one is opened at the first write). The reads
+    go through rtnl in the calling thread's network namespace, which must be the socket's."""
     from pyroute2.netlink.exceptions import NetlinkError
 
     res = ReconcileResult()

@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 RTM_NEWROUTE, RTM_GETROUTE = 24, 26
-NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
+NLM_F_REQUEST, NLM_F_DUMP, NLM_F_DUMP_INTR = 0x1, 0x300, 0x10
 SOL_NETLINK, NETLINK_GET_STRICT_CHK = 270, 12
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_TABLE = 1, 4, 5, 6, 15
 
@@ -49,16 +49,26 @@ class DumpError(OSError):
     """The kernel refused the dump (errno), or its answer was malformed."""
 
 
+class DumpInterrupted(DumpError):
+    """The table changed while the kernel dumped it (NLM_F_DUMP_INTR): read it again."""
+
+
 def parse(data: bytes) -> tuple[list[Route], bool]:
     """The routes in a buffer of rtnetlink messages, and whether it ended the dump (NLMSG_DONE).
-    Raises DumpError for an NLMSG_ERROR or a message that does not fit its buffer."""
+    Raises DumpError for an NLMSG_ERROR, a dump that ended with an error, or a message that does
+    not fit its buffer; DumpInterrupted when the kernel says the dump may be inconsistent."""
     out: list[Route] = []
     off, end = 0, len(data)
     while off + _NLH.size <= end:
-        length, kind, _flags, _seq, _pid = _NLH.unpack_from(data, off)
+        length, kind, flags, _seq, _pid = _NLH.unpack_from(data, off)
         if length < _NLH.size or off + length > end:
             raise DumpError(errno.EBADMSG, f"netlink message of length {length} at offset {off} of {end}")
+        if flags & NLM_F_DUMP_INTR:
+            raise DumpInterrupted(errno.EINTR, "route dump: the table changed while it was dumped")
         if kind == NLMSG_DONE:
+            code = -_I32.unpack_from(data, off + _NLH.size)[0] if length >= _NLH.size + 4 else 0
+            if code > 0:  # the kernel's dump_done_errno: the dump stopped short
+                raise DumpError(code, f"route dump ended early: {os.strerror(code)}")
             return out, True
         if kind == NLMSG_ERROR:
             code = -_I32.unpack_from(data, off + _NLH.size)[0] if length >= _NLH.size + 4 else errno.EBADMSG
@@ -143,6 +153,16 @@ def route_to(dst: str) -> Route:
 def dump_routes(family: int = socket.AF_INET, *, table: int = 0, oif: int | None = None) -> list[Route]:
     """The routes of this network namespace, of `table` (0: all) through `oif` (None: any).
     The filters are applied here too: a kernel without strict checking dumps everything."""
+    for attempt in range(3):
+        try:
+            return _dump(family, table, oif)
+        except DumpInterrupted:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _dump(family: int, table: int, oif: int | None) -> list[Route]:
     with _socket() as sock:
         sock.send(dump_request(1, family, table, oif))
         routes: list[Route] = []

@@ -129,6 +129,8 @@ class _Handler(socketserver.BaseRequestHandler):
         t0 = time.monotonic()
         sock.settimeout(REQUEST_TIMEOUT)
         try:
+            if not sock.recv(1, socket.MSG_PEEK):
+                return  # closed before a byte: close_server's wake-up, or a liveness probe
             req = framing.read_request(sock)
         except (framing.FrameError, OSError) as exc:
             log.warning("dropped a bad request: %s", exc)
@@ -211,9 +213,8 @@ def close_server(server: Server) -> None:
     stopper = threading.Thread(target=server.shutdown, name="cni-server-stop", daemon=True)
     stopper.start()
     while stopper.is_alive():
-        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as poke:
-            poke.settimeout(0.1)
-            poke.connect(server.path)
+        with contextlib.suppress(OSError), jsonsock.connect(server.path, 0.1):
+            pass
         stopper.join(0.02)
     server.server_close()
     server.dispatch.stores.close()

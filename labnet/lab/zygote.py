@@ -15,6 +15,7 @@ anything else (another interpreter: the docker runtime) is spawned by nsenter as
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib
 import json
@@ -92,7 +93,8 @@ def _child(req: dict[str, Any]) -> None:
             signal.signal(sig, signal.SIG_DFL)
         os.setsid()
         if req.get("nice"):
-            os.setpriority(os.PRIO_PROCESS, 0, int(req["nice"]))  # before any thread: they inherit it
+            with contextlib.suppress(PermissionError):  # as coreutils' nice: a warning's worth, not fatal
+                os.setpriority(os.PRIO_PROCESS, 0, int(req["nice"]))  # before any thread: they inherit it
         log = os.open(req["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)  # a host path: before setns
         null = os.open(os.devnull, os.O_RDONLY)
         for ns in ("netns", "utsns", "mntns"):  # mount last: the others' paths are host paths

@@ -73,23 +73,29 @@ def entered(ns: NodeNS) -> Iterator[bool]:
     whether it entered: only machines that share the host's files (ns.python None) are entered,
     and not from a pod. In the block, paths are the machine's: /var/run, /var/lib/labnet and
     the other node directories are its own, so nothing in it may read or write the lab's
-    state on the host (the journal). Other threads are not affected (each has its own)."""
-    if is_inside(ns):
+    state on the host (the journal), and it may start no thread (the kernel refuses one whose
+    PID namespace for children is not its own). Other threads are not affected. One machine at
+    a time: entering another from inside one is refused."""
+    if is_inside(ns) and ns.inner_netns is None:
         yield True
         return
     if ns.python is not None or ns.inner_netns is not None or not ns.mntns:
         yield False
         return
+    if getattr(_inside, "machine", None) is not None:
+        raise ValueError(f"{ns.name}: this thread is inside another machine already")
     # setns into a mount namespace wants a cwd and root of our own; a thread started since the
     # last time shares them again, so every time (a no-op when they are ours alone)
     _unshare(CLONE_FS)
     kinds = [(k, flag, path) for k, flag, path in (
         ("net", CLONE_NEWNET, ns.netns), ("uts", CLONE_NEWUTS, ns.utsns),
         ("pid_for_children", CLONE_NEWPID, ns.pidns), ("mnt", CLONE_NEWNS, ns.mntns)) if path]  # mount last
-    home = [(os.open(f"/proc/thread-self/ns/{k}", os.O_RDONLY | os.O_CLOEXEC), flag) for k, flag, _ in kinds]
+    home: list[tuple[int, int]] = []
     cwd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     moved: list[tuple[int, int]] = []
     try:
+        for k, flag, _ in kinds:
+            home.append((os.open(f"/proc/thread-self/ns/{k}", os.O_RDONLY | os.O_CLOEXEC), flag))
         for (_, flag, path), back in zip(kinds, home, strict=True):
             setns(path, flag)
             moved.append(back)
@@ -97,13 +103,34 @@ def entered(ns: NodeNS) -> Iterator[bool]:
         _inside.machine = (ns.netns, ns.mntns)
         yield True
     finally:
-        _inside.machine = None
-        for fd, flag in reversed(moved):  # the mount namespace first: back where host paths are
-            _setns_fd(fd, flag, "back to this process's namespace")
-        os.fchdir(cwd)
+        _go_back(moved, cwd, ns.name)
         for fd, _ in home:
             os.close(fd)
         os.close(cwd)
+
+
+def _go_back(moved: list[tuple[int, int]], cwd: int, name: str) -> None:
+    """Every namespace back, the mount namespace first (where host paths are), signals held off
+    meanwhile. A thread that cannot get back would write the lab's state into a machine: end."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    failed = []
+    try:
+        for fd, flag in reversed(moved):
+            try:
+                _setns_fd(fd, flag, "back to this process's namespace")
+            except OSError as exc:
+                failed.append(str(exc))
+        try:
+            os.fchdir(cwd)
+        except OSError as exc:
+            failed.append(f"chdir back: {exc}")
+        _inside.machine = None
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    if failed:
+        os.write(2, f"labnet: leaving {name}'s namespaces failed ({'; '.join(failed)}): aborting\n".encode())
+        os.abort()
 
 
 def _argv(ns: NodeNS | None, cmd: Sequence[str]) -> list[str]:

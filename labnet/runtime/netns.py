@@ -113,8 +113,12 @@ class NetnsRuntime(Runtime):
         """Two at a time: each machine waits on its processes (unshare, its set-up, its init)
         more than it computes, and no machine depends on another."""
         with ThreadPoolExecutor(max_workers=MACHINE_WORKERS) as pool:
-            for fut in [pool.submit(self._add_machine, m) for m in machines]:
-                fut.result()  # the first failure is raised once every started machine is done
+            try:
+                for fut in [pool.submit(self._add_machine, m) for m in machines]:
+                    fut.result()
+            except BaseException:  # a failure or Ctrl-C: the machines not started yet are not made
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
 
     def _add_machine(self, m: MachineSpec) -> None:
         ndir = paths.node_dir(self.lab, m.name)

@@ -68,3 +68,20 @@ def test_requests_are_well_formed() -> None:
     assert struct.unpack_from("=HHI", req, 28) == (8, 4, 9)  # RTA_OIF
     get = get_request(1, "169.254.1.1")
     assert get[17] == 32 and get[-4:] == socket.inet_aton("169.254.1.1")
+
+
+def test_a_dump_that_ended_with_an_error_is_not_taken_as_complete() -> None:
+    done = bytearray(rtnl_route(None, 0, kind=3))
+    struct.pack_into("=i", done, 16, -errno.EINTR)  # the kernel's dump_done_errno
+    with pytest.raises(DumpError) as exc:
+        parse(rtnl_route("10.1.0.0", 16, oif=1) + bytes(done))
+    assert exc.value.errno == errno.EINTR
+
+
+def test_a_dump_the_kernel_marks_interrupted_is_read_again() -> None:
+    from labnet.agent.rtnl import DumpInterrupted
+
+    msg = bytearray(rtnl_route("10.1.0.0", 16, oif=1))
+    struct.pack_into("=H", msg, 6, struct.unpack_from("=H", msg, 6)[0] | 0x10)  # NLM_F_DUMP_INTR
+    with pytest.raises(DumpInterrupted):
+        parse(bytes(msg))
