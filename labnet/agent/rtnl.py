@@ -10,6 +10,7 @@ Writes still go through pyroute2. `parse` is pure and fuzzed.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
@@ -153,13 +154,10 @@ def route_to(dst: str) -> Route:
 def dump_routes(family: int = socket.AF_INET, *, table: int = 0, oif: int | None = None) -> list[Route]:
     """The routes of this network namespace, of `table` (0: all) through `oif` (None: any).
     The filters are applied here too: a kernel without strict checking dumps everything."""
-    for attempt in range(3):
-        try:
+    for _ in range(2):
+        with contextlib.suppress(DumpInterrupted):
             return _dump(family, table, oif)
-        except DumpInterrupted:
-            if attempt == 2:
-                raise
-    raise AssertionError("unreachable")
+    return _dump(family, table, oif)  # a third interruption is the caller's
 
 
 def _dump(family: int, table: int, oif: int | None) -> list[Route]:

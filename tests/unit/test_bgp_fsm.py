@@ -209,6 +209,16 @@ def test_events_in_idle_are_ignored() -> None:
         assert f.handle(ev) == [] and f.state == State.IDLE
 
 
+def _next_connect(f: Fsm, clock: Clock) -> float:
+    """Run the clock to the FSM's next timer, which must dial again; the time it waited."""
+    deadline = f.next_deadline()
+    assert deadline is not None
+    waited = round(deadline - clock.now, 3)
+    clock.now = deadline
+    assert f.fire_timers() == [ConnectTcp()]
+    return waited
+
+
 def test_refused_connects_are_retried_sooner_then_at_the_configured_interval() -> None:
     """A lab starts its speakers together: the first dial often finds no listener. Retries start
     at initial_connect_retry and double up to connect_retry_time; Established starts it over."""
@@ -218,11 +228,8 @@ def test_refused_connects_are_retried_sooner_then_at_the_configured_interval() -
     delays = []
     for _ in range(8):
         assert f.handle(Event.TCP_CONNECTION_FAILS) == [DropTcp()] and f.state == State.ACTIVE
-        deadline = f.next_deadline()
-        assert deadline is not None
-        delays.append(round(deadline - clock.now, 3))
-        clock.now = deadline
-        assert f.fire_timers() == [ConnectTcp()] and f.state == State.CONNECT
+        delays.append(_next_connect(f, clock))
+        assert f.state == State.CONNECT
     assert delays == [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5, 5], delays
     assert f.handle(Event.TCP_CR_ACKED) == [SendOpen()]
     f.handle(Event.BGP_OPEN, peer_open())
@@ -246,11 +253,7 @@ def test_a_peer_that_rejects_us_before_it_knows_us_is_tried_again_soon() -> None
         assert f.handle(Event.TCP_CR_ACKED) == [SendOpen()] and f.state == State.OPEN_SENT
         f.notification_received(6, 5)
         assert f.state == State.IDLE
-        deadline = f.next_deadline()
-        assert deadline is not None
-        delays.append(round(deadline - clock.now, 3))
-        clock.now = deadline
-        assert f.fire_timers() == [ConnectTcp()]
+        delays.append(_next_connect(f, clock))
     assert delays == [0.1, 0.2, 0.4], delays
     # another NOTIFICATION keeps the idle hold time
     f.handle(Event.TCP_CR_ACKED)
