@@ -83,10 +83,7 @@ def _lab_of(node: NodeNS) -> str:
 @_in_node
 def read_conflist(node: NodeNS) -> dict[str, Any]:
     """The node's first network config in lexicographic order (.conflist, or a single .conf)."""
-    if nsexec.is_inside(node):
-        names = os.listdir(NET_D) if os.path.isdir(NET_D) else []
-    else:
-        names = nsexec.run(node, ["ls", "-1", NET_D], check=False).stdout.split()
+    names = _listdir(node, NET_D)
     confs = sorted(n for n in names if n.endswith((".conflist", ".conf", ".json")))
     if not confs:
         raise LabnetError(f"node {node.name}: no CNI network config in {NET_D} (is the CNI plugin installed?)")
@@ -165,6 +162,13 @@ def _write(node: NodeNS, path: str, text: str) -> None:
                input=text)
 
 
+def _listdir(node: NodeNS, path: str) -> list[str]:
+    """The names in a directory of the node (none if it is missing)."""
+    if nsexec.is_inside(node):
+        return os.listdir(path) if os.path.isdir(path) else []
+    return nsexec.run(node, ["ls", "-1", path], check=False).stdout.split()
+
+
 def _exists(node: NodeNS, path: str, executable: bool = False) -> bool:
     if nsexec.is_inside(node):
         return os.access(path, os.X_OK) if executable else os.path.exists(path)
@@ -194,10 +198,10 @@ _PREPARE = ('[ -e "$1" ] || ip netns add "$2" || exit 1; mkdir -p "$3" && cat > 
 def _prepare(node: NodeNS, pod: str, namespace: str, cid: str, netns: str, record: dict[str, Any]) -> bool:
     """Returns whether the loopback plugin is installed."""
     if nsexec.is_inside(node):  # the same, with one process (ip) at most
-        if not os.path.exists(netns):
+        if not _exists(node, netns):
             nsexec.run(node, ["ip", "netns", "add", netns_name(cid)])
         _write_record(node, pod, namespace, record)
-        return os.access(f"{CNI_BIN}/loopback", os.X_OK)
+        return _exists(node, f"{CNI_BIN}/loopback", executable=True)
     out = nsexec.run(node, ["sh", "-c", _PREPARE, "prepare", netns, netns_name(cid), PODS_DIR,
                             _record_path(pod, namespace), f"{CNI_BIN}/loopback"], input=json.dumps(record, indent=2))
     return out.stdout.strip() == "loopback"
@@ -299,13 +303,3 @@ def pod_ns(node: NodeNS, pod: str, namespace: str = "default") -> NodeNS:
         raise LabnetError(f"node {node.name}: no pod {pod!r} (no record in {PODS_DIR})")
     return node.pod(pod, record["netns"])
 
-
-def list_pods(node: NodeNS) -> list[dict[str, Any]]:
-    names = nsexec.run(node, ["ls", "-1", PODS_DIR], check=False).stdout.split()
-    out = []
-    for n in sorted(names):
-        if n.endswith(".json"):
-            text = nsexec.run(node, ["cat", f"{PODS_DIR}/{n}"], check=False).stdout
-            if text.strip():
-                out.append(json.loads(text))
-    return out
