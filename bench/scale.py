@@ -53,12 +53,24 @@ def _used_kb() -> int:
 
 
 def lab_pids(lab: str) -> list[int]:
-    """Processes in the lab's namespaces (its daemons: etcd, supervisors, node processes)."""
+    """Processes in the lab's namespaces (its daemons: etcd, node processes), and the lab's
+    supervisor, which runs on the host (its journal says which pid)."""
+    from labnet.errors import LabnetError
+    from labnet.lab.processes import alive, supervisor_entry
+    from labnet.lab.state import load_journal
     from labnet.nsexec import processes_in
     from labnet.paths import NETNS_DIR
 
     files = [str(p) for p in NETNS_DIR.glob(f"lnet-{lab}.*")]
-    return processes_in(files) if files else []
+    pids = processes_in(files) if files else []
+    try:
+        journal = load_journal(lab)
+    except LabnetError:  # read while `up` writes it
+        journal = None
+    sup = supervisor_entry(journal) if journal is not None else None
+    if sup is not None and alive(sup):
+        pids.append(int(sup["pid"]))
+    return pids
 
 
 class Sampler:

@@ -5,11 +5,12 @@ How the lab starts it, inside the node's namespaces (net + mount + UTS):
     AgentConfig(etcd=EtcdSettings([...endpoints], ca_file, cert_file, key_file),
                 bgp_address="first-found", log_file="/var/log/labnet/agent.log")
         .save(<host path of the node's /var/lib/labnet/agent.json>)
-    labnet-agent supervise --config /var/lib/labnet/agent.json        (record this pid)
-      = python -m labnet.agent.main supervise --config /var/lib/labnet/agent.json
-    which forks, and restarts when it dies, the node's process (labnet.agent.node): the agent,
-    the CNI server (cni_socket in the config) and the userspace tunl0, in one process. On the
-    netns runtime the lab's zygote (labnet.lab.zygote) forks the supervisor itself.
+    labnet-agent run --config /var/lib/labnet/agent.json
+      = python -m labnet.agent.main run --config /var/lib/labnet/agent.json
+    the node's process (labnet.agent.node): the agent, the CNI server (cni_socket in the config)
+    and the userspace tunl0, in one process. On the netns runtime the lab's supervisor
+    (labnet.lab.supervisor) forks it and restarts it; elsewhere (docker) `labnet-agent
+    supervise --config ...` runs beside it in the node and does.
 
 Status: `labnet-agent status [--json]` inside the node, or `status.query_status(ns)` from the
 host; `status.format_bgp_status(doc)` prints calicoctl's table. The socket protocol is in

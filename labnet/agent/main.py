@@ -44,6 +44,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from labnet.agent.node import run_node
 
     cfg = AgentConfig.load(args.config)
+    set_process_name("labnet-node")  # what `ps -o comm` shows, as for the node process a supervisor forks
     _setup_logging(cfg.log_file)
     logging.getLogger("labnet.agent").info("labnet-agent starting (pid %d, config %s)", os.getpid(), args.config)
     return run_node(cfg)

@@ -3,8 +3,9 @@
 Each used to be its own interpreter (four per node with the supervisor). Here the CNI server
 answers on its socket from threads, the agent runs its asyncio loop in the main thread, and
 the datapath runs as threads over a persistent TUN device (it outlives a killed process, so a
-restart keeps tunl0 and its routes). The supervisor (labnet.agent.main) forks this process
-from its own pre-imported interpreter, so a restart costs a fork, not a start-up.
+restart keeps tunl0 and its routes). Its supervisor (the lab's, labnet.lab.supervisor, or on
+docker the node's own, labnet.agent.main) forks this process from a pre-imported interpreter,
+so a restart costs a fork, not a start-up.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from labnet.checks.routes import Route, get_routes
 from labnet.errors import LabnetError
+from labnet.lab.processes import current
 from labnet.nsexec import NodeNS, children, run
 
 if TYPE_CHECKING:
@@ -84,7 +85,8 @@ def stopped_pids(pids: Iterable[int]) -> list[int]:
 def observe_node(view: LabView, node: str, tunnel_dev: str | None) -> NodeFacts:
     ns = view.ns(node)
     facts = NodeFacts(node, ns)
-    sups = [p["pid"] for p in view.journal.of_kind("process") if p.get("node") == node and p.get("what") == "agent"]
+    sups = [current(p)["pid"] for p in view.journal.of_kind("process")
+            if p.get("node") == node and p.get("what") == "agent"]
     stopped = stopped_pids(sups + [c for s in sups for c in children(s)])
     if stopped:  # a stopped agent would leave the status query hanging until its timeout
         facts.status_error = f"agent process(es) {', '.join(map(str, stopped))} are stopped (state T)"

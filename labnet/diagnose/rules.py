@@ -30,6 +30,7 @@ from labnet.diagnose.facts import (
     tcp_probe,
 )
 from labnet.errors import BadInput
+from labnet.lab.processes import SUPERVISOR, current
 from labnet.nsexec import run
 
 if TYPE_CHECKING:
@@ -84,15 +85,21 @@ class Doctor:
             self.check_agent_problems(f)
         self.check_orphan_names()
         self.check_routes()
-        out = [x for x in self.findings if self.only is None or x.node in (self.only, "etcd")]
+        out = [x for x in self.findings if self.only is None or x.node in (self.only, "etcd", "lab")]
         return sorted(out, key=lambda x: (x.node != "etcd", x.node))
 
     # -- processes ---------------------------------------------------------------------------
 
     def check_processes(self) -> None:
         for p in self.view.journal.of_kind("process"):
-            pid, node, what = p["pid"], p.get("node", "?"), p.get("what", "process")
+            now = current(p)
+            pid, node, what = now["pid"], p.get("node", "?"), p.get("what", "process")
             state = proc_state(pid)
+            if what == SUPERVISOR and (state is None or state == "Z"):
+                self.add("lab", "the lab's supervisor is not running",
+                         "Nothing starts a node's process again when it dies: that node's agent, CNI server "
+                         "and tunnel stay down.", f"supervisor pid {pid} is gone",
+                         f"labnet up {self.view.journal.topology_file}")
             procs = [pid] + (children(pid) if what == "agent" else [])
             stopped = [x for x in procs if proc_state(x) == "T"]
             if what == "etcd" and (state is None or state == "Z" or stopped):
@@ -104,7 +111,12 @@ class Doctor:
                          f"labnet etcd -l {self.lab} health")
             elif what == "agent" and node in self.nodes:
                 f = self.facts.get(node)
-                if state is None or state == "Z":
+                if (state is None or state == "Z") and p.get("pidfile"):
+                    self.add(node, "labnet-agent (the node's process) is not running",
+                             "Routes, BGP, the CNI server and the tunnel of this node are unmanaged until the lab's "
+                             f"supervisor starts it again{' (it is held: start_agent)' if now.get('held') else ''}.",
+                             f"node process pid {pid} is gone", f"labnet status -l {self.lab}")
+                elif state is None or state == "Z":
                     self.add(node, "labnet-agent's supervisor is not running",
                              "Nothing restarts the agent: routes, BGP and the tunnel of this node are unmanaged.",
                              f"supervisor pid {pid} is gone", f"labnet status -l {self.lab}")

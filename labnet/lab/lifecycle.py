@@ -32,7 +32,6 @@ from labnet.lab.state import (
     namespaces_present,
     topology_hash,
 )
-from labnet.lab.zygote import Zygote
 from labnet.runtime import RUNTIMES, get_runtime
 
 if TYPE_CHECKING:
@@ -94,7 +93,8 @@ def up(topo: Topology, topology_file: str, *, runtime: str | None = None,
         ctx = Context(topo, journal, rt, progress)
         try:
             if topo.cluster is not None and rt.shares_host_python:
-                ctx.zygote = Zygote()  # imports the node software while the underlay comes up
+                # the lab's supervisor: it imports the node software while the underlay comes up
+                ctx.zygote = processes.start_supervisor(journal)
             with _interruptible():
                 for name, fn in PHASES:
                     progress.start(name)
@@ -102,6 +102,8 @@ def up(topo: Topology, topology_file: str, *, runtime: str | None = None,
                     fn(ctx)
                     ctx.timings[name] = round(time.monotonic() - t0, 4)
                     progress.done(name, ctx.timings[name])
+            if ctx.zygote is not None:
+                ctx.zygote.detach()  # the lab's node processes are its to keep running now
             journal.state = "up"
             journal.info["timings"] = ctx.timings
             journal.save()
@@ -140,8 +142,12 @@ def teardown(journal: Journal) -> list[str]:
     journal.claim()  # this process owns the lab now: gc leaves it alone unless we die too
     problems: list[str] = []
     procs = journal.of_kind("process")
-    # Agents, CNI servers and routers first (their shutdown may still talk to etcd), then etcd.
-    problems += processes.stop_all([e for e in procs if e.get("what") != "etcd"])
+    # The lab's supervisor first (it would start the node processes again), then agents, CNI
+    # servers and routers (their shutdown may still talk to etcd), then etcd.
+    nodes = sum(1 for e in procs if e.get("pidfile"))  # it stops them before it exits
+    problems += processes.stop_all([e for e in procs if e.get("what") == processes.SUPERVISOR],
+                                   timeout=max(5.0, 0.05 * nodes) + 5.0)
+    problems += processes.stop_all([e for e in procs if e.get("what") not in ("etcd", processes.SUPERVISOR)])
     problems += processes.stop_all([e for e in procs if e.get("what") == "etcd"])
     rt = get_runtime(journal.runtime)(journal.lab, journal)
     problems += rt.teardown()

@@ -9,8 +9,9 @@ runs when the scenario ends, whatever happened. Arguments: labnet.topology.steps
   packet_loss              random drop with nftables (`numgen random mod 100 < N drop`) in a table
                            labnet owns inside the machine; netem is absent from this kernel
   kill_agent               SIGKILL the agent's own pid; its supervisor restarts it
-  stop_agent / start_agent SIGTERM the supervisor (the agent removes its routes and tunnel, as on
-                           a clean shutdown) / start it again
+  stop_agent / start_agent SIGTERM the node's process, which its supervisor then leaves stopped
+                           (the agent removes its routes and tunnel, as on a clean shutdown) /
+                           start it again
   stop_node / start_node   the node "loses power" as its peers see it: every link cut at the
                            fabric side and every process in its network namespace frozen with
                            SIGSTOP; start = SIGCONT and links up. Nothing inside is lost.
@@ -242,7 +243,8 @@ def stop_agent(view: LabView, a: s.NodeArgs, timeout: float, undo: Undo) -> list
         _start_agent(view, node)
 
     undo.push(f"stop_agent {node}", back)
-    return _done("stop_agent", node, node, f"supervisor pid {pid} and its agent stopped (SIGTERM)", t0)
+    return _done("stop_agent", node, node, f"agent pid {pid} stopped (SIGTERM; its supervisor does not start it "
+                 "again: start_agent does)", t0)
 
 
 def _start_agent(view: LabView, node: str, timeout: float = RECOVERY_TIMEOUT) -> int:
@@ -254,7 +256,7 @@ def _start_agent(view: LabView, node: str, timeout: float = RECOVERY_TIMEOUT) ->
 def start_agent(view: LabView, a: s.NodeArgs, timeout: float, undo: Undo) -> list[CheckResult]:
     t0 = time.monotonic()
     pid = _start_agent(view, a.node, max(timeout, RECOVERY_TIMEOUT))
-    return _done("start_agent", a.node, a.node, f"supervisor pid {pid}; the agent answers", t0)
+    return _done("start_agent", a.node, a.node, f"agent pid {pid} started; it answers", t0)
 
 
 def _netns_pids(netns: str) -> list[int]:

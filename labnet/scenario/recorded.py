@@ -1,4 +1,4 @@
-"""The lab's journal-recorded daemons (etcd members, agent supervisors) as faults see them:
+"""The lab's journal-recorded daemons (etcd members, node processes) as faults see them:
 found by node and role, stopped by their recorded pid, started again with their recorded argv,
 and the agent waited for until it answers."""
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from labnet.errors import BadInput, LabnetError
-from labnet.lab import processes
+from labnet.lab import processes, supervisor
 from labnet.lab.convergence import brief
 from labnet.lab.journal import Journal
 from labnet.lab.phases.agents import SUPERVISOR_LOG_INSIDE
@@ -60,7 +60,10 @@ def start_recorded(view: LabView, node: str, what: str) -> int:
     """Start a stopped recorded process again with its argv; the journal gets the new pid."""
     entry = entry_in(view.journal, node, what)
     if processes.alive(entry):
-        return int(entry["pid"])
+        return int(processes.current(entry)["pid"])
+    if entry.get("pidfile"):  # the lab's supervisor starts it (and it ends the hold of stop_recorded)
+        with journal_edit(view) as j:
+            return processes.revive(j, entry_in(j, node, what), view.runtime.ns)
     argv = entry.get("argv")
     if not argv:
         raise LabnetError(f"lab {view.name}: node {node}: the {what} process (pid {entry['pid']}) is gone and "
@@ -80,8 +83,11 @@ def start_recorded(view: LabView, node: str, what: str) -> int:
 def stop_recorded(view: LabView, node: str, what: str, sig: signal.Signals) -> int:
     entry = remember_argv(view, node, what)
     if not processes.alive(entry):
-        raise LabnetError(f"node {node}: the {what} process (pid {entry['pid']}) is not running")
-    pid = int(entry["pid"])
+        raise LabnetError(f"node {node}: the {what} process (pid {processes.current(entry)['pid']}) is not running")
+    if entry.get("pidfile"):
+        with contextlib.suppress(LabnetError):  # no supervisor: nothing would start it again anyway
+            supervisor.ask(view.name, "hold", node)  # it is not to start it again: the fault's undo will
+    pid = int(processes.current(entry)["pid"])
     if sig == signal.SIGTERM:
         processes.stop(entry, timeout=20)
     else:

@@ -79,16 +79,13 @@ def ns(view: LabView, target: str) -> NodeNS:
 
 
 def agent_pids(node: str) -> tuple[int, int]:
-    """(supervisor, agent) pids of a node's agent, from `labnet status --json` and /proc."""
-    rows = json.loads(labnet("status", "-l", LAB, "--json").stdout)
-    sup = next(p["pid"] for p in rows[0]["processes"] if p["node"] == node and p["what"] == "agent")
-
-    def child() -> list[int]:
-        with open(f"/proc/{sup}/task/{sup}/children") as f:
-            return [int(x) for x in f.read().split()]
-
-    kids = poll(child, bool, timeout=30, what=f"{node}'s supervisor {sup} to have its agent child")
-    return sup, kids[0]
+    """(the lab's supervisor, the node's process) pids, from `labnet status --json`."""
+    rows = json.loads(labnet("status", "-l", LAB, "--json").stdout)[0]["processes"]
+    sup = next(p["pid"] for p in rows if p["what"] == "supervisor")
+    agent = poll(lambda: [p["pid"] for p in json.loads(labnet("status", "-l", LAB, "--json").stdout)[0]["processes"]
+                          if p["node"] == node and p["what"] == "node-process" and p["alive"]],
+                 bool, timeout=30, what=f"{node}'s node process to run")
+    return sup, agent[0]
 
 
 def test_healthy_lab_has_no_problems(view: LabView) -> None:
@@ -175,7 +172,7 @@ def test_stopped_agent_hold_timer_refused_and_missing_routes(view: LabView) -> N
         f = wait_finding("node-2", f"missing blackhole route for its own block {own}")
         assert "blackhole" in f["command"]
         wait_finding("node-2", f"missing route to node-1's block {remote}")
-        os.kill(agent, signal.SIGKILL)  # its sockets close now, though the stopped supervisor cannot reap it
+        os.kill(agent, signal.SIGKILL)  # its sockets close now; the stopped supervisor does not start it again
         f = wait_finding("node-1", "nothing listens on TCP 179")
         assert "10.20.30.12" in f["problem"]
     finally:

@@ -147,25 +147,28 @@ def test_kill_agent_the_supervisor_starts_a_new_one_and_routes_come_back(lab) ->
         assert_tunnel_route(lab.node("node-1"), str(block), lab.address("node-2"))
 
 
-def test_stop_and_start_agent_journal_the_new_supervisor(lab) -> None:
+def test_stop_and_start_agent_record_the_new_node_process(lab) -> None:
+    from labnet.lab import processes
     from labnet.lab import state as labmod
 
     def entry() -> dict[str, Any]:
         j = labmod.load_journal(lab.name)
         assert j is not None
-        return next(e for e in j.of_kind("process") if e["what"] == "agent" and e["node"] == "node-3")
+        e = next(e for e in j.of_kind("process") if e["what"] == "agent" and e["node"] == "node-3")
+        return processes.current(e)  # the pid the lab's supervisor keeps for it
 
     old = entry()["pid"]
     with fault(lab, "stop_agent", node="node-3"):
         assert not pid_alive(old)
         with pytest.raises(Exception, match="status"):
             lab.view.agent_status("node-3")
+        assert entry()["held"], "the lab's supervisor must not start a stopped agent again by itself"
         assert entry()["argv"][-2:] == ["--config", "/var/lib/labnet/agent.json"]
         (started,) = _step(lab, "start_agent", Undo(), node="node-3")
         assert started.ok and started.name == "fault: start_agent node-3"
     new = entry()["pid"]
-    assert new != old and pid_alive(new)
-    assert lab.view.agent_status("node-3")["supervisor_pid"] == new
+    assert new != old and pid_alive(new) and not entry()["held"]
+    assert lab.view.agent_status("node-3")["pid"] == new
 
 
 def test_kill_etcd_health_fails_then_the_same_argv_comes_back(lab) -> None:

@@ -27,6 +27,7 @@ class FakeJournal:
     def __init__(self, info: dict[str, Any], processes: list[dict[str, Any]] | None = None) -> None:
         self.info = info
         self.processes = processes or []
+        self.topology_file = "/labs/minimal.yaml"
 
     def of_kind(self, kind: str) -> list[dict[str, Any]]:
         return self.processes if kind == "process" else []
@@ -261,3 +262,23 @@ def test_stopped_and_dead_daemons(monkeypatch: pytest.MonkeyPatch) -> None:
                    ("node-2", "labnet-agent is stopped (SIGSTOP)")], got
     assert "CNI server" in d.findings[2].explanation
     assert "code 11" in d.findings[0].explanation and "31" in d.findings[2].evidence
+
+
+def test_a_dead_lab_supervisor_and_a_dead_supervised_node_process(monkeypatch: pytest.MonkeyPatch,
+                                                                    tmp_path: Path) -> None:
+    states = {50: "S"}
+    monkeypatch.setattr(rules, "proc_state", lambda pid: states.get(pid))
+    monkeypatch.setattr(rules, "children", lambda pid: [])
+    held = tmp_path / "node-1.json"
+    held.write_text(json.dumps({"pid": 61, "start": 1, "restarts": 2, "held": True}))
+    d = make()
+    d.view.journal.processes = [  # type: ignore[attr-defined]
+        {"pid": 5, "what": "supervisor"},
+        {"pid": 50, "node": "node-2", "what": "agent", "pidfile": str(tmp_path / "node-2.json")},  # no file: 50
+        {"pid": 60, "node": "node-1", "what": "agent", "pidfile": str(held)}]
+    d.check_processes()
+    got = [(f.node, f.problem) for f in d.findings]
+    assert got == [("lab", "the lab's supervisor is not running"),
+                   ("node-1", "labnet-agent (the node's process) is not running")], got
+    assert "pid 61" in d.findings[1].evidence and "held" in d.findings[1].explanation
+    assert d.findings[0].command == "labnet up /labs/minimal.yaml"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from labnet.agent.main import exit_status
-from labnet.lab.zygote import _check
+from labnet.lab.zygote import check as _check
 
 GOOD = {"module": "labnet.agent.main", "args": ["supervise"], "log": "/var/log/x.log",
         "netns": "/run/netns/lnet-a.n1", "mntns": None, "utsns": None, "env": None}

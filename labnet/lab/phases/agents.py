@@ -1,5 +1,6 @@
-"""Phase agents: each node's process (agent, CNI server, userspace tunl0) under its supervisor,
-as calico-node's DaemonSet. On the netns runtime the lab's zygote forks them (no start-up each).
+"""Phase agents: each node's process (agent, CNI server, userspace tunl0), as calico-node's
+DaemonSet. On the netns runtime the lab's supervisor forks them (no start-up each) and restarts
+them; on docker each node's process has a supervisor of its own inside the container.
 
 `up` goes on once every agent has registered and claimed its block and tunnel address and every
 CNI server answers: pods come next, and the seed's pod gets the address after the tunnel's
@@ -25,8 +26,11 @@ AGENT_LOG_INSIDE = "/var/log/labnet/agent.log"
 SUPERVISOR_LOG_INSIDE = "/var/log/labnet/agent-supervisor.log"
 
 
-def agent_argv() -> list[str]:
-    return [sys.executable, "-m", "labnet.agent.main", "supervise", "--config", DEFAULT_CONFIG]
+def agent_argv(lab_supervised: bool) -> list[str]:
+    """The node process itself when the lab's supervisor forks and restarts it; else (docker:
+    exec'd in the container) a supervisor of its own that does."""
+    return [sys.executable, "-m", "labnet.agent.main", "run" if lab_supervised else "supervise",
+            "--config", DEFAULT_CONFIG]
 
 
 def run(ctx: Context) -> None:
@@ -46,7 +50,9 @@ def run(ctx: Context) -> None:
         cfg = AgentConfig(etcd=etcd, bgp_address=spec.bgp_address, log_file=AGENT_LOG_INSIDE, cni_socket=CNI_SOCKET)
         cfg.save(rt.host_path(node, DEFAULT_CONFIG))
         # a route reflector carries every other node's routes: it must keep up with them all
-        processes.start(ctx.journal, rt.ns(node), node, "agent", agent_argv(), zygote=ctx.zygote,
+        ns = rt.ns(node)
+        argv = agent_argv(ctx.zygote is not None and ctx.zygote.serves(ns, agent_argv(True)))
+        processes.start(ctx.journal, ns, node, "agent", argv, zygote=ctx.zygote,
                         log=rt.host_path(node, SUPERVISOR_LOG_INSIDE), nice=REFLECTOR_NICE if node in reflectors else 0)
     tunnel = ctx.topo.cluster_settings().pool.encap != "none"
     waiting = set(c.nodes)
