@@ -16,13 +16,11 @@ import re
 import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, ip_address
 from typing import Any
 
 from labnet.checks.compare import matches, subset_diff
-from labnet.checks.report import render_table
 from labnet.checks.result import CheckFailed, CheckResult
 from labnet.checks.routes import Route, format_table, get_routes, norm_dst, normalise_match
 from labnet.errors import BadInput, LabnetError, WaitTimeout
@@ -310,75 +308,6 @@ class Endpoint:
     name: str
     ns: NodeNS | None  # None for a destination one cannot ping from (a literal address)
     ip: str
-
-
-def _cell(expected: bool, got: bool | None) -> str:
-    if got is None:
-        return "? not probed"
-    if got == expected:
-        return "✓ reach" if got else "✓ no reach"
-    return "✗ expected reach, got no" if expected else "✗ expected no reach, got reply"
-
-
-def format_matrix(matrix: Mapping[str, Mapping[str, bool]], seen: Mapping[tuple[str, str], bool | None]) -> str:
-    """Rows are sources, columns destinations; cells not asked about are `·`."""
-    cols: list[str] = []
-    for dsts in matrix.values():
-        cols += [d for d in dsts if d not in cols]
-    rows = [
-        [src, *(_cell(dsts[d], seen.get((src, d))) if d in dsts else "·" for d in cols)]
-        for src, dsts in matrix.items()
-    ]
-    return render_table(["FROM \\ TO", *cols], rows)
-
-
-def assert_connectivity(matrix: Mapping[str, Mapping[str, bool]], resolver: Callable[[str], Endpoint], *,
-                        timeout: float = DEFAULT_TIMEOUT, count: int = 1, name: str = "connectivity") -> CheckResult:
-    """Every cell holds: matrix[src][dst] True = src reaches dst, False = it must not.
-
-    Cells are pinged in parallel; a cell is settled once it has shown the expected outcome.
-    On failure the message holds the whole matrix with the wrong cells marked ✗.
-    """
-    __tracebackhide__ = True
-    _need_ping()
-    if not matrix or not any(matrix.values()):
-        raise BadInput("connectivity matrix is empty")
-    ends: dict[str, Endpoint] = {}
-    for src, dsts in matrix.items():
-        for n in (src, *dsts):
-            if n not in ends:
-                ends[n] = resolver(n)
-                _check_ip(ends[n].ip, f"address of {n}")
-        if ends[src].ns is None:
-            raise BadInput(f"connectivity source {src!r} is an address, not something that can send pings")
-    cells = [(s, d) for s, dsts in matrix.items() for d in dsts]
-    seen: dict[tuple[str, str], bool | None] = dict.fromkeys(cells)
-    how: dict[tuple[str, str], str] = {}
-    settled: set[tuple[str, str]] = set()
-    total = len(cells)
-
-    def ping_cell(cell: tuple[str, str]) -> tuple[tuple[str, str], PingOutcome]:
-        src_ns = ends[cell[0]].ns
-        assert src_ns is not None  # checked above
-        return cell, ping_once(src_ns, ends[cell[1]].ip, count)
-
-    def probe() -> Observation:
-        todo = [c for c in cells if c not in settled]
-        with ThreadPoolExecutor(max_workers=min(16, len(todo))) as pool:
-            for cell, out in pool.map(ping_cell, todo):
-                seen[cell], how[cell] = out.reached, out.text
-                if out.reached == matrix[cell[0]][cell[1]]:
-                    settled.add(cell)
-        wrong = [c for c in cells if c not in settled]
-        want = f"all {total} cells as expected"
-        if not wrong:
-            return Observation(True, want, f"{total}/{total} cells as expected")
-        actual = f"{len(wrong)} of {total} cells wrong: " + "; ".join(
-            f"{s} → {d} ({ends[d].ip}) {_cell(matrix[s][d], seen[(s, d)])} ({how[(s, d)]})" for s, d in wrong)
-        return Observation(False, want, actual, format_matrix(matrix, seen), "connectivity matrix")
-
-    target = ", ".join(matrix)
-    return run_check(name, target, probe, timeout)
 
 
 # ---------------------------------------------------------------- proxy ARP

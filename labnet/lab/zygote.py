@@ -30,7 +30,7 @@ from typing import Any
 
 from labnet.agent.main import exit_status
 from labnet.errors import LabnetError
-from labnet.nsexec import NodeNS, setns
+from labnet.nsexec import NodeNS, setns, setns_fd
 
 CLONE_NEWPID = 0x20000000
 MODULES = ("labnet.agent.main",)  # what the zygote imports up front and can run
@@ -167,9 +167,7 @@ def fork_daemon(req: dict[str, Any], env: Mapping[str, str] | None = None) -> in
                 _child(req, env or {})
         finally:
             if own >= 0:
-                from labnet.nsexec import _setns_fd
-
-                _setns_fd(own, CLONE_NEWPID, "back into the supervisor's own PID namespace")
+                setns_fd(own, CLONE_NEWPID, "back into the supervisor's own PID namespace")
     finally:
         if own >= 0:
             os.close(own)

@@ -8,13 +8,15 @@ import os
 import signal
 import subprocess
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from labnet.errors import CommandFailed, WaitTimeout
 from labnet.wait import poll
 
+T = TypeVar("T")
 
 @dataclass(frozen=True)
 class NodeNS:
@@ -118,7 +120,7 @@ def _go_back(moved: list[tuple[int, int]], cwd: int, name: str) -> None:
     try:
         for fd, flag in reversed(moved):
             try:
-                _setns_fd(fd, flag, "back to this process's namespace")
+                setns_fd(fd, flag, "back to this process's namespace")
             except OSError as exc:
                 failed.append(str(exc))
         try:
@@ -207,6 +209,36 @@ def nsinit() -> Path:
     return compile_once(Path(__file__).with_name("nsinit.c"), "labnet-nsinit")
 
 
+def in_netns(ns: NodeNS, make: Callable[[], T]) -> T:
+    """`make()` called in `ns`'s network namespace (a pod's: entered through its node's mount
+    namespace, where its netns file is), by a short-lived thread, so no thread of ours changes
+    namespace. What it makes there stays there: a socket it opens lives in that namespace,
+    whichever thread uses it later."""
+    box: list[T] = []
+    err: list[BaseException] = []
+
+    def enter_and_make() -> None:
+        try:
+            if ns.inner_netns:
+                if not ns.mntns:
+                    raise ValueError(f"{ns.name}: a pod's namespace is reached through its node's mount namespace")
+                _unshare(CLONE_FS)  # this thread only: setns into a mount namespace wants its own
+                setns(ns.mntns, CLONE_NEWNS)
+                setns(ns.inner_netns, CLONE_NEWNET)
+            else:
+                setns(ns.netns, CLONE_NEWNET)
+            box.append(make())
+        except BaseException as exc:  # raised again in the caller
+            err.append(exc)
+
+    t = threading.Thread(target=enter_and_make, name=f"in-{ns.name}", daemon=True)
+    t.start()
+    t.join()
+    if err:
+        raise err[0]
+    return box[0]
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -227,7 +259,7 @@ def setns(path: str, nstype: int = 0) -> None:
     (os.setns exists only from Python 3.12.)"""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        _setns_fd(fd, nstype, f"into {path}")
+        setns_fd(fd, nstype, f"into {path}")
     finally:
         os.close(fd)
 
@@ -239,7 +271,7 @@ def _libc() -> object:
     return ctypes.CDLL(None, use_errno=True)
 
 
-def _setns_fd(fd: int, nstype: int, what: str) -> None:
+def setns_fd(fd: int, nstype: int, what: str) -> None:
     import ctypes
 
     if _libc().setns(fd, nstype) != 0:  # type: ignore[attr-defined]

@@ -6,14 +6,18 @@ from labnet.checks import (
     CheckResult,
     assert_bgp_established,
     assert_blackhole_route,
+    assert_connect,
     assert_connectivity,
+    assert_mtu,
     assert_no_route,
     assert_ping,
     assert_proxy_arp,
+    assert_reachability,
     assert_route,
     assert_sysctl,
     assert_tunnel_route,
 )
+from labnet.checks.reach import matrix_cells
 from labnet.errors import BadInput
 from labnet.lab.view import LabView
 from labnet.topology import steps as s
@@ -33,6 +37,23 @@ def connectivity(v: LabView, a: s.ConnectivityArgs, t: float) -> list[CheckResul
     want = a.expect == "success"
     matrix = {src: {d: want for d in pods if d != src} for src in pods}
     return [assert_connectivity(matrix, v.endpoint, timeout=t)]
+
+
+def connect(v: LabView, a: s.ConnectArgs, t: float) -> list[CheckResult]:
+    src, dst = v.endpoint(a.from_), v.endpoint(a.to)
+    if src.ns is None:
+        raise BadInput(f"connect from {a.from_!r}: an address cannot send probes")
+    if a.mtu is not None:
+        return [assert_mtu(src, dst, a.mtu, timeout=t)]
+    exp = s.parse_expectation(a.expect)
+    snat = v.address(exp.source) if exp.kind == "snat" and exp.source else None
+    return [assert_connect(src, dst, exp, proto=a.proto, port=a.port, count=a.count, interval=a.interval,
+                           snat_ip=snat, timeout=t)]
+
+
+def reachability(v: LabView, a: s.ReachabilityArgs, t: float) -> list[CheckResult]:
+    cells = matrix_cells(a.expect, v.endpoint, v.address)
+    return [assert_reachability(cells, proto=a.proto, port=a.port, timeout=t)]
 
 
 def proxy_arp(v: LabView, a: s.ProxyArpArgs, t: float) -> list[CheckResult]:

@@ -16,7 +16,8 @@ StepFn = Callable[[LabView, Any, float], list[CheckResult]]
 FaultFn = Callable[[LabView, Any, float, Undo], list[CheckResult]]
 
 CHECKS: dict[str, StepFn] = {
-    "ping": steps.ping, "connectivity": steps.connectivity, "proxy_arp": steps.proxy_arp,
+    "ping": steps.ping, "connectivity": steps.connectivity, "connect": steps.connect,
+    "reachability": steps.reachability, "proxy_arp": steps.proxy_arp,
     "blackhole": steps.blackhole, "tunnel_route": steps.tunnel_route, "no_route": steps.no_route,
     "route": steps.route, "bgp_established": steps.bgp_established, "sysctl": steps.sysctl,
     "converge": waits.converge, "bgp_down": waits.bgp_down, "etcd_health": waits.etcd_health,

@@ -8,12 +8,13 @@ steps out are labnet.scenario's, keyed by the same names; a new kind goes in bot
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Network
-from typing import TYPE_CHECKING, Any, Literal
+from ipaddress import IPv4Address, IPv4Network
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
     from labnet.topology.model import Topology
@@ -60,6 +61,74 @@ class PingArgs(StepArgs):
 class ConnectivityArgs(StepArgs):
     pods: list[str] | None = Field(default=None, description="pods to test pairwise; default all pods")
     expect: Expect = "success"
+
+
+PROTOS = ("icmp", "tcp", "udp")
+Proto = Literal["icmp", "tcp", "udp"]
+DEFAULT_PORT = 8080
+EXPECT_FORMS = "reach | no-reach | snat <address, machine or pod> | loss <= N%"
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """What a probe must see: `reach`, `no-reach`, `snat X` (reach, and the target sees source
+    address X, or the address of machine or pod X), `loss <= N%` (of `count` probes)."""
+
+    kind: Literal["reach", "no-reach", "snat", "loss"]
+    source: str | None = None  # snat: the address (or the name of what has it) the target sees
+    max_loss: float | None = None  # loss: the most that may be lost, in percent
+
+    def __str__(self) -> str:
+        if self.kind == "snat":
+            return f"snat {self.source}"
+        if self.kind == "loss":
+            return f"loss <= {self.max_loss:g}%"
+        return self.kind
+
+
+_LOSS = re.compile(r"loss\s*<=\s*(\d+(?:\.\d+)?)\s*%")
+
+
+def parse_expectation(text: str) -> Expectation:
+    """An expectation as written in a step; ValueError naming the forms there are."""
+    words = str(text).split()
+    if words in (["reach"], ["no-reach"]):
+        return Expectation(words[0])  # type: ignore[arg-type]
+    if len(words) == 2 and words[0] == "snat":
+        return Expectation("snat", source=words[1])
+    m = _LOSS.fullmatch(" ".join(words))
+    if m and float(m.group(1)) <= 100:
+        return Expectation("loss", max_loss=float(m.group(1)))
+    raise ValueError(f"expectation {text!r} is none of: {EXPECT_FORMS}")
+
+
+def _valid_expectation(text: str) -> str:
+    parse_expectation(text)
+    return text
+
+
+ExpectText = Annotated[str, AfterValidator(_valid_expectation)]
+
+
+class ConnectArgs(StepArgs):
+    from_: str = Field(alias="from", description="pod or machine that sends")
+    to: str = Field(description="pod, machine or IPv4 address (for tcp/udp to an address, something must answer)")
+    proto: Proto = "icmp"
+    port: int = Field(default=DEFAULT_PORT, ge=1, le=65535, description="tcp/udp port the target's responder uses")
+    expect: ExpectText = Field(default="reach", description=EXPECT_FORMS)
+    count: int = Field(default=100, ge=1, le=10000, description="probes sent for a loss expectation")
+    interval: float = Field(default=0.02, ge=0.002, le=10, description="seconds between the probes of a loss "
+                            "expectation (count x interval: the duration)")
+    mtu: int | None = Field(default=None, ge=68, le=65535,
+                            description="instead: the largest DF packet that passes must be this size, and one "
+                                        "byte more must be refused (ICMP fragmentation needed)")
+
+
+class ReachabilityArgs(StepArgs):
+    proto: Proto = "icmp"
+    port: int = Field(default=DEFAULT_PORT, ge=1, le=65535)
+    expect: dict[str, Annotated[dict[str, ExpectText], Field(min_length=1)]] = Field(
+        min_length=1, description="from -> to -> expectation (" + EXPECT_FORMS + "); all probed at once")
 
 
 class ProxyArpArgs(StepArgs):
@@ -191,6 +260,59 @@ def _check_rename(topo: Topology, args: dict[str, Any]) -> list[tuple[str, str]]
     return []
 
 
+def _probe_rules(proto: str, exp: Expectation) -> str | None:
+    if exp.kind == "snat" and proto == "icmp":
+        return "an snat expectation needs proto tcp or udp: the target's responder reports the source it saw"
+    return None
+
+
+def _endpoint_names(topo: Topology) -> set[str]:
+    names = {n for n, _k, _s in topo.machines()}
+    if topo.cluster is not None:
+        names |= set(topo.cluster.pods)
+    return names
+
+
+def _is_address(text: str) -> bool:
+    try:
+        IPv4Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_snat_source(topo: Topology, exp: Expectation) -> str | None:
+    if exp.kind != "snat" or exp.source is None or _is_address(exp.source) or exp.source in _endpoint_names(topo):
+        return None
+    return f"snat {exp.source!r}: neither an IPv4 address nor a machine or pod of the lab"
+
+
+def _check_connect(topo: Topology, args: dict[str, Any]) -> list[tuple[str, str]]:
+    a = ConnectArgs.model_validate(args)
+    exp = parse_expectation(a.expect)
+    out = [("expect", m) for m in (_probe_rules(a.proto, exp), _check_snat_source(topo, exp)) if m]
+    if a.mtu is not None and a.proto != "icmp":
+        out.append(("mtu", "the MTU probe pings with DF set: proto must be icmp"))
+    if a.from_ == a.to:
+        out.append(("to", f"{a.to} probing itself proves nothing about the network"))
+    return out
+
+
+def _check_reachability(topo: Topology, args: dict[str, Any]) -> list[tuple[str, str]]:
+    a = ReachabilityArgs.model_validate(args)
+    out = []
+    for src, row in a.expect.items():
+        if _is_address(src):
+            out.append(("expect", f"{src}: an address cannot send; rows are pods or machines"))
+        for dst, text in row.items():
+            exp = parse_expectation(text)
+            out += [("expect", f"{src} -> {dst}: {m}") for m in (_probe_rules(a.proto, exp),
+                                                                 _check_snat_source(topo, exp)) if m]
+            if src == dst:
+                out.append(("expect", f"{src} -> {dst}: probing itself proves nothing about the network"))
+    return out
+
+
 def _check_etcd_node(topo: Topology, args: dict[str, Any]) -> list[tuple[str, str]]:
     c = topo.cluster
     if c is None or args.get("node") in c.etcd.nodes:
@@ -207,6 +329,12 @@ STEP_KINDS: dict[str, StepKind] = {
                      "ping from a pod or machine to a pod, machine or address"),
     "connectivity": StepKind(ConnectivityArgs, {"pods": Ref(("pod",))},
                              "every listed pod reaches every other (default: all pods)"),
+    "connect": StepKind(ConnectArgs, {"from": Ref(ENDPOINTS), "to": Ref(ENDPOINTS, ip=True)},
+                        "probe over icmp, tcp or udp: reach, no-reach, the source address the target sees "
+                        "(snat), loss, or the path MTU", _check_connect),
+    "reachability": StepKind(ReachabilityArgs, {"expect": Ref(ENDPOINTS, ip=True)},
+                             "a matrix of probes, all at once; on failure the whole table, wrong cells marked",
+                             _check_reachability),
     "proxy_arp": StepKind(ProxyArpArgs, {"pod": Ref(("pod",))},
                           "the pod's host-side veth answers ARP for 169.254.1.1"),
     "blackhole": StepKind(BlackholeArgs, {"node": _NODE, "block": Ref((), cidr=True)},
@@ -227,7 +355,7 @@ STEP_KINDS: dict[str, StepKind] = {
                             "fault: drop percent% of an interface's packets at random (nftables)", _check_interface),
     "kill_agent": StepKind(NodeArgs, {"node": _NODE}, "fault: SIGKILL the node's agent; its supervisor restarts it"),
     "stop_agent": StepKind(NodeArgs, {"node": _NODE},
-                           "fault: stop the node's agent and its supervisor (undone: started again)"),
+                           "fault: stop the node's agent; its supervisor leaves it stopped (undone: started again)"),
     "start_agent": StepKind(NodeArgs, {"node": _NODE}, "start a stopped agent again"),
     "stop_node": StepKind(NodeArgs, {"node": _NODE},
                           "fault: freeze a node: links cut at the fabric, its processes SIGSTOPped"),

@@ -471,10 +471,16 @@ class _Checker:
                     for arg, message in kind.check(self.topo, step.args):
                         self.add(spath + (step.kind, arg), message)
 
-    def check_step_ref(self, path: PathT, value: Any, ref: Ref) -> None:
+    def check_step_ref(self, path: PathT, value: Any, ref: Ref, at_key: bool = False) -> None:
         if isinstance(value, list):
             for j, item in enumerate(value):
                 self.check_step_ref(path + (j,), item, ref)
+            return
+        if isinstance(value, dict):  # a matrix: its keys name things, and its rows' keys too
+            for k, row in value.items():
+                self.check_step_ref(path + (k,), k, ref, at_key=True)
+                if isinstance(row, dict):
+                    self.check_step_ref(path + (k,), row, ref)
             return
         if not isinstance(value, str):
             return  # a type error, reported by the argument model
@@ -483,17 +489,17 @@ class _Checker:
         if ref.cidr and (is_valid_cidr(value) or _loose_cidr(value)):
             return
         if not ref.names:
-            self.add(path, f"{value!r} is not an IPv4 network")
+            self.add(path, f"{value!r} is not an IPv4 network", at_key=at_key)
             return
         if ref.ip and re.fullmatch(r"[\d.]+", value):
-            self.add(path, f"{value!r} is not a valid IPv4 address")
+            self.add(path, f"{value!r} is not a valid IPv4 address", at_key=at_key)
             return
         names = self.names(ref.names)
         if names is None or value in names:
             return
         whats = [c for c in ref.names] + (["IPv4 address"] if ref.ip else [])
         what = ", ".join(whats[:-1]) + " or " + whats[-1] if len(whats) > 1 else whats[0]
-        self.add(path, f"{value!r} is not a known {what}", did_you_mean(value, names, "names"))
+        self.add(path, f"{value!r} is not a known {what}", did_you_mean(value, names, "names"), at_key=at_key)
 
 
 def _loose_cidr(text: str) -> bool:

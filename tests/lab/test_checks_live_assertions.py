@@ -172,13 +172,14 @@ def test_connectivity_matrix(pair: Pair) -> None:
     wrong = {"a": {"b": False, "hole": True}, "b": {"a": True}}
     msg = failure(lambda: assert_connectivity(wrong, ends.__getitem__, timeout=0.5))
     assert "check failed on a, b: connectivity" in msg
-    assert ("2 of 3 cells wrong: a → b (10.0.0.2) ✗ expected no reach, got reply (1/1 replies); "
-            "a → hole (10.100.163.130) ✗ expected reach, got no (ping exited 2: ping: connect: Invalid argument)") in msg
-    assert "last state seen (connectivity matrix):" in msg
-    assert "FROM \\ TO  b                               hole                      a" in msg
-    assert "a          ✗ expected no reach, got reply  ✗ expected reach, got no  ·" in msg
-    assert "b          ·                               ·                         ✓ reach" in msg
-    with pytest.raises(BadInput, match="not something that can send"):
+    assert ("2 of 3 cells wrong: a → b (10.0.0.2): want no-reach, got reach: echo reply; "
+            "a → hole (10.100.163.130): want reach, got no-reach: ping exited 2: ping: connect: Invalid argument") in msg
+    assert "last state seen (reachability, the wrong cells marked):" in msg
+    rows = [" ".join(line.split()) for line in msg[msg.index("FROM \\ TO"):].splitlines()]
+    assert rows[0] == "FROM \\ TO b hole a", rows
+    assert rows[1] == "a ✗ want no-reach, got reach ✗ want reach, got no-reach ·", rows
+    assert rows[2] == "b · · ✓ reach", rows
+    with pytest.raises(BadInput, match="hole is an address: it cannot send probes"):
         assert_connectivity({"hole": {"a": True}}, ends.__getitem__)
 
 

@@ -94,7 +94,7 @@ def test_every_assertion_passes_and_fails_readably(pytester: pytest.Pytester, se
         "test_fail_no_route": ["ubuntu-3", "10.20.30.0/24"],
         "test_fail_sysctl": ["ubuntu-3", "net.ipv4.ip_forward", "1"],
         "test_fail_ping": ["net-test", "no reply"],
-        "test_fail_matrix": ["✗ expected reach, got no", "10.100.255.1", "✓ reach"],
+        "test_fail_matrix": ["✗ want reach, got no-reach", "10.100.255.1", "✓ reach"],
         "test_fail_bgp": ["10.20.30.99", "no such peer", "192.168.50.74"],
         "test_fail_proxy_arp": ["proxy_arp=0", "169.254.1.1"],
     }

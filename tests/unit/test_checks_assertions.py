@@ -8,17 +8,20 @@ from dataclasses import dataclass
 import pytest
 
 from labnet.checks.assertions import (
+    Endpoint,
     Observation,
     as_result,
     assert_bgp_established,
     describe_match,
-    format_matrix,
     run_check,
     sysctl_path,
 )
+from labnet.checks.reach import Seen, format_table, matrix_cells
 from labnet.checks.result import CheckFailed
 from labnet.checks.routes import normalise_match
 from labnet.errors import BadInput, LabnetError
+from labnet.nsexec import NodeNS
+from labnet.topology.steps import Expectation, parse_expectation
 
 
 def test_check_failed_is_both_assertion_and_labnet_error() -> None:
@@ -89,13 +92,33 @@ def test_bad_sysctl_keys(key: str) -> None:
 
 
 def test_matrix_marks_wrong_cells() -> None:
-    matrix = {"pod-a": {"pod-b": True, "ext": False}, "pod-b": {"pod-a": True}}
-    seen = {("pod-a", "pod-b"): True, ("pod-a", "ext"): True, ("pod-b", "pod-a"): False}
-    assert format_matrix(matrix, seen) == "\n".join([
-        "FROM \\ TO  pod-b    ext                             pod-a",
-        "pod-a      ✓ reach  ✗ expected no reach, got reply  ·",
-        "pod-b      ·        ·                               ✗ expected reach, got no",
+    ends = {n: Endpoint(n, NodeNS(n, f"/run/netns/{n}"), ip) for n, ip in
+            (("pod-a", "10.100.0.1"), ("pod-b", "10.100.0.2"), ("ext", "203.0.113.10"))}
+    cells = matrix_cells({"pod-a": {"pod-b": "reach", "ext": "snat 10.20.30.71"}, "pod-b": {"pod-a": "no-reach"}},
+                         ends.__getitem__)
+    seen = {("pod-a", "pod-b"): Seen(True, "reach", ""), ("pod-a", "ext"): Seen(False, "snat 10.100.0.1", ""),
+            ("pod-b", "pod-a"): None}
+    assert format_table(cells, seen) == "\n".join([
+        "FROM \\ TO  pod-b    ext                                           pod-a",
+        "pod-a      ✓ reach  ✗ want snat 10.20.30.71, got snat 10.100.0.1  ·",
+        "pod-b      ·        ·                                             ? no-reach (not probed)",
     ])
+
+
+@pytest.mark.parametrize(("text", "want"), [
+    ("reach", Expectation("reach")), ("no-reach", Expectation("no-reach")),
+    ("snat node-1", Expectation("snat", source="node-1")), ("loss <= 30%", Expectation("loss", max_loss=30.0)),
+    ("loss<=2.5%", Expectation("loss", max_loss=2.5)),
+])
+def test_expectations_parse_and_print_back(text: str, want: Expectation) -> None:
+    assert parse_expectation(text) == want
+    assert parse_expectation(str(want)) == want
+
+
+@pytest.mark.parametrize("text", ["", "reachable", "snat", "snat a b", "loss < 3%", "loss <= 101%", "loss 3"])
+def test_bad_expectations_name_the_forms(text: str) -> None:
+    with pytest.raises(ValueError, match="none of: reach | no-reach"):
+        parse_expectation(text)
 
 
 @dataclass
