@@ -18,7 +18,7 @@ import struct
 from typing import NamedTuple
 
 NLMSG_ERROR, NLMSG_DONE = 2, 3
-RTM_NEWROUTE, RTM_GETROUTE = 24, 26
+RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 NLM_F_REQUEST, NLM_F_DUMP, NLM_F_DUMP_INTR = 0x1, 0x300, 0x10
 SOL_NETLINK, NETLINK_GET_STRICT_CHK = 270, 12
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_TABLE = 1, 4, 5, 6, 15
@@ -79,6 +79,21 @@ def parse(data: bytes) -> tuple[list[Route], bool]:
             out.append(_route(data, off + _NLH.size, off + length))
         off += (length + 3) & ~3
     return out, False
+
+
+def parse_events(data: bytes) -> list[tuple[int, Route]]:
+    """Route events (RTM_NEWROUTE, RTM_DELROUTE) from a buffer read off a socket subscribed to
+    route changes; other messages are skipped, and a message that does not fit ends the buffer."""
+    out: list[tuple[int, Route]] = []
+    off, end = 0, len(data)
+    while off + _NLH.size <= end:
+        length, kind = _NLH.unpack_from(data, off)[:2]
+        if length < _NLH.size or off + length > end:
+            break
+        if kind in (RTM_NEWROUTE, RTM_DELROUTE) and length >= _HDR:
+            out.append((kind, _route(data, off + _NLH.size, off + length)))
+        off += (length + 3) & ~3
+    return out
 
 
 def _route(data: bytes, at: int, end: int) -> Route:

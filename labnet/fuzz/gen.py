@@ -95,10 +95,10 @@ def rtnl_route(dst: str | None, dst_len: int, *, gateway: str | None = None, oif
                proto: int = 12, rtype: int = 1, flags: int = 0, table: int = 254, priority: int | None = None,
                family: int = 2, kind: int = 24, error: int = 0) -> bytes:
     """One rtnetlink message as the kernel would send it, encoded by pyroute2's rtmsg (kind 24:
-    RTM_NEWROUTE; 3: NLMSG_DONE; 2: NLMSG_ERROR carrying `error`)."""
+    RTM_NEWROUTE; 25: RTM_DELROUTE; 3: NLMSG_DONE; 2: NLMSG_ERROR carrying `error`)."""
     import struct
 
-    if kind != 24:
+    if kind not in (24, 25):
         body = struct.pack("=i", error) + struct.pack("=IHHII", 16, 26, 0, 1, 0) if kind == 2 else struct.pack("=i", 0)
         return struct.pack("=IHHII", 16 + len(body), kind, 2, 1, 0) + body
     from pyroute2.netlink.rtnl.rtmsg import rtmsg

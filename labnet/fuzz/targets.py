@@ -87,7 +87,8 @@ def cni_request(data: bytes) -> None:
 
 
 def route_dump(data: bytes) -> None:
-    """labnet.agent.rtnl.parse: the routes of a buffer of rtnetlink messages, or a DumpError."""
+    """labnet.agent.rtnl.parse: the routes of a buffer of rtnetlink messages, or a DumpError;
+    and parse_events of the same buffer, which takes what fits and never raises."""
     from labnet.agent.rtnl import DumpError, parse
 
     try:
@@ -98,6 +99,12 @@ def route_dump(data: bytes) -> None:
     for r in routes:
         if not (isinstance(r.dst, str) and 0 <= r.dst_len <= 255):
             raise AssertionError(f"route_dump: a malformed route came out: {r}")
+    # the same bytes as route events (the gates' reader): never raises
+    from labnet.agent.rtnl import parse_events
+
+    for _kind, r in parse_events(data):
+        if not (isinstance(r.dst, str) and 0 <= r.dst_len <= 255):
+            raise AssertionError(f"route_dump: a malformed route event came out: {r}")
 
 
 TARGETS: dict[str, Callable[[bytes], None]] = {

@@ -12,6 +12,7 @@ from typing import Any
 from labnet.checks import DEFAULT_TIMEOUT, CheckFailed, CheckResult
 from labnet.errors import BadInput, LabnetError
 from labnet.lab.view import LabView
+from labnet.scenario.gates import Gates
 from labnet.scenario.table import CHECKS, FAULTS, FaultFn
 from labnet.scenario.undo import Undo
 from labnet.topology.steps import STEP_KINDS, StepArgs
@@ -69,33 +70,65 @@ def _as_check(kind: str, fn: FaultFn) -> FaultFn:
     return runner
 
 
+def tolerated(steps: list[Any]) -> set[str]:
+    """The gates a scenario does not hold: what its faults break, and what it tolerates."""
+    out: set[str] = set()
+    for step in steps:
+        spec = STEP_KINDS.get(step.kind)
+        if spec is not None:
+            out |= spec.breaks
+        if step.kind == "tolerate":
+            out |= set(typed_args("tolerate", step.typed or step.args).gates)  # type: ignore[attr-defined]
+    return out
+
+
 def run_steps(view: LabView, steps: list[Any], timeout: float = DEFAULT_TIMEOUT,
-              collect: bool = False) -> list[CheckResult]:
+              collect: bool = False, gates: bool = True) -> list[CheckResult]:
     """Run steps in order, undoing their faults at the end whatever happens.
 
     collect=False raises CheckFailed at the first failure (pytest), with the results of the
     steps that passed before it in its message; collect=True records failures and goes on
-    (the CLI's table). A fault that cannot be undone is a failure too.
+    (the CLI's table). A fault that cannot be undone is a failure too, and so is what the
+    scenario's gates (labnet.scenario.gates) saw that it did not declare.
     """
     undo = Undo()
     results: list[CheckResult] = []
+    watch = Gates(view) if gates else None
     try:
-        for step in steps:
-            try:
-                results += run_step(view, step.kind, step.typed or step.args, timeout, undo)
-            except CheckFailed as exc:
+        try:
+            for step in steps:
+                try:
+                    results += run_step(view, step.kind, step.typed or step.args, timeout, undo)
+                except CheckFailed as exc:
+                    if not collect:
+                        raise _with_passed(exc, results) from None
+                    results.append(exc.result)
+        finally:
+            problems = undo.run()
+        if problems:
+            result = CheckResult(False, "undo faults", view.name, "; ".join(problems), 0.0,
+                                 message="the scenario's faults could not all be undone:\n" + "\n".join(problems))
+            if not collect:
+                raise _with_passed(CheckFailed(result), results)
+            results.append(result)
+        if watch is not None:
+            seen = watch.violations(tolerated(steps))
+            if seen:
+                result = gate_result(view.name, seen)
                 if not collect:
-                    raise _with_passed(exc, results) from None
-                results.append(exc.result)
+                    raise _with_passed(CheckFailed(result), results)
+                results.append(result)
     finally:
-        problems = undo.run()
-    if problems:
-        result = CheckResult(False, "undo faults", view.name, "; ".join(problems), 0.0,
-                             message="the scenario's faults could not all be undone:\n" + "\n".join(problems))
-        if not collect:
-            raise _with_passed(CheckFailed(result), results)
-        results.append(result)
+        if watch is not None:
+            watch.close()
     return results
+
+
+def gate_result(target: str, seen: list[str]) -> CheckResult:
+    """A failed check for what the gates saw."""
+    return CheckResult(False, "gates", target, "; ".join(x.splitlines()[0] for x in seen), 0.0,
+                       message=f"gates failed on {target}: during the run, and not declared by a fault or a "
+                               "`tolerate` step:\n" + "\n".join("  " + x for x in seen))
 
 
 def _with_passed(exc: CheckFailed, passed: list[CheckResult]) -> CheckFailed:

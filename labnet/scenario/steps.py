@@ -102,3 +102,8 @@ def bgp_established(v: LabView, a: s.BgpEstablishedArgs, t: float) -> list[Check
 
 def sysctl(v: LabView, a: s.SysctlArgs, t: float) -> list[CheckResult]:
     return [assert_sysctl(v.ns(a.node), a.key, a.value, timeout=t)]
+
+
+def tolerate(v: LabView, a: s.TolerateArgs, t: float) -> list[CheckResult]:
+    """Nothing to check: the scenario's gates read it (labnet.scenario.run.tolerated)."""
+    return [CheckResult(True, f"tolerate {', '.join(a.gates)}", v.name, "this scenario's gates allow it", 0.0)]

@@ -35,12 +35,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--labnet-runtime", choices=["netns", "docker"], help="override the topologies' runtime")
     g.addoption("--labnet-timeout", type=float, default=DEFAULT_TIMEOUT,
                 help=f"seconds each check may poll (default {DEFAULT_TIMEOUT:g})")
+    g.addoption("--labnet-gates", action="store_true",
+                help="fail a test using the `lab` fixture when, during it, a node's process restarted, a daemon "
+                     "logged at ERROR or a traceback, or a route labnet owns flapped (allow with "
+                     "@pytest.mark.labnet_tolerate('restart', 'errors', 'route-flaps')); scenarios always are")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "lab: needs root; builds real namespaces")
     config.addinivalue_line("markers", "topology(path, name=None): the topology file the lab fixture builds "
                             "(optionally under another lab name)")
+    config.addinivalue_line("markers", "labnet_tolerate(*gates): what --labnet-gates allows this test to do "
+                            "(restart, errors, route-flaps)")
     config.stash[_MANAGER] = LabManager(config)
     _register_testinfra()
 
@@ -84,6 +90,31 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
                     rep.sections.append((f"labnet diagnostics ({view.name})", lab_bundle(view)))
                 except Exception as exc:
                     rep.sections.append(("labnet diagnostics", f"could not collect: {exc}"))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """--labnet-gates: what the test did to its lab that it did not declare fails it."""
+    view = _view_of(item) if item.config.getoption("labnet_gates") and not isinstance(item, ScenarioItem) else None
+    watch = None
+    if view is not None:
+        from labnet.scenario.gates import Gates
+
+        watch = Gates(view)
+    outcome = yield
+    if watch is None:
+        return
+    try:
+        if outcome.excinfo is None:  # type: ignore[attr-defined]
+            from labnet.checks import CheckFailed
+            from labnet.scenario.run import gate_result
+
+            mark = item.get_closest_marker("labnet_tolerate")
+            seen = watch.violations(mark.args if mark is not None else ())
+            if seen:
+                outcome.force_exception(CheckFailed(gate_result(view.name, seen)))  # type: ignore[attr-defined,union-attr]
+    finally:
+        watch.close()
 
 
 def _view_of(item: pytest.Item) -> Any:

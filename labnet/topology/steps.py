@@ -36,12 +36,20 @@ class Ref:
     cidr: bool = False  # a literal IPv4 network is accepted too
 
 
+# What a scenario's gates watch (labnet.scenario.gates); a fault declares which it breaks.
+Gate = Literal["restart", "errors", "route-flaps"]
+GATES: tuple[Gate, ...] = ("restart", "errors", "route-flaps")
+AGENT_FAULT: frozenset[Gate] = frozenset(GATES)  # the agent stops or restarts: all of it
+NETWORK_FAULT: frozenset[Gate] = frozenset({"errors", "route-flaps"})  # sessions drop, routes go
+
+
 @dataclass(frozen=True)
 class StepKind:
     args: type[StepArgs]
     refs: dict[str, Ref]  # argument name as written in YAML -> what it names
     doc: str
     check: StepCheck | None = None
+    breaks: frozenset[Gate] = frozenset()  # the gates a scenario with this step does not hold
 
 
 class StepArgs(BaseModel):
@@ -211,6 +219,11 @@ class EtcdHealthArgs(StepArgs):
     expect: Literal["healthy", "unhealthy"] = "healthy"
 
 
+class TolerateArgs(StepArgs):
+    gates: list[Gate] = Field(min_length=1, description="what this scenario may do without failing: "
+                              + ", ".join(GATES))
+
+
 class AgentProblemArgs(StepArgs):
     node: str
     match: str = Field(min_length=1, description="text one of the agent's problems must contain")
@@ -348,26 +361,34 @@ STEP_KINDS: dict[str, StepKind] = {
                                 "the node's BGP sessions are Established"),
     "sysctl": StepKind(SysctlArgs, {"node": _MACHINE}, "a sysctl has a value inside the machine"),
     "link_down": StepKind(LinkArgs, {"machine": _MACHINE},
-                          "fault: set a machine's link down (undone: up again)", _check_interface),
+                          "fault: set a machine's link down (undone: up again)", _check_interface, NETWORK_FAULT),
     "link_up": StepKind(LinkArgs, {"machine": _MACHINE},
-                        "set a machine's link up (ends a link_down early)", _check_interface),
+                        "set a machine's link up (ends a link_down early)", _check_interface, NETWORK_FAULT),
     "packet_loss": StepKind(PacketLossArgs, {"machine": _MACHINE},
-                            "fault: drop percent% of an interface's packets at random (nftables)", _check_interface),
-    "kill_agent": StepKind(NodeArgs, {"node": _NODE}, "fault: SIGKILL the node's agent; its supervisor restarts it"),
+                            "fault: drop percent% of an interface's packets at random (nftables)", _check_interface,
+                            NETWORK_FAULT),
+    "kill_agent": StepKind(NodeArgs, {"node": _NODE}, "fault: SIGKILL the node's agent; its supervisor restarts it",
+                           breaks=AGENT_FAULT),
     "stop_agent": StepKind(NodeArgs, {"node": _NODE},
-                           "fault: stop the node's agent; its supervisor leaves it stopped (undone: started again)"),
-    "start_agent": StepKind(NodeArgs, {"node": _NODE}, "start a stopped agent again"),
+                           "fault: stop the node's agent; its supervisor leaves it stopped (undone: started again)",
+                           breaks=AGENT_FAULT),
+    "start_agent": StepKind(NodeArgs, {"node": _NODE}, "start a stopped agent again", breaks=AGENT_FAULT),
     "stop_node": StepKind(NodeArgs, {"node": _NODE},
-                          "fault: freeze a node: links cut at the fabric, its processes SIGSTOPped"),
-    "start_node": StepKind(NodeArgs, {"node": _NODE}, "resume a stopped node"),
+                          "fault: freeze a node: links cut at the fabric, its processes SIGSTOPped",
+                          breaks=NETWORK_FAULT),
+    "start_node": StepKind(NodeArgs, {"node": _NODE}, "resume a stopped node", breaks=NETWORK_FAULT),
     "kill_etcd": StepKind(NodeArgs, {"node": _NODE},
-                          "fault: SIGKILL the node's etcd member (undone: restarted)", _check_etcd_node),
+                          "fault: SIGKILL the node's etcd member (undone: restarted)", _check_etcd_node,
+                          frozenset({"errors"})),
     "restart_etcd": StepKind(NodeArgs, {"node": _NODE},
-                             "start a killed etcd member again with the same argv", _check_etcd_node),
+                             "start a killed etcd member again with the same argv", _check_etcd_node,
+                             frozenset({"errors"})),
     "remove_default_route": StepKind(NodeArgs, {"node": _NODE},
-                                     "fault: delete the node's default route (undone: re-added)"),
+                                     "fault: delete the node's default route (undone: re-added)",
+                                     breaks=NETWORK_FAULT),
     "rename_agent": StepKind(RenameAgentArgs, {"node": _NODE},
-                             "fault: the agent registers under another name than the CNI plugin's", _check_rename),
+                             "fault: the agent registers under another name than the CNI plugin's", _check_rename,
+                             AGENT_FAULT),
     "converge": StepKind(ConvergeArgs, {"from": Ref(ENDPOINTS), "to": Ref(ENDPOINTS, ip=True)},
                          "ping until it answers, within `within` seconds; reports the time it took"),
     "bgp_down": StepKind(BgpDownArgs, {"node": _NODE, "peer": Ref(MACHINES, ip=True)},
@@ -375,4 +396,6 @@ STEP_KINDS: dict[str, StepKind] = {
     "etcd_health": StepKind(EtcdHealthArgs, {}, "every etcd member is (or is not) healthy"),
     "agent_problem": StepKind(AgentProblemArgs, {"node": _NODE},
                               "the node's agent reports (or does not report) a problem containing `match`"),
+    "tolerate": StepKind(TolerateArgs, {}, "this scenario may restart a node's process, log errors or flap "
+                         "routes without failing its gates (faults declare what they break themselves)"),
 }

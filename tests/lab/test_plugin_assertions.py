@@ -206,3 +206,36 @@ def test_testinfra_hosts_option_with_testinfras_own_host_fixture(pytester: pytes
     res.assert_outcomes(passed=2)
     res.stdout.fnmatch_lines([f"*test_node_and_pod_view?labnet://{seed_lab}/ubuntu-3? PASSED*",
                               f"*test_node_and_pod_view?labnet://{seed_lab}/ubuntu-3/net-test? PASSED*"])
+
+
+GATED_TESTS = '''
+import os, signal, pytest
+
+from labnet.scenario.gates import node_process
+
+def _kill(lab, node):
+    entry = next(e for e in lab.view.journal.of_kind("process") if e.get("node") == node and e["what"] == "agent")
+    os.kill(node_process(entry), signal.SIGKILL)
+    lab.connect("ubuntu-1", "ubuntu-2", "loss <= 100%", count=50)   # the test goes on a moment
+
+def test_kills_an_agent(lab):
+    _kill(lab, "ubuntu-5")
+
+@pytest.mark.labnet_tolerate("restart", "route-flaps", "errors")
+def test_kills_an_agent_and_says_so(lab):
+    _kill(lab, "ubuntu-5")
+
+def test_quiet(lab):
+    lab.connect("net-test", "net-test-2")
+'''
+
+
+def test_labnet_gates_fail_a_test_that_restarted_an_agent_undeclared(pytester: pytest.Pytester,
+                                                                     seed_lab: str) -> None:
+    pytester.makepyfile(test_gated=textwrap.dedent(GATED_TESTS))
+    res = pytester.runpytest_subprocess("test_gated.py", "--labnet-attach", seed_lab, "--labnet-gates",
+                                        "-p", "no:cacheprovider", "--strict-markers")
+    res.assert_outcomes(passed=2, failed=1)
+    out = res.stdout.str()
+    assert "test_kills_an_agent FAILED" in out or "FAILED test_gated.py::test_kills_an_agent" in out, out[-3000:]
+    assert "restart: node ubuntu-5: its process (agent, CNI server) was pid" in out, out[-3000:]

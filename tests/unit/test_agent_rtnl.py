@@ -8,7 +8,16 @@ import struct
 
 import pytest
 
-from labnet.agent.rtnl import DumpError, Route, dump_request, get_request, parse
+from labnet.agent.rtnl import (
+    RTM_DELROUTE,
+    RTM_NEWROUTE,
+    DumpError,
+    Route,
+    dump_request,
+    get_request,
+    parse,
+    parse_events,
+)
 from labnet.fuzz.gen import rtnl_route
 
 
@@ -85,3 +94,12 @@ def test_a_dump_the_kernel_marks_interrupted_is_read_again() -> None:
     struct.pack_into("=H", msg, 6, struct.unpack_from("=H", msg, 6)[0] | 0x10)  # NLM_F_DUMP_INTR
     with pytest.raises(DumpInterrupted):
         parse(bytes(msg))
+
+
+def test_route_events_new_and_deleted_and_what_does_not_fit_ends_the_buffer() -> None:
+    data = (rtnl_route("10.100.7.0", 26, gateway="10.0.2.12", oif=9, proto=12)
+            + rtnl_route("10.100.5.0", 26, proto=12, rtype=6, kind=25)
+            + rtnl_route(None, 0, kind=3))
+    events = parse_events(data + data[:30])
+    assert [(k, r.dst, r.type) for k, r in events] == [(RTM_NEWROUTE, "10.100.7.0", 1), (RTM_DELROUTE, "10.100.5.0", 6)]
+    assert parse_events(b"") == [] and parse_events(b"\xff" * 7) == []
