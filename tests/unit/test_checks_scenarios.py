@@ -104,12 +104,12 @@ def test_a_failure_report_lists_the_steps_that_passed_before_it() -> None:
              Step.model_validate({"no_route": {"node": "ubuntu-3", "dst": "198.51.100.0/24"}}),
              Step.model_validate({"route": {"node": "ubuntu-3", "match": {"dev": "tunl9"}}})]
     with pytest.raises(CheckFailed) as info:
-        scenarios.run_steps(FakeView(), steps, timeout=0.2)  # type: ignore[arg-type]
+        scenarios.run_steps(FakeView(), steps, timeout=0.2, gates=False)  # type: ignore[arg-type]
     msg = str(info.value)
     assert "route dev tunl9" in msg and "steps that passed before it (2):" in msg, msg
     assert "[ubuntu-3] route dev tunl0: ok" in msg and "[ubuntu-3] no route 198.51.100.0/24: ok" in msg, msg
     # collected (the CLI's table): every result, the failed one too, nothing raised
-    got = scenarios.run_steps(FakeView(), steps, timeout=0.2, collect=True)  # type: ignore[arg-type]
+    got = scenarios.run_steps(FakeView(), steps, timeout=0.2, collect=True, gates=False)  # type: ignore[arg-type]
     assert [r.ok for r in got] == [True, True, False], got
 
 
@@ -121,3 +121,18 @@ def test_step_arguments_reach_the_runner_typed_with_their_defaults() -> None:
     assert scenarios.typed_args("ping", typed) is typed
     with pytest.raises(BadInput, match="step ping"):
         scenarios.typed_args("ping", {"from": "a"})
+
+
+def test_what_a_scenario_tolerates_is_what_its_faults_break_and_its_tolerate_steps_say() -> None:
+    from labnet.topology.model import Step
+
+    def of(*raw: dict[str, Any]) -> set[str]:
+        return scenarios.tolerated([Step.model_validate(r) for r in raw])
+
+    assert of({"ping": {"from": "a", "to": "b"}}) == set()
+    assert of({"kill_agent": {"node": "n"}}) == {"restart", "errors", "route-flaps"}
+    assert of({"link_down": {"machine": "n", "interface": "eth0"}}) == {"errors", "route-flaps"}
+    assert of({"kill_etcd": {"node": "n"}}, {"tolerate": {"gates": ["restart"]}}) == {"errors", "restart"}
+    failed = scenarios.gate_result("lab1", ["restart: node n1: its process was pid 5, is now 9", "errors: node n2: x\n  y"])
+    assert not failed.ok and failed.detail == "restart: node n1: its process was pid 5, is now 9; errors: node n2: x"
+    assert "not declared by a fault or a `tolerate` step" in failed.message
