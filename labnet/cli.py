@@ -359,6 +359,12 @@ def _register_doctor(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     register(sub)
 
 
+def _register_trace(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from labnet.diagnose.trace import register
+
+    register(sub)
+
+
 def _register_image(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from labnet.runtime.image import register
 
@@ -366,7 +372,7 @@ def _register_image(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 EXTRA: list[Callable[[argparse._SubParsersAction], None]] = [  # type: ignore[type-arg]
-    _register_etcd, _register_doctor, _register_image,
+    _register_etcd, _register_doctor, _register_trace, _register_image,
 ]
 
 

@@ -338,7 +338,7 @@ def _neigh_text(entries: Iterable[Mapping[str, Any]]) -> str:
     return "\n".join(out) if out else "(no entry)"
 
 
-def _proxy_arp_diagnosis(node_ns: NodeNS, host_veth: str, gateway: str, proxy_arp: str, forwarding: str) -> str:
+def proxy_arp_diagnosis(node_ns: NodeNS, host_veth: str, gateway: str, proxy_arp: str, forwarding: str) -> str:
     """Which of the seed's three proxy-ARP requirements (plus Linux's forwarding rule) is broken."""
     if proxy_arp != "1":
         return (f"proxy_arp is {proxy_arp} on {host_veth} in {node_ns.name}: the node does not answer ARP on "
@@ -398,7 +398,7 @@ def assert_proxy_arp(node_ns: NodeNS, pod_ns: NodeNS, host_veth: str, *, gateway
             neigh = f"no ARP reply for {gw}: neighbour entry {','.join(entries[0].get('state', []) or ['?'])}"
         else:
             neigh = f"no neighbour entry for {gw}"
-        diagnosis = _proxy_arp_diagnosis(node_ns, host_veth, gw, proxy_arp, forwarding)
+        diagnosis = proxy_arp_diagnosis(node_ns, host_veth, gw, proxy_arp, forwarding)
         return Observation(False, want, f"proxy_arp={proxy_arp} on {host_veth}; {neigh}", state,
                            "neighbour table, host veth and node routes", diagnosis)
 

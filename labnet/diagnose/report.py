@@ -30,6 +30,8 @@ def format_findings(lab: str, findings: Iterable[Finding], scope: str) -> str:
         out += [f"    {line}" for line in ev[1:]]
         out.append(f"  see: {x.command}")
         out.append("")
+    out.append(f"to follow a packet hop by hop, and see where and why it stops: labnet trace -l {lab} FROM TO "
+               "[--proto tcp --port N]")
     return "\n".join(out).rstrip()
 
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+from dataclasses import replace
+
 from labnet.checks import (
+    CheckFailed,
     CheckResult,
     assert_bgp_established,
     assert_blackhole_route,
@@ -28,8 +32,11 @@ def ping(v: LabView, a: s.PingArgs, t: float) -> list[CheckResult]:
     if src.ns is None:
         raise BadInput(f"ping from {a.from_!r}: an address cannot send pings")
     dst = v.endpoint(a.to)
-    return [assert_ping(src.ns, dst.ip, count=a.count, expect=a.expect == "success",
-                        timeout=t, dst_name=a.to if a.to != dst.ip else None)]
+    try:
+        return [assert_ping(src.ns, dst.ip, count=a.count, expect=a.expect == "success",
+                            timeout=t, dst_name=a.to if a.to != dst.ip else None)]
+    except CheckFailed:
+        raise _traced(v, [(a.from_, a.to)]) from None
 
 
 def connectivity(v: LabView, a: s.ConnectivityArgs, t: float) -> list[CheckResult]:
@@ -39,21 +46,38 @@ def connectivity(v: LabView, a: s.ConnectivityArgs, t: float) -> list[CheckResul
     return [assert_connectivity(matrix, v.endpoint, timeout=t)]
 
 
+def _traced(v: LabView, pairs: list[tuple[str, str]], proto: str = "icmp", port: int | None = None) -> CheckFailed:
+    """The probe's failure as it is, with how to follow those packets (labnet trace)."""
+    exc = sys.exc_info()[1]
+    assert isinstance(exc, CheckFailed)
+    r = exc.result
+    opts = "" if proto == "icmp" else f" --proto {proto} --port {port}"
+    hint = "\n".join(f"  trace: labnet trace -l {v.name} {a} {b}{opts}" for a, b in pairs[:5])
+    return CheckFailed(replace(r, message=f"{r.message or r.summary()}\n{hint}"))
+
+
 def connect(v: LabView, a: s.ConnectArgs, t: float) -> list[CheckResult]:
     src, dst = v.endpoint(a.from_), v.endpoint(a.to)
     if src.ns is None:
         raise BadInput(f"connect from {a.from_!r}: an address cannot send probes")
-    if a.mtu is not None:
-        return [assert_mtu(src, dst, a.mtu, timeout=t)]
-    exp = s.parse_expectation(a.expect)
-    snat = v.address(exp.source) if exp.kind == "snat" and exp.source else None
-    return [assert_connect(src, dst, exp, proto=a.proto, port=a.port, count=a.count, interval=a.interval,
-                           snat_ip=snat, timeout=t)]
+    try:
+        if a.mtu is not None:
+            return [assert_mtu(src, dst, a.mtu, timeout=t)]
+        exp = s.parse_expectation(a.expect)
+        snat = v.address(exp.source) if exp.kind == "snat" and exp.source else None
+        return [assert_connect(src, dst, exp, proto=a.proto, port=a.port, count=a.count, interval=a.interval,
+                               snat_ip=snat, timeout=t)]
+    except CheckFailed:
+        raise _traced(v, [(a.from_, a.to)], a.proto, a.port) from None
 
 
 def reachability(v: LabView, a: s.ReachabilityArgs, t: float) -> list[CheckResult]:
     cells = matrix_cells(a.expect, v.endpoint, v.address)
-    return [assert_reachability(cells, proto=a.proto, port=a.port, timeout=t)]
+    try:
+        return [assert_reachability(cells, proto=a.proto, port=a.port, timeout=t)]
+    except CheckFailed as exc:
+        wrong = [(c.src.name, c.dst.name) for c in cells if f"{c.src.name} → {c.dst.name} (" in exc.result.detail]
+        raise _traced(v, wrong, a.proto, a.port) from None
 
 
 def proxy_arp(v: LabView, a: s.ProxyArpArgs, t: float) -> list[CheckResult]:

@@ -36,3 +36,4 @@ def test_one_wrong_expectation_is_the_one_cell_marked(lab: Any) -> None:
     other = next(line for line in table.splitlines() if line.strip().startswith("other"))
     assert "✗ want reach, got no-reach" in other, table
     assert "check failed on client, other, web: reachability (icmp) (waited" in msg and "attempts)" in msg, msg
+    assert f"trace: labnet trace -l {lab.name} other web" in msg, msg  # how to see why

@@ -45,6 +45,9 @@ VERBS = [
     ["etcd", "get", "{}"],
     ["doctor", "{}"],
     ["doctor", "-l", "{}"],
+    ["trace", "{}", "p1"],
+    ["trace", "p1", "{}"],
+    ["trace", "-l", "{}", "p1", "p2"],
     ["check", "topologies/seed.yaml", "-l", "{}"],
     ["up", "topologies/seed.yaml", "--name", "{}"],
 ]

@@ -1,0 +1,357 @@
+"""`labnet trace FROM TO`: the path a packet takes through the lab, hop by hop, and why it stops.
+
+On each machine the kernel itself is asked which route it takes (`ip route get`, with the
+interface it came in on, so reverse-path and forwarding checks apply as for a real packet).
+From a pod, the proxy-ARP answer for 169.254.1.1 on the node's veth is checked (Calico's seed
+requirements); into a tunnel the packet is wrapped (IPIP: outer source and destination; VXLAN:
+the VTEP the node's FDB names) and the outer packet is followed to the node that unwraps it;
+leaving the pool through a node that masquerades, its source becomes the node's; into a pod,
+labnet's policy decides (the model's verdict, and the nftables counters that moved when one
+real packet of that flow was sent). It ends in "delivered to X" or "dropped at M: reason".
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from typing import Any
+
+from labnet.checks.assertions import CALICO_GATEWAY, Endpoint, proxy_arp_diagnosis, read_sysctl
+from labnet.checks.probe import Responder, connect_once
+from labnet.errors import BadInput
+from labnet.lab.view import LabView
+from labnet.nsexec import NodeNS, run
+from labnet.policy.enforce import enforced, pod_infos, settings_of
+from labnet.policy.explain import evaluate
+from labnet.policy.nft import chain_name, node_counters
+
+MAX_HOPS = 16
+TUNNELS = ("tunl0", "vxlan.calico")
+
+
+@dataclass
+class Hop:
+    machine: str
+    said: list[str] = field(default_factory=list)  # what happened here, in order
+
+
+@dataclass
+class Trace:
+    src: str
+    dst: str
+    proto: str
+    port: int | None
+    hops: list[Hop] = field(default_factory=list)
+    delivered: bool = False
+    verdict: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def format(self) -> str:
+        where = f" port {self.port}" if self.port else ""
+        lines = [f"trace {self.src} → {self.dst} ({self.proto}{where})"]
+        for i, h in enumerate(self.hops, 1):
+            lines.append(f"{i:>2}  {h.machine}")
+            lines += [f"      {s}" for s in h.said]
+        lines.append(self.verdict if self.delivered else "DROPPED" + self.verdict.removeprefix("dropped"))
+        return "\n".join(lines)
+
+
+class _Drop(Exception):
+    """The packet stops here, for this reason."""
+
+
+def _route_get(ns: NodeNS, dst: str, *, src: str | None = None, iif: str | None = None) -> dict[str, Any]:
+    argv = ["ip", "-j", "-d", "route", "get", dst]
+    if iif is not None and src is not None:
+        argv += ["from", src, "iif", iif]
+    proc = run(ns, argv, check=False, timeout=10)
+    if proc.returncode != 0:
+        said = (proc.stderr or proc.stdout).strip().removeprefix("RTNETLINK answers: ")
+        how = f" (arriving on {iif} from {src})" if iif else ""
+        raise _Drop(f"no route to {dst}{how}: {said or f'ip route get exited {proc.returncode}'}")
+    got = json.loads(proc.stdout or "[]")
+    if not got:
+        raise _Drop(f"no route to {dst}")
+    return dict(got[0])
+
+
+def _route_text(r: dict[str, Any]) -> str:
+    parts = [f"{r.get('type', 'unicast')} {r.get('dst')}" if r.get("type") not in (None, "unicast") else str(r.get("dst"))]
+    if r.get("gateway"):
+        parts.append(f"via {r['gateway']}")
+    if r.get("dev"):
+        parts.append(f"dev {r['dev']}")
+    if r.get("prefsrc"):
+        parts.append(f"src {r['prefsrc']}")
+    return "route " + " ".join(parts)
+
+
+class _Lab:
+    """Who is where: machines' addresses by network, pods by address and host veth."""
+
+    def __init__(self, view: LabView) -> None:
+        self.view = view
+        info = view.journal.info
+        self.machines: dict[str, dict[str, Any]] = info.get("machines", {})
+        self.pods: dict[str, dict[str, Any]] = info.get("pods", {})
+        c = view.topo.cluster
+        self.pool = IPv4Network(str(c.pool.cidr)) if c is not None else None
+        self._blocks: dict[str, list[IPv4Network]] | None = None
+
+    def network_of(self, machine: str, dev: str) -> str | None:
+        for i in self.machines.get(machine, {}).get("interfaces", []):
+            if i.get("name") == dev:
+                return str(i.get("network"))
+        return None
+
+    def address_on(self, machine: str, dev: str) -> str | None:
+        for i in self.machines.get(machine, {}).get("interfaces", []):
+            if i.get("name") == dev and i.get("address"):
+                return str(IPv4Interface(i["address"]).ip)
+        return None
+
+    def owner(self, network: str, ip: str) -> tuple[str, str] | None:
+        """The machine with `ip` on `network`, and its interface there."""
+        for name, m in self.machines.items():
+            for i in m.get("interfaces", []):
+                if i.get("network") == network and i.get("address") and str(IPv4Interface(i["address"]).ip) == ip:
+                    return name, str(i["name"])
+        return None
+
+    def machine_with(self, ip: str) -> str | None:
+        for name, m in self.machines.items():
+            for i in m.get("interfaces", []):
+                if i.get("address") and str(IPv4Interface(i["address"]).ip) == ip:
+                    return name
+        return None
+
+    def pod_at(self, ip: str) -> str | None:
+        return next((p for p, rec in self.pods.items() if rec.get("ip") == ip), None)
+
+    def pod_on_veth(self, node: str, veth: str) -> str | None:
+        return next((p for p, rec in self.pods.items() if rec.get("node") == node and rec.get("host_veth") == veth),
+                    None)
+
+    def ns(self, name: str) -> NodeNS:
+        return self.view.pod_ns(name) if name in self.pods else self.view.ns(name)
+
+    def block_owner(self, ip: str) -> str | None:
+        """The node whose block holds `ip`, from the datastore's affinities (not from the
+        agents: the one that matters may be the one that does not answer)."""
+        if self._blocks is None:
+            from labnet.etcd.admin import admin_store
+            from labnet.ipam.allocator import blocks_of
+
+            store = admin_store(self.view.journal.info)
+            try:
+                self._blocks = {n: [IPv4Network(c) for c in blocks_of(store, n)] for n in self.view.topo.nodes}
+            finally:
+                store.close()
+        addr = IPv4Address(ip)
+        return next((n for n, nets in self._blocks.items() if any(addr in net for net in nets)), None)
+
+
+def trace(view: LabView, src_name: str, dst_name: str, proto: str = "icmp", port: int | None = None) -> Trace:
+    src, dst = view.endpoint(src_name), view.endpoint(dst_name)
+    if src.ns is None:
+        raise BadInput(f"trace from {src_name!r}: an address sends nothing; start from a pod or machine")
+    if proto not in ("icmp", "tcp", "udp"):
+        raise BadInput(f"proto {proto!r} is none of icmp, tcp, udp")
+    out = Trace(src.name, f"{dst.name} ({dst.ip})" if dst.name != dst.ip else dst.ip, proto, port)
+    lab = _Lab(view)
+    try:
+        _walk(lab, src, dst, proto, port, out)
+    except _Drop as exc:
+        out.delivered, out.verdict = False, f"dropped at {out.hops[-1].machine}: {exc}"
+    return out
+
+
+def _walk(lab: _Lab, src: Endpoint, dst: Endpoint, proto: str, port: int | None, out: Trace) -> None:
+    here, iif, src_ip = src.name, None, src.ip
+    outer: tuple[str, str, str] | None = None  # (kind, outer src, outer dst) while wrapped
+    for _ in range(MAX_HOPS):
+        hop = Hop(here)
+        out.hops.append(hop)
+        ns = lab.ns(here)
+        target = outer[2] if outer else dst.ip
+        r = _route_get(ns, target, src=outer[1] if outer else src_ip, iif=iif)
+        kind = r.get("type", "unicast")
+        if kind == "local" or (outer is None and here == dst.name):
+            if outer is not None:  # the tunnel's far end: unwrap, and route the inner packet here
+                hop.said.append(f"{outer[0]} from {outer[1]} unwrapped (outer destination {outer[2]} is local)")
+                iif, outer = outer[0], None
+                r = _route_get(ns, dst.ip, src=src_ip, iif=iif)
+                kind = r.get("type", "unicast")
+            if kind == "local" or here == dst.name:
+                hop.said.append(f"{_route_text(r)}: local")
+                out.delivered, out.verdict = True, f"delivered to {dst.name} ({dst.ip})"
+                return
+        hop.said.append(_route_text(r) + (f" (in on {iif})" if iif else ""))
+        if kind in ("blackhole", "unreachable", "prohibit"):
+            owner = lab.block_owner(dst.ip) if lab.pool and IPv4Address(dst.ip) in lab.pool else None
+            why = f" (the {kind} route of a block this node owns: no pod has {dst.ip})" if owner == here else ""
+            raise _Drop(f"{_route_text(r)}{why}")
+        dev, gw = str(r.get("dev")), r.get("gateway")
+        if here in lab.pods:  # leaving a pod: through its veth, to its node, via proxy-ARP
+            node, veth = str(lab.pods[here]["node"]), str(lab.pods[here]["host_veth"])
+            if gw == CALICO_GATEWAY:
+                _proxy_arp(lab, here, node, veth, hop)
+            here, iif = node, veth
+            continue
+        if outer is None and dev in TUNNELS:  # into the tunnel: wrap
+            outer = _wrap(lab, ns, here, dev, str(gw), hop)
+            r = _route_get(ns, outer[2])
+            hop.said.append(f"outer: {_route_text(r)}")
+            dev, gw = str(r.get("dev")), r.get("gateway")
+        elif outer is None and lab.pool is not None and here not in lab.pods:
+            _nat(lab, ns, here, src_ip, dst.ip, dev, r, hop)
+            if hop.said[-1].startswith("masquerade"):
+                src_ip = lab.address_on(here, dev) or src_ip
+        if dev.startswith("cali") and outer is None:  # into a pod of this node
+            pod = lab.pod_on_veth(here, dev)
+            if pod is None:
+                raise _Drop(f"{dev} leads to no pod labnet knows")
+            _policy(lab, here, pod, src, src_ip, dst, proto, port, hop)
+            here, iif = pod, "eth0"
+            continue
+        network = lab.network_of(here, dev)
+        nexthop = str(gw) if gw else (outer[2] if outer else dst.ip)
+        found = lab.owner(network, nexthop) if network else None
+        if found is None:
+            raise _Drop(f"nothing on {network or dev} has {nexthop} (no machine answers its ARP)")
+        here, iif = found
+        if outer is None and lab.pool is not None and IPv4Address(dst.ip) in lab.pool \
+                and lab.machines.get(here, {}).get("kind") != "node":
+            owner = lab.block_owner(dst.ip)
+            if owner is not None:
+                hop.said.append(f"note: {dst.ip} is in {owner}'s block, but {hop.machine} sends it to {here} "
+                                f"({nexthop}), not through a tunnel: {hop.machine} has no route for that block "
+                                f"(is its BGP session with {owner} up?)")
+    raise _Drop(f"more than {MAX_HOPS} hops: a loop?")
+
+
+def _proxy_arp(lab: _Lab, pod: str, node: str, veth: str, hop: Hop) -> None:
+    node_ns = lab.view.ns(node)
+    proxy = read_sysctl(node_ns, f"net.ipv4.conf.{veth}.proxy_arp")
+    fwd = read_sysctl(node_ns, f"net.ipv4.conf.{veth}.forwarding")
+    why = proxy_arp_diagnosis(node_ns, veth, CALICO_GATEWAY, proxy, fwd)
+    if why:
+        raise _Drop(f"its ARP for {CALICO_GATEWAY} gets no answer: {why}")
+    hop.said.append(f"ARP {CALICO_GATEWAY}: answered by proxy-ARP on {veth} of {node} (proxy_arp=1, forwarding=1)")
+
+
+def _wrap(lab: _Lab, ns: NodeNS, here: str, dev: str, gw: str, hop: Hop) -> tuple[str, str, str]:
+    if dev == "tunl0":
+        outer_dst = gw
+        how = "IPIP (protocol 4)"
+    else:
+        neigh = json.loads(run(ns, ["ip", "-j", "neigh", "show", gw, "dev", dev], check=False, timeout=10).stdout
+                           or "[]")
+        mac = neigh[0].get("lladdr") if neigh else None
+        fdb = json.loads(run(ns, ["bridge", "-j", "fdb", "show", "dev", dev], check=False, timeout=10).stdout or "[]")
+        outer = next((f.get("dst") for f in fdb if mac and f.get("mac") == mac and f.get("dst")), None)
+        if outer is None:
+            raise _Drop(f"VXLAN: no FDB entry names the VTEP of {gw} on {dev} (neighbour {mac or 'missing'})")
+        outer_dst, how = str(outer), f"VXLAN (VTEP {gw} is-at {mac}, FDB dst {outer})"
+    r = _route_get(ns, outer_dst)
+    outer_src = str(r.get("prefsrc") or lab.view.address(here))
+    hop.said.append(f"{how}: outer {outer_src} → {outer_dst}")
+    return dev, outer_src, outer_dst
+
+
+def _nat(lab: _Lab, ns: NodeNS, here: str, src_ip: str, dst_ip: str, dev: str, r: dict[str, Any], hop: Hop) -> None:
+    pool = lab.pool
+    if pool is None or IPv4Address(src_ip) not in pool or IPv4Address(dst_ip) in pool:
+        return
+    proc = run(ns, ["nft", "list", "table", "ip", "labnet-nat"], check=False, timeout=10)
+    if proc.returncode == 0 and "masquerade" in proc.stdout:
+        hop.said.append(f"masquerade (nat_outgoing, table ip labnet-nat): source {src_ip} becomes "
+                        f"{lab.address_on(here, dev) or r.get('prefsrc') or 'the address of ' + dev} leaving {dev}")
+    else:
+        hop.said.append(f"no NAT: {src_ip} leaves {here} as it is (nat_outgoing is off); replies need a route "
+                        f"back to the pool")
+
+
+def _policy(lab: _Lab, node: str, pod: str, src: Endpoint, src_ip: str, dst: Endpoint, proto: str,
+            port: int | None, hop: Hop) -> None:
+    settings = settings_of(lab.view.journal.info.get("topology", {}))
+    if not enforced(settings):
+        hop.said.append(f"policy: none enforced (lab default {settings.default}); into {pod} on its veth")
+        return
+    pods = pod_infos(lab.pods)
+    dst_pod = next(p for p in pods if p.name == pod)
+    verdict = evaluate(settings, dst_pod, src_ip, proto, port, pods)
+    node_ns = lab.view.ns(node)
+    before = node_counters(node_ns)
+    _one_packet(lab, src, dst, proto, port)
+    after = node_counters(node_ns)
+    chain = chain_name(dst_pod)
+    moved = [c.comment for key, c in after.items()
+             if key[0] == chain and c.packets > (before[key].packets if key in before else 0)]
+    evidence = f"nft chain {chain}: counters that moved for one packet of this flow: {', '.join(moved) or 'none'}"
+    if not verdict.allowed:
+        raise _Drop(f"policy: {verdict.reason} (nft rule \"{verdict.comment}\"); {evidence}")
+    hop.said.append(f"policy: {verdict.reason} (nft rule \"{verdict.comment}\"); {evidence}")
+
+
+def _one_packet(lab: _Lab, src: Endpoint, dst: Endpoint, proto: str, port: int | None) -> None:
+    assert src.ns is not None
+    if proto == "icmp":
+        connect_once(src.ns, dst.ip, "icmp")
+        return
+    if dst.ns is not None:
+        with Responder(dst.ns, proto, port or 8080):
+            connect_once(src.ns, dst.ip, proto, port or 8080)
+    else:
+        connect_once(src.ns, dst.ip, proto, port or 8080)
+
+
+# -- the CLI verb -----------------------------------------------------------------------------
+
+def endpoint_arg(value: str) -> str:
+    """An argparse `type=` for a pod, a machine, or an IPv4 address."""
+    import argparse
+
+    from labnet.paths import name_error
+
+    try:
+        return str(IPv4Address(value))
+    except ValueError:
+        pass
+    error = name_error("pod or machine", value)
+    if error:
+        raise argparse.ArgumentTypeError(error + ", or an IPv4 address")
+    return value
+
+
+def cmd_trace(args: Any) -> int:
+    import os
+
+    from labnet.lab import state
+
+    if os.geteuid() != 0:
+        raise BadInput("labnet trace needs root to look inside the lab's namespaces (run it with sudo)")
+    view = LabView(state.pick_lab(args.lab))
+    t = trace(view, args.src, args.dst, args.proto, args.port)
+    print(json.dumps(t.to_dict(), indent=2) if args.json else t.format())
+    return 0 if t.delivered else 1
+
+
+def register(sub: Any) -> None:
+    from labnet.paths import lab_arg
+
+    s = sub.add_parser("trace", help="the path a packet takes, hop by hop, and where and why it stops",
+                       description="Follow a packet from FROM to TO through the lab: the route each machine "
+                                   "chooses (ip route get), proxy-ARP at the pod's veth, tunnel encapsulation "
+                                   "with its outer addresses, NAT, and the policy verdict with the nft rule "
+                                   "that decided. Exit 0 when it is delivered, 1 when it is dropped.")
+    s.add_argument("src", metavar="FROM", type=endpoint_arg, help="pod or machine that sends")
+    s.add_argument("dst", metavar="TO", type=endpoint_arg, help="pod, machine or IPv4 address")
+    s.add_argument("--proto", choices=("icmp", "tcp", "udp"), default="icmp")
+    s.add_argument("--port", type=int, default=None, help="tcp/udp destination port (policy decides by it)")
+    s.add_argument("-l", "--lab", type=lab_arg, help="the lab (default: the only running one)")
+    s.add_argument("--json", action="store_true", help="machine output: the hops and the verdict")
+    s.set_defaults(func=cmd_trace)
