@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from labnet import __version__, paths
 from labnet.errors import BadInput, LabnetError
@@ -262,6 +262,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     if unknown:
         raise BadInput(f"{args.file}: no scenario {', '.join(map(repr, unknown))} (have: {', '.join(topo.scenarios)})")
     # The file's own steps, typed once when the file was loaded, run against the running lab.
+    if args.repeat > 1:
+        return _check_repeated(args, view, topo, names)
     flat = [r for name in names for r in run_steps(view, topo.scenarios[name], timeout=args.timeout, collect=True)]
     if not flat:
         what = f"scenario {', '.join(names)} has no steps" if names else "the file has no scenarios"
@@ -274,6 +276,24 @@ def cmd_check(args: argparse.Namespace) -> int:
     else:
         print(format_results(flat))
     return 0 if all(r.ok for r in flat) else 1
+
+
+def _check_repeated(args: argparse.Namespace, view: Any, topo: Any, names: list[str]) -> int:
+    """`labnet check FILE --repeat N`: pass rates per scenario, the slowest step and convergence."""
+    from labnet.checks import write_junit
+    from labnet.scenario.repeat import format_tallies, repeat
+    from labnet.scenario.run import run_steps
+
+    tallies, every = repeat(names, args.repeat,
+                            lambda n: run_steps(view, topo.scenarios[n], timeout=args.timeout, collect=True))
+    if args.junit:
+        write_junit(every, args.junit, suite=f"labnet.{view.name}")
+    if args.json:
+        print(json.dumps({"lab": view.name, "repeat": args.repeat, "scenarios": [t.to_dict() for t in tallies]},
+                         indent=2))
+    else:
+        print(format_tallies(tallies))
+    return 0 if all(t.passed == t.runs for t in tallies) else 1
 
 
 def _etcd_store(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -376,6 +396,12 @@ EXTRA: list[Callable[[argparse._SubParsersAction], None]] = [  # type: ignore[ty
 ]
 
 
+def _runs(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 10000:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of runs (1-10000)")
+    return int(value)
+
+
 # Every name a user types is checked as argparse reads it (`type=`), by the rules the topology
 # validator uses (labnet.paths): a bad one is exit 2 before anything is looked up or touched.
 def build_parser() -> argparse.ArgumentParser:
@@ -442,6 +468,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"seconds each check may poll (default {DEFAULT_TIMEOUT:g})")
     s.add_argument("--json", action="store_true")
     s.add_argument("--junit", metavar="FILE", help="also write JUnit XML")
+    s.add_argument("--repeat", type=_runs, default=1, metavar="N",
+                   help="run the scenarios N times on the lab; report each one's pass rate, its failures by "
+                        "run, the slowest step and the slowest convergence (flakes)")
     s.set_defaults(func=cmd_check)
 
     s = sub.add_parser("pod", help="add or delete a pod through the node's CNI config")

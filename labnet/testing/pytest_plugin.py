@@ -35,6 +35,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--labnet-runtime", choices=["netns", "docker"], help="override the topologies' runtime")
     g.addoption("--labnet-timeout", type=float, default=DEFAULT_TIMEOUT,
                 help=f"seconds each check may poll (default {DEFAULT_TIMEOUT:g})")
+    g.addoption("--labnet-repeat", type=int, default=1, metavar="N",
+                help="run each topology scenario N times on its lab; a scenario fails unless all N pass, and "
+                     "the summary gives each one's pass rate and slowest step (flakes)")
+    g.addoption("--labnet-shell-on-failure", action="store_true",
+                help="when a test fails, open a shell in its lab (on the machine it failed on) before the lab "
+                     "is torn down; without a terminal, print the command instead and go on")
     g.addoption("--labnet-gates", action="store_true",
                 help="fail a test using the `lab` fixture when, during it, a node's process restarted, a daemon "
                      "logged at ERROR or a traceback, or a route labnet owns flapped (allow with "
@@ -83,6 +89,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         manager.failed = True
         if call.when == "call":
             view = _view_of(item)
+            if view is not None and item.config.getoption("--labnet-shell-on-failure"):
+                try:
+                    said = _shell_on_failure(item, view, call.excinfo.value if call.excinfo else None)
+                except Exception as exc:  # the report matters more than the shell
+                    said = f"could not open a shell: {exc}"
+                rep.sections.append(("labnet shell", said))
             if view is not None:
                 from labnet.diagnose.bundle import lab_bundle
 
@@ -122,6 +134,45 @@ def _view_of(item: pytest.Item) -> Any:
         return item.handle.view if item.handle is not None else None
     handle = getattr(item, "funcargs", {}).get("lab")
     return handle.view if isinstance(handle, LabHandle) else None
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    tallies = config.stash[_MANAGER].tallies
+    if tallies:
+        from labnet.scenario.repeat import format_tallies
+
+        terminalreporter.section(f"labnet: scenarios x{config.getoption('--labnet-repeat')}")
+        terminalreporter.write_line(format_tallies(tallies))
+
+
+def _shell_on_failure(item: pytest.Item, view: Any, exc: BaseException | None) -> str:
+    """Open a shell into the failing lab, on the machine the failure names (or its first node),
+    when there is a terminal to type into; otherwise say how to open one. Never waits on a pipe."""
+    import subprocess
+    import sys
+
+    target = getattr(getattr(exc, "result", None), "target", "") or ""
+    machines = list(view.journal.info.get("machines", {}))
+    pods = view.journal.info.get("pods", {})
+    where = next((t for t in target.replace(",", " ").split() if t in machines or t in pods),
+                 next(iter(view.topo.nodes), machines[0] if machines else ""))
+    if where in pods:
+        where = f"{pods[where]['node']}/{where}"
+    argv = [sys.executable, "-m", "labnet.cli", "exec", "-l", view.name, where, "--", "sh"]
+    command = f"labnet exec -l {view.name} {where} -- sh"
+    capman = item.config.pluginmanager.getplugin("capturemanager")
+    if capman is not None:  # pytest's capture holds fd 0 too: whether it is a terminal shows once let go
+        capman.suspend_global_capture(in_=True)
+    try:
+        if not os.isatty(0):  # a pipe, a file, CI: nobody would type into it
+            return f"no terminal: to open a shell in the failing lab yourself: {command}"
+        sys.stdout.write(f"\nlabnet: {item.nodeid} failed; a shell in lab {view.name} on {where} (exit to go on)\n")
+        sys.stdout.flush()
+        subprocess.call(argv, env={**os.environ, "PS1": f"[{view.name} {where}]# "})
+    finally:
+        if capman is not None:
+            capman.resume_global_capture()
+    return f"a shell was opened in lab {view.name} on {where} ({command})"
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -185,6 +236,7 @@ class LabManager:
         self.config = config
         self.labs: dict[str, LabHandle] = {}
         self.failed = False
+        self.tallies: list[Any] = []  # --labnet-repeat: each scenario's runs
 
     def worker_suffix(self) -> str:
         wid = getattr(self.config, "workerinput", {}).get("workerid")
@@ -368,16 +420,29 @@ class ScenarioItem(pytest.Item):
         self.handle: LabHandle | None = None
 
     def runtest(self) -> None:
+        from labnet.checks import format_results
         from labnet.scenario.run import run_steps
 
         manager: LabManager = self.config.stash[_MANAGER]
         self.handle = manager.get(str(self.path))
         timeout = self.config.getoption("--labnet-timeout")
-        results = run_steps(self.handle.view, self.handle.view.topo.scenarios[self.name], timeout)
-        from labnet.checks import format_results
+        view, steps = self.handle.view, self.handle.view.topo.scenarios[self.name]
+        runs = max(1, int(self.config.getoption("--labnet-repeat")))
+        if runs == 1:
+            results = run_steps(view, steps, timeout)
+            # What each step saw (convergence times included): shown with -rP, or on failure.
+            self.add_report_section("call", "labnet", format_results(results))
+            return
+        from labnet.checks import CheckFailed, CheckResult
+        from labnet.scenario.repeat import format_tallies, repeat
 
-        # What each step saw (convergence times included): shown with -rP, or on failure.
-        self.add_report_section("call", "labnet", format_results(results))
+        (tally,), _ = repeat([self.name], runs, lambda _n: run_steps(view, steps, timeout, collect=True))
+        manager.tallies.append(tally)
+        self.add_report_section("call", "labnet", format_tallies([tally]))
+        if tally.passed < tally.runs:
+            text = format_tallies([tally])
+            raise CheckFailed(CheckResult(False, f"scenario {self.name} x{runs}", view.name,
+                                          f"passed {tally.passed}/{tally.runs} runs", 0.0, message=text))
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         from labnet.errors import LabnetError
