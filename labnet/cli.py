@@ -264,7 +264,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     # The file's own steps, typed once when the file was loaded, run against the running lab.
     if args.repeat > 1:
         return _check_repeated(args, view, topo, names)
-    flat = [r for name in names for r in run_steps(view, topo.scenarios[name], timeout=args.timeout, collect=True)]
+    by = {name: run_steps(view, topo.scenarios[name], timeout=args.timeout, collect=True) for name in names}
+    flat = [r for rs in by.values() for r in rs]
+    if args.html:
+        from labnet.scenario import html
+
+        html.write(args.html, view.name, topo, by)
     if not flat:
         what = f"scenario {', '.join(names)} has no steps" if names else "the file has no scenarios"
         print(f"{args.file}: no check ran ({what}); nothing was verified", file=sys.stderr)
@@ -284,8 +289,17 @@ def _check_repeated(args: argparse.Namespace, view: Any, topo: Any, names: list[
     from labnet.scenario.repeat import format_tallies, repeat
     from labnet.scenario.run import run_steps
 
-    tallies, every = repeat(names, args.repeat,
-                            lambda n: run_steps(view, topo.scenarios[n], timeout=args.timeout, collect=True))
+    last: dict[str, list[Any]] = {}
+
+    def run_one(n: str) -> list[Any]:
+        last[n] = run_steps(view, topo.scenarios[n], timeout=args.timeout, collect=True)
+        return last[n]
+
+    tallies, every = repeat(names, args.repeat, run_one)
+    if args.html:
+        from labnet.scenario import html
+
+        html.write(args.html, view.name, topo, last, tallies)  # the last run's steps, every run's rates
     if args.junit:
         write_junit(every, args.junit, suite=f"labnet.{view.name}")
     if args.json:
@@ -468,6 +482,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"seconds each check may poll (default {DEFAULT_TIMEOUT:g})")
     s.add_argument("--json", action="store_true")
     s.add_argument("--junit", metavar="FILE", help="also write JUnit XML")
+    s.add_argument("--html", metavar="FILE", help="also write one HTML page: the lab's picture, each scenario's "
+                   "steps, matrices as coloured tables, failed steps' diagnostics folded")
     s.add_argument("--repeat", type=_runs, default=1, metavar="N",
                    help="run the scenarios N times on the lab; report each one's pass rate, its failures by "
                         "run, the slowest step and the slowest convergence (flakes)")

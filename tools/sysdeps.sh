@@ -6,7 +6,7 @@ declare -A want=(
   [etcd]=etcd-server [etcdctl]=etcd-client [bird]=bird2 [tcpdump]=tcpdump [dot]=graphviz
   [iperf3]=iperf3 [curl]=curl [ping]=iputils-ping [pkill]=procps [git]=git
   [dockerd]=docker.io [docker]=docker.io [debootstrap]=debootstrap [cc]=gcc
-  [gobgpd]=gobgpd [vtysh]=frr [podman]=podman [busybox]=busybox-static
+  [gobgpd]=gobgpd [vtysh]=frr [podman]=podman [busybox]=busybox-static [chromium]=chromium
 )
 missing=()
 for cmd in "${!want[@]}"; do

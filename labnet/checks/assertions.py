@@ -40,6 +40,7 @@ class Observation:
     state: str = ""  # the last state seen, multi-line (route table, neighbour table, ...)
     state_label: str = ""  # what `state` is, e.g. "ip route (table main) on ubuntu-3"
     diagnosis: str = ""  # why it fails, when we can tell (e.g. the seed's proxy-ARP requirements)
+    table: tuple[tuple[str, ...], ...] = ()  # a matrix judged, header first (CheckResult.table)
 
 
 def _indent(text: str, pad: str = "    ") -> str:
@@ -77,8 +78,9 @@ def run_check(name: str, target: str, probe: Callable[[], Observation], timeout:
         detail = (f"expected {last.expected}; actual {last.actual}" if isinstance(last, Observation)
                   else f"could not observe: {last}")
         message = failure_message(name, target, last, exc.waited, attempts)
-        raise CheckFailed(CheckResult(False, name, target, detail, exc.waited, attempts, message)) from None
-    return CheckResult(True, name, target, obs.actual, time.monotonic() - start, attempts)
+        table = last.table if isinstance(last, Observation) else ()
+        raise CheckFailed(CheckResult(False, name, target, detail, exc.waited, attempts, message, table)) from None
+    return CheckResult(True, name, target, obs.actual, time.monotonic() - start, attempts, table=obs.table)
 
 
 def as_result(call: Callable[[], CheckResult]) -> CheckResult:

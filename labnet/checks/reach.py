@@ -64,16 +64,22 @@ def _mark(cell: Cell, seen: Seen | None) -> str:
     return f"✗ want {cell.expect}, got {seen.got}"
 
 
-def format_table(cells: list[Cell], seen: Mapping[tuple[str, str], Seen | None]) -> str:
-    """Rows are sources, columns destinations; a cell not asked about is `·`."""
+def table_rows(cells: list[Cell], seen: Mapping[tuple[str, str], Seen | None]) -> tuple[tuple[str, ...], ...]:
+    """The matrix, header first: rows are sources, columns destinations; a cell not asked
+    about is `·`."""
     rows: list[str] = []
     cols: list[str] = []
     for c in cells:
         rows += [c.src.name] if c.src.name not in rows else []
         cols += [c.dst.name] if c.dst.name not in cols else []
     by = {(c.src.name, c.dst.name): c for c in cells}
-    table = [[r, *(_mark(by[(r, d)], seen.get((r, d))) if (r, d) in by else "·" for d in cols)] for r in rows]
-    return render_table(["FROM \\ TO", *cols], table)
+    body = [(r, *(_mark(by[(r, d)], seen.get((r, d))) if (r, d) in by else "·" for d in cols)) for r in rows]
+    return (("FROM \\ TO", *cols), *body)
+
+
+def format_table(cells: list[Cell], seen: Mapping[tuple[str, str], Seen | None]) -> str:
+    head, *body = table_rows(cells, seen)
+    return render_table(head, body)
 
 
 def assert_reachability(cells: list[Cell], *, proto: str = "icmp", port: int = DEFAULT_PORT, count: int = 100,
@@ -110,15 +116,16 @@ def assert_reachability(cells: list[Cell], *, proto: str = "icmp", port: int = D
                     settled.add(k)
         wrong = [c for c, k in zip(cells, key, strict=True) if k not in settled]
         want = f"all {len(cells)} cells as expected ({proto}{'' if proto == 'icmp' else f' port {port}'})"
+        table = table_rows(cells, seen) if len(cells) > 1 else ()
         if not wrong:
             only = seen[key[0]] if len(cells) == 1 else None
             return Observation(True, want, f"{only.got} ({only.detail})" if only is not None
-                               else f"{len(cells)}/{len(cells)} cells as expected")
+                               else f"{len(cells)}/{len(cells)} cells as expected", table=table)
         lines = [f"{c.src.name} → {c.dst.name} ({c.dst.ip}): want {c.expect}, got "
                  f"{seen[(c.src.name, c.dst.name)].got}: {seen[(c.src.name, c.dst.name)].detail}"  # type: ignore[union-attr]
                  for c in wrong]
         return Observation(False, want, f"{len(wrong)} of {len(cells)} cells wrong: " + "; ".join(lines),
-                           format_table(cells, seen), "reachability, the wrong cells marked")
+                           format_table(cells, seen), "reachability, the wrong cells marked", table=table)
 
     targets = {(c.dst.name, c.dst.ns) for c in cells if c.dst.ns is not None} if proto != "icmp" else set()
     with contextlib.ExitStack() as stack:

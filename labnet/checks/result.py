@@ -17,6 +17,8 @@ class CheckResult:
     elapsed: float  # seconds from the first probe to the verdict
     attempts: int = 1
     message: str = ""  # the full failure text (empty when ok)
+    # a matrix the check judged, header row first (reachability, policy truth tables): for reports
+    table: tuple[tuple[str, ...], ...] = ()
 
     @property
     def retried(self) -> bool:

@@ -41,6 +41,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--labnet-shell-on-failure", action="store_true",
                 help="when a test fails, open a shell in its lab (on the machine it failed on) before the lab "
                      "is torn down; without a terminal, print the command instead and go on")
+    g.addoption("--labnet-html", metavar="FILE",
+                help="write one HTML page per lab of the topology scenarios run (FILE, or FILE with the lab's "
+                     "name when several labs ran): the lab's picture, steps, matrices, folded diagnostics")
     g.addoption("--labnet-gates", action="store_true",
                 help="fail a test using the `lab` fixture when, during it, a node's process restarted, a daemon "
                      "logged at ERROR or a traceback, or a route labnet owns flapped (allow with "
@@ -136,7 +139,24 @@ def _view_of(item: pytest.Item) -> Any:
     return handle.view if isinstance(handle, LabHandle) else None
 
 
+def _write_html(config: pytest.Config) -> list[str]:
+    target = config.getoption("--labnet-html")
+    done = config.stash[_MANAGER].scenario_results
+    if not target or not done:
+        return []
+    from labnet.scenario import html
+
+    written = []
+    for lab, (topo, scenarios) in done.items():
+        path = Path(target) if len(done) == 1 else Path(target).with_name(f"{Path(target).stem}-{lab}.html")
+        written.append(str(html.write(path, lab, topo, scenarios, [t for t in config.stash[_MANAGER].tallies
+                                                                       if t.scenario in scenarios])))
+    return written
+
+
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    for path in _write_html(config):
+        terminalreporter.write_line(f"labnet: report {path}")
     tallies = config.stash[_MANAGER].tallies
     if tallies:
         from labnet.scenario.repeat import format_tallies
@@ -237,6 +257,7 @@ class LabManager:
         self.labs: dict[str, LabHandle] = {}
         self.failed = False
         self.tallies: list[Any] = []  # --labnet-repeat: each scenario's runs
+        self.scenario_results: dict[str, tuple[Any, dict[str, list[Any]]]] = {}  # lab -> (topology, results)
 
     def worker_suffix(self) -> str:
         wid = getattr(self.config, "workerinput", {}).get("workerid")
@@ -429,15 +450,28 @@ class ScenarioItem(pytest.Item):
         view, steps = self.handle.view, self.handle.view.topo.scenarios[self.name]
         runs = max(1, int(self.config.getoption("--labnet-repeat")))
         if runs == 1:
-            results = run_steps(view, steps, timeout)
+            results = run_steps(view, steps, timeout, collect=bool(self.config.getoption("--labnet-html")))
+            manager.scenario_results.setdefault(view.name, (view.topo, {}))[1][self.name] = results
             # What each step saw (convergence times included): shown with -rP, or on failure.
             self.add_report_section("call", "labnet", format_results(results))
+            failed = [r for r in results if not r.ok]
+            if failed:  # collected for the page: the first failure fails the test, as without it
+                from labnet.checks import CheckFailed
+
+                raise CheckFailed(failed[0])
             return
         from labnet.checks import CheckFailed, CheckResult
         from labnet.scenario.repeat import format_tallies, repeat
 
-        (tally,), _ = repeat([self.name], runs, lambda _n: run_steps(view, steps, timeout, collect=True))
+        last: list[CheckResult] = []
+
+        def run_one(_n: str) -> list[CheckResult]:
+            last[:] = run_steps(view, steps, timeout, collect=True)
+            return list(last)
+
+        (tally,), _ = repeat([self.name], runs, run_one)
         manager.tallies.append(tally)
+        manager.scenario_results.setdefault(view.name, (view.topo, {}))[1][self.name] = list(last)
         self.add_report_section("call", "labnet", format_tallies([tally]))
         if tally.passed < tally.runs:
             text = format_tallies([tally])

@@ -104,3 +104,13 @@ def test_shell_on_failure_with_a_terminal_opens_one_in_the_lab(tmp_path, policy_
     assert sent, f"no shell prompt came:\n{text[-3000:]}"
     assert "INSIDE-node-1-1" in text, text[-3000:]  # the pod's namespace, on its node
     assert "1 failed" in text and os.waitstatus_to_exitcode(status) == 1, text[-3000:]
+
+
+def test_pytest_writes_the_html_report(pytester: pytest.Pytester, policy_lab: str) -> None:
+    out = pytester.path / "report.html"
+    res = pytester.runpytest_subprocess(POLICY, "--labnet-attach", policy_lab, "--labnet-html", str(out),
+                                        "-p", "no:cacheprovider")
+    res.assert_outcomes(passed=4)
+    assert f"labnet: report {out}" in res.stdout.str()
+    page = out.read_text()
+    assert "<svg" in page and page.count("<section id=") == 4 and "class='matrix'" in page, page[:3000]
