@@ -41,7 +41,7 @@ def test_results_json() -> None:
     doc = json.loads(results_json(RESULTS))
     assert doc["ok"] is False and doc["passed"] == 2 and doc["failed"] == 1
     assert doc["results"][1] == {"ok": True, "name": "ping 10.100.5.193", "target": "ubuntu-3/net-test",
-                                 "detail": "1/1 replies", "elapsed": 1.52, "attempts": 4, "message": ""}
+                                 "detail": "1/1 replies", "elapsed": 1.52, "attempts": 4, "message": "", "table": []}
 
 
 def test_write_junit(tmp_path: Path) -> None:
