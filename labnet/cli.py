@@ -399,6 +399,12 @@ def _register_trace(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     register(sub)
 
 
+def _register_policy_cases(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from labnet.scenario.policy_cases import register
+
+    register(sub)
+
+
 def _register_image(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from labnet.runtime.image import register
 
@@ -406,7 +412,7 @@ def _register_image(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 EXTRA: list[Callable[[argparse._SubParsersAction], None]] = [  # type: ignore[type-arg]
-    _register_etcd, _register_doctor, _register_trace, _register_image,
+    _register_etcd, _register_doctor, _register_trace, _register_policy_cases, _register_image,
 ]
 
 

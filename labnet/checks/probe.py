@@ -94,12 +94,12 @@ class Outcome:
 def connect_once(src: NodeNS, dst_ip: str, proto: str, port: int = 0, timeout: float = CONNECT_TIMEOUT) -> Outcome:
     """One probe from `src` to dst_ip: a ping, a TCP connect or a UDP datagram, and the answer."""
     if proto == "icmp":
-        proc = run(src, ["ping", "-n", "-c", "1", "-W", str(max(1, round(timeout))), dst_ip], check=False,
-                   timeout=10 + timeout)
+        wait = f"{max(timeout, 0.1):g}"  # iputils takes fractions of a second
+        proc = run(src, ["ping", "-n", "-c", "1", "-W", wait, dst_ip], check=False, timeout=10 + timeout)
         m = _RECEIVED.search(proc.stdout)
         if m:
             got = int(m.group(2)) > 0
-            return Outcome(got, None, "echo reply" if got else f"no echo reply within {max(1, round(timeout))}s")
+            return Outcome(got, None, "echo reply" if got else f"no echo reply within {wait}s")
         return Outcome(False, None, f"ping exited {proc.returncode}: {_last_line(proc.stderr + proc.stdout, '')}")
     sock = socket_in(src, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
     with sock:

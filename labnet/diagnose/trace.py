@@ -23,7 +23,7 @@ from labnet.errors import BadInput
 from labnet.lab.view import LabView
 from labnet.nsexec import NodeNS, run
 from labnet.policy.enforce import enforced, pod_infos, settings_of
-from labnet.policy.explain import evaluate
+from labnet.policy.explain import evaluate, evaluate_egress
 from labnet.policy.nft import chain_name, node_counters
 
 MAX_HOPS = 16
@@ -172,8 +172,10 @@ def trace(view: LabView, src_name: str, dst_name: str, proto: str = "icmp", port
 def _walk(lab: _Lab, src: Endpoint, dst: Endpoint, proto: str, port: int | None, out: Trace) -> None:
     here, iif, src_ip = src.name, None, src.ip
     outer: tuple[str, str, str] | None = None  # (kind, outer src, outer dst) while wrapped
+    pending: list[str] = []  # what the next machine said before its route (a pod's egress policy)
     for _ in range(MAX_HOPS):
-        hop = Hop(here)
+        hop = Hop(here, pending)
+        pending = []
         out.hops.append(hop)
         ns = lab.ns(here)
         target = outer[2] if outer else dst.ip
@@ -199,6 +201,7 @@ def _walk(lab: _Lab, src: Endpoint, dst: Endpoint, proto: str, port: int | None,
             node, veth = str(lab.pods[here]["node"]), str(lab.pods[here]["host_veth"])
             if gw == CALICO_GATEWAY:
                 _proxy_arp(lab, here, node, veth, hop)
+            pending = _egress(lab, here, dst, proto, port, out)
             here, iif = node, veth
             continue
         if outer is None and dev in TUNNELS:  # into the tunnel: wrap
@@ -211,11 +214,11 @@ def _walk(lab: _Lab, src: Endpoint, dst: Endpoint, proto: str, port: int | None,
             if hop.said[-1].startswith("masquerade"):
                 src_ip = lab.address_on(here, dev) or src_ip
         if dev.startswith("cali") and outer is None:  # into a pod of this node
-            pod = lab.pod_on_veth(here, dev)
-            if pod is None:
+            into = lab.pod_on_veth(here, dev)
+            if into is None:
                 raise _Drop(f"{dev} leads to no pod labnet knows")
-            _policy(lab, here, pod, src, src_ip, dst, proto, port, hop)
-            here, iif = pod, "eth0"
+            _policy(lab, here, into, src, src_ip, dst, proto, port, hop)
+            here, iif = into, "eth0"
             continue
         network = lab.network_of(here, dev)
         nexthop = str(gw) if gw else (outer[2] if outer else dst.ip)
@@ -295,6 +298,24 @@ def _policy(lab: _Lab, node: str, pod: str, src: Endpoint, src_ip: str, dst: End
     if not verdict.allowed:
         raise _Drop(f"policy: {verdict.reason} (nft rule \"{verdict.comment}\"); {evidence}")
     hop.said.append(f"policy: {verdict.reason} (nft rule \"{verdict.comment}\"); {evidence}")
+
+
+def _egress(lab: _Lab, pod: str, dst: Endpoint, proto: str, port: int | None, out: Trace) -> list[str]:
+    """The pod's egress policy, judged as the packet enters its node: what the node's hop says
+    first; a drop there ends the trace."""
+    settings = settings_of(lab.view.journal.info.get("topology", {}))
+    pods = pod_infos(lab.pods)
+    src = next((p for p in pods if p.name == pod), None)
+    if src is None or not enforced(settings):
+        return []
+    verdict = evaluate_egress(settings, src, dst.ip, proto, port, pods)
+    if verdict.policy == "egress-open":
+        return []
+    said = f"egress of {pod}: {verdict.reason} (nft rule \"{verdict.comment}\" in chain from_{lab.pods[pod]['host_veth']})"
+    if not verdict.allowed:
+        out.hops.append(Hop(str(lab.pods[pod]["node"])))
+        raise _Drop(f"policy: {said}")
+    return [said]
 
 
 def _one_packet(lab: _Lab, src: Endpoint, dst: Endpoint, proto: str, port: int | None) -> None:

@@ -25,21 +25,24 @@ def _record(node: str, pod: str, result: dict[str, Any], netns: str, cid: str) -
 
 
 def add_to(journal: Journal, ns: NodeNS, node: str, pod: str, labels: dict[str, str] | None = None,
-           conflist: dict[str, Any] | None = None, ip: IPv4Address | None = None) -> dict[str, Any]:
-    """ADD `pod` on `node` and record it in the journal (recorded first: a crash leaves a trace)."""
+           conflist: dict[str, Any] | None = None, ip: IPv4Address | None = None,
+           namespace: str = "default") -> dict[str, Any]:
+    """ADD `pod` (of Kubernetes namespace `namespace`) on `node` and record it in the journal
+    (recorded first: a crash leaves a trace)."""
     from labnet.cni import invoke
 
-    cid = invoke.container_id(journal.lab, node, pod)
+    cid = invoke.container_id(journal.lab, node, pod, namespace)
     netns = f"/var/run/netns/{invoke.netns_name(cid)}"
     # other pods may be added beside this one (phases.pods): set_info takes the journal's lock
-    journal.set_info(("pods", pod), {"node": node, "ip": None, "host_veth": None, "netns": netns, "container_id": cid})
+    journal.set_info(("pods", pod), {"node": node, "ip": None, "host_veth": None, "netns": netns, "container_id": cid,
+                                     "namespace": namespace})
     try:
-        result = invoke.add_pod(ns, pod, labels=labels, lab=journal.lab, conflist=conflist, ip=ip)
+        result = invoke.add_pod(ns, pod, namespace=namespace, labels=labels, lab=journal.lab, conflist=conflist, ip=ip)
     except BaseException:
         # add_pod has already rolled the pod back (CNI DEL); forget it, so a retry can work.
         journal.set_info(("pods", pod), remove=True)
         raise
-    rec = {**_record(node, pod, result, netns, cid), "labels": dict(labels or {})}
+    rec = {**_record(node, pod, result, netns, cid), "labels": dict(labels or {}), "namespace": namespace}
     journal.set_info(("pods", pod), rec)
     return rec
 
@@ -52,13 +55,14 @@ def reapply_policy(journal: Journal) -> None:
 
 
 def add(lab: str, node: str, pod: str, labels: dict[str, str] | None = None,
-        ip: IPv4Address | None = None) -> dict[str, Any]:
+        ip: IPv4Address | None = None, namespace: str = "default") -> dict[str, Any]:
     check_name("pod", pod)
+    check_name("namespace", namespace)
     with lab_lock(lab):
         journal = running_journal(lab)
         if pod in journal.info.get("pods", {}):
             raise BadInput(f"lab {lab}: pod {pod!r} exists already (on {journal.info['pods'][pod]['node']})")
-        rec = add_to(journal, node_ns(lab, node), node, pod, labels, ip=ip)
+        rec = add_to(journal, node_ns(lab, node), node, pod, labels, ip=ip, namespace=namespace)
         reapply_policy(journal)
         return rec
 
@@ -72,7 +76,7 @@ def remove(lab: str, node: str, pod: str) -> None:
         rec = journal.info.get("pods", {}).get(pod)
         if rec is not None and rec["node"] != node:
             raise BadInput(f"lab {lab}: pod {pod!r} is on {rec['node']}, not {node}")
-        invoke.del_pod(node_ns(lab, node), pod, lab=lab)
+        invoke.del_pod(node_ns(lab, node), pod, namespace=(rec or {}).get("namespace") or "default", lab=lab)
         journal.info.get("pods", {}).pop(pod, None)
         journal.save()
         reapply_policy(journal)

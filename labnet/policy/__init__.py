@@ -1,4 +1,5 @@
-"""Network policy: pod labels, Calico-style selectors, ingress allow rules, nftables enforcement.
+"""Network policy: pod labels, Calico-style selectors, ordered allow/deny rules for ingress and
+egress, nftables enforcement, the model's verdicts, and generated cases with their truth tables.
 
 The seed's third problem (Frederic LOUI's comment): with a default-drop policy nothing gets
 through until traffic is explicitly allowed, and the only way to see why was reading
@@ -6,7 +7,7 @@ through until traffic is explicitly allowed, and the only way to see why was rea
 `explain_drop` names the policy (or the default) that drops a packet, from the model and from
 the rule counters that moved.
 
-Semantics, as Calico (and Kubernetes NetworkPolicy) apply them to ingress:
+Semantics, as Calico (and Kubernetes NetworkPolicy) apply them (egress: labnet.policy.model):
 - default `deny`: a packet to a pod is dropped unless a rule of a policy selecting that pod
   allows it ("policy=default-deny");
 - default `allow`: pods no policy selects accept everything; a pod some policy selects is

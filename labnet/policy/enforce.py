@@ -28,7 +28,8 @@ def enforced(settings: PolicySettings) -> bool:
 
 
 def pod_infos(pods: dict[str, dict[str, Any]]) -> list[PodInfo]:
-    return [PodInfo(name, IPv4Address(rec["ip"]), rec["host_veth"], dict(rec.get("labels") or {}))
+    return [PodInfo(name, IPv4Address(rec["ip"]), rec["host_veth"], dict(rec.get("labels") or {}),
+                    str(rec.get("namespace") or "default"))
             for name, rec in sorted(pods.items()) if rec.get("ip") and rec.get("host_veth")]
 
 

@@ -9,6 +9,7 @@ from ipaddress import IPv4Address
 from labnet.nsexec import NodeNS
 from labnet.policy.model import PolicySettings, Rule
 from labnet.policy.nft import (
+    END_OF_EGRESS,
     FAMILY,
     TABLE,
     PodInfo,
@@ -16,11 +17,12 @@ from labnet.policy.nft import (
     chain_name,
     counters,
     default_comment,
+    egress_isolated,
+    peer_matches_pod,
     policies_for,
     rule_comment,
     ruleset,
 )
-from labnet.policy.selector import parse
 
 PROTOCOLS = ("tcp", "udp", "icmp")
 
@@ -34,12 +36,13 @@ class Verdict:
     reason: str
 
 
-def _rule_matches(rule: Rule, src: IPv4Address, src_pod: PodInfo | None, proto: str, port: int | None) -> bool:
-    if rule.from_ is not None:
-        sel = rule.from_.selector
-        if sel is not None and (src_pod is None or not parse(sel).matches(src_pod.labels)):
+def _rule_matches(rule: Rule, peer_ip: IPv4Address, peer_pod: PodInfo | None, proto: str, port: int | None,
+                  egress: bool = False) -> bool:
+    peer = rule.to if egress else rule.from_
+    if peer is not None:
+        if peer.selects_pods and (peer_pod is None or not peer_matches_pod(peer, peer_pod)):
             return False
-        if rule.from_.cidr is not None and src not in rule.from_.cidr:
+        if peer.cidr is not None and peer_ip not in peer.cidr:
             return False
     if rule.protocol is not None and rule.protocol != proto:
         return False
@@ -55,7 +58,8 @@ def evaluate(
     port: int | None,
     all_pods: Sequence[PodInfo],
 ) -> Verdict:
-    """The model's verdict for a new connection src -> dst (what the pod's nft chain does)."""
+    """The model's verdict for a new connection src -> dst at dst's ingress (what the pod's
+    nft chain does): the first matching rule of the policies selecting dst, else the default."""
     if proto not in PROTOCOLS:
         raise ValueError(f"protocol {proto!r} is not one of {', '.join(PROTOCOLS)}")
     src = IPv4Address(src_ip)
@@ -64,8 +68,9 @@ def evaluate(
     for policy in selected:
         for i, rule in enumerate(policy.ingress):
             if _rule_matches(rule, src, src_pod, proto, port):
-                return Verdict(True, policy.name, i, rule_comment(policy, i),
-                               f"allowed by policy {policy.name} (ingress rule {i})")
+                allowed = rule.action == "allow"
+                return Verdict(allowed, policy.name, i, rule_comment(policy, i),
+                               f"{'allowed' if allowed else 'denied'} by policy {policy.name} (ingress rule {i})")
     names = ", ".join(p.name for p in selected) or "none"
     comment = default_comment(settings, selected)
     if comment == "policy=default-allow":
@@ -76,6 +81,44 @@ def evaluate(
     return Verdict(False, "end-of-policies", None, comment,
                    f"dropped at end-of-policies: pod {dst.name} is selected by {names}, and none of their rules "
                    "allows it")
+
+
+def evaluate_egress(
+    settings: PolicySettings,
+    src: PodInfo,
+    dst_ip: IPv4Address | str,
+    proto: str,
+    port: int | None,
+    all_pods: Sequence[PodInfo],
+) -> Verdict:
+    """The model's verdict for a new connection from pod `src` at its egress."""
+    if proto not in PROTOCOLS:
+        raise ValueError(f"protocol {proto!r} is not one of {', '.join(PROTOCOLS)}")
+    dst = IPv4Address(dst_ip)
+    dst_pod = next((p for p in all_pods if p.ip == dst), None)
+    isolating = egress_isolated(settings, src)
+    if not isolating:
+        return Verdict(True, "egress-open", None, "", f"no policy isolates pod {src.name}'s egress")
+    for policy in isolating:
+        for i, rule in enumerate(policy.egress or []):
+            if _rule_matches(rule, dst, dst_pod, proto, port, egress=True):
+                allowed = rule.action == "allow"
+                return Verdict(allowed, policy.name, i, rule_comment(policy, i, egress=True),
+                               f"{'allowed' if allowed else 'denied'} by policy {policy.name} (egress rule {i})")
+    names = ", ".join(p.name for p in isolating)
+    return Verdict(False, "end-of-egress", None, END_OF_EGRESS,
+                   f"dropped at end-of-egress: pod {src.name}'s egress is isolated by {names}, and none of their "
+                   "rules allows it")
+
+
+def flow(settings: PolicySettings, src: PodInfo, dst: PodInfo, proto: str, port: int | None,
+         all_pods: Sequence[PodInfo]) -> Verdict:
+    """Pod to pod: the source's egress, then the destination's ingress; the first that drops
+    decides. The oracle of the policy truth tables."""
+    out = evaluate_egress(settings, src, dst.ip, proto, port, all_pods)
+    if not out.allowed:
+        return out
+    return evaluate(settings, dst, src.ip, proto, port, all_pods)
 
 
 def _describe(c: RuleCounter | None, before: Mapping[tuple[str, str], RuleCounter] | None) -> str:

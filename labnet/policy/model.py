@@ -1,4 +1,5 @@
-"""The policy model: lab-wide default plus ingress allow policies. Self-contained (pydantic only).
+"""The policy model: a lab-wide default plus policies of ordered allow/deny rules, ingress and
+egress. Self-contained (pydantic only).
 
 The topology schema embeds `PolicySettings` as `cluster.policy`:
 
@@ -6,15 +7,22 @@ The topology schema embeds `PolicySettings` as `cluster.policy`:
       default: deny                 # or allow (the default)
       policies:
         - name: allow-client
-          selector: app == 'web'    # the pods this policy protects (ingress to them)
+          selector: app == 'web'    # the pods this policy applies to
           ingress:
+            - {action: deny, from: {namespace_selector: projectcalico.org/name == 'dev'}}
             - {protocol: icmp, from: {selector: app == 'client'}}
             - {protocol: tcp, ports: [80, "8000:8080"], from: {cidr: 10.20.30.0/24}}
+          egress:                   # present: the selected pods' egress is isolated too
+            - {protocol: tcp, ports: [5432], to: {selector: app == 'db'}}
 
-Semantics (Calico's, see labnet/policy/__init__.py): rules only allow; a packet to a pod is
-accepted by the first rule that matches, else it meets the default. With `default: allow` a
-pod that no policy selects accepts everything, while a pod that some policy selects only
-accepts what those policies allow (Calico's end-of-tier drop, Kubernetes' "isolated" pod).
+Semantics (Calico's, see labnet/policy/__init__.py): the first rule that matches decides, in
+the order of the policies and of their rules (`action: allow` or `deny`); a packet no rule
+matches meets the default. Ingress: with `default: allow` a pod that no policy selects accepts
+everything, while a pod that some policy selects only accepts what those policies allow
+(Calico's end-of-tier drop, Kubernetes' "isolated" pod). Egress is isolated only for pods a
+policy with an `egress` list selects (an empty list: no egress at all), as Kubernetes'
+policyTypes: Egress; a policy with egress rules and no ingress rules leaves ingress alone. A pod's labels include `projectcalico.org/namespace: <its namespace>`, and
+a namespace's labels are `projectcalico.org/name: <its name>`, as Calico sets them.
 """
 
 from __future__ import annotations
@@ -83,9 +91,11 @@ class _Model(BaseModel):
 
 
 class Peer(_Model):
-    """Where traffic may come from: pods matching `selector`, addresses in `cidr`, or both (AND)."""
+    """The other end of a rule: pods matching `selector`, pods of the namespaces matching
+    `namespace_selector`, addresses in `cidr`; what is given must all hold (AND)."""
 
     selector: SelectorText | None = None
+    namespace_selector: SelectorText | None = None
     cidr: IPv4Network | None = None
 
     @field_validator("cidr", mode="before")
@@ -100,15 +110,21 @@ class Peer(_Model):
 
     @model_validator(mode="after")
     def _not_empty(self) -> Peer:
-        if self.selector is None and self.cidr is None:
-            raise ValueError("'from' needs a selector, a cidr or both (leave 'from' out to allow any source)")
+        if self.selector is None and self.namespace_selector is None and self.cidr is None:
+            raise ValueError("a peer needs a selector, a namespace_selector or a cidr (leave 'from'/'to' out to "
+                             "match any)")
         return self
+
+    @property
+    def selects_pods(self) -> bool:
+        return self.selector is not None or self.namespace_selector is not None
 
 
 class Rule(_Model):
-    action: Literal["allow"] = "allow"
+    action: Literal["allow", "deny"] = "allow"
     protocol: Literal["tcp", "udp", "icmp"] | None = None
-    from_: Peer | None = Field(default=None, alias="from")
+    from_: Peer | None = Field(default=None, alias="from", description="ingress rules: where from")
+    to: Peer | None = Field(default=None, description="egress rules: where to")
     ports: list[Port] | None = None
 
     @model_validator(mode="after")
@@ -128,6 +144,16 @@ class PolicySpec(_Model):
     name: str = Field(pattern=POLICY_NAME_RE, description="lowercase DNS label; shows in nft comments")
     selector: SelectorText = "all()"
     ingress: list[Rule] = []
+    egress: list[Rule] | None = Field(default=None, description="present: the selected pods' egress is isolated "
+                                      "and only these rules let traffic out")
+
+    @model_validator(mode="after")
+    def _directions(self) -> PolicySpec:
+        if any(r.to is not None for r in self.ingress):
+            raise ValueError(f"policy {self.name}: an ingress rule has 'to'; ingress rules say 'from'")
+        if any(r.from_ is not None for r in self.egress or ()):
+            raise ValueError(f"policy {self.name}: an egress rule has 'from'; egress rules say 'to'")
+        return self
 
     @field_validator("name")
     @classmethod
@@ -138,6 +164,12 @@ class PolicySpec(_Model):
 
     def target(self) -> Selector:
         return parse(self.selector)
+
+    @property
+    def ingress_isolating(self) -> bool:
+        """Whether it isolates its pods' ingress: it has ingress rules, or no egress list (a
+        policy of egress rules only leaves ingress alone, as Calico's types default)."""
+        return bool(self.ingress) or self.egress is None
 
 
 class PolicySettings(_Model):

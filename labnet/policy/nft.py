@@ -4,9 +4,14 @@ Layout (Calico enforces on the host side of each pod's veth; so do we):
 
     table inet labnet-policy
       set src_<policy>_<rule>      the IPs of the pods a rule's `from.selector` matches (all nodes)
-      chain forward                hook forward: `oifname "caliX" jump to_caliX`, one per local pod
-      chain to_caliX               ingress to one pod: established/related, the allow rules of
-                                   every policy selecting the pod (in order), then the default
+        set dst_<policy>_e<rule>     the same for an egress rule's `to`
+      chain forward                hook forward: `iifname "caliX" jump from_caliX` for each local
+                                   pod whose egress is isolated, then `oifname "caliX" jump to_caliX`
+      chain from_caliX             egress of one pod: established/related and allowed traffic
+                                   `return` (its ingress at the other end is judged next), denied
+                                   is dropped, and so is what no rule allows
+      chain to_caliX               ingress to one pod: established/related, the rules of every
+                                   policy selecting the pod (in order), then the default
 
 Only the forward hook is filtered: traffic from the node itself to its pods (output hook) and
 from pods to the node (input hook) is never dropped, as with the seed's
@@ -26,11 +31,13 @@ from typing import Any
 
 from labnet.errors import BadInput, CommandFailed
 from labnet.nsexec import NodeNS, run
-from labnet.policy.model import PolicySettings, PolicySpec, Rule
+from labnet.policy.model import Peer, PolicySettings, PolicySpec, Rule
 from labnet.policy.selector import parse
 
 TABLE = "labnet-policy"
 FAMILY = "inet"
+NAMESPACE_LABEL = "projectcalico.org/namespace"  # on every pod: its namespace
+NAMESPACE_NAME = "projectcalico.org/name"  # on every namespace: its name
 _IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 _LABEL_TEXT = re.compile(r'^[^"\\\n]*$')
 
@@ -43,6 +50,11 @@ class PodInfo:
     ip: IPv4Address
     host_veth: str
     labels: dict[str, str] = field(default_factory=dict, hash=False)
+    namespace: str = "default"
+
+    def selector_labels(self) -> dict[str, str]:
+        """Its labels as selectors see them: with the namespace label Calico adds to every pod."""
+        return {**self.labels, NAMESPACE_LABEL: self.namespace}
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ip", IPv4Address(self.ip))
@@ -56,12 +68,19 @@ def chain_name(pod: PodInfo) -> str:
     return f"to_{pod.host_veth}"
 
 
-def set_name(policy: PolicySpec, index: int) -> str:
-    return f"src_{policy.name}_{index}"
+def egress_chain(pod: PodInfo) -> str:
+    return f"from_{pod.host_veth}"
 
 
-def rule_comment(policy: PolicySpec, index: int) -> str:
-    return f"policy={policy.name} rule={index}"
+def set_name(policy: PolicySpec, index: int, egress: bool = False) -> str:
+    return f"dst_{policy.name}_e{index}" if egress else f"src_{policy.name}_{index}"
+
+
+def rule_comment(policy: PolicySpec, index: int, egress: bool = False) -> str:
+    return f"policy={policy.name} egress={index}" if egress else f"policy={policy.name} rule={index}"
+
+
+END_OF_EGRESS = "policy=end-of-egress"
 
 
 def default_comment(settings: PolicySettings, selected_by: Sequence[PolicySpec]) -> str:
@@ -71,24 +90,45 @@ def default_comment(settings: PolicySettings, selected_by: Sequence[PolicySpec])
     return "policy=end-of-policies" if selected_by else "policy=default-allow"
 
 
+def _selecting(settings: PolicySettings, pod: PodInfo) -> list[PolicySpec]:
+    return [p for p in settings.policies if p.target().matches(pod.selector_labels())]
+
+
 def policies_for(settings: PolicySettings, pod: PodInfo) -> list[PolicySpec]:
-    return [p for p in settings.policies if p.target().matches(pod.labels)]
+    """The policies that judge the pod's ingress."""
+    return [p for p in _selecting(settings, pod) if p.ingress_isolating]
+
+
+def egress_isolated(settings: PolicySettings, pod: PodInfo) -> list[PolicySpec]:
+    """The policies that isolate the pod's egress (those selecting it with an `egress` list)."""
+    return [p for p in _selecting(settings, pod) if p.egress is not None]
+
+
+def peer_matches_pod(peer: Peer, pod: PodInfo) -> bool:
+    """The pod-selecting half of a peer (selector AND namespace_selector); the cidr is apart."""
+    if peer.selector is not None and not parse(peer.selector).matches(pod.selector_labels()):
+        return False
+    return peer.namespace_selector is None or parse(peer.namespace_selector).matches({NAMESPACE_NAME: pod.namespace})
+
+
+def peer_pods(peer: Peer | None, all_pods: Iterable[PodInfo]) -> list[PodInfo]:
+    if peer is None or not peer.selects_pods:
+        return []
+    return sorted((p for p in all_pods if peer_matches_pod(peer, p)), key=lambda p: p.ip)
 
 
 def source_pods(rule: Rule, all_pods: Iterable[PodInfo]) -> list[PodInfo]:
-    if rule.from_ is None or rule.from_.selector is None:
-        return []
-    sel = parse(rule.from_.selector)
-    return sorted((p for p in all_pods if sel.matches(p.labels)), key=lambda p: p.ip)
+    return peer_pods(rule.from_ if rule.to is None else rule.to, all_pods)
 
 
-def _match(policy: PolicySpec, index: int, rule: Rule) -> str:
+def _match(policy: PolicySpec, index: int, rule: Rule, egress: bool = False) -> str:
     parts: list[str] = []
-    if rule.from_ is not None:
-        if rule.from_.selector is not None:
-            parts.append(f"ip saddr @{set_name(policy, index)}")
-        if rule.from_.cidr is not None:
-            parts.append(f"ip saddr {rule.from_.cidr}")
+    peer, addr = (rule.to, "daddr") if egress else (rule.from_, "saddr")
+    if peer is not None:
+        if peer.selects_pods:
+            parts.append(f"ip {addr} @{set_name(policy, index, egress)}")
+        if peer.cidr is not None:
+            parts.append(f"ip {addr} {peer.cidr}")
     if rule.protocol is not None:
         ranges = rule.port_ranges()
         if ranges:
@@ -114,20 +154,36 @@ def render(settings: PolicySettings, pods_on_node: Sequence[PodInfo], all_pods: 
     _unique(all_pods, "ip", "IP")
     out = [f"table {FAMILY} {TABLE} {{", f'\tcomment "labnet policy, default {settings.default}"']
     for policy in settings.policies:
-        for i, rule in enumerate(policy.ingress):
-            if rule.from_ is None or rule.from_.selector is None:
-                continue
-            # nft comments hold 128 bytes and no quotes: name the rule, not its selector text.
-            out += [f"\tset {set_name(policy, i)} {{", "\t\ttype ipv4_addr", f'\t\tcomment "{rule_comment(policy, i)}"']
-            members = source_pods(rule, all_pods)
-            if members:
-                out.append("\t\telements = { " + ", ".join(str(p.ip) for p in members) + " }")
-            out.append("\t}")
+        for egress, rules in ((False, policy.ingress), (True, policy.egress or [])):
+            for i, rule in enumerate(rules):
+                peer = rule.to if egress else rule.from_
+                if peer is None or not peer.selects_pods:
+                    continue
+                # nft comments hold 128 bytes and no quotes: name the rule, not its selector text.
+                out += [f"\tset {set_name(policy, i, egress)} {{", "\t\ttype ipv4_addr",
+                        f'\t\tcomment "{rule_comment(policy, i, egress)}"']
+                members = peer_pods(peer, all_pods)
+                if members:
+                    out.append("\t\telements = { " + ", ".join(str(p.ip) for p in members) + " }")
+                out.append("\t}")
     local = sorted(pods_on_node, key=lambda p: p.host_veth)
+    isolated = [p for p in local if egress_isolated(settings, p)]
     out += ["\tchain forward {", "\t\ttype filter hook forward priority filter; policy accept;"]
+    for pod in isolated:  # egress first: it returns what it allows, so ingress at the other end is judged too
+        out.append(f'\t\tiifname "{pod.host_veth}" counter jump {egress_chain(pod)} comment "from pod={pod.name}"')
     for pod in local:
         out.append(f'\t\toifname "{pod.host_veth}" counter jump {chain_name(pod)} comment "pod={pod.name}"')
     out.append("\t}")
+    for pod in isolated:
+        out += [f"\tchain {egress_chain(pod)} {{",
+                '\t\tct state established,related counter return comment "labnet=established"']
+        for policy in egress_isolated(settings, pod):
+            for i, rule in enumerate(policy.egress or []):
+                match = _match(policy, i, rule, egress=True)
+                verdict = "return" if rule.action == "allow" else "drop"
+                out.append(f'\t\t{match + " " if match else ""}counter {verdict} '
+                           f'comment "{rule_comment(policy, i, egress=True)}"')
+        out += [f'\t\tcounter drop comment "{END_OF_EGRESS}"', "\t}"]
     for pod in local:
         selected = policies_for(settings, pod)
         out += [f"\tchain {chain_name(pod)} {{",
@@ -135,7 +191,8 @@ def render(settings: PolicySettings, pods_on_node: Sequence[PodInfo], all_pods: 
         for policy in selected:
             for i, rule in enumerate(policy.ingress):
                 match = _match(policy, i, rule)
-                out.append(f'\t\t{match + " " if match else ""}counter accept comment "{rule_comment(policy, i)}"')
+                verdict = "accept" if rule.action == "allow" else "drop"
+                out.append(f'\t\t{match + " " if match else ""}counter {verdict} comment "{rule_comment(policy, i)}"')
         comment = default_comment(settings, selected)
         verdict = "drop" if comment != "policy=default-allow" else "accept"
         out += [f'\t\tcounter {verdict} comment "{comment}"', "\t}"]

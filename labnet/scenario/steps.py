@@ -131,3 +131,23 @@ def sysctl(v: LabView, a: s.SysctlArgs, t: float) -> list[CheckResult]:
 def tolerate(v: LabView, a: s.TolerateArgs, t: float) -> list[CheckResult]:
     """Nothing to check: the scenario's gates read it (labnet.scenario.run.tolerated)."""
     return [CheckResult(True, f"tolerate {', '.join(a.gates)}", v.name, "this scenario's gates allow it", 0.0)]
+
+
+def policy_cases(v: LabView, a: s.PolicyCasesArgs, t: float) -> list[CheckResult]:
+    from labnet.policy.cases import CASES, case_named
+    from labnet.scenario.policy_cases import run_cases
+
+    try:
+        cases = [case_named(n) for n in a.cases] if a.cases else list(CASES)
+    except KeyError as exc:
+        raise BadInput(str(exc.args[0])) from None
+    from labnet.scenario.policy_cases import total
+
+    results = run_cases(v, cases, timeout=a.within)
+    failed = [r for r in results if not r.ok]
+    if failed:  # one failure for the step, with every wrong case in it
+        said = total(results)
+        raise CheckFailed(CheckResult(False, "policy cases", v.name, said, sum(r.elapsed for r in results),
+                                      message="\n\n".join(r.message for r in failed) + f"\n{said}",
+                                      table=failed[0].table))
+    return results

@@ -21,7 +21,7 @@ CHECKS: dict[str, StepFn] = {
     "blackhole": steps.blackhole, "tunnel_route": steps.tunnel_route, "no_route": steps.no_route,
     "route": steps.route, "bgp_established": steps.bgp_established, "sysctl": steps.sysctl,
     "converge": waits.converge, "bgp_down": waits.bgp_down, "etcd_health": waits.etcd_health,
-    "agent_problem": waits.agent_problem, "tolerate": steps.tolerate,
+    "agent_problem": waits.agent_problem, "tolerate": steps.tolerate, "policy_cases": steps.policy_cases,
 }
 
 FAULTS: dict[str, FaultFn] = {

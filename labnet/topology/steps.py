@@ -139,6 +139,12 @@ class ReachabilityArgs(StepArgs):
         min_length=1, description="from -> to -> expectation (" + EXPECT_FORMS + "); all probed at once")
 
 
+class PolicyCasesArgs(StepArgs):
+    cases: list[str] | None = Field(default=None, description="the generated policy cases to run "
+                                    "(labnet policy-cases --list); default all")
+    within: float = Field(default=10.0, gt=0, le=600, description="seconds each case may take to hold")
+
+
 class ProxyArpArgs(StepArgs):
     pod: str
 
@@ -348,6 +354,9 @@ STEP_KINDS: dict[str, StepKind] = {
     "reachability": StepKind(ReachabilityArgs, {"expect": Ref(ENDPOINTS, ip=True)},
                              "a matrix of probes, all at once; on failure the whole table, wrong cells marked",
                              _check_reachability),
+    "policy_cases": StepKind(PolicyCasesArgs, {},
+                             "apply generated policy cases to the lab and compare each truth table with the "
+                             "model's (fixed pods a/b/c × web/db/client are added for it, and removed)"),
     "proxy_arp": StepKind(ProxyArpArgs, {"pod": Ref(("pod",))},
                           "the pod's host-side veth answers ARP for 169.254.1.1"),
     "blackhole": StepKind(BlackholeArgs, {"node": _NODE, "block": Ref((), cidr=True)},

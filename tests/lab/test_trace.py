@@ -88,3 +88,27 @@ def test_a_route_missing_after_a_frozen_agent_is_the_drop_point() -> None:
             os.kill(frozen, signal.SIGCONT)
         labnet("down", "--name", lab)
     assert not snapshot(lab).leftovers(before)
+
+
+def test_an_egress_drop_is_named_at_the_source_node(tmp_path) -> None:
+    import yaml
+
+    lab = "t-trace-egr"
+    doc = yaml.safe_load((TOPOLOGIES / "policy.yaml").read_text())
+    doc["cluster"]["policy"]["policies"].append({"name": "client-out", "selector": "app == 'client'",
+        "egress": [{"protocol": "tcp", "ports": [80], "to": {"selector": "app == 'web'"}}]})
+    doc["scenarios"] = {}
+    path = tmp_path / "egress.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    before = snapshot(lab)
+    labnet("up", str(path), "--name", lab, "-q")
+    try:
+        bad = labnet("trace", "-l", lab, "client", "web", check=False)
+        assert bad.returncode == 1 and bad.stdout.rstrip().splitlines()[-1].startswith(
+            "DROPPED at node-1: policy: egress of client: dropped at end-of-egress"), bad.stdout
+        tcp = labnet("trace", "-l", lab, "client", "web", "--proto", "tcp", "--port", "80", check=False).stdout
+        assert 'egress of client: allowed by policy client-out (egress rule 0)' in tcp, tcp
+        assert tcp.rstrip().splitlines()[-1].startswith("DROPPED at node-2: policy: dropped by default-deny"), tcp
+    finally:
+        labnet("down", "--name", lab)
+    assert not snapshot(lab).leftovers(before)
