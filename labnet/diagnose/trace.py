@@ -6,8 +6,8 @@ From a pod, the proxy-ARP answer for 169.254.1.1 on the node's veth is checked (
 requirements); into a tunnel the packet is wrapped (IPIP: outer source and destination; VXLAN:
 the VTEP the node's FDB names) and the outer packet is followed to the node that unwraps it;
 leaving the pool through a node that masquerades, its source becomes the node's; into a pod,
-labnet's policy decides (the model's verdict, and the nftables counters that moved when one
-real packet of that flow was sent). It ends in "delivered to X" or "dropped at M: reason".
+labnet's policy decides (the model's verdict, and the rule nftables ran for one real packet of
+that flow: `nft monitor trace`; the rule counters that moved when nothing was traced). It ends in "delivered to X" or "dropped at M: reason".
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 
 from labnet.checks.assertions import CALICO_GATEWAY, Endpoint, proxy_arp_diagnosis, read_sysctl
 from labnet.checks.probe import Responder, connect_once
+from labnet.diagnose.nftrace import decided, flow_match, trace_flow
 from labnet.errors import BadInput
 from labnet.lab.view import LabView
 from labnet.nsexec import NodeNS, run
@@ -288,13 +289,20 @@ def _policy(lab: _Lab, node: str, pod: str, src: Endpoint, src_ip: str, dst: End
     dst_pod = next(p for p in pods if p.name == pod)
     verdict = evaluate(settings, dst_pod, src_ip, proto, port, pods)
     node_ns = lab.view.ns(node)
-    before = node_counters(node_ns)
-    _one_packet(lab, src, dst, proto, port)
-    after = node_counters(node_ns)
     chain = chain_name(dst_pod)
-    moved = [c.comment for key, c in after.items()
-             if key[0] == chain and c.packets > (before[key].packets if key in before else 0)]
-    evidence = f"nft chain {chain}: counters that moved for one packet of this flow: {', '.join(moved) or 'none'}"
+    steps = trace_flow(node_ns, flow_match(src_ip, dst.ip, proto, port), lambda: _one_packet(lab, src, dst, proto, port))
+    last = decided([s for s in steps if s.chain == chain])
+    if last is not None:
+        evidence = f"nft trace of one packet: chain {chain}, rule \"{last.comment}\", verdict {last.verdict}"
+        if last.comment != verdict.comment:
+            evidence += f" — the kernel disagrees with the model, which expects \"{verdict.comment}\""
+    else:  # the monitor saw nothing: the rule counters are the evidence
+        before = node_counters(node_ns)
+        _one_packet(lab, src, dst, proto, port)
+        after = node_counters(node_ns)
+        moved = [c.comment for key, c in after.items()
+                 if key[0] == chain and c.packets > (before[key].packets if key in before else 0)]
+        evidence = f"nft chain {chain}: counters that moved for one packet of this flow: {', '.join(moved) or 'none'}"
     if not verdict.allowed:
         raise _Drop(f"policy: {verdict.reason} (nft rule \"{verdict.comment}\"); {evidence}")
     hop.said.append(f"policy: {verdict.reason} (nft rule \"{verdict.comment}\"); {evidence}")

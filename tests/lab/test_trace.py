@@ -61,9 +61,13 @@ def test_a_default_deny_drop_names_the_rule() -> None:
         assert bad.returncode == 1, bad
         last = bad.stdout.rstrip().splitlines()[-1]
         assert last.startswith("DROPPED at node-2: policy: dropped by default-deny") and \
-            'nft rule "policy=default-deny"' in last and "counters that moved" in last, bad.stdout
+            'nft rule "policy=default-deny"' in last, bad.stdout
+        # what the kernel ran for one real packet (nft monitor trace), not only what the model says
+        assert 'nft trace of one packet: chain to_' in last and 'rule "policy=default-deny", verdict drop' in last, last
+        assert "disagrees" not in last, last
         ok = labnet("trace", "-l", lab, "client", "web")
         assert "policy: allowed by policy web-from-client (ingress rule 0)" in ok.stdout, ok.stdout
+        assert 'rule "policy=web-from-client rule=0", verdict accept' in ok.stdout, ok.stdout
 
 
 def test_a_route_missing_after_a_frozen_agent_is_the_drop_point() -> None:
