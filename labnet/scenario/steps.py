@@ -65,8 +65,9 @@ def connect(v: LabView, a: s.ConnectArgs, t: float) -> list[CheckResult]:
             return [assert_mtu(src, dst, a.mtu, timeout=t)]
         exp = s.parse_expectation(a.expect)
         snat = v.address(exp.source) if exp.kind == "snat" and exp.source else None
-        return [assert_connect(src, dst, exp, proto=a.proto, port=a.port, count=a.count, interval=a.interval,
-                               snat_ip=snat, timeout=t)]
+        count = max(1, round(a.duration / a.interval)) if a.duration else a.count
+        return [assert_connect(src, dst, exp, proto=a.proto, port=a.port, count=count, interval=a.interval,
+                               snat_ip=snat, timeout=max(t, (a.duration or 0) * 1.5))]
     except CheckFailed:
         raise _traced(v, [(a.from_, a.to)], a.proto, a.port) from None
 

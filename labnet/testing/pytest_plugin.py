@@ -226,7 +226,7 @@ class LabHandle:
         return get_host(f"labnet://{self.name}/{target}")
 
     def connect(self, src: str, dst: str, expect: str = "reach", *, proto: str = "icmp", port: int = 8080,
-                count: int = 100, interval: float = 0.02, mtu: int | None = None,
+                count: int = 100, interval: float = 0.02, duration: float | None = None, mtu: int | None = None,
                 timeout: float = DEFAULT_TIMEOUT) -> Any:
         """The `connect` step: one probe from src to dst (pods, machines, an address), e.g.
         `lab.connect("pod-1", "ext", "snat node-1", proto="tcp")`, `expect="loss <= 30%"`, or
@@ -234,7 +234,7 @@ class LabHandle:
         from labnet.scenario.run import run_step
 
         args = {"from": src, "to": dst, "expect": expect, "proto": proto, "port": port, "count": count,
-                "interval": interval, "mtu": mtu}
+                "interval": interval, "duration": duration, "mtu": mtu}
         return run_step(self.view, "connect", args, timeout)[0]
 
     def reachability(self, expect: dict[str, dict[str, str]], *, proto: str = "icmp", port: int = 8080,

@@ -127,6 +127,8 @@ class ConnectArgs(StepArgs):
     count: int = Field(default=100, ge=1, le=10000, description="probes sent for a loss expectation")
     interval: float = Field(default=0.02, ge=0.002, le=10, description="seconds between the probes of a loss "
                             "expectation (count x interval: the duration)")
+    duration: float | None = Field(default=None, gt=0, le=3600, description="a loss expectation over this many "
+                                   "seconds instead of `count` probes (duration / interval of them)")
     mtu: int | None = Field(default=None, ge=68, le=65535,
                             description="instead: the largest DF packet that passes must be this size, and one "
                                         "byte more must be refused (ICMP fragmentation needed)")

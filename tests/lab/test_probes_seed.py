@@ -41,11 +41,11 @@ def test_tcp_and_udp_between_pods_and_machines(lab: Any) -> None:
 def test_a_loss_fault_of_30_percent_is_measured_as_about_30(lab: Any) -> None:
     steps = [Step.model_validate(s) for s in (
         {"packet_loss": {"machine": "ext", "interface": "eth0", "percent": 30, "direction": "in"}},
-        {"connect": {"from": "net-test", "to": "ext", "expect": "loss <= 45%", "count": 400, "interval": 0.005}},
+        {"connect": {"from": "net-test", "to": "ext", "expect": "loss <= 45%", "duration": 2.0, "interval": 0.005}},
     )]
     results = run_steps(lab.view, steps, timeout=60)
-    m = re.search(r"loss (\d+(?:\.\d+)?)%", results[-1].detail)
-    assert m, results[-1].detail
+    m = re.search(r"loss (\d+(?:\.\d+)?)% \((\d+)/(\d+) answered\)", results[-1].detail)
+    assert m and m.group(3) == "400", results[-1].detail  # 2 s at 5 ms: 400 probes
     # binomial(400, 0.3): sd 2.3 points, so 18-42% is over 5 sd either side
     assert 18.0 <= float(m.group(1)) <= 42.0, results[-1].detail
     # undone: no loss now
