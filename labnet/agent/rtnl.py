@@ -90,7 +90,8 @@ def parse_events(data: bytes) -> list[tuple[int, Route]]:
         length, kind = _NLH.unpack_from(data, off)[:2]
         if length < _NLH.size or off + length > end:
             break
-        if kind in (RTM_NEWROUTE, RTM_DELROUTE) and length >= _HDR:
+        if kind in (RTM_NEWROUTE, RTM_DELROUTE) and length >= _HDR \
+                and data[off + _NLH.size] in (socket.AF_INET, socket.AF_INET6):
             out.append((kind, _route(data, off + _NLH.size, off + length)))
         off += (length + 3) & ~3
     return out
@@ -101,7 +102,7 @@ def _route(data: bytes, at: int, end: int) -> Route:
     dst: str | None = None
     gateway: str | None = None
     oif = priority = None
-    alen = 4 if family == socket.AF_INET else 16
+    alen = {socket.AF_INET: 4, socket.AF_INET6: 16}.get(family, -1)  # another family: no address read
     off = at + _RTM.size
     while off + _RTA.size <= end:
         rlen, rtype_attr = _RTA.unpack_from(data, off)

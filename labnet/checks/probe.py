@@ -43,17 +43,23 @@ class Responder:
     def __init__(self, ns: NodeNS, proto: str, port: int) -> None:
         if proto not in ("tcp", "udp"):
             raise BadInput(f"a responder speaks tcp or udp, not {proto!r}")
+        if not 1 <= port <= 65535:
+            raise BadInput(f"port {port} is outside 1..65535")
         self.ns, self.proto, self.port = ns, proto, port
         self.sock = socket_in(ns, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            self.sock.bind(("0.0.0.0", port))
-        except OSError as exc:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                self.sock.bind(("0.0.0.0", port))
+            except OSError as exc:
+                raise LabnetError(f"{ns.name}: cannot listen on {proto} port {port} for a probe: "
+                                  f"{exc.strerror}") from exc
+            if proto == "tcp":
+                self.sock.listen(64)
+            self._stop_r, self._stop_w = os.pipe()
+        except BaseException:
             self.sock.close()
-            raise LabnetError(f"{ns.name}: cannot listen on {proto} port {port} for a probe: {exc.strerror}") from exc
-        if proto == "tcp":
-            self.sock.listen(64)
-        self._stop_r, self._stop_w = os.pipe()
+            raise
         self._thread = threading.Thread(target=self._serve, name=f"responder-{ns.name}-{proto}-{port}", daemon=True)
         self.seen: list[str] = []  # source addresses, in order
 
@@ -198,6 +204,8 @@ def path_mtu(src: NodeNS, dst_ip: str, low: int = 576, high: int = 1500) -> MtuO
     """The largest DF packet from `src` that reaches dst_ip (a binary search between low and
     high), and what an oversized one is told: the MTU of the hop that refused it, said back
     in an ICMP fragmentation-needed (or by the source's own kernel, for its first hop)."""
+    # a path MTU learnt earlier (an exception route, kept for minutes) would answer for the path
+    run(src, ["ip", "route", "flush", "cache"], check=False, timeout=10)
     ok, _, first = _df_ping(src, dst_ip, low)
     if not ok:
         return MtuOutcome(None, None, f"not even a {low}-byte packet got through: {first}")

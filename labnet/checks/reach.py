@@ -103,18 +103,21 @@ def assert_reachability(cells: list[Cell], *, proto: str = "icmp", port: int = D
     key = [(c.src.name, c.dst.name) for c in cells]
     seen: dict[tuple[str, str], Seen | None] = dict.fromkeys(key)
     settled: set[tuple[str, str]] = set()
+    by_key = dict(zip(key, cells, strict=True))
 
     def probe_one(cell: Cell) -> tuple[tuple[str, str], Seen]:
         return (cell.src.name, cell.dst.name), _probe(cell, proto, port, count, interval)
 
     def probe() -> Observation:
+        # a cell that reached as it should is settled; a no-reach cell is probed in every round
+        # (one lost packet must not pass for a drop), and the last round must have them all right
         todo = [c for c, k in zip(cells, key, strict=True) if k not in settled]
         with ThreadPoolExecutor(max_workers=min(WORKERS, len(todo))) as pool:
             for k, s in pool.map(probe_one, todo):
                 seen[k] = s
-                if s.ok:
+                if s.ok and by_key[k].expect.kind != "no-reach":
                     settled.add(k)
-        wrong = [c for c, k in zip(cells, key, strict=True) if k not in settled]
+        wrong = [c for c, k in zip(cells, key, strict=True) if not (seen[k] and seen[k].ok)]  # type: ignore[union-attr]
         want = f"all {len(cells)} cells as expected ({proto}{'' if proto == 'icmp' else f' port {port}'})"
         table = table_rows(cells, seen) if len(cells) > 1 else ()
         if not wrong:

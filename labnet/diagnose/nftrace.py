@@ -13,13 +13,14 @@ import re
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from labnet.nsexec import NodeNS, run
 from labnet.policy.nft import TABLE
 
-TRACE_TABLE = "labnet-trace"
+TRACE_TABLE = "labnet-trace"  # and a suffix of the run's
 _RULE = re.compile(rf"^trace id \S+ inet {re.escape(TABLE)} (\S+) rule (.*) \(verdict ([^)]+)\)\s*$")
 _COMMENT = re.compile(r'comment "([^"]*)"')
 
@@ -57,10 +58,26 @@ def decided(steps: list[Step]) -> Step | None:
 def trace_flow(ns: NodeNS, match: str, send: Callable[[], None], timeout: float = 5.0) -> list[Step]:
     """Send (again and again, until a verdict shows or `timeout`) and report the policy table's
     rules the flow met in `ns`. Empty when nothing was traced (the monitor did not see it)."""
-    run(ns, ["nft", "-f", "-"], input=f"table inet {TRACE_TABLE} {{\n chain pre {{\n  type filter hook prerouting "
-                                       f"priority -350; policy accept;\n  {match} meta nftrace set 1\n }}\n}}\n")
-    proc = subprocess.Popen(ns.argv(["nft", "monitor", "trace"]), stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+    table = f"{TRACE_TABLE}-{uuid.uuid4().hex[:8]}"  # two traces on one node keep to their own
+    proc: subprocess.Popen[str] | None = None
+    try:
+        run(ns, ["nft", "-f", "-"], input=f"table inet {table} {{\n chain pre {{\n  type filter hook prerouting "
+                                           f"priority -350; policy accept;\n  {match} meta nftrace set 1\n }}\n}}\n")
+        proc = subprocess.Popen(ns.argv(["nft", "monitor", "trace"]), stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True)
+        return _watch(proc, send, timeout)
+    finally:
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        run(ns, ["nft", "delete", "table", "inet", table], check=False)
+
+
+def _watch(proc: subprocess.Popen[str], send: Callable[[], None], timeout: float) -> list[Step]:
     lines: queue.Queue[str] = queue.Queue()
 
     def read() -> None:
@@ -71,24 +88,15 @@ def trace_flow(ns: NodeNS, match: str, send: Callable[[], None], timeout: float 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     seen: list[str] = []
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            send()  # the monitor subscribes a moment after it starts: a packet before then is not seen
-            until = min(deadline, time.monotonic() + 1.0)
-            while (left := until - time.monotonic()) > 0:
-                try:
-                    seen.append(lines.get(timeout=left))
-                except queue.Empty:
-                    break
-                if decided(parse(seen)) is not None:
-                    return parse(seen)
-        return parse(seen)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        run(ns, ["nft", "delete", "table", "inet", TRACE_TABLE], check=False)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        send()  # the monitor subscribes a moment after it starts: a packet before then is not seen
+        until = min(deadline, time.monotonic() + 1.0)
+        while (left := until - time.monotonic()) > 0:
+            try:
+                seen.append(lines.get(timeout=left))
+            except queue.Empty:
+                break
+            if decided(parse(seen)) is not None:
+                return parse(seen)
+    return parse(seen)

@@ -30,7 +30,7 @@ from labnet.diagnose.facts import (
     tcp_probe,
 )
 from labnet.errors import BadInput
-from labnet.lab.processes import SUPERVISOR, current
+from labnet.lab.processes import SUPERVISOR, alive, current
 from labnet.nsexec import run
 
 if TYPE_CHECKING:
@@ -95,11 +95,16 @@ class Doctor:
             now = current(p)
             pid, node, what = now["pid"], p.get("node", "?"), p.get("what", "process")
             state = proc_state(pid)
-            if what == SUPERVISOR and (state is None or state == "Z"):
+            if what == SUPERVISOR and (state in (None, "Z") or not alive(p)):
                 self.add("lab", "the lab's supervisor is not running",
                          "Nothing starts a node's process again when it dies: that node's agent, CNI server "
                          "and tunnel stay down.", f"supervisor pid {pid} is gone",
                          f"labnet up {self.view.journal.topology_file}")
+            elif what == SUPERVISOR and state == "T":
+                self.add("lab", "the lab's supervisor is stopped (SIGSTOP)",
+                         "A node process that dies now is not started again, and `labnet down` and the agent "
+                         "faults wait on it.", f"supervisor pid {pid} in state T (stopped)",
+                         f"kill -CONT {pid}")
             procs = [pid] + (children(pid) if what == "agent" else [])
             stopped = [x for x in procs if proc_state(x) == "T"]
             if what == "etcd" and (state is None or state == "Z" or stopped):

@@ -26,6 +26,7 @@ from labnet.nsexec import NodeNS, run
 from labnet.policy.enforce import enforced, pod_infos, settings_of
 from labnet.policy.explain import evaluate, evaluate_egress
 from labnet.policy.nft import chain_name, node_counters
+from labnet.topology.steps import DEFAULT_PORT
 
 MAX_HOPS = 16
 TUNNELS = ("tunl0", "vxlan.calico")
@@ -161,6 +162,12 @@ def trace(view: LabView, src_name: str, dst_name: str, proto: str = "icmp", port
         raise BadInput(f"trace from {src_name!r}: an address sends nothing; start from a pod or machine")
     if proto not in ("icmp", "tcp", "udp"):
         raise BadInput(f"proto {proto!r} is none of icmp, tcp, udp")
+    if proto == "icmp":
+        port = None
+    elif port is None:
+        port = DEFAULT_PORT  # the port the real packet goes to: the model judges the same one
+    elif not 1 <= port <= 65535:
+        raise BadInput(f"port {port} is outside 1..65535")
     out = Trace(src.name, f"{dst.name} ({dst.ip})" if dst.name != dst.ip else dst.ip, proto, port)
     lab = _Lab(view)
     try:
@@ -332,10 +339,10 @@ def _one_packet(lab: _Lab, src: Endpoint, dst: Endpoint, proto: str, port: int |
         connect_once(src.ns, dst.ip, "icmp")
         return
     if dst.ns is not None:
-        with Responder(dst.ns, proto, port or 8080):
-            connect_once(src.ns, dst.ip, proto, port or 8080)
+        with Responder(dst.ns, proto, port or DEFAULT_PORT):
+            connect_once(src.ns, dst.ip, proto, port or DEFAULT_PORT)
     else:
-        connect_once(src.ns, dst.ip, proto, port or 8080)
+        connect_once(src.ns, dst.ip, proto, port or DEFAULT_PORT)
 
 
 # -- the CLI verb -----------------------------------------------------------------------------
@@ -354,6 +361,14 @@ def endpoint_arg(value: str) -> str:
     if error:
         raise argparse.ArgumentTypeError(error + ", or an IPv4 address")
     return value
+
+
+def _port(value: str) -> int:
+    import argparse
+
+    if not value.isdigit() or not 1 <= int(value) <= 65535:
+        raise argparse.ArgumentTypeError(f"port {value!r} is not a number 1..65535")
+    return int(value)
 
 
 def cmd_trace(args: Any) -> int:
@@ -380,7 +395,8 @@ def register(sub: Any) -> None:
     s.add_argument("src", metavar="FROM", type=endpoint_arg, help="pod or machine that sends")
     s.add_argument("dst", metavar="TO", type=endpoint_arg, help="pod, machine or IPv4 address")
     s.add_argument("--proto", choices=("icmp", "tcp", "udp"), default="icmp")
-    s.add_argument("--port", type=int, default=None, help="tcp/udp destination port (policy decides by it)")
+    s.add_argument("--port", type=_port, default=None,
+                   help="tcp/udp destination port (policy decides by it; default 8080)")
     s.add_argument("-l", "--lab", type=lab_arg, help="the lab (default: the only running one)")
     s.add_argument("--json", action="store_true", help="machine output: the hops and the verdict")
     s.set_defaults(func=cmd_trace)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from labnet import paths
 from labnet.errors import BadInput, LabnetError
-from labnet.lab import processes
+from labnet.lab import processes, supervisor
 from labnet.lab.context import Context
 from labnet.lab.journal import Journal
 from labnet.lab.phases import PHASES, converge
@@ -144,9 +144,9 @@ def teardown(journal: Journal) -> list[str]:
     procs = journal.of_kind("process")
     # The lab's supervisor first (it would start the node processes again), then agents, CNI
     # servers and routers (their shutdown may still talk to etcd), then etcd.
-    nodes = sum(1 for e in procs if e.get("pidfile"))  # it stops them before it exits
+    nodes = sum(1 for e in procs if e.get("pidfile"))  # it stops them (SIGTERM, then SIGKILL) before it exits
     problems += processes.stop_all([e for e in procs if e.get("what") == processes.SUPERVISOR],
-                                   timeout=max(5.0, 0.05 * nodes) + 5.0)
+                                   timeout=supervisor.stop_timeout(nodes) + supervisor.KILL_WAIT + 5.0)
     problems += processes.stop_all([e for e in procs if e.get("what") not in ("etcd", processes.SUPERVISOR)])
     problems += processes.stop_all([e for e in procs if e.get("what") == "etcd"])
     rt = get_runtime(journal.runtime)(journal.lab, journal)

@@ -142,8 +142,9 @@ def repair(journal: Journal, ns_of: Callable[[str], NodeNS]) -> list[str]:
     done = []
     sup = supervisor_entry(journal)
     # the dead, before the supervisor comes back: started again, it starts its dead at once
+    # a node process a fault holds stopped is the fault's to start again (its undo), not ours
     gone = [(e, current(e)["pid"]) for e in journal.of_kind("process")
-            if e is not sup and e.get("argv") and e.get("log") and not alive(e)]
+            if e is not sup and e.get("argv") and e.get("log") and not alive(e) and not current(e).get("held")]
     if sup is not None and not alive(sup):
         old = sup["pid"]
         pid = _revive_supervisor(journal, sup)

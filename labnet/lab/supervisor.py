@@ -41,6 +41,13 @@ from labnet.lab import zygote
 from labnet.nsexec import proc_starttime, same_process, set_process_name
 
 TICK = 2.0  # how often, with nothing else to do, it looks whether its lab is still there
+KILL_WAIT = 5.0  # after SIGKILL, for the kernel to take them
+
+
+def stop_timeout(nodes: int) -> float:
+    """How long node processes get to stop cleanly after SIGTERM: as the node's own supervisor
+    gave its one (20 s), and more when hundreds share two cores."""
+    return max(20.0, 0.05 * nodes)
 log = logging.getLogger("labnet.lab.supervisor")
 
 
@@ -113,9 +120,17 @@ class Supervisor:
     # -- node processes ----------------------------------------------------------------------
 
     def start(self, n: Node) -> int:
+        """Fork n's process (OSError: the machine cannot take one) and watch it."""
         n.due = None
         pid = zygote.fork_daemon(n.fork, {SUPERVISOR_ENV: str(os.getpid())})
-        self._watch(n, pid, proc_starttime(pid), ours=True)
+        try:
+            fd = os.pidfd_open(pid)  # our child: it opens, even after it exited (a zombie until reaped)
+        except OSError as exc:  # never left running unwatched: a second one would come next
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            raise OSError(exc.errno, f"cannot watch the process it forked (pid {pid}): {exc.strerror}") from exc
+        self._watch(n, pid, proc_starttime(pid), fd, ours=True)
         log.info("%s: started node process pid %d", n.name, pid)
         return pid
 
@@ -126,8 +141,7 @@ class Supervisor:
         except OSError:
             fd = -1
         if fd >= 0 and same_process(pid, start):  # checked after the open: a reused pid is not it
-            os.close(fd)
-            self._watch(n, pid, start, ours=False)
+            self._watch(n, pid, start, fd, ours=False)  # this pidfd: it stays this process's
             log.info("%s: watching node process pid %d (adopted)", n.name, pid)
             return
         if fd >= 0:
@@ -136,21 +150,31 @@ class Supervisor:
             return
         n.due = time.monotonic()
 
-    def _watch(self, n: Node, pid: int, start: int | None, *, ours: bool) -> None:
-        n.pid, n.start, n.ours, n.since = pid, start, ours, time.monotonic()
-        n.pidfd = os.pidfd_open(pid)  # an exited child is a zombie until reaped: it opens
+    def _watch(self, n: Node, pid: int, start: int | None, pidfd: int, *, ours: bool) -> None:
+        n.pid, n.start, n.ours, n.since, n.pidfd = pid, start, ours, time.monotonic(), pidfd
         self.sel.register(n.pidfd, selectors.EVENT_READ, n)
         self._save(n)
 
     def _save(self, n: Node) -> None:
+        """The node's pid file, as it is now. A failure is logged, not fatal: the process is
+        watched all the same."""
         data = {"pid": n.pid, "start": n.start, "restarts": n.restarts, "held": n.held, "supervisor": os.getpid()}
         if data == n.wrote:
             return
-        n.pidfile.parent.mkdir(parents=True, exist_ok=True)
-        tmp = n.pidfile.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, n.pidfile)
-        n.wrote = data
+        try:
+            n.pidfile.parent.mkdir(exist_ok=True)  # not parents: a lab directory that is gone stays gone
+            tmp = n.pidfile.with_suffix(".tmp")
+            tmp.write_text(json.dumps(data))
+            os.replace(tmp, n.pidfile)
+            n.wrote = data
+        except OSError as exc:
+            log.error("%s: cannot write its pid file %s: %s", n.name, n.pidfile, exc)
+
+    def send_signal(self, n: Node, sig: int) -> None:
+        """Through its pidfd: never another process that got the pid after it."""
+        if n.pidfd >= 0:
+            with contextlib.suppress(ProcessLookupError, OSError):
+                signal.pidfd_send_signal(n.pidfd, sig)
 
     def exited(self, n: Node) -> None:
         self.sel.unregister(n.pidfd)
@@ -204,7 +228,8 @@ class Supervisor:
                 for name, n in self.nodes.items()}}
         if op not in ("hold", "start"):
             return {"error": f"unknown op {op!r} (have: status, hold, start)"}
-        n = self.nodes.get(req.get("node"))  # type: ignore[arg-type]
+        name = req.get("node")
+        n = self.nodes.get(name) if isinstance(name, str) else None
         if n is None:
             return {"error": f"no node process named {req.get('node')!r} (have: {', '.join(self.nodes) or 'none'})"}
         if op == "hold":
@@ -241,7 +266,12 @@ class Supervisor:
             return {"error": f"cannot fork in {n.name}: {exc}"}
 
     def _serve_one(self) -> None:
-        conn, _ = self.listener.accept()
+        """One request. Whatever a client sends or does, the supervisor goes on."""
+        try:
+            conn, _ = self.listener.accept()
+        except OSError as exc:
+            log.info("control socket: accept: %s", exc)
+            return
         with conn:
             conn.settimeout(2.0)
             buf = b""
@@ -253,8 +283,11 @@ class Supervisor:
                     buf += chunk
                 try:
                     answer = self.handle(json.loads(buf))
-                except ValueError:
-                    answer = {"error": "the request is not JSON"}
+                except (ValueError, RecursionError):
+                    answer = {"error": "the request is not a JSON object"}
+                except Exception as exc:  # a bug's answer, not the supervisor's end
+                    log.exception("control socket: request %r", buf[:200])
+                    answer = {"error": f"{type(exc).__name__}: {exc}"}
                 conn.sendall(json.dumps(answer).encode() + b"\n")
             except OSError as exc:
                 log.info("control socket: a client went away: %s", exc)
@@ -289,14 +322,20 @@ class Supervisor:
                         continue
                     pending += chunk
                     *lines, pending = pending.split(b"\n")
-                    for line in lines:
-                        self._from_up(line, out)
+                    try:
+                        for line in lines:
+                            self._from_up(line, out)
+                    except OSError as exc:  # up is gone mid-request: as the end of its pipe
+                        log.info("up went away (%s) before handing the lab over: stopping its node processes", exc)
+                        self.stop_nodes()
+                        return
                 elif isinstance(key.data, Node):
                     self.exited(key.data)
-            self._restart_due()
             if self.detached and not (paths.lab_dir(self.lab) / "journal.json").exists():
-                log.info("lab %s is gone: exiting", self.lab)
+                log.info("lab %s is gone: stopping what it left and exiting", self.lab)
+                self.stop_nodes()
                 return
+            self._restart_due()
 
     def _from_up(self, line: bytes, out: int) -> None:
         try:
@@ -314,12 +353,15 @@ class Supervisor:
         after a deadline; each reaped here. A node process outliving us would be an orphan of
         the host's init, not its machine's (orphans go to the init of their parent's PID
         namespace), and its machine's end would wait until that init reaped it."""
+        self.stopping = True
+        for fileobj in (self.listener, self._wake_r):  # no more requests; their events would spin the wait
+            with contextlib.suppress(KeyError, ValueError):
+                self.sel.unregister(fileobj)
         running = [n for n in self.nodes.values() if n.pidfd >= 0]
         for sig in (signal.SIGTERM, signal.SIGCONT):
             for n in running:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(n.pid, sig)
-        deadline = time.monotonic() + max(5.0, 0.05 * len(running))  # as `down` allows for them
+                self.send_signal(n, sig)
+        deadline = time.monotonic() + stop_timeout(len(running))
         for last in (False, True):
             while any(n.pidfd >= 0 for n in running) and time.monotonic() < deadline:
                 for key, _ in self.sel.select(max(0.0, deadline - time.monotonic())):
@@ -330,9 +372,8 @@ class Supervisor:
             for n in running:
                 if n.pidfd >= 0:
                     log.warning("%s: node process pid %d did not stop after SIGTERM: SIGKILL", n.name, n.pid)
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(n.pid, signal.SIGKILL)
-            deadline = time.monotonic() + 5.0
+                    self.send_signal(n, signal.SIGKILL)
+            deadline = time.monotonic() + KILL_WAIT
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -409,6 +450,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         sup.run(None if args.adopt else sys.stdin.fileno(), None if args.adopt else sys.stdout.fileno())
         if sup.stopping:
             sup.stop_nodes()
+    except BaseException:
+        log.exception("the supervisor failed")
+        if not sup.detached:  # nobody else knows of what it forked yet
+            sup.stop_nodes()
+        raise
     finally:
         sup.close()
     log.info("supervisor stopped")

@@ -73,7 +73,14 @@ class Zygote:
         self.detached = False
 
     def serves(self, ns: NodeNS | None, argv: Sequence[str]) -> bool:
-        return not self.detached and self.proc.poll() is None and serves(ns, argv)
+        """Whether this daemon is the supervisor's to fork (one that died says so in `spawn`:
+        the lab's node processes are not left half to it and half to supervisors of their own)."""
+        return not self.detached and serves(ns, argv)
+
+    def _gone(self, doing: str) -> LabnetError:
+        rc = self.proc.poll()
+        state = f"exited with status {rc}" if rc is not None else "does not answer"
+        return LabnetError(f"the lab's supervisor (pid {self.proc.pid}) {state} while {doing}; its log: {self.log}")
 
     def spawn(self, node: str, ns: NodeNS, argv: Sequence[str], *, log: Path, pidfile: Path,
               env: Mapping[str, str] | None = None, nice: int = 0) -> int:
@@ -82,23 +89,35 @@ class Zygote:
         log.parent.mkdir(parents=True, exist_ok=True)
         req = {"op": "start", "node": node, "pidfile": str(pidfile),
                "fork": request(ns, argv, log=log, env=env, nice=nice)}
-        self.proc.stdin.write((json.dumps(req) + "\n").encode())
-        self.proc.stdin.flush()
+        doing = f"asked to start {node}'s process"
+        try:
+            self.proc.stdin.write((json.dumps(req) + "\n").encode())
+            self.proc.stdin.flush()
+        except OSError:
+            raise self._gone(doing) from None
         ready, _, _ = select.select([self.proc.stdout], [], [], REPLY_TIMEOUT)
         line = self.proc.stdout.readline() if ready else b""
         if not line:
-            raise LabnetError(f"the lab's supervisor (zygote) pid {self.proc.pid}: no answer to the request for "
-                              f"{node} within {REPLY_TIMEOUT:.0f}s (exit status {self.proc.poll()}; log {self.log})")
-        reply = json.loads(line)
-        if "pid" not in reply:
-            raise LabnetError(f"the lab's supervisor: cannot start {argv[2]} in {node}: {reply.get('error')}")
+            raise self._gone(doing + (f" (no answer within {REPLY_TIMEOUT:.0f}s)" if not ready else ""))
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            raise LabnetError(f"the lab's supervisor answered {line[:200]!r} when {doing}; its log: {self.log}") from None
+        if not isinstance(reply, dict) or "pid" not in reply:
+            said = reply.get("error") if isinstance(reply, dict) else reply
+            raise LabnetError(f"the lab's supervisor: cannot start {argv[2]} in {node}: {said}")
         return int(reply["pid"])
 
     def detach(self) -> None:
         """`up` succeeded: the zygote goes on as the lab's supervisor, alone."""
         assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(b'{"op": "detach"}\n')
-        self.proc.stdin.close()
+        if self.proc.poll() is not None:
+            raise self._gone("up handed the lab over")
+        try:
+            self.proc.stdin.write(b'{"op": "detach"}\n')
+            self.proc.stdin.close()
+        except OSError:
+            raise self._gone("up handed the lab over") from None
         self.proc.stdout.close()
         self.detached = True
         _DETACHED.append(self.proc)
@@ -156,21 +175,30 @@ def fork_daemon(req: dict[str, Any], env: Mapping[str, str] | None = None) -> in
     `env` is added to its environment. OSError when the machine cannot take a process (its PID
     namespace's init is gone)."""
     own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC) if req.get("pidns") else -1
+    # held off until the child has its own handlers: a SIGTERM in between would be ours, not its
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+    pid = -1
     try:
         if req.get("pidns"):
             # setns into a PID namespace moves only our later children: the fork below is made
             # there, and we stay where we are (and go back to making children here after)
             setns(req["pidns"], CLONE_NEWPID)
-        try:
-            pid = os.fork()
-            if pid == 0:
-                _child(req, env or {})
-        finally:
-            if own >= 0:
-                setns_fd(own, CLONE_NEWPID, "back into the supervisor's own PID namespace")
+        pid = os.fork()
+        if pid == 0:
+            _child(req, env or {})
     finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
         if own >= 0:
-            os.close(own)
+            try:
+                setns_fd(own, CLONE_NEWPID, "back into the supervisor's own PID namespace")
+            except OSError as exc:  # every later fork would land in this machine: nothing may go on
+                if pid > 0:
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGKILL)
+                        os.waitpid(pid, 0)
+                raise RuntimeError(f"cannot go back to the supervisor's PID namespace: {exc}") from exc
+            finally:
+                os.close(own)
     return pid
 
 
@@ -180,7 +208,8 @@ def _child(req: dict[str, Any], extra_env: Mapping[str, str]) -> None:
     try:
         for sig in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)  # the supervisor's handlers are not the daemon's
-        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        signal.set_wakeup_fd(-1)  # nor its wake-up pipe
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())  # what came meanwhile is the daemon's now
         os.setsid()
         if req.get("nice"):
             with contextlib.suppress(PermissionError):  # as coreutils' nice: a warning's worth, not fatal

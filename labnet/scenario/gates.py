@@ -60,6 +60,14 @@ class Gates:
     def __init__(self, view: LabView) -> None:
         self.view = view
         self.nodes: list[_Node] = []
+        try:
+            self._mark()
+        except BaseException:
+            self.close()  # the sockets made for the nodes before
+            raise
+
+    def _mark(self) -> None:
+        view = self.view
         for e in view.journal.of_kind("process"):
             if e.get("what") != "agent" or not e.get("node"):
                 continue

@@ -16,15 +16,15 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from labnet.checks import CheckResult
-from labnet.checks.probe import Responder, connect_once
+from labnet.checks.probe import Responder, connect_once, need_ping
 from labnet.checks.report import render_table
-from labnet.errors import BadInput
+from labnet.errors import BadInput, LabnetError
 from labnet.lab import pods as labpods
 from labnet.lab.state import load_journal
 from labnet.lab.view import LabView
 from labnet.policy import apply, remove, render
 from labnet.policy.cases import LEGEND, POD_SET, PORTS, PROBES, Case, Verdicts, judge, truth_table
-from labnet.policy.enforce import apply_all, pod_infos
+from labnet.policy.enforce import apply_all, enforced, pod_infos, settings_of
 from labnet.policy.model import PolicySettings
 from labnet.policy.nft import PodInfo
 
@@ -50,13 +50,13 @@ def _refresh(view: LabView) -> None:
         view.journal = journal
 
 
-def case_pods(view: LabView) -> list[str]:
-    """Add the fixed pods the lab lacks; the names added (to remove at the end)."""
+def case_pods(view: LabView, added: list[str]) -> None:
+    """Add the fixed pods the lab lacks, each name into `added` as soon as it is (to remove at
+    the end, also when a later one fails)."""
     nodes = list(view.topo.nodes)
     if not nodes:
         raise BadInput(f"lab {view.name} has no cluster nodes: no pods, no policy to test")
     have = view.journal.info.get("pods", {})
-    added = []
     for i, cp in enumerate(POD_SET):
         rec = have.get(cp.name)
         if rec is not None:
@@ -64,10 +64,9 @@ def case_pods(view: LabView) -> list[str]:
                 raise BadInput(f"lab {view.name}: pod {cp.name} exists, but not as the policy cases need it "
                                f"(namespace {cp.namespace}, labels {cp.labels}); remove it first")
             continue
-        labpods.add(view.name, nodes[i % len(nodes)], cp.name, cp.labels, namespace=cp.namespace)
         added.append(cp.name)
+        labpods.add(view.name, nodes[i % len(nodes)], cp.name, cp.labels, namespace=cp.namespace)
     _refresh(view)
-    return added
 
 
 def _actual(view: LabView, pods: Sequence[PodInfo], pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Verdicts]:
@@ -94,13 +93,16 @@ def judge_case(view: LabView, case: Case, pods: Sequence[PodInfo], everyone: Seq
     t0 = time.monotonic()
     expected = truth_table(case.settings, pods)
     actual: dict[tuple[str, str], Verdicts] = {}
-    todo = list(expected)
+    # a pair that passed everything is settled; one expected to drop something is probed in
+    # every round (one lost packet must not pass for a drop), and the last round must be right
+    settled: set[tuple[str, str]] = set()
     tries = 0
     while True:
         tries += 1
+        todo = [k for k in expected if k not in settled]
         actual.update(_actual(view, pods, todo))
-        todo = [k for k in expected if actual.get(k) != expected[k]]
-        if not todo or time.monotonic() - t0 >= timeout:
+        settled |= {k for k in todo if all(expected[k]) and actual[k] == expected[k]}
+        if all(actual[k] == expected[k] for k in todo) or time.monotonic() - t0 >= timeout:
             break
     wrong, table = judge(expected, actual)
     probes = len(expected) * len(PROBES)
@@ -133,9 +135,11 @@ def run_cases(view: LabView, cases: Sequence[Case], *, timeout: float = 10.0,
     """Every case in turn; the lab's own policy and pods are as they were afterwards."""
     if not cases:
         raise BadInput("no policy case to run")
-    added = case_pods(view)
+    need_ping()
+    added: list[str] = []
     names = {cp.name for cp in POD_SET}
     try:
+        case_pods(view, added)
         everyone = pod_infos(view.journal.info.get("pods", {}))
         pods = [p for p in everyone if p.name in names]
         results = []
@@ -149,14 +153,32 @@ def run_cases(view: LabView, cases: Sequence[Case], *, timeout: float = 10.0,
                 results.append(judge_case(view, case, pods, everyone, timeout))
         return results
     finally:
-        for name in added:
-            with contextlib.suppress(BadInput):
-                labpods.remove(view.name, view.journal.info["pods"][name]["node"], name)
-        _refresh(view)
-        apply_all(view.journal.info, view.ns)
-        if not view.journal.info.get("topology", {}).get("cluster", {}).get("policy"):
-            for node in view.topo.nodes:  # the lab had no policy: no table either
+        _restore(view, added)
+
+
+def _restore(view: LabView, added: list[str]) -> None:
+    """The pods this run added gone, and the lab's own policy back (or no table, when it has
+    none). Each part is tried whatever the one before it did; what failed is raised after."""
+    failed: list[str] = []
+    _refresh(view)
+    for name in added:
+        rec = view.journal.info.get("pods", {}).get(name)
+        try:
+            if rec is not None:
+                labpods.remove(view.name, rec["node"], name)
+        except (LabnetError, KeyError) as exc:
+            failed.append(f"pod {name}: {exc}")
+    _refresh(view)
+    try:
+        if enforced(settings_of(view.journal.info.get("topology", {}))):
+            apply_all(view.journal.info, view.ns)
+        else:  # the lab has no policy of its own: no table either
+            for node in view.topo.nodes:
                 remove(view.ns(node))
+    except LabnetError as exc:
+        failed.append(f"the lab's own policy: {exc}")
+    if failed:
+        raise LabnetError(f"lab {view.name}: the policy cases could not put everything back: " + "; ".join(failed))
 
 
 def total(results: Sequence[CheckResult]) -> str:

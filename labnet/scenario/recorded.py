@@ -84,9 +84,10 @@ def stop_recorded(view: LabView, node: str, what: str, sig: signal.Signals) -> i
     entry = remember_argv(view, node, what)
     if not processes.alive(entry):
         raise LabnetError(f"node {node}: the {what} process (pid {processes.current(entry)['pid']}) is not running")
-    if entry.get("pidfile"):
-        with contextlib.suppress(LabnetError):  # no supervisor: nothing would start it again anyway
-            supervisor.ask(view.name, "hold", node)  # it is not to start it again: the fault's undo will
+    if entry.get("pidfile"):  # the lab's supervisor is not to start it again: the fault's undo will
+        sup = processes.supervisor_entry(view.journal)
+        if sup is not None and processes.alive(sup):  # else nothing would start it again anyway
+            supervisor.ask(view.name, "hold", node)
     pid = int(processes.current(entry)["pid"])
     if sig == signal.SIGTERM:
         processes.stop(entry, timeout=20)

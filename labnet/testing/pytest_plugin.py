@@ -112,12 +112,14 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     """--labnet-gates: what the test did to its lab that it did not declare fails it."""
     view = _view_of(item) if item.config.getoption("labnet_gates") and not isinstance(item, ScenarioItem) else None
     watch = None
-    if view is not None:
+    handle: LabHandle | None = getattr(item, "funcargs", {}).get("lab")
+    if view is not None and handle is not None:
         from labnet.scenario.gates import Gates
 
         watch = Gates(view)
+        handle.tolerated = set()
     outcome = yield
-    if watch is None:
+    if watch is None or handle is None:
         return
     try:
         if outcome.excinfo is None:  # type: ignore[attr-defined]
@@ -125,7 +127,7 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
             from labnet.scenario.run import gate_result
 
             mark = item.get_closest_marker("labnet_tolerate")
-            seen = watch.violations(mark.args if mark is not None else ())
+            seen = watch.violations({*(mark.args if mark is not None else ()), *handle.tolerated})
             if seen:
                 outcome.force_exception(CheckFailed(gate_result(view.name, seen)))  # type: ignore[attr-defined,union-attr]
     finally:
@@ -210,6 +212,7 @@ class LabHandle:
         self.name = name
         self.built = built
         self.view = LabView(name)
+        self.tolerated: set[str] = set()  # gates the current test's scenarios declared (--labnet-gates)
 
     def node(self, name: str) -> NodeNS:
         return self.view.ns(name)
@@ -246,9 +249,11 @@ class LabHandle:
         return run_step(self.view, "reachability", {"expect": expect, "proto": proto, "port": port}, timeout)[0]
 
     def run_scenario(self, name: str, timeout: float = DEFAULT_TIMEOUT) -> list[Any]:
-        from labnet.scenario.run import run_steps
+        from labnet.scenario.run import run_steps, tolerated
 
-        return run_steps(self.view, self.view.topo.scenarios[name], timeout)
+        steps = self.view.topo.scenarios[name]
+        self.tolerated |= tolerated(steps)  # what its faults declare holds for the test's gates too
+        return run_steps(self.view, steps, timeout)
 
 
 class LabManager:

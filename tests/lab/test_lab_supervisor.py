@@ -80,6 +80,16 @@ def test_forks_restarts_holds_and_stops_node_processes(netns_factory, tmp_path: 
             supervisor.ask(LAB, "start", "n9")
         with pytest.raises(LabnetError, match="unknown op"):
             supervisor.ask(LAB, "reboot")
+        # what a client sends, however malformed, gets an answer, and the supervisor goes on
+        from labnet import jsonsock
+
+        for bad in ({"op": "hold", "node": [1]}, {"op": "start", "node": {"a": 1}}, [1, 2]):
+            assert "error" in jsonsock.request(str(supervisor.socket_path(LAB)), bad)  # type: ignore[arg-type]
+        raw = jsonsock.connect(supervisor.socket_path(LAB), 5)
+        with raw:
+            raw.sendall(b"[" * 60000 + b"\n")
+            assert b"not a JSON object" in raw.recv(4096)
+        assert supervisor.ask(LAB, "status")["nodes"]["n1"]["state"] == "running"
 
         # SIGTERM: it stops its node process, reaps it, and exits
         os.kill(z.proc.pid, signal.SIGTERM)

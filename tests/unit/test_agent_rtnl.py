@@ -103,3 +103,10 @@ def test_route_events_new_and_deleted_and_what_does_not_fit_ends_the_buffer() ->
     events = parse_events(data + data[:30])
     assert [(k, r.dst, r.type) for k, r in events] == [(RTM_NEWROUTE, "10.100.7.0", 1), (RTM_DELROUTE, "10.100.5.0", 6)]
     assert parse_events(b"") == [] and parse_events(b"\xff" * 7) == []
+
+
+def test_route_events_of_other_families_are_skipped() -> None:
+    odd = bytearray(rtnl_route("10.1.0.0", 16, oif=1, kind=25))
+    odd[16] = 28  # rtm_family: neither IPv4 nor IPv6
+    assert parse_events(bytes(odd) + rtnl_route("10.2.0.0", 16, oif=1, kind=25))[0][1].dst == "10.2.0.0"
+    assert len(parse_events(bytes(odd))) == 0
