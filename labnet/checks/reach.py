@@ -1,4 +1,4 @@
-"""Reachability: a matrix of probes (labnet.checks.probe), all at once, retried until each cell
+"""Reachability: a matrix of probes (labnet.checks.probe), all at once, retried until every cell
 shows what it should or the deadline passes; on failure the whole table, the wrong cells
 marked, each with what its probe saw, and the tries and time it took.
 
@@ -85,9 +85,10 @@ def format_table(cells: list[Cell], seen: Mapping[tuple[str, str], Seen | None])
 def assert_reachability(cells: list[Cell], *, proto: str = "icmp", port: int = DEFAULT_PORT, count: int = 100,
                         interval: float = 0.02, timeout: float = DEFAULT_TIMEOUT,
                         name: str | None = None) -> CheckResult:
-    """Every cell holds. All are probed at once (at most WORKERS in flight); a cell is settled
-    once it has shown what it should, and the rest are probed again until the deadline. tcp
-    and udp targets that are pods or machines get a responder on `port` for the run."""
+    """Every cell holds. All are probed at once (at most WORKERS in flight), again and again
+    until the deadline: a cell that reached as it should is settled, a no-reach cell is probed
+    every round, and the last round must have every cell it probed right. tcp and udp targets
+    that are pods or machines get a responder on `port` for the run."""
     __tracebackhide__ = True
     if proto not in PROTOS:
         raise BadInput(f"proto {proto!r} is none of {', '.join(PROTOS)}")
