@@ -12,8 +12,6 @@ of timing out.
 from __future__ import annotations
 
 import json
-import re
-import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -21,9 +19,10 @@ from ipaddress import IPv4Address, IPv4Network, ip_address
 from typing import Any
 
 from labnet.checks.compare import matches, subset_diff
+from labnet.checks.probe import RECEIVED, need_ping
 from labnet.checks.result import CheckFailed, CheckResult
 from labnet.checks.routes import Route, format_table, get_routes, norm_dst, normalise_match
-from labnet.errors import BadInput, LabnetError, WaitTimeout
+from labnet.errors import BadInput, WaitTimeout
 from labnet.nsexec import NodeNS, run
 from labnet.wait import DEFAULT_TIMEOUT, poll
 
@@ -251,12 +250,6 @@ def assert_sysctl(ns: NodeNS, key: str, value: int | str, *, timeout: float = DE
 
 # ---------------------------------------------------------------- ping and connectivity
 
-_RECEIVED = re.compile(r"(\d+) packets transmitted, (\d+) (?:packets )?received")
-
-
-def _need_ping() -> None:
-    if shutil.which("ping") is None:
-        raise LabnetError("ping is not installed on this machine; install iputils-ping (apt-get install iputils-ping)")
 
 
 def _check_ip(ip: str | IPv4Address, what: str) -> str:
@@ -277,7 +270,7 @@ def ping_once(src: NodeNS | None, dst_ip: str, count: int = 1) -> PingOutcome:
     if count > 1:
         argv += ["-i", "0.2"]
     proc = run(src, [*argv, dst_ip], check=False, timeout=10 + 2 * count)
-    m = _RECEIVED.search(proc.stdout)
+    m = RECEIVED.search(proc.stdout)
     if m:
         sent, got = int(m.group(1)), int(m.group(2))
         return PingOutcome(got > 0, f"{got}/{sent} replies")
@@ -289,7 +282,7 @@ def assert_ping(src_ns: NodeNS, dst_ip: str | IPv4Address, count: int = 1, expec
                 timeout: float = DEFAULT_TIMEOUT, dst_name: str | None = None) -> CheckResult:
     """`ping -c<count> -W1` from src_ns reaches dst_ip (expect=True) or gets no reply (expect=False)."""
     __tracebackhide__ = True
-    _need_ping()
+    need_ping()
     if count < 1:
         raise BadInput(f"ping count must be at least 1, not {count}")
     dst = _check_ip(dst_ip, "ping destination")
@@ -374,7 +367,7 @@ def assert_proxy_arp(node_ns: NodeNS, pod_ns: NodeNS, host_veth: str, *, gateway
     forgotten once first, so the answer seen is a fresh one and not a leftover.
     """
     __tracebackhide__ = True
-    _need_ping()
+    need_ping()
     gw = _check_ip(gateway, "gateway")
     want = f"proxy_arp=1 on {host_veth} and {pod_ns.name}'s ARP entry for {gw} dev {pod_dev} = {host_veth}'s MAC"
     run(pod_ns, ["ip", "neigh", "del", gw, "dev", pod_dev], check=False, timeout=10)

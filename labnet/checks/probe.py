@@ -27,7 +27,7 @@ from labnet.nsexec import NodeNS, in_netns, run
 
 PROTOS = ("icmp", "tcp", "udp")
 CONNECT_TIMEOUT = 1.0  # one try; a probe retries until its deadline
-_RECEIVED = re.compile(r"(\d+) packets transmitted, (\d+) (?:packets )?received")
+RECEIVED = re.compile(r"(\d+) packets transmitted, (\d+) (?:packets )?received")
 _MTU_SAID = re.compile(r"(?:mtu ?= ?|mtu=)(\d+)")
 
 
@@ -102,7 +102,7 @@ def connect_once(src: NodeNS, dst_ip: str, proto: str, port: int = 0, timeout: f
     if proto == "icmp":
         wait = f"{max(timeout, 0.1):g}"  # iputils takes fractions of a second
         proc = run(src, ["ping", "-n", "-c", "1", "-W", wait, dst_ip], check=False, timeout=10 + timeout)
-        m = _RECEIVED.search(proc.stdout)
+        m = RECEIVED.search(proc.stdout)
         if m:
             got = int(m.group(2)) > 0
             return Outcome(got, None, "echo reply" if got else f"no echo reply within {wait}s")
@@ -152,7 +152,7 @@ def measure_loss(src: NodeNS, dst_ip: str, proto: str, port: int = 0, count: int
     if proto == "icmp":
         proc = run(src, ["ping", "-n", "-q", "-c", str(count), "-i", f"{max(interval, 0.002):.3f}", "-W", "1",
                          dst_ip], check=False, timeout=30 + count * (interval + 0.01))
-        m = _RECEIVED.search(proc.stdout)
+        m = RECEIVED.search(proc.stdout)
         if not m:
             raise LabnetError(f"{src.name}: ping {dst_ip} said nothing countable: "
                               f"{_last_line(proc.stdout + proc.stderr, 'no output')}")
@@ -195,7 +195,7 @@ def _df_ping(src: NodeNS, dst_ip: str, size: int) -> tuple[bool, int | None, str
     proc = run(src, ["ping", "-n", "-c", "1", "-W", "1", "-M", "do", "-s", str(size - 28), dst_ip], check=False,
                timeout=15)
     text = proc.stdout + proc.stderr
-    m = _RECEIVED.search(proc.stdout)
+    m = RECEIVED.search(proc.stdout)
     mtu = _MTU_SAID.search(text)
     return bool(m and int(m.group(2)) > 0), int(mtu.group(1)) if mtu else None, _last_line(text, "no output")
 

@@ -18,7 +18,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
 from labnet.checks.assertions import CALICO_GATEWAY, Endpoint, proxy_arp_diagnosis, read_sysctl
-from labnet.checks.probe import Responder, connect_once
+from labnet.checks.probe import connect_once, responding
 from labnet.diagnose.nftrace import decided, flow_match, trace_flow
 from labnet.errors import BadInput
 from labnet.lab.view import LabView
@@ -122,16 +122,6 @@ class _Lab:
                 if i.get("network") == network and i.get("address") and str(IPv4Interface(i["address"]).ip) == ip:
                     return name, str(i["name"])
         return None
-
-    def machine_with(self, ip: str) -> str | None:
-        for name, m in self.machines.items():
-            for i in m.get("interfaces", []):
-                if i.get("address") and str(IPv4Interface(i["address"]).ip) == ip:
-                    return name
-        return None
-
-    def pod_at(self, ip: str) -> str | None:
-        return next((p for p, rec in self.pods.items() if rec.get("ip") == ip), None)
 
     def pod_on_veth(self, node: str, veth: str) -> str | None:
         return next((p for p, rec in self.pods.items() if rec.get("node") == node and rec.get("host_veth") == veth),
@@ -335,13 +325,7 @@ def _egress(lab: _Lab, pod: str, dst: Endpoint, proto: str, port: int | None, ou
 
 def _one_packet(lab: _Lab, src: Endpoint, dst: Endpoint, proto: str, port: int | None) -> None:
     assert src.ns is not None
-    if proto == "icmp":
-        connect_once(src.ns, dst.ip, "icmp")
-        return
-    if dst.ns is not None:
-        with Responder(dst.ns, proto, port or DEFAULT_PORT):
-            connect_once(src.ns, dst.ip, proto, port or DEFAULT_PORT)
-    else:
+    with responding(dst.ns, proto, port or DEFAULT_PORT):
         connect_once(src.ns, dst.ip, proto, port or DEFAULT_PORT)
 
 

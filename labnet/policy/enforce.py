@@ -7,6 +7,7 @@ selector matches, wherever they run.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from ipaddress import IPv4Address
 from typing import TYPE_CHECKING, Any
 
@@ -39,13 +40,17 @@ def apply_all(info: dict[str, Any], ns_of: Any) -> list[str]:
     nodes = list((info["topology"].get("cluster") or {}).get("nodes", {}))
     if not enforced(settings):
         return []
-    pods = info.get("pods", {})
+    apply_settings(settings, nodes, info.get("pods", {}), ns_of)
+    return nodes
+
+
+def apply_settings(settings: PolicySettings, nodes: Iterable[str], pods: dict[str, dict[str, Any]],
+                   ns_of: Callable[[str], NodeNS]) -> None:
+    """`settings` on every node, one nft transaction each; a node without pods has no table."""
     everyone = pod_infos(pods)
     for node in nodes:
         mine = [p for p in everyone if pods[p.name]["node"] == node]
-        ns: NodeNS = ns_of(node)
         if mine:
-            apply(ns, render(settings, mine, everyone))
+            apply(ns_of(node), render(settings, mine, everyone))
         else:
-            remove(ns)
-    return nodes
+            remove(ns_of(node))

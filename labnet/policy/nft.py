@@ -117,10 +117,6 @@ def peer_pods(peer: Peer | None, all_pods: Iterable[PodInfo]) -> list[PodInfo]:
     return sorted((p for p in all_pods if peer_matches_pod(peer, p)), key=lambda p: p.ip)
 
 
-def source_pods(rule: Rule, all_pods: Iterable[PodInfo]) -> list[PodInfo]:
-    return peer_pods(rule.from_ if rule.to is None else rule.to, all_pods)
-
-
 def _match(policy: PolicySpec, index: int, rule: Rule, egress: bool = False) -> str:
     parts: list[str] = []
     peer, addr = (rule.to, "daddr") if egress else (rule.from_, "saddr")

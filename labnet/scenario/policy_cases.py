@@ -22,9 +22,9 @@ from labnet.errors import BadInput, LabnetError
 from labnet.lab import pods as labpods
 from labnet.lab.state import load_journal
 from labnet.lab.view import LabView
-from labnet.policy import apply, remove, render
+from labnet.policy import remove
 from labnet.policy.cases import LEGEND, POD_SET, PORTS, PROBES, Case, Verdicts, judge, truth_table
-from labnet.policy.enforce import apply_all, enforced, pod_infos, settings_of
+from labnet.policy.enforce import apply_all, apply_settings, enforced, pod_infos, settings_of
 from labnet.policy.model import PolicySettings
 from labnet.policy.nft import PodInfo
 
@@ -35,13 +35,7 @@ Applier = Callable[[LabView, PolicySettings, Sequence[PodInfo]], None]
 
 def apply_case(view: LabView, settings: PolicySettings, everyone: Sequence[PodInfo]) -> None:
     """The case's policy on every node of the lab, one nft transaction each."""
-    where = view.journal.info.get("pods", {})
-    for node in view.topo.nodes:
-        mine = [p for p in everyone if where.get(p.name, {}).get("node") == node]
-        if mine:
-            apply(view.ns(node), render(settings, mine, everyone))
-        else:
-            remove(view.ns(node))
+    apply_settings(settings, view.topo.nodes, view.journal.info.get("pods", {}), view.ns)
 
 
 def _refresh(view: LabView) -> None:

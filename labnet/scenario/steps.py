@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from dataclasses import replace
 
 from labnet.checks import (
@@ -35,8 +34,8 @@ def ping(v: LabView, a: s.PingArgs, t: float) -> list[CheckResult]:
     try:
         return [assert_ping(src.ns, dst.ip, count=a.count, expect=a.expect == "success",
                             timeout=t, dst_name=a.to if a.to != dst.ip else None)]
-    except CheckFailed:
-        raise _traced(v, [(a.from_, a.to)]) from None
+    except CheckFailed as exc:
+        raise _traced(exc, v, [(a.from_, a.to)]) from None
 
 
 def connectivity(v: LabView, a: s.ConnectivityArgs, t: float) -> list[CheckResult]:
@@ -46,10 +45,9 @@ def connectivity(v: LabView, a: s.ConnectivityArgs, t: float) -> list[CheckResul
     return [assert_connectivity(matrix, v.endpoint, timeout=t)]
 
 
-def _traced(v: LabView, pairs: list[tuple[str, str]], proto: str = "icmp", port: int | None = None) -> CheckFailed:
+def _traced(exc: CheckFailed, v: LabView, pairs: list[tuple[str, str]], proto: str = "icmp",
+            port: int | None = None) -> CheckFailed:
     """The probe's failure as it is, with how to follow those packets (labnet trace)."""
-    exc = sys.exc_info()[1]
-    assert isinstance(exc, CheckFailed)
     r = exc.result
     opts = "" if proto == "icmp" else f" --proto {proto} --port {port}"
     hint = "\n".join(f"  trace: labnet trace -l {v.name} {a} {b}{opts}" for a, b in pairs[:5])
@@ -68,8 +66,8 @@ def connect(v: LabView, a: s.ConnectArgs, t: float) -> list[CheckResult]:
         count = max(1, round(a.duration / a.interval)) if a.duration else a.count
         return [assert_connect(src, dst, exp, proto=a.proto, port=a.port, count=count, interval=a.interval,
                                snat_ip=snat, timeout=max(t, (a.duration or 0) * 1.5))]
-    except CheckFailed:
-        raise _traced(v, [(a.from_, a.to)], a.proto, a.port) from None
+    except CheckFailed as exc:
+        raise _traced(exc, v, [(a.from_, a.to)], a.proto, a.port) from None
 
 
 def reachability(v: LabView, a: s.ReachabilityArgs, t: float) -> list[CheckResult]:
@@ -78,7 +76,7 @@ def reachability(v: LabView, a: s.ReachabilityArgs, t: float) -> list[CheckResul
         return [assert_reachability(cells, proto=a.proto, port=a.port, timeout=t)]
     except CheckFailed as exc:
         wrong = [(c.src.name, c.dst.name) for c in cells if f"{c.src.name} → {c.dst.name} (" in exc.result.detail]
-        raise _traced(v, wrong, a.proto, a.port) from None
+        raise _traced(exc, v, wrong, a.proto, a.port) from None
 
 
 def proxy_arp(v: LabView, a: s.ProxyArpArgs, t: float) -> list[CheckResult]:
