@@ -38,6 +38,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from labnet.fuzz import gen  # noqa: E402
 from labnet.fuzz.gen import mutate, random_bgp_message, random_cni_request, random_topology  # noqa: E402
 from labnet.fuzz.known import KNOWN  # noqa: E402
 from labnet.fuzz.targets import crash_key  # noqa: E402
@@ -76,6 +77,7 @@ def seed_inputs() -> dict[str, list[bytes]]:
     bgp = [_hex(p) for p in sorted((REPO / "fixtures" / "bgp").glob("*.hex"))]
     bgp.append(b"".join(bgp))  # a stream of every message back to back
     bgp.append(codec.encode(codec.Keepalive()) * 3)
+    bgp += gen.bgp_ipv6_seeds()  # MP_REACH / MP_UNREACH for IPv6 unicast, End-of-RIB of both families
     topo = [p.read_bytes() for d in ("topologies", "fixtures/topologies/good", "fixtures/topologies/bad")
             for p in sorted((REPO / d).glob("*.yaml"))]
     cni = [_cni_seed(json.loads(p.read_text())) for p in sorted((REPO / "fixtures" / "cni").glob("*.json"))]

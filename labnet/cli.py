@@ -339,7 +339,8 @@ def cmd_pod(args: argparse.Namespace) -> int:
     if args.pod_command == "add":
         labels = dict(kv.split("=", 1) for kv in args.label or [])  # each checked by _label
         rec = pods.add(name, args.node, args.pod, labels=labels or None, ip=args.ip)
-        print(f"pod {args.pod} on {args.node}: {rec['ip']} (host veth {rec['host_veth']})")
+        six = f" {rec['ip6']}" if rec.get("ip6") else ""
+        print(f"pod {args.pod} on {args.node}: {rec['ip']}{six} (host veth {rec['host_veth']})")
     else:
         pods.remove(name, args.node, args.pod)
         print(f"pod {args.pod} on {args.node}: removed")
@@ -365,7 +366,7 @@ def cmd_routes(args: argparse.Namespace) -> int:
     _need_root()
     lab = state.pick_lab(args.lab)
     ns = state.node_ns(lab, args.node)
-    routes = get_routes(ns, table=args.table)
+    routes = get_routes(ns, table=args.table, family=6 if args.ipv6 else 4)
     if args.json:
         print(json.dumps([r.as_dict() for r in routes], indent=2, default=str))
         return 0
@@ -519,6 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("node", type=paths.name_arg("machine"))
     s.add_argument("-l", "--lab", type=paths.lab_arg)
     s.add_argument("--table", default="main", help="main (default), all, or a number")
+    s.add_argument("-6", "--ipv6", action="store_true", help="the IPv6 table (ip -6 route)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_routes)
 

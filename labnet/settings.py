@@ -25,10 +25,17 @@ DEFAULT_ASN = 64512
 OVERHEAD: dict[str, int] = {"ipip": 20, "vxlan": 50, "none": 0}
 IPIP_OVERHEAD = OVERHEAD["ipip"]
 VXLAN_OVERHEAD = OVERHEAD["vxlan"]
+VXLAN6_OVERHEAD = 70  # IPv6 (40) + UDP + VXLAN + Ethernet: VXLAN over an IPv6 underlay
+DEFAULT_BLOCK = {4: 26, 6: 122}  # Calico's default block sizes per family
+# The block sizes an IP pool may have, per family (Calico's IPPool validation: IPv4 20..32,
+# IPv6 116..128: a block lists each of its addresses)
+BLOCK_RANGE = {4: (20, 32), 6: (116, 128)}
 
 
 @dataclass(frozen=True)
 class PoolSettings:
+    """One IP pool. An IPv6 pool has no IPIP (Calico has none for IPv6): vxlan or nothing."""
+
     cidr: str
     block_size: int = 26
     ipip: str = "always"  # always | cross-subnet | never
@@ -36,8 +43,12 @@ class PoolSettings:
     nat_outgoing: bool = True
 
     @property
-    def network(self) -> ipaddress.IPv4Network:
-        return ipaddress.IPv4Network(self.cidr)
+    def network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+        return ipaddress.ip_network(self.cidr)
+
+    @property
+    def version(self) -> int:
+        return ipaddress.ip_network(self.cidr).version
 
     @property
     def encap(self) -> Encap:
@@ -60,6 +71,10 @@ class PoolSettings:
     @property
     def overhead(self) -> int:
         return OVERHEAD[self.encap]
+
+    def overhead_over(self, underlay_version: int) -> int:
+        """Bytes the encapsulation adds when the outer header is of that IP version."""
+        return VXLAN6_OVERHEAD if self.encap == "vxlan" and underlay_version == 6 else self.overhead
 
 
 @dataclass(frozen=True)
@@ -89,12 +104,28 @@ class ClusterSettings:
     bgp: BgpSettings = field(default_factory=BgpSettings)
     mtu: int | None = None  # workload MTU; None: underlay MTU minus the encapsulation overhead
     node_asn: dict[str, int] = field(default_factory=dict)
+    pool6: PoolSettings | None = None  # the IPv6 pool of a dual-stack cluster
+
+    @property
+    def pools(self) -> tuple[PoolSettings, ...]:
+        """The IPv4 pool, then the IPv6 one when there is one."""
+        return (self.pool,) if self.pool6 is None else (self.pool, self.pool6)
+
+    def pool_of(self, version: int) -> PoolSettings | None:
+        return self.pool if version == 4 else self.pool6
 
     def asn_of(self, node: str) -> int:
         return self.node_asn.get(node, self.bgp.asn)
 
-    def workload_mtu(self, underlay_mtu: int) -> int:
-        return self.mtu or underlay_mtu - self.pool.overhead
+    def workload_mtu(self, underlay_mtu: int, underlay6: bool = False) -> int:
+        """The pod's MTU: the smallest any of its pools' encapsulations leaves. A VXLAN IPv6 pool
+        over an IPv6 underlay costs 70 bytes; over IPv4 (no IPv6 underlay) 50."""
+        if self.mtu:
+            return self.mtu
+        over = self.pool.overhead
+        if self.pool6 is not None:
+            over = max(over, self.pool6.overhead_over(6 if underlay6 else 4))
+        return underlay_mtu - over
 
     def expects_peers(self, nodes: Iterable[str]) -> bool:
         """Whether a node of the cluster should have BGP sessions at all."""
@@ -112,6 +143,8 @@ class ClusterSettings:
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape written to etcd; `from_dict` reads it back to an equal object."""
         d = asdict(self)
+        if self.pool6 is None:
+            del d["pool6"]
         d["bgp"]["route_reflectors"] = list(self.bgp.route_reflectors)
         d["bgp"]["peers"] = [{k: v for k, v in asdict(p).items() if v is not None} for p in self.bgp.peers]
         return d
@@ -126,18 +159,8 @@ class ClusterSettings:
                 raise BadInput(f"{where}: {msg}")
 
         need(isinstance(d, dict), f"expected an object, got {type(d).__name__}")
-        p = d.get("pool")
-        need(isinstance(p, dict) and isinstance(p.get("cidr"), str), "'pool' must be an object with a 'cidr'")
-        assert isinstance(p, dict)
-        try:
-            ipaddress.IPv4Network(p["cidr"])
-        except ValueError as exc:
-            raise BadInput(f"{where}: pool.cidr {p['cidr']!r}: {exc}") from exc
-        ipip = _mode(p.get("ipip", PoolSettings.ipip), where, "pool.ipip")
-        vxlan = _mode(p.get("vxlan", PoolSettings.vxlan), where, "pool.vxlan")
-        need(ipip == "never" or vxlan == "never", f"pool has both ipip={ipip} and vxlan={vxlan}; pick one")
-        pool = PoolSettings(p["cidr"], _int(p, "block_size", PoolSettings.block_size, where), ipip, vxlan,
-                            _bool(p, "nat_outgoing", PoolSettings.nat_outgoing, where))
+        pool = _pool(d.get("pool"), 4, where, "pool")
+        pool6 = None if d.get("pool6") is None else _pool(d.get("pool6"), 6, where, "pool6")
         b = d.get("bgp") or {}
         need(isinstance(b, dict), "'bgp' must be an object")
         mesh_raw = b.get("mesh", BgpSettings.mesh)
@@ -146,7 +169,7 @@ class ClusterSettings:
         for i, x in enumerate(b.get("peers") or []):
             need(isinstance(x, dict) and "address" in x and "asn" in x, f"bgp.peers[{i}] needs address and asn")
             try:
-                ipaddress.IPv4Address(x["address"])
+                ipaddress.ip_address(x["address"])
             except ValueError as exc:
                 raise BadInput(f"{where}: bgp.peers[{i}].address: {exc}") from exc
             peers.append(PeerSettings(str(x["address"]), _int(x, "asn", 0, where), x.get("node"),
@@ -170,7 +193,35 @@ class ClusterSettings:
         raw_asn = d.get("node_asn") or {}
         need(isinstance(raw_asn, dict), f"node_asn must be an object of node: asn, got {raw_asn!r}")
         node_asn = {str(k): _int({"asn": v}, "asn", 0, f"{where}: node_asn.{k}") for k, v in raw_asn.items()}
-        return cls(pool, bgp, mtu, node_asn)
+        return cls(pool, bgp, mtu, node_asn, pool6)
+
+
+def default_ipip(version: int) -> str:
+    """IPIP is on by default for IPv4 pools, as in Calico's manifests; IPv6 has none."""
+    return PoolSettings.ipip if version == 4 else "never"
+
+
+def _pool(p: object, version: int, where: str, what: str) -> PoolSettings:
+    """A pool of that IP version; an IPv6 pool's defaults are Calico's: /122 blocks, no IPIP."""
+    if not (isinstance(p, dict) and isinstance(p.get("cidr"), str)):
+        raise BadInput(f"{where}: '{what}' must be an object with a 'cidr'")
+    try:
+        net = ipaddress.ip_network(p["cidr"])
+    except ValueError as exc:
+        raise BadInput(f"{where}: {what}.cidr {p['cidr']!r}: {exc}") from exc
+    if net.version != version:
+        raise BadInput(f"{where}: {what}.cidr {p['cidr']!r} is not an IPv{version} network")
+    ipip = _mode(p.get("ipip", default_ipip(version)), where, f"{what}.ipip")
+    vxlan = _mode(p.get("vxlan", PoolSettings.vxlan), where, f"{what}.vxlan")
+    if ipip != "never" and vxlan != "never":
+        raise BadInput(f"{where}: {what} has both ipip={ipip} and vxlan={vxlan}; pick one")
+    if version == 6 and ipip != "never":
+        raise BadInput(f"{where}: {what}.ipip {ipip}: IPv6 pools have no IPIP (use vxlan or never)")
+    block = _int(p, "block_size", DEFAULT_BLOCK[version], where)
+    low, high = max(net.prefixlen, BLOCK_RANGE[version][0]), BLOCK_RANGE[version][1]
+    if not low <= block <= high:
+        raise BadInput(f"{where}: {what}.block_size {block} must be {low}..{high}")
+    return PoolSettings(p["cidr"], block, ipip, vxlan, _bool(p, "nat_outgoing", PoolSettings.nat_outgoing, where))
 
 
 def _int(d: dict[str, Any], key: str, default: int, where: str) -> int:

@@ -35,37 +35,40 @@ from labnet.agent.nodes import NodeRecord, name_problems, read_nodename
 from labnet.agent.peers import PeerSpec, compute_peers, peer_inputs
 from labnet.agent.routes import (
     IPIP_DEVICE,
+    VXLAN6_DEVICE,
     DesiredRoute,
     Learned,
+    Net,
     Underlay,
     blackholes,
     desired_routes,
+    net_key,
     vxlan_plan,
 )
 from labnet.agent.status import ROUTE_NOT_PROGRAMMED
 from labnet.agent.tunnel import Tunnel, Vtep, ensure_vxlan, remove_vxlan, start_ipip, sync_vxlan
 from labnet.agent.tunnel.vxlan import IFNAME as VXLAN_DEVICE
-from labnet.agent.tunnel.vxlan import PROTO_FELIX
+from labnet.agent.tunnel.vxlan import PROTO_FELIX, VNI6
 from labnet.bgp.rib import Change
 from labnet.bgp.speaker import PeerConfig, Speaker
 from labnet.errors import LabnetError
 from labnet.etcd import keys
 from labnet.etcd.settings import CLUSTER_KEY, decode_cluster_config
 from labnet.etcd.store import KV, Datastore, DatastoreUnavailable, Event
-from labnet.settings import ClusterSettings
+from labnet.settings import ClusterSettings, PoolSettings
 
 log = logging.getLogger("labnet.agent")
 
-Net = ipaddress.IPv4Network
 SETTINGS_KEY = CLUSTER_KEY
 # Blocks are not watched: every pod's address changes one, which would wake every agent of the
 # cluster (nodes x pods passes, and etcd's fan-out of each block to every node). The agent reads
 # them in each full read; the node's CNI server kicks one when this node borrows or releases.
 WATCHED = (keys.NODES, keys.affinities(), SETTINGS_KEY)
-CACHED = (*WATCHED, keys.BLOCKS)
+CACHED = (*WATCHED, keys.BLOCKS, keys.BLOCKS6)
 BURST_PASSES = 3  # back-to-back passes before a pause: bounds the pass rate under sustained churn
 COALESCE = 0.05  # that pause: seconds to gather a burst of RIB changes / watch events
 RTMGRP_IPV4_ROUTE = 0x40
+RTMGRP_IPV6_ROUTE = 0x400
 RTM_NEWROUTE, RTM_DELROUTE = 24, 25
 
 
@@ -108,11 +111,13 @@ class Agent:
         self.tunnel: Tunnel | None = None
         self.tunnel_address: str | None = None
         self.vxlan_mac: str | None = None
+        self.tunnel_address6: str | None = None  # vxlan-v6.calico's, in VXLAN mode of an IPv6 pool
+        self.vxlan_mac6: str | None = None
         self.speaker: Speaker | None = None
         self.peers: dict[str, PeerSpec] = {}
         self.peer_configs: dict[str, PeerConfig] = {}
         self.originated: set[Net] = set()
-        self.nat_pool: str | None = None
+        self.nat_pools: tuple[str, ...] = ()
         self.snapshot: Snapshot | None = None
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
@@ -121,7 +126,7 @@ class Agent:
         self._cache_dirty = False  # watch events changed the cache since the last pass
         # decoded once per revision: a pass rebuilds the snapshot from every node and block, and
         # while a 100-node lab comes up that is two passes per node on every node
-        self._block_memo: dict[str, tuple[int, ipam.Block | None, tuple[ipaddress.IPv4Address, ...]]] = {}
+        self._block_memo: dict[str, tuple[int, ipam.Block | None, tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]]] = {}
         self._node_memo: dict[str, tuple[int, NodeRecord | None]] = {}
         self._applied: tuple[Any, ...] | None = None  # what the last kernel pass programmed
         self._kernel_due = True
@@ -150,7 +155,8 @@ class Agent:
         """One full read of everything the agent watches (4 requests)."""
         kv = self.store.get(SETTINGS_KEY)
         out = {SETTINGS_KEY: [kv] if kv is not None else []}
-        for prefix in (keys.NODES, keys.affinities(), keys.BLOCKS):
+        # IPv6 blocks are read only by a dual-stack node: an IPv4 lab's passes read what they did
+        for prefix in (keys.NODES, keys.affinities(), keys.BLOCKS, *((keys.BLOCKS6,) if self._dual else ())):
             out[prefix] = self.store.range(prefix)
         return out
 
@@ -158,14 +164,14 @@ class Agent:
         read = self._read_all()
         settings = read[SETTINGS_KEY]
         return self._build_snapshot(settings[0] if settings else None, read[keys.NODES],
-                                    read[keys.affinities()], read[keys.BLOCKS])
+                                    read[keys.affinities()], read[keys.BLOCKS] + read.get(keys.BLOCKS6, []))
 
     def _cached_snapshot(self) -> Snapshot:
         c = self._cache
         return self._build_snapshot(c.get(SETTINGS_KEY, SETTINGS_KEY), c.values(keys.NODES),
-                                    c.values(keys.affinities()), c.values(keys.BLOCKS))
+                                    c.values(keys.affinities()), c.values(keys.BLOCKS) + c.values(keys.BLOCKS6))
 
-    def _decode_block(self, kv: KV) -> tuple[ipam.Block | None, tuple[ipaddress.IPv4Address, ...]]:
+    def _decode_block(self, kv: KV) -> tuple[ipam.Block | None, tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]]:
         """The block, and the addresses in it that were given to this node (borrowed)."""
         hit = self._block_memo.get(kv.key)
         if hit is not None and hit[0] == kv.mod_revision:
@@ -174,9 +180,9 @@ class Agent:
             block: ipam.Block | None = ipam.Block.decode(kv.value)
         except (ValueError, KeyError):
             block = None
-        given: tuple[ipaddress.IPv4Address, ...] = ()
+        given: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...] = ()
         if block is not None and block.node != self.name:
-            given = tuple(ipaddress.IPv4Address(block.address(i)) for i, h in enumerate(block.allocations)
+            given = tuple(ipaddress.ip_address(block.address(i)) for i, h in enumerate(block.allocations)
                           if h is not None and (block.attributes.get(h) or {}).get("node") == self.name)
         self._block_memo[kv.key] = (kv.mod_revision, block, given)
         return block, given
@@ -201,16 +207,14 @@ class Agent:
             live = {kv.key for kv in node_kvs}
             for gone in set(self._node_memo) - live:
                 del self._node_memo[gone]
-        host_prefix = keys.affinities()
         by_node: dict[str, list[str]] = {}
         for kv in affinity_kvs:
-            rest = kv.key[len(host_prefix):]  # <node>/ipv4/block/<cidr-key>
-            node, _, tail = rest.partition("/ipv4/block/")
-            if node and tail:
-                by_node.setdefault(node, []).append(keys.cidr_from_key(tail))
-        mine = sorted(by_node.get(self.name, []), key=ipaddress.IPv4Network)
+            found = keys.parse_affinity(kv.key)  # either family
+            if found is not None and (self._dual or ":" not in found[1]):
+                by_node.setdefault(found[0], []).append(found[1])
+        mine = sorted(by_node.get(self.name, []), key=lambda b: net_key(ipaddress.ip_network(b)))
         borrowed: set[Net] = set()
-        my_nets = [ipaddress.IPv4Network(b) for b in mine]
+        my_nets = [ipaddress.ip_network(b) for b in mine]
         present: set[str] = set()
         for kv in block_kvs:
             present.add(kv.key)
@@ -219,10 +223,10 @@ class Agent:
                 continue
             for addr in given:
                 if not any(addr in n for n in my_nets):
-                    borrowed.add(ipaddress.IPv4Network(f"{addr}/32"))
+                    borrowed.add(ipaddress.ip_network(addr))
         for gone in set(self._block_memo) - present:
             del self._block_memo[gone]
-        return Snapshot(settings, nodes, mine, set(by_node), by_node, sorted(borrowed))
+        return Snapshot(settings, nodes, mine, set(by_node), by_node, sorted(borrowed, key=net_key))
 
     def _watch(self, prefix: str) -> None:
         """Feed every change under `prefix` to the loop (runs in its own thread until stopped)."""
@@ -254,7 +258,7 @@ class Agent:
         assert self._loop is not None
         try:
             sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-            sock.bind((0, RTMGRP_IPV4_ROUTE))
+            sock.bind((0, RTMGRP_IPV4_ROUTE | (RTMGRP_IPV6_ROUTE if self._dual else 0)))
             sock.settimeout(1.0)
         except OSError as exc:
             log.warning("route monitor: %s (kernel drift is found at the next resync only)", exc)
@@ -317,22 +321,35 @@ class Agent:
             log.warning("node name override: registering as %r while the CNI plugin uses %r",
                         self.name, self.cni_name)
 
+    @property
+    def _dual(self) -> bool:
+        """This node routes IPv6 blocks too (a dual-stack pool and an IPv6 underlay address)."""
+        return bool(self.settings and self.settings.pool6 and self.underlay and self.underlay.address6)
+
+    @property
+    def _families(self) -> tuple[int, ...]:
+        return kernel.DUAL if self._dual else kernel.IPV4
+
     def _register(self) -> None:
         assert self.underlay is not None and self.settings is not None
         s = self.settings
         asn = s.node_asn.get(self.name)
+        a6 = self.underlay.address6
         rec = NodeRecord(
             name=self.name, ipv4_address=str(self.underlay.address), asn=asn,
             ipip_tunnel_addr=self.tunnel_address if s.pool.encap == "ipip" else None,
             vxlan_tunnel_addr=self.tunnel_address if s.pool.encap == "vxlan" else None,
             vxlan_tunnel_mac=self.vxlan_mac, pid=os.getpid(),
             started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.state.started)),
-            interface=self.underlay.ifname,
+            interface=self.underlay.ifname, ipv6_address=str(a6) if a6 is not None and s.pool6 else None,
+            vxlan_tunnel_addr_v6=self.tunnel_address6, vxlan_tunnel_mac_v6=self.vxlan_mac6,
         )
         self.store.put(keys.node(self.name), rec.encode())
 
     def _setup_tunnel(self) -> None:
         assert self.underlay is not None and self.settings is not None
+        if self.settings.pool6 is not None:
+            self._setup_tunnel6(self.settings.pool6)
         pool = self.settings.pool
         # The node claims its first block now, also without encapsulation: its blackhole and BGP
         # route exist before the first pod (labnet up waits for them). The block's first address
@@ -351,6 +368,21 @@ class Agent:
             self.vxlan_mac = ensure_vxlan(self.underlay.ip, first, mtu)
             log.info("%s up: %s/32 mac %s", VXLAN_DEVICE, first, self.vxlan_mac)
 
+    def _setup_tunnel6(self, pool6: PoolSettings) -> None:
+        """The first IPv6 block (its blackhole and BGP route exist before the first pod), and
+        vxlan-v6.calico when the IPv6 pool is in VXLAN mode."""
+        assert self.underlay is not None and self.settings is not None
+        if self.underlay.address6 is None:
+            raise LabnetError(f"node {self.name}: the cluster has IPv6 pool {pool6.cidr} but {self.underlay.ifname} "
+                              "has no global IPv6 address to route its IPv6 blocks through")
+        first = ipam.tunnel_address(self.store, self.name, ipam.Pool(pool6.cidr, pool6.block_size))
+        if pool6.encap != "vxlan":
+            return
+        self.tunnel_address6 = first
+        self.vxlan_mac6 = ensure_vxlan(str(self.underlay.address6.ip), first, self.settings.mtu,
+                                       ifname=VXLAN6_DEVICE, vni=VNI6)
+        log.info("%s up: %s/128 mac %s", VXLAN6_DEVICE, first, self.vxlan_mac6)
+
     async def _start_speaker(self) -> None:
         assert self.underlay is not None and self.settings is not None
         b = self.settings.bgp
@@ -358,7 +390,8 @@ class Agent:
             return
         # Listen on 0.0.0.0:179 as BIRD does in calico-node (peers may come in on any address).
         sp = Speaker(self.settings.asn_of(self.name), self.underlay.ip, self.underlay.ip,
-                     restart_time=b.restart_time, bind="0.0.0.0")
+                     restart_time=b.restart_time, bind="0.0.0.0",
+                     next_hop6=self.underlay.ip6 if self._dual else None)
         sp.on_change(self._on_rib_change)
         await sp.start()
         self.speaker = sp
@@ -402,10 +435,12 @@ class Agent:
     def _sync_originated(self, snap: Snapshot) -> None:
         if self.speaker is None:
             return
-        want = {ipaddress.IPv4Network(b) for b in snap.my_blocks} | set(snap.borrowed)
-        for p in sorted(self.originated - want):
+        want = {ipaddress.ip_network(b) for b in snap.my_blocks} | set(snap.borrowed)
+        if not self._dual:
+            want = {p for p in want if p.version == 4}
+        for p in sorted(self.originated - want, key=net_key):
             self.speaker.withdraw(p)
-        for p in sorted(want - self.originated):
+        for p in sorted(want - self.originated, key=net_key):
             self.speaker.originate(p)
         self.originated = want
 
@@ -419,47 +454,69 @@ class Agent:
             out.append(Learned(prefix, path.next_hop, path.source.address))
         return out
 
-    def _vteps(self, snap: Snapshot) -> list[Vtep]:
+    def _vteps(self, snap: Snapshot, version: int = 4) -> list[Vtep]:
         out = []
         for n in snap.nodes:
-            if n.name == self.name or not (n.vxlan_tunnel_addr and n.vxlan_tunnel_mac and n.address):
+            vtep: tuple[object, ...]
+            if version == 4:
+                vtep = (n.address, n.vxlan_tunnel_addr, n.vxlan_tunnel_mac)
+            else:
+                vtep = (n.address6, n.vxlan_tunnel_addr_v6, n.vxlan_tunnel_mac_v6)
+            if n.name == self.name or not all(vtep):
                 continue
+            blocks = tuple(b for b in snap.blocks_by_node.get(n.name, ()) if ipaddress.ip_network(b).version == version)
             try:
-                out.append(Vtep(n.name, str(n.address), n.vxlan_tunnel_addr, n.vxlan_tunnel_mac,
-                                tuple(snap.blocks_by_node.get(n.name, ()))))
+                out.append(Vtep(n.name, str(vtep[0]), str(vtep[1]), str(vtep[2]), blocks))
             except LabnetError as exc:
                 log.warning("node %s: bad VTEP: %s", n.name, exc)
         return out
 
-    def _desired(self, snap: Snapshot) -> tuple[dict[Net, DesiredRoute], list[Vtep] | None]:
+    def _desired(self, snap: Snapshot) -> tuple[dict[Net, DesiredRoute], dict[str, list[Vtep]] | None]:
+        """The routes to program, and the VTEPs per VXLAN device (None: no VXLAN device)."""
         assert self.underlay is not None
-        pool = snap.settings.pool
-        under = Underlay(self.underlay.ifname, self.underlay.address)
+        want, vxlan = self._plan(snap, snap.settings.pool, Underlay(self.underlay.ifname, self.underlay.address),
+                                 VXLAN_DEVICE)
+        pool6 = snap.settings.pool6
+        if pool6 is not None and self.underlay.address6 is not None:
+            under6 = Underlay(self.underlay.ifname, self.underlay.address6)
+            want6, vxlan6 = self._plan(snap, pool6, under6, VXLAN6_DEVICE)
+            want.update(want6)
+            if vxlan6 is not None:
+                vxlan = {**(vxlan or {}), **vxlan6}
+        return want, vxlan
+
+    def _plan(self, snap: Snapshot, pool: PoolSettings, under: Underlay,
+              vxlan_dev: str) -> tuple[dict[Net, DesiredRoute], dict[str, list[Vtep]] | None]:
+        """One family's routes: its pool, its own blocks, what BGP learned of that family."""
+        version = pool.version
+        mine = [b for b in snap.my_blocks if ipaddress.ip_network(b).version == version]
+        learned = [ln for ln in self._learned() if ln.prefix.version == version]
         if pool.encap == "vxlan":
-            tunnel, direct = vxlan_plan(vteps=self._vteps(snap), mode=pool.mode, underlay=under)
-            want = {r.dst: r for r in blackholes(snap.my_blocks)}
+            tunnel, direct = vxlan_plan(vteps=self._vteps(snap, version), mode=pool.mode, underlay=under)
+            want = {r.dst: r for r in blackholes(mine)}
             for dst, r in direct.items():
                 want.setdefault(dst, r)
             # Pool routes come from the datastore here; BGP (if on) only carries what lies outside
-            learned = [ln for ln in self._learned() if not ln.prefix.subnet_of(pool.network)]
-            for dst, r in desired_routes(own_blocks=[], learned=learned, pool=pool.network, encap="none",
+            outside = [ln for ln in learned if not ln.prefix.subnet_of(pool.network)]  # type: ignore[arg-type]
+            for dst, r in desired_routes(own_blocks=[], learned=outside, pool=pool.network, encap="none",
                                          mode="never", underlay=under).items():
                 want.setdefault(dst, r)
-            return want, tunnel
+            return want, {vxlan_dev: tunnel}
         return desired_routes(
-            own_blocks=snap.my_blocks, learned=self._learned(), pool=pool.network, encap=pool.encap,
+            own_blocks=mine, learned=learned, pool=pool.network, encap=pool.encap,
             mode=pool.mode, underlay=under, originated=self.originated, tunnel_dev=IPIP_DEVICE,
         ), None
 
-    def _apply_kernel(self, want: dict[Net, DesiredRoute], vteps: list[Vtep] | None, keep: bool) -> None:
-        if vteps is not None:
-            res = sync_vxlan(vteps)
+    def _apply_kernel(self, want: dict[Net, DesiredRoute], vteps: dict[str, list[Vtep]] | None, keep: bool) -> None:
+        for dev, tunnel in (vteps or {}).items():
+            res = sync_vxlan(tunnel, ifname=dev)
             for x in res.added + res.removed:
-                log.info("vxlan: %s", x)
-        r = kernel.reconcile(want, keep_unicast=keep)  # reads by rtnl; pyroute2 only if it writes
+                log.info("%s: %s", dev, x)
+        # reads by rtnl; pyroute2 only if it writes
+        r = kernel.reconcile(want, keep_unicast=keep, families=self._families)
         self._report_kernel(r, vteps)
 
-    def _report_kernel(self, r: kernel.ReconcileResult, vteps: list[Vtep] | None) -> None:
+    def _report_kernel(self, r: kernel.ReconcileResult, vteps: dict[str, list[Vtep]] | None) -> None:
         for x in r.added:
             log.info("route + %s", x)
         for x in r.removed:
@@ -469,27 +526,30 @@ class Agent:
                 log.warning("route: %s", x)
         self.state.route_errors = r.errors
         self.state.routes_skipped = r.skipped
-        vx = (PROTO_FELIX, VXLAN_DEVICE) if vteps is not None else (None, None)
+        vx = (PROTO_FELIX, ",".join(sorted(vteps))) if vteps is not None else (None, None)
         # state.routes (status only) is read back when a status asks for it: a dump less per pass
         self._routes_vx = vx
         self.state.gateway_problem = kernel.pod_gateway_problem()
 
-    @staticmethod
-    def _nat_want(snap: Snapshot) -> str | None:
-        pool = snap.settings.pool
-        return pool.cidr if pool.nat_outgoing else None
+    def _nat_want(self, snap: Snapshot) -> tuple[str, ...]:
+        """The pools whose traffic leaving them is masqueraded (an IPv6 one: NAT66)."""
+        pools = snap.settings.pools if self._dual else (snap.settings.pool,)
+        return tuple(p.cidr for p in pools if p.nat_outgoing)
 
     def _apply_nat(self, snap: Snapshot) -> None:
         want = self._nat_want(snap)
-        if want == self.nat_pool:
+        if want == self.nat_pools:
             return
-        devs = [IPIP_DEVICE, VXLAN_DEVICE]
-        if want:
-            nat.apply_nat(want, devs, where=f"node {self.name}")
-            log.info("nat_outgoing: masquerade %s leaving the pool (nft table ip %s)", want, nat.TABLE)
-        else:
-            nat.remove_nat(where=f"node {self.name}")
-        self.nat_pool = want
+        devs = [IPIP_DEVICE, VXLAN_DEVICE, VXLAN6_DEVICE] if self._dual else [IPIP_DEVICE, VXLAN_DEVICE]
+        fams = {nat.family_of(p): p for p in want}
+        for fam in ("ip", "ip6"):
+            pool = fams.get(fam)
+            if pool:
+                nat.apply_nat(pool, devs, where=f"node {self.name}")
+                log.info("nat_outgoing: masquerade %s leaving the pool (nft table %s %s)", pool, fam, nat.TABLE)
+            elif any(nat.family_of(p) == fam for p in self.nat_pools):
+                nat.remove_nat(where=f"node {self.name}", family=fam)
+        self.nat_pools = want
 
     def _all_established(self) -> bool:
         if self.speaker is None:
@@ -539,7 +599,7 @@ class Agent:
                 await self._sync_peers(snap)
                 self._peers_input = peers_input
             self._sync_originated(snap)
-            if self._nat_want(snap) != self.nat_pool:
+            if self._nat_want(snap) != self.nat_pools:
                 await asyncio.to_thread(self._apply_nat, snap)
         snap = self.snapshot
         assert snap is not None
@@ -592,7 +652,14 @@ class Agent:
             tun.update(mode="vxlan", device=VXLAN_DEVICE, mtu=_link_mtu(VXLAN_DEVICE), mac=self.vxlan_mac)
         return tun
 
-    def status(self, tunnel: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _tunnel6_status(self) -> dict[str, Any] | None:
+        """The IPv6 pool's tunnel (vxlan-v6.calico), None without one. Netlink: off the loop."""
+        if self.vxlan_mac6 is None:
+            return None
+        return {"mode": "vxlan", "device": VXLAN6_DEVICE, "address": self.tunnel_address6,
+                "mtu": _link_mtu(VXLAN6_DEVICE), "mac": self.vxlan_mac6}
+
+    def status(self, tunnel: dict[str, Any] | None = None, tunnel6: dict[str, Any] | None = None) -> dict[str, Any]:
         """The status document (see labnet.agent.status). Call from the event loop's thread,
         with `tunnel` from _tunnel_status() computed in a worker thread."""
         u = self.underlay
@@ -619,14 +686,23 @@ class Agent:
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.state.started)),
             "ready": self.state.ready, "passes": self.state.passes,
             "bgp_address": str(u.address) if u else None, "interface": u.ifname if u else None,
+            "bgp_address6": str(u.address6) if u and u.address6 and self._dual else None,
             "router_id": u.ip if u and self.speaker else None,
             "asn": s.asn_of(self.name) if s else None,
-            "tunnel": tun, "peers": peers, "blocks": self.state.blocks, "borrowed": self.state.borrowed,
+            "tunnel": tun, **({"tunnel6": tunnel6} if tunnel6 else {}), "peers": peers, "blocks": self.state.blocks, "borrowed": self.state.borrowed,
             "routes": self.state.routes, "routes_skipped": self.state.routes_skipped,
-            "nat": {"enabled": self.nat_pool is not None, "table": f"ip {nat.TABLE}" if self.nat_pool else None,
-                    "pool": self.nat_pool},
+            "nat": self._nat_status(),
             "problems": problems,
         }
+
+    def _nat_status(self) -> dict[str, Any]:
+        """NAT as the status shows it: the IPv4 pool's table (as ever), and the IPv6 one's."""
+        by_fam = {nat.family_of(p): p for p in self.nat_pools}
+        out: dict[str, Any] = {"enabled": "ip" in by_fam, "table": f"ip {nat.TABLE}" if "ip" in by_fam else None,
+                               "pool": by_fam.get("ip")}
+        if "ip6" in by_fam:
+            out["ipv6"] = {"table": f"ip6 {nat.TABLE}", "pool": by_fam["ip6"]}
+        return out
 
     async def _refresh_routes(self) -> None:
         """state.routes as the kernel has them since the last kernel step (read once per step)."""
@@ -636,7 +712,9 @@ class Agent:
                 return
             self._routes_vx = None  # a kernel step from now on marks it stale again
             try:
-                self.state.routes = await asyncio.to_thread(kernel.programmed, vx[0], vx[1])
+                devs = tuple((vx[1] or "").split(",")) if vx[1] else ()
+                self.state.routes = await asyncio.to_thread(
+                    kernel.programmed, vx[0], None, None, self._families, devs)
             except Exception as exc:  # the status must answer anyway: keep the last list, retry next time
                 log.warning("reading programmed routes: %s", exc)
                 if self._routes_vx is None:
@@ -653,7 +731,8 @@ class Agent:
                 cmd = "<bad json>"
             if cmd == "status":
                 await self._refresh_routes()
-                resp: dict[str, Any] = self.status(await asyncio.to_thread(self._tunnel_status))
+                resp: dict[str, Any] = self.status(await asyncio.to_thread(self._tunnel_status),
+                                                   await asyncio.to_thread(self._tunnel6_status))
             elif cmd == "ping":
                 resp = {"ok": True, "pid": os.getpid()}
             elif cmd == "resync":
@@ -751,16 +830,19 @@ class Agent:
             with contextlib.suppress(Exception):
                 self._store.close()  # also ends the watch threads
         with contextlib.suppress(Exception):
-            await asyncio.to_thread(kernel.remove_all)
+            await asyncio.to_thread(kernel.remove_all, self._families)
         if self.tunnel is not None:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self.tunnel.stop)
         if self.vxlan_mac is not None:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(remove_vxlan)
-        if self.nat_pool is not None:
+        if self.vxlan_mac6 is not None:
             with contextlib.suppress(Exception):
-                await asyncio.to_thread(nat.remove_nat, f"node {self.name}")
+                await asyncio.to_thread(lambda: remove_vxlan(ifname=VXLAN6_DEVICE))
+        for pool in self.nat_pools:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(nat.remove_nat, f"node {self.name}", nat.family_of(pool))
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(Exception):

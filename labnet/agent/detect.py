@@ -11,7 +11,7 @@ import json
 import re
 import subprocess
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from labnet.agent.config import parse_address_method
@@ -31,6 +31,11 @@ class Detected:
     address: ipaddress.IPv4Interface  # e.g. 10.20.30.73/24
     ifname: str
     mtu: int
+    address6: ipaddress.IPv6Interface | None = None  # the global IPv6 address on the same interface
+
+    @property
+    def ip6(self) -> str | None:
+        return str(self.address6.ip) if self.address6 is not None else None
 
     @property
     def ip(self) -> str:
@@ -121,8 +126,26 @@ def by_route(links: Sequence[dict[str, Any]], route: Sequence[dict[str, Any]], t
                       f"which holds no usable address (seen: {_summary(links)})")
 
 
+def ipv6_on(links: Sequence[dict[str, Any]], ifname: str) -> ipaddress.IPv6Interface | None:
+    """The first global IPv6 address of `ifname` (the node's IPv6 BGP next hop): Calico's IPv6
+    autodetection, kept to the interface the IPv4 method chose."""
+    for link in links:
+        if link.get("ifname") != ifname:
+            continue
+        for a in link.get("addr_info") or []:
+            if a.get("family") == "inet6" and a.get("scope") == "global" and "tentative" not in a:
+                return ipaddress.IPv6Interface(f"{a['local']}/{a.get('prefixlen', 128)}")
+    return None
+
+
 def choose(method: str, links: Sequence[dict[str, Any]],
            route_get: Callable[[str], list[dict[str, Any]]] | None = None) -> Detected:
+    found = _choose(method, links, route_get)
+    return replace(found, address6=ipv6_on(links, found.ifname))
+
+
+def _choose(method: str, links: Sequence[dict[str, Any]],
+            route_get: Callable[[str], list[dict[str, Any]]] | None = None) -> Detected:
     kind, arg = parse_address_method(method)
     if kind == "first-found":
         return first_found(links)

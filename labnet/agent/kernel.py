@@ -15,14 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from labnet.agent import rtnl
-from labnet.agent.routes import PROTO_BIRD, DesiredRoute, OwnRoute, resolve_next_hop
+from labnet.agent.routes import PROTO_BIRD, DesiredRoute, Net, OwnRoute, net_key, resolve_next_hop
 
 RT_TABLE_MAIN = 254
 RTN_UNICAST = 1
 RTN_BLACKHOLE = 6
 RTNH_F_ONLINK = 4
-
-Net = ipaddress.IPv4Network
+IPV4 = (socket.AF_INET,)
+DUAL = (socket.AF_INET, socket.AF_INET6)
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class ReconcileResult:
 
 
 def _dst(r: rtnl.Route) -> Net:
-    return ipaddress.IPv4Network(f"{r.dst}/{r.dst_len}")
+    return ipaddress.ip_network(f"{r.dst}/{r.dst_len}")
 
 
 def _kernel_route(r: rtnl.Route) -> KernelRoute:
@@ -58,20 +58,25 @@ def _kernel_route(r: rtnl.Route) -> KernelRoute:
     return KernelRoute(_dst(r), kind, r.gateway, r.oif, bool(r.flags & RTNH_F_ONLINK))
 
 
-def read_routes() -> tuple[dict[Net, KernelRoute], set[Net], list[OwnRoute]]:
+def _dump(families: tuple[int, ...]) -> list[rtnl.Route]:
+    return [r for family in families for r in rtnl.dump_routes(family, table=RT_TABLE_MAIN)]
+
+
+def read_routes(families: tuple[int, ...] = IPV4) -> tuple[dict[Net, KernelRoute], set[Net], list[OwnRoute]]:
     """(our proto-bird routes by destination, destinations that other protocols hold at metric
-    0, the node's own unicast routes: what a next hop that is not on-link resolves through)."""
+    0 (IPv6's kernel routes carry metric 256: it counts the same there), the node's own unicast
+    routes: what a next hop that is not on-link resolves through)."""
     ours: dict[Net, KernelRoute] = {}
     foreign: set[Net] = set()
     own: list[OwnRoute] = []
-    for r in rtnl.dump_routes(socket.AF_INET, table=RT_TABLE_MAIN):
+    for r in _dump(families):
         if r.proto == PROTO_BIRD:
             ours[_dst(r)] = _kernel_route(r)
             continue
-        if not r.priority:
+        if not r.priority or (r.family == socket.AF_INET6 and r.priority <= 1024):
             foreign.add(_dst(r))
         if r.type == RTN_UNICAST and not r.flags & RTNH_F_ONLINK:
-            own.append(OwnRoute(_dst(r), ipaddress.IPv4Address(r.gateway) if r.gateway else None, r.oif))
+            own.append(OwnRoute(_dst(r), ipaddress.ip_address(r.gateway) if r.gateway else None, r.oif))
     return ours, foreign, own
 
 
@@ -109,32 +114,37 @@ def _matches(have: KernelRoute, want: DesiredRoute, oif: int | None) -> bool:
             and (oif is None or have.oif == oif))
 
 
+def _family(dst: Net) -> int:
+    return socket.AF_INET if dst.version == 4 else socket.AF_INET6
+
+
 def reconcile(desired: Mapping[Net, DesiredRoute], *, keep_unicast: bool = False,
-              ipr: Any = None) -> ReconcileResult:
+              ipr: Any = None, families: tuple[int, ...] = IPV4) -> ReconcileResult:
     """One pass. keep_unicast: do not delete learned routes (a graceful restart is in progress).
     `ipr`: a pyroute2 socket for the writes (else one is opened at the first write). The reads
-    go through rtnl in the calling thread's network namespace, which must be the socket's."""
+    go through rtnl in the calling thread's network namespace, which must be the socket's.
+    `families`: which route tables to own (DUAL on a dual-stack node)."""
     from pyroute2.netlink.exceptions import NetlinkError
 
     res = ReconcileResult()
     ipr = _Writer(ipr)
     oifs: dict[str, int | None] = {}  # device -> index: one lookup per device, not per route
     try:
-        have, foreign, node_routes = read_routes()
-        for dst, kr in sorted(have.items()):
+        have, foreign, node_routes = read_routes(families)
+        for dst, kr in sorted(have.items(), key=lambda x: net_key(x[0])):
             if dst in desired:
                 continue
             if keep_unicast and kr.kind == "unicast":
                 res.kept.append(str(dst))
                 continue
             try:
-                ipr.route("del", dst=str(dst), table=RT_TABLE_MAIN, proto=PROTO_BIRD,
+                ipr.route("del", dst=str(dst), table=RT_TABLE_MAIN, proto=PROTO_BIRD, family=_family(dst),
                           type=RTN_BLACKHOLE if kr.kind == "blackhole" else RTN_UNICAST)
                 res.removed.append(f"{dst} ({kr.kind})")
             except NetlinkError as exc:
                 if exc.code != 3:  # ESRCH: already gone
                     res.errors.append(f"delete {dst}: {exc}")
-        for dst, want in sorted(desired.items()):
+        for dst, want in sorted(desired.items(), key=lambda x: net_key(x[0])):
             oif: int | None = None
             if want.dev:
                 if want.dev not in oifs:
@@ -150,7 +160,8 @@ def reconcile(desired: Mapping[Net, DesiredRoute], *, keep_unicast: bool = False
                                       "leads there (not on a connected subnet, no default route)")
                     if dst in have:  # resolved before (through a route since deleted): it goes
                         with contextlib.suppress(NetlinkError):
-                            ipr.route("del", dst=str(dst), table=RT_TABLE_MAIN, proto=PROTO_BIRD, type=RTN_UNICAST)
+                            ipr.route("del", dst=str(dst), table=RT_TABLE_MAIN, proto=PROTO_BIRD, type=RTN_UNICAST,
+                                      family=_family(dst))
                             res.removed.append(f"{dst} (next hop unreachable)")
                     continue
                 # as BIRD's `gateway recursive`: through the node's own route to the next hop
@@ -161,7 +172,8 @@ def reconcile(desired: Mapping[Net, DesiredRoute], *, keep_unicast: bool = False
             if cur is None and dst in foreign:
                 res.skipped.append(f"{want}: a route of another protocol holds {dst}")
                 continue
-            spec: dict[str, Any] = {"dst": str(dst), "table": RT_TABLE_MAIN, "proto": PROTO_BIRD}
+            spec: dict[str, Any] = {"dst": str(dst), "table": RT_TABLE_MAIN, "proto": PROTO_BIRD,
+                                    "family": _family(dst)}
             if want.kind == "blackhole":
                 spec["type"] = RTN_BLACKHOLE
             else:
@@ -174,7 +186,7 @@ def reconcile(desired: Mapping[Net, DesiredRoute], *, keep_unicast: bool = False
                     spec["flags"] = RTNH_F_ONLINK
             try:
                 if cur is not None and cur.kind != want.kind:
-                    ipr.route("del", dst=str(dst), table=RT_TABLE_MAIN, proto=PROTO_BIRD,
+                    ipr.route("del", dst=str(dst), table=RT_TABLE_MAIN, proto=PROTO_BIRD, family=_family(dst),
                               type=RTN_BLACKHOLE if cur.kind == "blackhole" else RTN_UNICAST)
                 ipr.route("replace", **spec)
                 res.added.append(str(want))
@@ -185,24 +197,27 @@ def reconcile(desired: Mapping[Net, DesiredRoute], *, keep_unicast: bool = False
     return res
 
 
-def remove_all() -> ReconcileResult:
+def remove_all(families: tuple[int, ...] = IPV4) -> ReconcileResult:
     """Delete every proto-bird route of the main table (clean shutdown)."""
-    return reconcile({})
+    return reconcile({}, families=families)
 
 
-def programmed(extra_proto: int | None = None, extra_dev: str | None = None, ipr: Any = None) -> list[str]:
+def programmed(extra_proto: int | None = None, extra_dev: str | None = None, ipr: Any = None,
+               families: tuple[int, ...] = IPV4, extra_devs: tuple[str, ...] = ()) -> list[str]:
     """Our routes as `ip route` would print them (for status): proto bird, plus the routes of
-    `extra_proto` through `extra_dev` (the VXLAN routes tunnel.sync_vxlan programs, proto 80)."""
+    `extra_proto` through `extra_dev` (the VXLAN routes tunnel.sync_vxlan programs, proto 80;
+    `extra_devs`: more such devices, vxlan-v6.calico)."""
     from pyroute2 import IPRoute
 
     out = []
+    devs = {extra_dev, *extra_devs} - {None}
     with _socket(ipr, IPRoute) as ipr:
         names = {link["index"]: link.get("IFLA_IFNAME") for link in ipr.get_links()}
-        for r in rtnl.dump_routes(socket.AF_INET, table=RT_TABLE_MAIN):
+        for r in _dump(families):
             proto = r.proto
             kr = _kernel_route(r)
             dev = names.get(kr.oif) if kr.oif is not None else None
-            if proto != PROTO_BIRD and not (proto == extra_proto and dev == extra_dev):
+            if proto != PROTO_BIRD and not (proto == extra_proto and dev in devs):
                 continue
             name = "bird" if proto == PROTO_BIRD else str(proto)
             if kr.kind == "blackhole":
@@ -215,7 +230,8 @@ def programmed(extra_proto: int | None = None, extra_dev: str | None = None, ipr
                 s += f" dev {dev}"
             s += f" proto {name}" + (" onlink" if kr.onlink else "")
             out.append(s)
-    return sorted(out, key=lambda x: ipaddress.IPv4Network(x.split()[1] if x.startswith("blackhole") else x.split()[0]))
+    return sorted(out, key=lambda x: net_key(ipaddress.ip_network(x.split()[1] if x.startswith("blackhole")
+                                                                     else x.split()[0])))
 
 
 POD_GATEWAY = "169.254.1.1"

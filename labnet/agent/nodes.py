@@ -29,6 +29,13 @@ class NodeRecord:
     pid: int | None = None
     started: str | None = None
     interface: str | None = None
+    ipv6_address: str | None = None  # "fd00:20::73/64": the IPv6 next hop of its IPv6 blocks
+    vxlan_tunnel_addr_v6: str | None = None
+    vxlan_tunnel_mac_v6: str | None = None
+
+    @property
+    def address6(self) -> ipaddress.IPv6Address | None:
+        return ipaddress.IPv6Interface(self.ipv6_address).ip if self.ipv6_address else None
 
     @property
     def address(self) -> ipaddress.IPv4Address | None:
@@ -44,11 +51,16 @@ class NodeRecord:
             bgp["asNumber"] = self.asn
         if self.ipip_tunnel_addr:
             bgp["ipv4IPIPTunnelAddr"] = self.ipip_tunnel_addr
-        return json.dumps({
+        if self.ipv6_address:
+            bgp["ipv6Address"] = self.ipv6_address
+        doc: dict[str, Any] = {
             "kind": "Node", "apiVersion": "projectcalico.org/v3", "name": self.name, "bgp": bgp,
             "ipv4VXLANTunnelAddr": self.vxlan_tunnel_addr, "vxlanTunnelMACAddr": self.vxlan_tunnel_mac,
             "agent": {"pid": self.pid, "started": self.started, "interface": self.interface},
-        }, sort_keys=True)
+        }
+        if self.vxlan_tunnel_addr_v6:  # Calico's names for the IPv6 VTEP
+            doc.update(ipv6VXLANTunnelAddr=self.vxlan_tunnel_addr_v6, vxlanTunnelMACAddrV6=self.vxlan_tunnel_mac_v6)
+        return json.dumps(doc, sort_keys=True)
 
     @classmethod
     def decode(cls, raw: bytes | str, key: str = "node record") -> NodeRecord:
@@ -60,7 +72,8 @@ class NodeRecord:
                 name=str(d["name"]), ipv4_address=bgp.get("ipv4Address"), asn=bgp.get("asNumber"),
                 ipip_tunnel_addr=bgp.get("ipv4IPIPTunnelAddr"), vxlan_tunnel_addr=d.get("ipv4VXLANTunnelAddr"),
                 vxlan_tunnel_mac=d.get("vxlanTunnelMACAddr"), pid=agent.get("pid"), started=agent.get("started"),
-                interface=agent.get("interface"),
+                interface=agent.get("interface"), ipv6_address=bgp.get("ipv6Address"),
+                vxlan_tunnel_addr_v6=d.get("ipv6VXLANTunnelAddr"), vxlan_tunnel_mac_v6=d.get("vxlanTunnelMACAddrV6"),
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise BadInput(f"{key}: not a node record: {exc}") from exc

@@ -73,8 +73,9 @@ def compute_peers(me: str, my_address: str, nodes: Iterable[NodeRecord], setting
     for p in bgp.peers:
         if p.node is not None and p.node != me:
             continue
-        if ipaddress.IPv4Address(p.address) == mine:
+        if ipaddress.ip_address(p.address) == mine:
             continue
+        # an IPv6 address: a session over the IPv6 underlay (it carries the IPv6 blocks)
         out[p.address] = PeerSpec(p.address, p.asn, GLOBAL if p.node is None else NODE_SPECIFIC,
                                   passive=False, next_hop_self=p.asn != my_asn)
-    return [out[k] for k in sorted(out, key=ipaddress.IPv4Address)]
+    return [out[k] for k in sorted(out, key=lambda a: (ipaddress.ip_address(a).version, ipaddress.ip_address(a)))]

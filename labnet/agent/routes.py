@@ -7,6 +7,9 @@ result to `labnet.agent.kernel.reconcile`, which makes the kernel match it. Ever
   blackhole 10.100.163.128/26 proto bird                         own block
   10.100.5.192/26 via 192.168.50.74 dev tunl0 proto bird onlink   IPIP (always, or other subnet)
   10.100.243.0/26 via 10.20.30.72 dev ens32 proto bird            cross-subnet, same subnet; or never
+
+IPv6 blocks take the same shapes with the node's IPv6 underlay (`Underlay` of the family):
+`blackhole fd00:10:244::/122 proto bird`, `<block> via <peer's IPv6 address> dev ens32 proto bird`.
 """
 
 from __future__ import annotations
@@ -20,9 +23,15 @@ from labnet.agent.tunnel.vxlan import Vtep
 PROTO_BIRD = 12
 IPIP_DEVICE = "tunl0"
 VXLAN_DEVICE = "vxlan.calico"
+VXLAN6_DEVICE = "vxlan-v6.calico"
 
-Net = ipaddress.IPv4Network
-Addr = ipaddress.IPv4Address
+Net = ipaddress.IPv4Network | ipaddress.IPv6Network
+Addr = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def net_key(net: Net) -> tuple[int, Net]:
+    """Sort key over both families (Python does not order an IPv4Network against an IPv6 one)."""
+    return net.version, net
 
 
 @dataclass(frozen=True, order=True)
@@ -59,7 +68,7 @@ class Learned:
 @dataclass(frozen=True)
 class Underlay:
     ifname: str
-    address: ipaddress.IPv4Interface  # this node's BGP address with its prefix length
+    address: ipaddress.IPv4Interface | ipaddress.IPv6Interface  # this node's address with its prefix length
 
     @property
     def network(self) -> Net:
@@ -67,14 +76,14 @@ class Underlay:
 
 
 def blackholes(blocks: Iterable[str | Net]) -> list[DesiredRoute]:
-    return [DesiredRoute(ipaddress.IPv4Network(b), "blackhole") for b in blocks]
+    return [DesiredRoute(ipaddress.ip_network(b), "blackhole") for b in blocks]
 
 
 def route_for(prefix: Net, next_hop: Addr, *, pool: Net, encap: str, mode: str, underlay: Underlay,
               tunnel_dev: str = IPIP_DEVICE) -> DesiredRoute:
     """One learned prefix. encap: ipip | vxlan | none; mode: always | cross-subnet | never."""
     same_subnet = next_hop in underlay.network
-    in_pool = prefix.subnet_of(pool)
+    in_pool = prefix.version == pool.version and prefix.subnet_of(pool)  # type: ignore[arg-type]
     tunnel = in_pool and encap != "none" and mode != "never" and (mode == "always" or not same_subnet)
     if tunnel:
         return DesiredRoute(prefix, gateway=next_hop, dev=tunnel_dev, onlink=True)
@@ -147,12 +156,12 @@ def vxlan_plan(
     direct: dict[Net, DesiredRoute] = {}
     me = underlay.address.ip
     for v in vteps:
-        addr = ipaddress.IPv4Address(v.underlay_ip)
+        addr = ipaddress.ip_address(v.underlay_ip)
         if addr == me:
             continue
         if mode == "cross-subnet" and addr in underlay.network:
             for b in v.blocks:
-                net = ipaddress.IPv4Network(b)
+                net = ipaddress.ip_network(b)
                 direct[net] = DesiredRoute(net, gateway=addr, dev=underlay.ifname)
         else:
             tunnel.append(v)
@@ -160,11 +169,11 @@ def vxlan_plan(
 
 
 def borrowed_addresses(my_node: str, my_blocks: Iterable[str], endpoint_ips: Iterable[str]) -> list[Net]:
-    """/32s of this node's pods whose address lies outside this node's blocks (borrowed)."""
-    nets = [ipaddress.IPv4Network(b) for b in my_blocks]
-    out = set()
+    """/32s (/128s) of this node's pods whose address lies outside this node's blocks (borrowed)."""
+    nets = [ipaddress.ip_network(b) for b in my_blocks]
+    out: set[Net] = set()
     for ip in endpoint_ips:
-        a = ipaddress.IPv4Interface(ip).ip
+        a = ipaddress.ip_interface(ip).ip
         if not any(a in n for n in nets):
-            out.add(ipaddress.IPv4Network(f"{a}/32"))
-    return sorted(out)
+            out.add(ipaddress.ip_network(a))
+    return sorted(out, key=net_key)

@@ -1,7 +1,8 @@
 """Run a standalone speaker: `python -m labnet.bgp.cli CONFIG.json`.
 
 Used by lab tests and for debugging. CONFIG holds asn, router_id, local_address, optional bind,
-port, restart_time, peers (PeerConfig fields) and originate (prefixes). A JSON-lines control
+next_hop6 (the node's IPv6 address: enables IPv6 unicast), bind6, port, restart_time, peers
+(PeerConfig fields) and originate (IPv4 and IPv6 prefixes). A JSON-lines control
 socket (`control` in the config) answers {"cmd": "status" | "status_table" | "rib" | "summary" |
 "originate" | "withdraw"}, one JSON object per line each way.
 """
@@ -19,17 +20,21 @@ from pathlib import Path
 from typing import Any
 
 from labnet import jsonsock
+from labnet.bgp.codec import prefix_key
 from labnet.bgp.speaker import PeerConfig, Speaker, format_status
 from labnet.errors import LabnetError
 
 
 def rib_json(sp: Speaker) -> list[dict[str, Any]]:
     out = []
-    for prefix, path in sorted(sp.loc_rib().items()):
+    rib = sp.loc_rib()
+    for prefix in sorted(rib, key=prefix_key):
+        path = rib[prefix]
         a = path.attrs
         out.append({
             "prefix": str(prefix),
-            "next_hop": str(a.next_hop) if a.next_hop else None,
+            "next_hop": str(path.next_hop) if path.next_hop else None,
+            "link_local": str(path.link_local) if path.link_local else None,
             "as_path": list(a.as_path_asns()),
             "local_pref": a.local_pref,
             "origin": a.origin.name if a.origin is not None else None,
@@ -93,7 +98,7 @@ class BgpControlError(LabnetError):
 async def amain(cfg: dict[str, Any]) -> None:
     sp = Speaker(int(cfg["asn"]), cfg["router_id"], cfg["local_address"], bind=cfg.get("bind"),
                  port=int(cfg.get("port", 179)), restart_time=int(cfg.get("restart_time", 120)),
-                 cluster_id=cfg.get("cluster_id"))
+                 cluster_id=cfg.get("cluster_id"), next_hop6=cfg.get("next_hop6"), bind6=cfg.get("bind6"))
     for p in cfg.get("peers", []):
         sp.add_peer(PeerConfig(**p))
     for prefix in cfg.get("originate", []):

@@ -4,15 +4,19 @@ Decoding raises BgpError carrying the RFC 4271 NOTIFICATION code/subcode the cal
 UPDATE errors follow RFC 7606: only errors that make the message unparseable reset the session;
 the others come back on `Update.errors` and either turn the update into a withdrawal
 (`treat_as_withdraw`) or drop the one attribute (attribute-discard).
+
+Families carried: IPv4 unicast (classic fields and MP_REACH/MP_UNREACH_NLRI) and IPv6 unicast
+(RFC 4760 attributes, RFC 2545 next hops); other families decode as empty MP attributes.
 """
 
 from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from typing import TypeVar
 
 MARKER = b"\xff" * 16
 HEADER_LEN = 19
@@ -22,6 +26,20 @@ AS_TRANS = 23456
 AFI_IPV4 = 1
 SAFI_UNICAST = 1
 IPV4_UNICAST = (AFI_IPV4, SAFI_UNICAST)
+AFI_IPV6 = 2
+IPV6_UNICAST = (AFI_IPV6, SAFI_UNICAST)
+CARRIED = (IPV4_UNICAST, IPV6_UNICAST)  # the (AFI, SAFI) families labnet carries
+
+Prefix = IPv4Network | IPv6Network
+
+
+def family_of(prefix: Prefix) -> tuple[int, int]:
+    return IPV4_UNICAST if prefix.version == 4 else IPV6_UNICAST
+
+
+def prefix_key(prefix: Prefix) -> tuple[int, int, int]:
+    """Sort key over both families (IPv4Network and IPv6Network do not compare with each other)."""
+    return prefix.version, int(prefix.network_address), prefix.prefixlen
 
 
 class MsgType(enum.IntEnum):
@@ -209,14 +227,29 @@ class MpReach:
     afi: int
     safi: int
     next_hop: bytes
-    nlri: tuple[IPv4Network, ...]
+    nlri: tuple[Prefix, ...]
+
+    def next_hops6(self) -> tuple[IPv6Address, IPv6Address | None] | None:
+        """RFC 2545 3: IPv6 unicast global next hop, and the link-local one when 32 bytes came."""
+        if (self.afi, self.safi) != IPV6_UNICAST or len(self.next_hop) not in (16, 32):
+            return None
+        link_local = IPv6Address(self.next_hop[16:]) if len(self.next_hop) == 32 else None
+        if link_local is not None and link_local.is_unspecified:
+            link_local = None  # some speakers pad with :: when they have no link-local address
+        return IPv6Address(self.next_hop[:16]), link_local
+
+
+def mp_reach6(next_hop: IPv6Address, nlri: tuple[IPv6Network, ...] = (),
+              link_local: IPv6Address | None = None) -> MpReach:
+    """MP_REACH_NLRI for IPv6 unicast (16-byte next hop, or 32 with a link-local one)."""
+    return MpReach(AFI_IPV6, SAFI_UNICAST, next_hop.packed + (link_local.packed if link_local else b""), nlri)
 
 
 @dataclass(frozen=True)
 class MpUnreach:
     afi: int
     safi: int
-    withdrawn: tuple[IPv4Network, ...]
+    withdrawn: tuple[Prefix, ...]
 
 
 @dataclass(frozen=True)
@@ -314,6 +347,9 @@ class PathAttributes:
     def is_empty(self) -> bool:
         return self == PathAttributes()
 
+    def next_hop6(self) -> tuple[IPv6Address, IPv6Address | None] | None:
+        return self.mp_reach.next_hops6() if self.mp_reach is not None else None
+
 
 @dataclass(frozen=True)
 class Update:
@@ -340,19 +376,20 @@ class Update:
         return None
 
     def is_end_of_rib(self) -> bool:
-        """End-of-RIB for IPv4 unicast, the family labnet carries."""
+        """End-of-RIB for IPv4 unicast (end_of_rib_family() for any family)."""
         return self.end_of_rib_family() == IPV4_UNICAST
 
-    def announced(self) -> tuple[IPv4Network, ...]:
-        """Prefixes this update makes reachable (none when it is treated as a withdrawal)."""
+    def announced(self) -> tuple[Prefix, ...]:
+        """Prefixes this update makes reachable, of every family labnet carries (none when it is
+        treated as a withdrawal)."""
         if self.treat_as_withdraw:
             return ()
         mp = self.attrs.mp_reach
-        return self.nlri + (mp.nlri if mp and (mp.afi, mp.safi) == IPV4_UNICAST else ())
+        return self.nlri + (mp.nlri if mp and (mp.afi, mp.safi) in CARRIED else ())
 
-    def unreachable(self) -> tuple[IPv4Network, ...]:
+    def unreachable(self) -> tuple[Prefix, ...]:
         mp = self.attrs.mp_unreach
-        out = self.withdrawn + (mp.withdrawn if mp and (mp.afi, mp.safi) == IPV4_UNICAST else ())
+        out: tuple[Prefix, ...] = self.withdrawn + (mp.withdrawn if mp and (mp.afi, mp.safi) in CARRIED else ())
         if self.treat_as_withdraw:
             mpr = self.attrs.mp_reach
             out += self.nlri + (mpr.nlri if mpr else ())
@@ -364,9 +401,16 @@ class Update:
             return IPv4Address(mp.next_hop[:4])
         return self.attrs.next_hop
 
+    def next_hop6(self) -> tuple[IPv6Address, IPv6Address | None] | None:
+        """The IPv6 unicast next hops (global, link-local or None) of the MP_REACH_NLRI, if any."""
+        return self.attrs.next_hop6()
 
-def end_of_rib() -> Update:
-    return Update()
+
+def end_of_rib(family: tuple[int, int] = IPV4_UNICAST) -> Update:
+    """RFC 4724 2: an empty UPDATE for IPv4 unicast, an empty MP_UNREACH_NLRI for other families."""
+    if family == IPV4_UNICAST:
+        return Update()
+    return Update(attrs=PathAttributes(mp_unreach=MpUnreach(family[0], family[1], ())))
 
 
 @dataclass(frozen=True)
@@ -442,7 +486,7 @@ def encode_open(msg: Open) -> bytes:
     return _header(MsgType.OPEN, body + params)
 
 
-def encode_prefix(p: IPv4Network) -> bytes:
+def encode_prefix(p: Prefix) -> bytes:
     n = (p.prefixlen + 7) // 8
     return bytes([p.prefixlen]) + p.network_address.packed[:n]
 
@@ -536,31 +580,52 @@ def encode(msg: Message, four_octet: bool = True) -> bytes:
 
 
 def pack_updates(
-    attrs: PathAttributes, nlri: list[IPv4Network], withdrawn: list[IPv4Network], four_octet: bool = True
+    attrs: PathAttributes, nlri: Sequence[Prefix], withdrawn: Sequence[Prefix], four_octet: bool = True
 ) -> Iterator[Update]:
-    """Split announcements (sharing `attrs`) and withdrawals into UPDATEs that fit in 4096 bytes."""
+    """Split announcements (sharing `attrs`) and withdrawals into UPDATEs that fit in 4096 bytes.
+
+    IPv4 prefixes go in the classic fields; IPv6 ones in MP_UNREACH_NLRI, or in MP_REACH_NLRI
+    after the next hop `attrs.mp_reach` carries (its own NLRI ignored), without NEXT_HOP.
+    """
     room = MAX_MESSAGE_LEN - HEADER_LEN - 4
+    gone4 = [p for p in withdrawn if isinstance(p, IPv4Network)]
+    gone6 = [p for p in withdrawn if isinstance(p, IPv6Network)]
+    for w4 in _chunks(gone4, room, 5):
+        yield Update(withdrawn=tuple(w4))
+    for w6 in _chunks(gone6, room - 7, 17):  # attribute header (4) + AFI/SAFI (3)
+        yield Update(attrs=PathAttributes(mp_unreach=MpUnreach(AFI_IPV6, SAFI_UNICAST, tuple(w6))))
+    new4 = [p for p in nlri if isinstance(p, IPv4Network)]
+    new6 = [p for p in nlri if isinstance(p, IPv6Network)]
+    if new4:
+        a4 = replace(attrs, mp_reach=None) if new6 else attrs
+        for n4 in _chunks(new4, room - len(encode_attributes(a4, four_octet)), 5):
+            yield Update(attrs=a4, nlri=tuple(n4))
+    if new6:
+        mp = attrs.mp_reach
+        if mp is None or (mp.afi, mp.safi) != IPV6_UNICAST:
+            raise ValueError("IPv6 prefixes to announce but no IPv6 unicast MP_REACH_NLRI next hop")
+        a6 = replace(attrs, next_hop=None, mp_reach=replace(mp, nlri=()))
+        # +1: the MP_REACH_NLRI header grows to extended length once its NLRI pass 255 bytes
+        for n6 in _chunks(new6, room - len(encode_attributes(a6, four_octet)) - 1, 17):
+            yield Update(attrs=replace(a6, mp_reach=replace(mp, nlri=tuple(n6))))
+
+
+_P = TypeVar("_P", IPv4Network, IPv6Network)
+
+
+def _chunks(prefixes: list[_P], room: int, widest: int) -> Iterator[list[_P]]:
+    """Consecutive runs of `prefixes` whose encoding fits in `room` bytes (`widest`: the largest one)."""
+    if prefixes and room < widest:
+        raise ValueError(f"path attributes leave {room} bytes for NLRI in a {MAX_MESSAGE_LEN}-byte UPDATE")
     i = 0
-    while i < len(withdrawn):
-        chunk: list[IPv4Network] = []
+    while i < len(prefixes):
+        chunk: list[_P] = []
         used = 0
-        while i < len(withdrawn) and used + 5 <= room:
-            chunk.append(withdrawn[i])
-            used += 1 + (withdrawn[i].prefixlen + 7) // 8
+        while i < len(prefixes) and used + widest <= room:
+            chunk.append(prefixes[i])
+            used += 1 + (prefixes[i].prefixlen + 7) // 8
             i += 1
-        yield Update(withdrawn=tuple(chunk))
-    if not nlri:
-        return
-    room -= len(encode_attributes(attrs, four_octet))
-    i = 0
-    while i < len(nlri):
-        chunk = []
-        used = 0
-        while i < len(nlri) and used + 5 <= room:
-            chunk.append(nlri[i])
-            used += 1 + (nlri[i].prefixlen + 7) // 8
-            i += 1
-        yield Update(attrs=attrs, nlri=tuple(chunk))
+        yield chunk
 
 
 # --- decoding -----------------------------------------------------------------------------------
@@ -693,21 +758,29 @@ def _decode_params(params: bytes) -> Capabilities:
     return Capabilities(four, tuple(mp), rr, gr, tuple(unknown))
 
 
-def decode_prefixes(data: bytes, what: str) -> tuple[IPv4Network, ...]:
-    """Decode an IPv4 NLRI field; a bad one resets the session (RFC 7606 section 5.3)."""
-    out: list[IPv4Network] = []
+def _prefix_fields(data: bytes, what: str, width: int) -> Iterator[tuple[bytes, int]]:
+    """(address bytes zero-padded to `width`, length) of each prefix in an NLRI field; a bad one
+    resets the session (RFC 7606 section 5.3)."""
     i = 0
     while i < len(data):
         plen = data[i]
-        if plen > 32:
+        if plen > width * 8:
             raise _upd(UpdateSub.INVALID_NETWORK_FIELD, f"{what}: prefix length {plen}", Action.SESSION_RESET)
         n = (plen + 7) // 8
         if i + 1 + n > len(data):
             raise _upd(UpdateSub.INVALID_NETWORK_FIELD, f"{what}: prefix /{plen} overruns the field", Action.SESSION_RESET)
-        raw = data[i + 1:i + 1 + n] + b"\x00" * (4 - n)
-        out.append(IPv4Network((raw, plen), strict=False))
+        yield data[i + 1:i + 1 + n] + b"\x00" * (width - n), plen
         i += 1 + n
-    return tuple(out)
+
+
+def decode_prefixes(data: bytes, what: str) -> tuple[IPv4Network, ...]:
+    """Decode an IPv4 NLRI field (bits past the prefix length are cleared)."""
+    return tuple(IPv4Network(f, strict=False) for f in _prefix_fields(data, what, 4))
+
+
+def decode_prefixes6(data: bytes, what: str) -> tuple[IPv6Network, ...]:
+    """Decode an IPv6 NLRI field, by the same rules as decode_prefixes."""
+    return tuple(IPv6Network(f, strict=False) for f in _prefix_fields(data, what, 16))
 
 
 def _decode_as_path(value: bytes, four_octet: bool) -> tuple[AsSegment, ...]:
@@ -743,6 +816,10 @@ def _decode_mp_reach(value: bytes) -> MpReach:
         if nhlen not in (4, 16, 32):
             raise ValueError(f"IPv4 unicast next hop of length {nhlen}")
         return MpReach(afi, safi, nh, decode_prefixes(rest, "MP_REACH_NLRI"))
+    if (afi, safi) == IPV6_UNICAST:
+        if nhlen not in (16, 32):  # RFC 2545 3: global, or global + link-local
+            raise ValueError(f"IPv6 unicast next hop of length {nhlen}")
+        return MpReach(afi, safi, nh, decode_prefixes6(rest, "MP_REACH_NLRI"))
     return MpReach(afi, safi, nh, ())  # other families are not ours: kept as an empty reach
 
 
@@ -752,6 +829,8 @@ def _decode_mp_unreach(value: bytes) -> MpUnreach:
     afi, safi = struct.unpack_from("!HB", value)
     if (afi, safi) == IPV4_UNICAST:
         return MpUnreach(afi, safi, decode_prefixes(value[3:], "MP_UNREACH_NLRI"))
+    if (afi, safi) == IPV6_UNICAST:
+        return MpUnreach(afi, safi, decode_prefixes6(value[3:], "MP_UNREACH_NLRI"))
     return MpUnreach(afi, safi, ())
 
 
@@ -955,12 +1034,17 @@ def _decode_known(code: Attr, value: bytes, raw: bytes, four_octet: bool, out: d
     elif code in (Attr.MP_REACH_NLRI, Attr.MP_UNREACH_NLRI):
         # the NLRI sits behind the next hop: a broken MP attribute cannot be withdrawn safely
         try:
-            if code == Attr.MP_REACH_NLRI:
-                out["mp_reach"] = _decode_mp_reach(value)
-            else:
+            if code == Attr.MP_UNREACH_NLRI:
                 out["mp_unreach"] = _decode_mp_unreach(value)
+                return None
+            mp = _decode_mp_reach(value)
         except ValueError as exc:
             return _upd(UpdateSub.OPTIONAL_ATTRIBUTE_ERROR, f"{code.name}: {exc}", Action.SESSION_RESET, raw)
+        out["mp_reach"] = mp
+        hops = mp.next_hops6()
+        if hops is not None and (hops[0].is_unspecified or hops[0].is_multicast):
+            # a well-formed but unusable next hop: its NLRI can be found, so they are withdrawn
+            return _upd(UpdateSub.INVALID_NEXT_HOP, f"MP_REACH_NLRI next hop {hops[0]}", taw, raw)
     return None
 
 

@@ -4,6 +4,10 @@ One task per peer owns that peer's connections and FSMs; socket readers only dec
 events to it, so FSM and RIB state change in one place at a time. Every connection has its own
 FSM (RFC 4271 6.8 collisions are resolved between them); the outbound one is long-lived and
 reconnects, inbound ones live as long as their TCP connection.
+
+Families: IPv4 unicast always; IPv6 unicast (RFC 4760/2545) when the speaker has `next_hop6` and
+the peer offers it too. Sessions run over IPv4 or IPv6; either carries both families, with next
+hops from the speaker's own address of each family.
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ import termios
 import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network, ip_network
+from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 
 from labnet.bgp.codec import (
+    CARRIED,
     IPV4_UNICAST,
+    IPV6_UNICAST,
     BgpError,
     Capabilities,
     CeaseSub,
@@ -34,12 +40,14 @@ from labnet.bgp.codec import (
     Notification,
     Open,
     PathAttributes,
+    Prefix,
     RouteRefresh,
     Update,
     decode,
     encode,
     end_of_rib,
     pack_updates,
+    prefix_key,
 )
 from labnet.bgp.fsm import (
     ConnectTcp,
@@ -56,7 +64,7 @@ from labnet.bgp.fsm import (
     State,
     resolve_collision,
 )
-from labnet.bgp.rib import Change, Path, PeerInfo, Rib
+from labnet.bgp.rib import Address, Change, Family, Path, PeerInfo, Rib
 
 log = logging.getLogger("labnet.bgp")
 
@@ -76,16 +84,25 @@ class PeerConfig:
     peer_type: str = "node-to-node mesh"
     port: int = 179
     connect_retry: float = 5.0
-    local_address: str | None = None  # source of our connection; default: the speaker's address
+    # source of our connection, of the peer address's family; default: the speaker's address of
+    # that family (local_address or next_hop6)
+    local_address: str | None = None
 
     def validate(self) -> None:
+        family = 0
         for what, value in (("address", self.address), ("local address", self.local_address)):
             if value is None:
                 continue
             try:
-                IPv4Address(value)
+                addr = ip_address(value)
             except ValueError as exc:
-                raise ValueError(f"BGP peer {what} {value!r} is not an IPv4 address") from exc
+                raise ValueError(f"BGP peer {what} {value!r} is not an IPv4 address nor an IPv6 address") from exc
+            if addr.is_link_local and addr.version == 6:  # would need an interface scope
+                raise ValueError(f"BGP peer {what} {value!r} is link-local: not an IPv4 address nor "
+                                 f"a routable IPv6 address")
+            if family and addr.version != family:
+                raise ValueError(f"BGP peer {self.address}: local address {value} is not of the peer's family")
+            family = addr.version
         if not 0 < self.asn <= 0xFFFFFFFF:
             raise ValueError(f"BGP peer {self.address}: AS {self.asn} out of range 1..4294967295")
         if self.hold_time in (1, 2) or not 0 <= self.hold_time <= 0xFFFF:
@@ -201,7 +218,7 @@ class _Peer:
     def __init__(self, speaker: Speaker, cfg: PeerConfig) -> None:
         self.sp = speaker
         self.cfg = cfg
-        self.address = IPv4Address(cfg.address)
+        self.address: Address = ip_address(cfg.address)
         self.queue: asyncio.Queue[_Item] = asyncio.Queue()
         self.conns: list[_Conn] = []
         self.dialer: _Conn | None = None
@@ -210,7 +227,10 @@ class _Peer:
             self.conns.append(self.dialer)
         self.up: _Conn | None = None
         self.info: PeerInfo | None = None
-        self.local_addr = IPv4Address(cfg.local_address) if cfg.local_address else speaker.local_address
+        local = ip_address(cfg.local_address) if cfg.local_address else None
+        # our IPv4 next hop; over IPv4 also the source of the connection (then its local end)
+        self.local_addr = local if isinstance(local, IPv4Address) else speaker.local_address
+        self.source6 = local if isinstance(local, IPv6Address) else speaker.next_hop6  # over IPv6
         self.peer_gr: GracefulRestart | None = None
         self.gr_timer: asyncio.TimerHandle | None = None
         self.last = (State.ACTIVE.value if cfg.passive else State.IDLE.value, time.time(), "")
@@ -347,8 +367,8 @@ class _Peer:
         elif isinstance(msg, RouteRefresh):
             if fsm.state == State.ESTABLISHED:
                 self._perform(conn, fsm.handle(Event.ROUTE_REFRESH_MSG))
-                if (msg.afi, msg.safi) == IPV4_UNICAST:
-                    self.sp.rib.adj_out.pop(self.address, None)
+                if self.info is not None and (msg.afi, msg.safi) in self.info.families:
+                    self.sp.rib.reset_out(self.address, (msg.afi, msg.safi))
                     self.advertise(None)
             else:
                 self._perform(conn, fsm.handle(Event.UPDATE_MSG))  # FSM error outside Established
@@ -361,8 +381,10 @@ class _Peer:
     def _on_update(self, msg: Update) -> None:
         for err in msg.errors:
             log.warning("peer %s: UPDATE %s", self.address, err)
-        if msg.is_end_of_rib():
-            self.sp.publish(self.sp.rib.sweep_stale(self.address))
+        family = msg.end_of_rib_family()
+        if family is not None:
+            if family in CARRIED:
+                self.sp.publish(self.sp.rib.sweep_stale(self.address, family))
             return
         assert self.info is not None
         self.sp.publish(self.sp.rib.accept(self.info, msg))
@@ -419,9 +441,10 @@ class _Peer:
 
     async def _dial(self, conn: _Conn, gen: int) -> None:
         try:
+            source = self.local_addr if self.address.version == 4 else self.source6
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(self.cfg.address, self.cfg.port,
-                                        local_addr=(str(self.local_addr), 0)),
+                                        local_addr=(str(source), 0) if source is not None else None),
                 timeout=max(1.0, self.cfg.connect_retry),
             )
         except (OSError, TimeoutError) as exc:
@@ -440,8 +463,9 @@ class _Peer:
 
     def _open(self) -> Open:
         sp = self.sp
-        gr = GracefulRestart(sp.restart_time, False, False, ((1, 1, True),)) if self.cfg.graceful_restart else None
-        caps = Capabilities(four_octet_as=sp.asn, multiprotocol=(IPV4_UNICAST,), route_refresh=True,
+        afis = tuple((afi, safi, True) for afi, safi in sp.families)
+        gr = GracefulRestart(sp.restart_time, False, False, afis) if self.cfg.graceful_restart else None
+        caps = Capabilities(four_octet_as=sp.asn, multiprotocol=sp.families, route_refresh=True,
                             graceful_restart=gr)
         return Open(asn=sp.asn, hold_time=self.cfg.hold_time, router_id=sp.router_id, capabilities=caps)
 
@@ -468,26 +492,30 @@ class _Peer:
     def _session_up(self, conn: _Conn, peer_open: Open) -> None:
         log.info("peer %s: session established", self.address)
         self.up = conn
-        if conn.writer is not None:
+        if conn.writer is not None and self.address.version == 4:
             sock = conn.writer.get_extra_info("sockname")
             if sock:
                 self.local_addr = IPv4Address(sock[0])
+        families = negotiated_families(self.sp.families, peer_open.capabilities)
         self.info = PeerInfo(self.address, self.cfg.asn, peer_open.router_id, self.cfg.asn == self.sp.asn,
-                             self.cfg.rr_client, self.cfg.next_hop_self)
+                             self.cfg.rr_client, self.cfg.next_hop_self, families)
         gr = peer_open.capabilities.graceful_restart if self.cfg.graceful_restart else None
         self.peer_gr = gr
         if self.gr_timer is not None:
             self.gr_timer.cancel()
             self.gr_timer = None
-        if self.sp.rib.stale_count(self.address):
-            kept = gr is not None and any((a, s) == IPV4_UNICAST and f for a, s, f in gr.afis)
+        for family in CARRIED:
+            if not self.sp.rib.stale_count(self.address, family):
+                continue
+            kept = family in families and gr is not None and any((a, s) == family and f for a, s, f in gr.afis)
             if not kept:  # RFC 4724 4.2: forwarding state not preserved → stale routes go now
-                self.sp.publish(self.sp.rib.sweep_stale(self.address))
+                self.sp.publish(self.sp.rib.sweep_stale(self.address, family))
             else:  # bound the wait for End-of-RIB
                 self._arm_gr_timer(float(max(gr.restart_time, 30)) if gr else 30.0)
         self.sp.rib.adj_out.pop(self.address, None)
         self.advertise(None)
-        self._send(conn, end_of_rib())
+        for family in sorted(families):
+            self._send(conn, end_of_rib(family))
 
     def _session_down(self, conn: _Conn, down: SessionDown) -> None:
         log.info("peer %s: session down: %s", self.address, down.reason)
@@ -497,9 +525,9 @@ class _Peer:
         self.info = None
         # RFC 4724 4.2: retain only the families the peer listed in its GR capability
         gr = self.peer_gr
-        keep = (down.graceful and gr is not None and not self.stopping
-                and any((a, s) == IPV4_UNICAST for a, s, _ in gr.afis))
-        self.sp.publish(self.sp.rib.peer_down(self.address, keep_stale=keep))
+        kept = {(a, s) for a, s, _ in gr.afis} & set(CARRIED) if gr is not None else set()
+        keep = down.graceful and not self.stopping and bool(kept)
+        self.sp.publish(self.sp.rib.peer_down(self.address, keep_stale=keep, families=kept))
         if keep and self.peer_gr is not None:
             self._arm_gr_timer(float(self.peer_gr.restart_time))
 
@@ -508,13 +536,14 @@ class _Peer:
             self.gr_timer.cancel()
         self.gr_timer = asyncio.get_running_loop().call_later(seconds, self.post, None, 0, "gr_expired")
 
-    def advertise(self, prefixes: list[IPv4Network] | None) -> None:
+    def advertise(self, prefixes: list[Prefix] | None) -> None:
         """Send the Adj-RIB-Out difference for `prefixes` (all when None) on the live session."""
         conn = self.up
         if conn is None or self.info is None:
             return
-        announce, withdraw = self.sp.rib.out_diff(self.info, self.local_addr, prefixes)
-        groups: dict[PathAttributes, list[IPv4Network]] = {}
+        announce, withdraw = self.sp.rib.out_diff(self.info, self.local_addr, prefixes, self.sp.next_hop6)
+        # one UPDATE per attribute set; an attribute set belongs to one family (NEXT_HOP or MP_REACH)
+        groups: dict[PathAttributes, list[Prefix]] = {}
         for prefix, attrs in announce.items():
             groups.setdefault(attrs, []).append(prefix)
         for upd in pack_updates(PathAttributes(), [], withdraw, conn.four_octet):
@@ -542,18 +571,52 @@ class _Peer:
                 await asyncio.wait_for(w.wait_closed(), 1.0)
 
 
-def _prefix(prefix: str | IPv4Network) -> IPv4Network:
+def _prefix(prefix: str | Prefix) -> Prefix:
     try:
-        net = ip_network(prefix) if isinstance(prefix, str) else prefix
+        return ip_network(prefix) if isinstance(prefix, str) else prefix
     except ValueError as exc:
         raise ValueError(f"BGP prefix {prefix!r}: {exc}") from exc
-    if not isinstance(net, IPv4Network):
-        raise ValueError(f"BGP prefix {prefix!r}: labnet's speaker carries IPv4 unicast only")
-    return net
+
+
+def _own_ipv6(value: str | IPv6Address) -> IPv6Address:
+    try:
+        addr = IPv6Address(value)
+    except ValueError as exc:
+        raise ValueError(f"next_hop6 {value!r} is not an IPv6 address") from exc
+    if addr.is_unspecified or addr.is_multicast or addr.is_link_local:
+        raise ValueError(f"next_hop6 {value!r} must be a global (or unique local) IPv6 address")
+    return addr
+
+
+def negotiated_families(ours: tuple[Family, ...], theirs: Capabilities) -> frozenset[Family]:
+    """The families a session carries: IPv6 unicast when both sides offered it; IPv4 unicast
+    unless the peer offered multiprotocol families without it (RFC 4760 8: no MP capability at
+    all means IPv4 unicast)."""
+    mp = set(theirs.multiprotocol)
+    out = {f for f in ours if f in mp}
+    if IPV4_UNICAST in ours and not mp:
+        out.add(IPV4_UNICAST)
+    return frozenset(out)
+
+
+def _peer_key(peername: object) -> Address | None:
+    """The configured-peer key for a connection's remote end (IPv4-mapped IPv6 taken as IPv4)."""
+    try:
+        addr = ip_address(str(peername[0]).split("%", 1)[0])  # type: ignore[index]
+    except (TypeError, IndexError, ValueError):
+        return None
+    if isinstance(addr, IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
 
 
 class Speaker:
-    """A BGP-4 speaker for one node. Call the route and peer methods from the event loop's thread."""
+    """A BGP-4 speaker for one node. Call the route and peer methods from the event loop's thread.
+
+    `next_hop6`: this node's own global IPv6 address, the next hop of the IPv6 routes it originates
+    or sends with next-hop-self; None: no IPv6 unicast. `bind6`: the IPv6 address to listen on
+    as well as `bind`; default "::" when the speaker has `next_hop6`, else no IPv6 listener.
+    """
 
     def __init__(
         self,
@@ -566,38 +629,57 @@ class Speaker:
         listen: bool = True,
         cluster_id: str | None = None,
         restart_time: int = 120,
+        next_hop6: str | IPv6Address | None = None,
+        bind6: str | None = None,
     ) -> None:
         if not 0 < asn <= 0xFFFFFFFF:
             raise ValueError(f"local AS {asn} out of range 1..4294967295")
         self.asn = asn
         self.router_id = IPv4Address(router_id)
         self.local_address = IPv4Address(local_address)
+        self.next_hop6 = _own_ipv6(next_hop6) if next_hop6 else None
+        self.families: tuple[Family, ...] = (IPV4_UNICAST, IPV6_UNICAST) if self.next_hop6 else (IPV4_UNICAST,)
         self.bind = bind if bind is not None else str(self.local_address)
+        self.bind6 = bind6
         self.port = port
         self.listen = listen
         self.restart_time = restart_time
         self.rib = Rib(asn, self.router_id, IPv4Address(cluster_id) if cluster_id else None)
-        self.peers: dict[IPv4Address, _Peer] = {}
-        self._server: asyncio.Server | None = None
+        self.peers: dict[Address, _Peer] = {}
+        self._servers: list[asyncio.Server] = []
         self._started = False
         self._callbacks: list[Callable[[Change], None]] = []
         self._subscribers: list[asyncio.Queue[Change]] = []
 
     async def start(self) -> None:
         if self.listen:
-            self._server = await asyncio.start_server(self._accept, self.bind, self.port, reuse_address=True)
+            self._servers.append(await asyncio.start_server(self._accept, self.bind, self.port, reuse_address=True))
+            if self.bind6 is not None or self.next_hop6 is not None:
+                try:
+                    self._servers.append(await asyncio.start_server(
+                        self._accept, self.bind6 or "::", self.port, reuse_address=True))
+                except OSError as exc:
+                    if self.bind6 is not None:
+                        self._servers.pop().close()
+                        raise
+                    log.warning("not listening on IPv6 (::): %s; IPv6 peers must connect out", exc)
         self._started = True
         for peer in self.peers.values():
             self._launch(peer)
+
+    def listening(self) -> list[tuple[str, int]]:
+        """(address, port) of every listening socket."""
+        return [tuple(sock.getsockname()[:2]) for srv in self._servers for sock in srv.sockets]
 
     def _launch(self, peer: _Peer) -> None:
         peer.task = asyncio.get_running_loop().create_task(peer.run(), name=f"bgp-peer-{peer.address}")
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        host = writer.get_extra_info("peername")[0]
-        peer = self.peers.get(IPv4Address(host)) if "." in host else None
+        remote = writer.get_extra_info("peername")
+        key = _peer_key(remote)
+        peer = self.peers.get(key) if key is not None else None
         if peer is None or peer.stopping:
-            log.warning("rejecting BGP connection from unconfigured address %s", host)
+            log.warning("rejecting BGP connection from unconfigured address %s", key or remote)
             writer.write(encode(Notification(ErrCode.CEASE, CeaseSub.CONNECTION_REJECTED)))
             writer.close()
             return
@@ -605,7 +687,7 @@ class Speaker:
 
     def add_peer(self, cfg: PeerConfig) -> None:
         cfg.validate()
-        addr = IPv4Address(cfg.address)
+        addr = ip_address(cfg.address)
         if addr in self.peers:
             raise ValueError(f"BGP peer {cfg.address} is already configured")
         peer = _Peer(self, cfg)
@@ -614,15 +696,16 @@ class Speaker:
             self._launch(peer)
 
     async def remove_peer(self, address: str) -> None:
-        peer = self.peers.pop(IPv4Address(address))
+        peer = self.peers.pop(ip_address(address))
         await peer.stop()
         self.publish(self.rib.peer_down(peer.address, keep_stale=False))
 
-    def originate(self, prefix: str | IPv4Network, next_hop: str | IPv4Address | None = None) -> None:
-        """Announce `prefix` from this node (next hop: given, else our session address)."""
-        self.publish(self.rib.originate(_prefix(prefix), IPv4Address(next_hop) if next_hop else None))
+    def originate(self, prefix: str | Prefix, next_hop: str | Address | None = None) -> None:
+        """Announce `prefix` (IPv4 or IPv6) from this node. Next hop: given, else our own address
+        of the prefix's family when sending (the session's for IPv4 over IPv4, next_hop6 for IPv6)."""
+        self.publish(self.rib.originate(_prefix(prefix), ip_address(next_hop) if next_hop else None))
 
-    def withdraw(self, prefix: str | IPv4Network) -> None:
+    def withdraw(self, prefix: str | Prefix) -> None:
         self.publish(self.rib.withdraw(_prefix(prefix)))
 
     def publish(self, changes: list[Change]) -> None:
@@ -647,8 +730,8 @@ class Speaker:
     async def changes(self) -> AsyncGenerator[Change, None]:
         """Loc-RIB changes, starting with the current table (so a late listener misses nothing)."""
         q: asyncio.Queue[Change] = asyncio.Queue()
-        for prefix, path in sorted(self.rib.loc.items()):
-            q.put_nowait(Change(prefix, path))
+        for prefix in sorted(self.rib.loc, key=prefix_key):
+            q.put_nowait(Change(prefix, self.rib.loc[prefix]))
         self._subscribers.append(q)
         try:
             while True:
@@ -656,16 +739,18 @@ class Speaker:
         finally:
             self._subscribers.remove(q)
 
-    def loc_rib(self) -> dict[IPv4Network, Path]:
+    def loc_rib(self) -> dict[Prefix, Path]:
+        """Best paths of both families; Path.next_hop is the family's global next hop."""
         return dict(self.rib.loc)
 
     def status(self) -> list[PeerStatus]:
-        return [self.peers[a].status() for a in sorted(self.peers)]
+        return [self.peers[a].status() for a in sorted(self.peers, key=lambda a: (a.version, int(a)))]
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+        for server in self._servers:
+            server.close()
+            await server.wait_closed()
+        self._servers = []
         for peer in list(self.peers.values()):
             await peer.stop()
         self._started = False

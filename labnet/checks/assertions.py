@@ -119,9 +119,18 @@ def describe_match(match: Mapping[str, Any]) -> str:
     return " ".join(parts) if parts else "any route"
 
 
-def _route_table_obs(ns: NodeNS, table: str) -> tuple[list[Route], str, str]:
-    routes = get_routes(ns, table)
-    return routes, format_table(routes), f"ip -4 route show table {table} on {ns.name}"
+def _route_table_obs(ns: NodeNS, table: str, family: int = 4) -> tuple[list[Route], str, str]:
+    routes = get_routes(ns, table, family)
+    return routes, format_table(routes), f"ip -{family} route show table {table} on {ns.name}"
+
+
+def family_of_match(match: Mapping[str, Any], family: int | None = None) -> int:
+    """Which route table a match is about: the one its dst or gateway is of, else `family` (4)."""
+    for key in ("dst", "gateway", "via"):
+        value = match.get(key)
+        if value is not None and str(value) not in ("default", "any", "all", "0/0"):
+            return 6 if ":" in str(value) else 4
+    return family or 4
 
 
 def _table_of(norm: Mapping[str, Any], table: str | int) -> str:
@@ -129,15 +138,17 @@ def _table_of(norm: Mapping[str, Any], table: str | int) -> str:
 
 
 def assert_route(ns: NodeNS, match: Mapping[str, Any], *, timeout: float = DEFAULT_TIMEOUT,
-                 table: str | int = "main", name: str | None = None) -> CheckResult:
-    """A route matching `match` (any subset of `ip -j route` fields, names or numbers) exists."""
+                 table: str | int = "main", name: str | None = None, family: int | None = None) -> CheckResult:
+    """A route matching `match` (any subset of `ip -j route` fields, names or numbers) exists, in
+    the IPv4 table or the IPv6 one (as its dst says, else `family`)."""
     __tracebackhide__ = True
-    norm = normalise_match(match)
+    fam = family_of_match(match, family)
+    norm = normalise_match(match, fam)
     tbl = _table_of(norm, table)
     want = describe_match(norm)
 
     def probe() -> Observation:
-        routes, state, label = _route_table_obs(ns, tbl)
+        routes, state, label = _route_table_obs(ns, tbl, fam)
         hits = [r for r in routes if matches(norm, r.as_dict())]
         if hits:
             return Observation(True, want, f"present: {hits[0]}")
@@ -157,7 +168,7 @@ def assert_route(ns: NodeNS, match: Mapping[str, Any], *, timeout: float = DEFAU
 
 def assert_no_route(ns: NodeNS, dst: str | IPv4Network | IPv4Address | None = None, *,
                     match: Mapping[str, Any] | None = None, timeout: float = DEFAULT_TIMEOUT,
-                    table: str | int = "main") -> CheckResult:
+                    table: str | int = "main", family: int | None = None) -> CheckResult:
     """No route for exactly `dst` (an address means its /32), or none matching `match`.
 
     This is about the route table's entries, not reachability: a default route does not count
@@ -166,12 +177,16 @@ def assert_no_route(ns: NodeNS, dst: str | IPv4Network | IPv4Address | None = No
     __tracebackhide__ = True
     if dst is None and not match:
         raise BadInput("assert_no_route needs dst or match")
-    norm = normalise_match(dict(match or {}, **({"dst": str(norm_dst(dst))} if dst is not None else {})))
+    full = dict(match or {}, **({"dst": str(dst)} if dst is not None else {}))
+    fam = family_of_match(full, family)
+    if dst is not None:
+        full["dst"] = str(norm_dst(dst, fam))
+    norm = normalise_match(full, fam)
     tbl = _table_of(norm, table)
     want = f"no route {describe_match(norm)}"
 
     def probe() -> Observation:
-        routes, state, label = _route_table_obs(ns, tbl)
+        routes, state, label = _route_table_obs(ns, tbl, fam)
         hits = [r for r in routes if matches(norm, r.as_dict())]
         if not hits:
             return Observation(True, want, f"absent from table {tbl} ({len(routes)} routes)")

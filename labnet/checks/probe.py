@@ -6,7 +6,8 @@ probing process opens its sockets inside the source's and the target's network n
 socket stays in the namespace it was made in, whichever thread uses it later), so the target's
 responder is a listening socket, started and stopped with the probe, that answers every
 connection or datagram with the address and port it came from. Nothing is left in the lab.
-ICMP probes and the MTU probe run `ping` in the source's namespaces.
+ICMP probes and the MTU probe run `ping` in the source's namespaces. Every probe works for
+either IP family: the target address says which.
 """
 
 from __future__ import annotations
@@ -28,12 +29,22 @@ from labnet.nsexec import NodeNS, in_netns, run
 PROTOS = ("icmp", "tcp", "udp")
 CONNECT_TIMEOUT = 1.0  # one try; a probe retries until its deadline
 RECEIVED = re.compile(r"(\d+) packets transmitted, (\d+) (?:packets )?received")
-_MTU_SAID = re.compile(r"(?:mtu ?= ?|mtu=)(\d+)")
+_MTU_SAID = re.compile(r"mtu ?[=:] ?(\d+)")  # v4 says mtu=1430, v6 mtu: 1430
 
 
-def socket_in(ns: NodeNS, kind: socket.SocketKind) -> socket.socket:
-    """An IPv4 socket made inside `ns`'s network namespace."""
-    return in_netns(ns, lambda: socket.socket(socket.AF_INET, kind | socket.SOCK_CLOEXEC))
+def family_of(ip: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in ip else socket.AF_INET
+
+
+def socket_in(ns: NodeNS, kind: socket.SocketKind, family: socket.AddressFamily = socket.AF_INET) -> socket.socket:
+    """A socket of `family` made inside `ns`'s network namespace."""
+    return in_netns(ns, lambda: socket.socket(family, kind | socket.SOCK_CLOEXEC))
+
+
+def _unmapped(ip: str) -> str:
+    """An address as the target saw it: an IPv4 client of the dual-stack responder shows as
+    ::ffff:a.b.c.d, which is a.b.c.d."""
+    return ip[7:] if ip.startswith("::ffff:") and "." in ip else ip
 
 
 class Responder:
@@ -46,11 +57,18 @@ class Responder:
         if not 1 <= port <= 65535:
             raise BadInput(f"port {port} is outside 1..65535")
         self.ns, self.proto, self.port = ns, proto, port
-        self.sock = socket_in(ns, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
+        # one dual-stack socket answers both families; a machine without IPv6 gets an IPv4 one
+        kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+        try:
+            self.sock, any_addr = socket_in(ns, kind, socket.AF_INET6), "::"
+        except OSError:
+            self.sock, any_addr = socket_in(ns, kind), "0.0.0.0"
         try:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if any_addr == "::":
+                self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
             try:
-                self.sock.bind(("0.0.0.0", port))
+                self.sock.bind((any_addr, port))
             except OSError as exc:
                 raise LabnetError(f"{ns.name}: cannot listen on {proto} port {port} for a probe: "
                                   f"{exc.strerror}") from exc
@@ -81,12 +99,14 @@ class Responder:
                 return
             with contextlib.suppress(OSError):
                 if self.proto == "tcp":
-                    conn, (ip, port) = self.sock.accept()
+                    conn, peer = self.sock.accept()
+                    ip, port = _unmapped(peer[0]), peer[1]
                     with conn:
                         conn.sendall(f"{ip} {port}\n".encode())
                 else:
-                    data, (ip, port) = self.sock.recvfrom(2048)
-                    self.sock.sendto(f"{ip} {port} {data[:64].decode(errors='replace')}\n".encode(), (ip, port))
+                    data, peer = self.sock.recvfrom(2048)
+                    ip, port = _unmapped(peer[0]), peer[1]
+                    self.sock.sendto(f"{ip} {port} {data[:64].decode(errors='replace')}\n".encode(), peer)
                 self.seen.append(ip)
 
 
@@ -107,7 +127,7 @@ def connect_once(src: NodeNS, dst_ip: str, proto: str, port: int = 0, timeout: f
             got = int(m.group(2)) > 0
             return Outcome(got, None, "echo reply" if got else f"no echo reply within {wait}s")
         return Outcome(False, None, f"ping exited {proc.returncode}: {_last_line(proc.stderr + proc.stdout, '')}")
-    sock = socket_in(src, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
+    sock = socket_in(src, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM, family_of(dst_ip))
     with sock:
         sock.settimeout(timeout)
         try:
@@ -160,7 +180,7 @@ def measure_loss(src: NodeNS, dst_ip: str, proto: str, port: int = 0, count: int
     if proto == "tcp":
         got = sum(connect_once(src, dst_ip, "tcp", port).reached for _ in range(count))
         return LossOutcome(count, got)
-    sock = socket_in(src, socket.SOCK_DGRAM)
+    sock = socket_in(src, socket.SOCK_DGRAM, family_of(dst_ip))
     answered: set[int] = set()
     with sock:
         sock.setblocking(False)
@@ -185,14 +205,16 @@ def _drain(sock: socket.socket, answered: set[int], wait: float) -> None:
 
 @dataclass(frozen=True)
 class MtuOutcome:
-    largest: int | None  # the largest IP packet (header included) that got through with DF set
+    largest: int | None  # the largest IP packet (header included) that got through with DF set (IPv6: no fragmenting)
     said: int | None  # the MTU an oversized DF packet was refused with (fragmentation needed)
     detail: str
 
 
 def _df_ping(src: NodeNS, dst_ip: str, size: int) -> tuple[bool, int | None, str]:
-    """One ping of an IP packet of `size` bytes with DF set: (answered, MTU said back, text)."""
-    proc = run(src, ["ping", "-n", "-c", "1", "-W", "1", "-M", "do", "-s", str(size - 28), dst_ip], check=False,
+    """One ping of an IP packet of `size` bytes with DF set: (answered, MTU said back, text).
+    IPv6 routers never fragment: the same probe, with 48 bytes of IPv6 and ICMPv6 headers."""
+    headers = 48 if ":" in dst_ip else 28
+    proc = run(src, ["ping", "-n", "-c", "1", "-W", "1", "-M", "do", "-s", str(size - headers), dst_ip], check=False,
                timeout=15)
     text = proc.stdout + proc.stderr
     m = RECEIVED.search(proc.stdout)

@@ -6,8 +6,8 @@ by name when /etc/iproute2 knows one and by number otherwise. Everything here no
 spellings to one canonical form so that `proto bird`, `"protocol": "bird"` and `12` compare
 equal (labnet's agent installs its routes with proto bird = 12, as Calico's BIRD does).
 
-labnet's labs are IPv4-only: IPv6 entries (which `show table all` prints without `-4`) are
-skipped, not rejected.
+One family at a time: the IPv4 table by default, where IPv6 entries (which `show table all`
+prints without `-4`) are skipped, not rejected; `family=6` reads `ip -6 -j route` instead.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, ip_address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ _RT_PROTOS_FILES = (
 _RT_PROTOS_DIRS = (Path("/etc/iproute2/rt_protos.d"), Path("/usr/share/iproute2/rt_protos.d"))
 
 IPAddr = IPv4Address | IPv6Address
+VXLAN6_DEVICE = "vxlan-v6.calico"  # an IPv6 pool's VXLAN device, as Calico names it
 
 
 def _read_id_files(files: Iterable[Path]) -> dict[str, int]:
@@ -142,19 +143,23 @@ def norm_type(value: str) -> str:
     return name
 
 
-def norm_dst(value: str | IPv4Network | IPv4Address) -> IPv4Network:
-    """`default` -> 0.0.0.0/0, a bare address -> /32. Host bits set is an error, not a silent mask."""
-    if isinstance(value, IPv4Network):
+IPNet = IPv4Network | IPv6Network
+
+
+def norm_dst(value: str | IPNet | IPAddr, family: int = 4) -> IPNet:
+    """`default` -> 0.0.0.0/0 (::/0 for family 6), a bare address -> /32 (/128). Host bits set
+    is an error, not a silent mask."""
+    if isinstance(value, IPv4Network | IPv6Network):
         return value
-    if isinstance(value, IPv4Address):
-        return IPv4Network(f"{value}/32")
+    if isinstance(value, IPv4Address | IPv6Address):
+        return ip_network(value)
     text = str(value).strip()
     if text in ("default", "0/0", "any", "all"):
-        return IPv4Network("0.0.0.0/0")
+        return IPv4Network("0.0.0.0/0") if family == 4 else IPv6Network("::/0")
     try:
-        return IPv4Network(text)
+        return ip_network(text)
     except ValueError as exc:
-        raise BadInput(f"route destination {value!r} is not an IPv4 network or address: {exc}") from None
+        raise BadInput(f"route destination {value!r} is not an IP network or address: {exc}") from None
 
 
 def norm_address(value: str | IPAddr, what: str = "gateway") -> IPAddr:
@@ -186,14 +191,14 @@ class Nexthop:
 
 @dataclass(frozen=True)
 class Route:
-    dst: IPv4Network
+    dst: IPNet
     type: str = "unicast"
     gateway: IPAddr | None = None
     dev: str | None = None
     protocol: str = "boot"
     scope: str = "global"
     onlink: bool = False
-    prefsrc: IPv4Address | None = None
+    prefsrc: IPAddr | None = None
     metric: int = 0
     table: str = "main"
     flags: tuple[str, ...] = ()  # every flag as printed (onlink, linkdown, dead, ...)
@@ -224,7 +229,7 @@ class Route:
         """As `ip route` prints it (defaults left out), for failure messages."""
         parts = [] if self.type == "unicast" else [self.type]
         parts.append("default" if self.dst.prefixlen == 0 else
-                     str(self.dst.network_address) if self.dst.prefixlen == 32 else str(self.dst))
+                     str(self.dst.network_address) if self.dst.prefixlen == self.dst.max_prefixlen else str(self.dst))
         if self.gateway is not None:
             parts += ["via", str(self.gateway)]
         if self.dev:
@@ -248,14 +253,15 @@ class Route:
 
 # Keys of `ip -j route` entries we understand; anything else (cache, uid, pref, expires,
 # encap, ...) is ignored rather than rejected, since newer iproute2 versions add keys.
-def route_from_json(entry: Mapping[str, Any], default_table: str = "main") -> Route | None:
-    """One `ip -j route` entry -> Route; None for IPv6 entries. Bad entries raise BadInput."""
+def route_from_json(entry: Mapping[str, Any], default_table: str = "main", family: int = 4) -> Route | None:
+    """One `ip -j route` entry -> Route; None for an entry of the other family (an IPv6 one
+    when reading IPv4). Bad entries raise BadInput."""
     if not isinstance(entry, Mapping):
         raise BadInput(f"route entry is not a JSON object: {entry!r}")
     if "dst" not in entry:
         raise BadInput(f"route entry has no 'dst': {dict(entry)!r}")
     raw_dst = str(entry["dst"])
-    if ":" in raw_dst or entry.get("family") == "inet6":
+    if family == 4 and (":" in raw_dst or entry.get("family") == "inet6"):
         return None
     flags = tuple(str(f) for f in entry.get("flags", []) or [])
     gateway: IPAddr | None = None
@@ -264,8 +270,8 @@ def route_from_json(entry: Mapping[str, Any], default_table: str = "main") -> Ro
     elif isinstance(entry.get("via"), Mapping) and "host" in entry["via"]:  # IPv4 route via an IPv6 gateway
         gateway = norm_address(entry["via"]["host"])
     prefsrc = norm_address(entry["prefsrc"], "prefsrc") if "prefsrc" in entry else None
-    if prefsrc is not None and not isinstance(prefsrc, IPv4Address):
-        raise BadInput(f"route prefsrc {entry['prefsrc']!r} is not IPv4")
+    if prefsrc is not None and prefsrc.version != family:
+        raise BadInput(f"route prefsrc {entry['prefsrc']!r} is not IPv{family}")
     nexthops = tuple(
         Nexthop(
             gateway=norm_address(nh["gateway"]) if "gateway" in nh else None,
@@ -280,7 +286,7 @@ def route_from_json(entry: Mapping[str, Any], default_table: str = "main") -> Ro
     if metric is None:
         raise BadInput(f"route metric {entry.get('metric')!r} is not a number")
     return Route(
-        dst=norm_dst(raw_dst),
+        dst=norm_dst(raw_dst, family),
         type=norm_type(entry.get("type", "unicast")),
         gateway=gateway,
         dev=entry.get("dev"),
@@ -295,7 +301,7 @@ def route_from_json(entry: Mapping[str, Any], default_table: str = "main") -> Ro
     )
 
 
-def parse_routes(json_text: str, default_table: str = "main") -> list[Route]:
+def parse_routes(json_text: str, default_table: str = "main", family: int = 4) -> list[Route]:
     """Parse `ip -j route [show table T]` or `ip -j -d route show table all` output.
 
     `default_table` is the table to assume for entries that do not name one (plain `ip -j route`
@@ -311,17 +317,17 @@ def parse_routes(json_text: str, default_table: str = "main") -> list[Route]:
     if not isinstance(data, list):
         raise BadInput(f"`ip -j route` output is not a JSON list: {text[:200]!r}")
     table = norm_table(default_table)
-    return [r for r in (route_from_json(e, table) for e in data) if r is not None]
+    return [r for r in (route_from_json(e, table, family) for e in data) if r is not None]
 
 
-def get_routes(ns: NodeNS | None, table: str | int = "main") -> list[Route]:
-    """The IPv4 routes of one table (or every table with table="all") inside `ns`."""
+def get_routes(ns: NodeNS | None, table: str | int = "main", family: int = 4) -> list[Route]:
+    """The routes of one family of one table (or every table with table="all") inside `ns`."""
     t = "all" if str(table).strip().lower() == "all" else norm_table(table)
-    proc = run(ns, ["ip", "-4", "-j", "-d", "route", "show", "table", t], timeout=20)
-    return parse_routes(proc.stdout, default_table="main" if t == "all" else t)
+    proc = run(ns, ["ip", f"-{family}", "-j", "-d", "route", "show", "table", t], timeout=20)
+    return parse_routes(proc.stdout, default_table="main" if t == "all" else t, family=family)
 
 
-def normalise_match(match: Mapping[str, Any]) -> dict[str, Any]:
+def normalise_match(match: Mapping[str, Any], family: int = 4) -> dict[str, Any]:
     """A user's `match` dict (any subset of `ip -j route` fields, names or numbers) in Route.as_dict form.
 
     Unknown keys raise BadInput, so a typo like `gatway` fails loudly instead of matching nothing.
@@ -329,7 +335,7 @@ def normalise_match(match: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in match.items():
         if key == "dst":
-            out[key] = str(norm_dst(value))
+            out[key] = str(norm_dst(value, family))
         elif key == "type":
             out[key] = norm_type(value)
         elif key in ("protocol", "proto"):

@@ -12,6 +12,15 @@ earlier attempt, DEL, CHECK) use pyroute2's IPRoute.
 The pod has no real gateway: the node answers its ARP for 169.254.1.1 by proxy-ARP on the
 host veth, which needs the node itself to have a route there (its default route).
 
+With an IPv6 address too (a dual-stack pool), as Calico does:
+
+  node:  caliX accept_dad=0, accept_ra=0, forwarding=1;  route `<ip6>/128 dev caliX`
+  pod:   eth0 `<ip6>/128` (nodad);  `default via fe80::ecee:eeff:feee:eeee dev eth0`
+
+fe80::ecee:eeff:feee:eeee is the EUI-64 link-local address the kernel gives the host veth
+for its MAC ee:ee:ee:ee:ee:ee, so the node answers the pod's neighbour solicitation for it
+as its own address: no proxy needed. accept_dad=0 makes it usable the moment the link is up.
+
 The plugin process runs in the node's network namespace; pod-side work happens after a
 setns(2) into the pod's netns (netlink sockets stay bound to the netns they were opened in).
 """
@@ -36,6 +45,7 @@ from labnet.cni._netlink import IPRoute, NetlinkError
 
 HOST_MAC = "ee:ee:ee:ee:ee:ee"
 GATEWAY = "169.254.1.1"
+GATEWAY6 = "fe80::ecee:eeff:feee:eeee"  # EUI-64 of HOST_MAC: the host veth's own link-local
 CLONE_NEWNET = 0x40000000
 SYSCTLS = (
     ("ipv4/conf/{}/proxy_arp", "1"),
@@ -43,6 +53,13 @@ SYSCTLS = (
     ("ipv4/conf/{}/forwarding", "1"),
     ("ipv4/conf/{}/route_localnet", "1"),
 )
+SYSCTLS6 = (  # written only for a pod with an IPv6 address
+    ("ipv6/conf/{}/disable_ipv6", "0"),
+    ("ipv6/conf/{}/accept_dad", "0"),
+    ("ipv6/conf/{}/accept_ra", "0"),
+    ("ipv6/conf/{}/forwarding", "1"),
+)
+POD_SYSCTLS6 = (("ipv6/conf/{}/disable_ipv6", "0"), ("ipv6/conf/{}/accept_dad", "0"))
 RT_SCOPE_LINK = 253
 RT_SCOPE_UNIVERSE = 0
 SIOCGIFMTU = 0x8921
@@ -162,7 +179,7 @@ def _pod_state(ifname: str, ipr: Any) -> tuple[str, list[str], str] | None:
     if idx is None:
         return None
     link = ipr.link("get", index=idx)[0]
-    addrs = [f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}" for a in ipr.get_addr(index=idx, family=2)]
+    addrs = [f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}" for a in ipr.get_addr(index=idx)]
     return str(link.get_attr("IFLA_ADDRESS")), addrs, str(link.get_attr("IFLA_OPERSTATE"))
 
 
@@ -230,12 +247,12 @@ def _create(pair: Pair) -> bool:
     return True
 
 
-def finish(pair: Pair, address: str, mtu: int) -> Endpoint:
-    """Address, routes, MTU and link states on a prepared pair; an intact pair from an earlier
-    ADD of the same container is kept as it is. Closes the pair's sockets."""
+def finish(pair: Pair, address: str, mtu: int, address6: str | None = None) -> Endpoint:
+    """Address(es), routes, MTU and link states on a prepared pair; an intact pair from an
+    earlier ADD of the same container is kept as it is. Closes the pair's sockets."""
     try:
         if not pair.created:
-            kept = _keep_or_clear(pair, address)
+            kept = _keep_or_clear(pair, address, address6)
             if kept is not None:
                 pair.close()
                 return kept
@@ -244,17 +261,28 @@ def finish(pair: Pair, address: str, mtu: int) -> Endpoint:
         # One batch per netns. The kernel runs them in order and answers each; a failure does
         # not stop the rest, but the first one fails the ADD and the pair goes.
         pidx, idx = pair.pod_index, pair.index
+        primary = pair.ifname == PRIMARY_IFNAME
         routes = [  # the pod's gateway and default route go with its primary attachment only
             nlbatch.route(GATEWAY, 32, pidx, RT_SCOPE_LINK, RTPROT_BOOT),
             nlbatch.route("0.0.0.0", 0, pidx, RT_SCOPE_UNIVERSE, RTPROT_BOOT, gateway=GATEWAY),
-        ] if pair.ifname == PRIMARY_IFNAME else []
+        ] if primary else []
+        pod6: list[tuple[str, Any, int, int]] = []
+        node6: list[tuple[str, Any, int, int]] = []
+        if address6 is not None:
+            _ipv6_on(pair)
+            pod6 = [nlbatch.addr_add(pidx, address6, 128, pair.ifname)]
+            if primary:
+                pod6.append(nlbatch.route("::", 0, pidx, RT_SCOPE_UNIVERSE, RTPROT_BOOT, gateway=GATEWAY6))
+            node6 = [nlbatch.route(address6, 128, idx, RT_SCOPE_UNIVERSE, RTPROT_BOOT, replace=True)]
         for answer in pair.pod.batch([
             nlbatch.link_up(pidx, mtu, pair.ifname),
             nlbatch.addr_add(pidx, address, 32, pair.ifname),
             *routes,
+            *pod6,
         ]) + pair.node.batch([
             nlbatch.link_up(idx, mtu, pair.host_if),
             nlbatch.route(address, 32, idx, RT_SCOPE_LINK, RTPROT_BOOT, replace=True),
+            *node6,
         ]):
             answer.ok()
     except BaseException:
@@ -264,7 +292,17 @@ def finish(pair: Pair, address: str, mtu: int) -> Endpoint:
     return Endpoint(pair.host_if, HOST_MAC, pair.ifname, pair.pod_mac, address, True)
 
 
-def _keep_or_clear(pair: Pair, address: str) -> Endpoint | None:
+def _ipv6_on(pair: Pair) -> None:
+    """IPv6 on both ends before they come up, without duplicate address detection: the host
+    end's link-local (the pod's gateway) must answer at once, not after DAD's second."""
+    for rel, value in SYSCTLS6:
+        _sysctl_write(rel.format(pair.host_if), value)
+    with in_netns(pair.netns):
+        for rel, value in POD_SYSCTLS6:
+            _sysctl_write(rel.format(pair.ifname), value)
+
+
+def _keep_or_clear(pair: Pair, address: str, address6: str | None = None) -> Endpoint | None:
     """Names were taken: the Endpoint if it is this pod's intact pair, else remove the leftovers."""
     with IPRoute() as node:
         idx = _index(node, pair.host_if)
@@ -274,7 +312,8 @@ def _keep_or_clear(pair: Pair, address: str) -> Endpoint | None:
             if idx is not None:
                 state = _pod_state(pair.ifname, pod)
                 host = node.link("get", index=idx)[0]
-                if state and f"{address}/32" in state[1] and host.get_attr("IFLA_LINK_NETNSID") is not None:
+                want = {f"{address}/32"} | ({f"{address6}/128"} if address6 else set())
+                if state and want <= set(state[1]) and host.get_attr("IFLA_LINK_NETNSID") is not None:
                     return Endpoint(pair.host_if, str(host.get_attr("IFLA_ADDRESS")), pair.ifname, state[0],
                                     address, False)
                 node.link("del", index=idx)  # stale: from an older attempt, rebuild it
@@ -298,9 +337,9 @@ def discard(pair: Pair) -> None:
         pair.close()
 
 
-def setup(host_if: str, netns: str, ifname: str, address: str, mtu: int) -> Endpoint:
+def setup(host_if: str, netns: str, ifname: str, address: str, mtu: int, address6: str | None = None) -> Endpoint:
     """Create (or find intact) the veth pair, addresses, routes and sysctls for one pod."""
-    return finish(prepare(host_if, netns, ifname), address, mtu)
+    return finish(prepare(host_if, netns, ifname), address, mtu, address6)
 
 
 def teardown(host_if: str, netns: str | None, ifname: str) -> bool:
@@ -327,7 +366,7 @@ def teardown(host_if: str, netns: str | None, ifname: str) -> bool:
     return removed
 
 
-def check(host_if: str, netns: str, ifname: str, address: str) -> list[str]:
+def check(host_if: str, netns: str, ifname: str, address: str, address6: str | None = None) -> list[str]:
     """Every difference between the kernel and the expected datapath, as 'what: expected X, found Y'."""
     problems: list[str] = []
     with IPRoute() as node:
@@ -347,6 +386,8 @@ def check(host_if: str, netns: str, ifname: str, address: str) -> list[str]:
                   if r.get_attr("RTA_DST") == address and r["dst_len"] == 32]
         if not any(r["scope"] == RT_SCOPE_LINK for r in routes):
             problems.append(f"node route: expected '{address} dev {host_if} scope link', found none")
+        if address6 is not None:
+            problems += _check_host6(node, host_if, idx, address6)
     with in_netns(netns), IPRoute() as ipr:
         pidx = _index(ipr, ifname)
         if pidx is None:
@@ -362,4 +403,33 @@ def check(host_if: str, netns: str, ifname: str, address: str) -> list[str]:
             problems.append(f"pod route: expected '{GATEWAY} dev {ifname} scope link', found none")
         if not any(r["dst_len"] == 0 and r.get_attr("RTA_GATEWAY") == GATEWAY for r in routes):
             problems.append(f"pod route: expected 'default via {GATEWAY} dev {ifname}', found none")
+        if address6 is not None:
+            problems += _check_pod6(ipr, ifname, pidx, address6)
+    return problems
+
+
+def _check_host6(node: Any, host_if: str, idx: int, address6: str) -> list[str]:
+    problems = []
+    for rel, value in SYSCTLS6:
+        got = _sysctl_read(rel.format(host_if))
+        if got != value:
+            problems.append(f"sysctl net.{rel.format(host_if).replace('/', '.')}: expected {value}, found {got}")
+    lls = [a.get_attr("IFA_ADDRESS") for a in node.get_addr(index=idx, family=10)]
+    if GATEWAY6 not in lls:
+        problems.append(f"host veth {host_if} link-local: expected {GATEWAY6}, found {lls or 'none'}")
+    if not any(r.get_attr("RTA_DST") == address6 and r["dst_len"] == 128
+               for r in node.get_routes(family=10, oif=idx)):
+        problems.append(f"node route: expected '{address6} dev {host_if}', found none")
+    return problems
+
+
+def _check_pod6(ipr: Any, ifname: str, pidx: int, address6: str) -> list[str]:
+    problems = []
+    addrs = [f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}" for a in ipr.get_addr(index=pidx, family=10)]
+    if f"{address6}/128" not in addrs:
+        problems.append(f"pod {ifname} address: expected {address6}/128, found {addrs}")
+    if ifname == PRIMARY_IFNAME and not any(
+            r["dst_len"] == 0 and r.get_attr("RTA_GATEWAY") == GATEWAY6
+            for r in ipr.get_routes(family=10, oif=pidx, table=254)):
+        problems.append(f"pod route: expected 'default via {GATEWAY6} dev {ifname}', found none")
     return problems

@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any, TypeVar
 
 from labnet import nsexec
@@ -101,7 +101,7 @@ def read_conflist(node: NodeNS) -> dict[str, Any]:
 
 
 def _env(command: str, cid: str, netns: str, pod: str, namespace: str, ifname: str = IFNAME,
-         ip: IPv4Address | None = None) -> dict[str, str]:
+         ip: IPv4Address | None = None, ip6: IPv6Address | None = None) -> dict[str, str]:
     env = {
         "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
         "CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_NETNS": netns, "CNI_IFNAME": ifname,
@@ -109,8 +109,9 @@ def _env(command: str, cid: str, netns: str, pod: str, namespace: str, ifname: s
                     f"K8S_POD_INFRA_CONTAINER_ID={cid}",
         "CNI_PATH": CNI_BIN,
     }
-    if ip is not None:  # a requested address, as podman's --ip asks for it
-        env["CNI_ARGS"] += f";IP={ip}"
+    asked = [str(a) for a in (ip, ip6) if a is not None]
+    if asked:  # requested addresses, as podman's --ip asks (Calico's IP=, comma-separated per family)
+        env["CNI_ARGS"] += f";IP={','.join(asked)}"
     return env
 
 
@@ -221,9 +222,9 @@ def _loopback(node: NodeNS, pod: str, cid: str, netns: str, command: str, presen
 @_in_node
 def add_pod(node: NodeNS, pod: str, namespace: str = "default", labels: dict[str, str] | None = None,
             lab: str | None = None, conflist: dict[str, Any] | None = None,
-            ip: IPv4Address | None = None) -> dict[str, Any]:
+            ip: IPv4Address | None = None, ip6: IPv6Address | None = None) -> dict[str, Any]:
     """Create pod `pod` on `node` through the node's CNI config (`conflist`: read from the node
-    when not given); return the final CNI result. `ip`: the address to ask for (CNI_ARGS IP=).
+    when not given); return the final CNI result. `ip`, `ip6`: the addresses to ask for (CNI_ARGS IP=).
 
     Idempotent: for a pod that exists, the plugins see a repeated ADD and answer the same.
     """
@@ -235,7 +236,7 @@ def add_pod(node: NodeNS, pod: str, namespace: str = "default", labels: dict[str
                               "network": conflist["name"], "cniVersion": conflist["cniVersion"],
                               "labels": labels or {}, "result": None}
     has_loopback = _prepare(node, pod, namespace, cid, netns, record)
-    env = _env("ADD", cid, netns, pod, namespace, ip=ip)
+    env = _env("ADD", cid, netns, pod, namespace, ip=ip, ip6=ip6)
     extra = {"args": {"labels": labels}} if labels else None
     prev: dict[str, Any] | None = None
     try:

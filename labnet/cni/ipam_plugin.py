@@ -3,6 +3,9 @@
 Handle id per container: `<network name>.<container id>`. The ADD result carries, besides
 the spec's `ips`, a `labnet` object naming the block, its owner and whether the address was
 borrowed from another node's block (the agent then routes a /32).
+
+Where the cluster has an IPv6 pool the same handle also gets one IPv6 address (/128), as
+calico-ipam's `assign_ipv6`; `ipam.assign_ipv6: "false"` in the network config turns it off.
 """
 
 from __future__ import annotations
@@ -44,11 +47,23 @@ def _pool(conf: dict[str, Any], store: Any, memo: settings.RequestMemo | None = 
     return _pool_of(settings.cluster(conf, store, memo))
 
 
-def _pool_of(c: ClusterSettings) -> ipam.Pool:
+def _pool_of(c: ClusterSettings, version: int = 4) -> ipam.Pool:
+    p = c.pool_of(version)
+    if p is None:
+        raise CniError(INVALID_CONFIG, f"the cluster has no IPv{version} pool")
     try:
-        return ipam.Pool(c.pool.cidr, c.pool.block_size)
+        return ipam.Pool(p.cidr, p.block_size)
     except ValueError as exc:
         raise CniError(INVALID_CONFIG, str(exc)) from exc
+
+
+def _assign6(conf: dict[str, Any], c: ClusterSettings) -> bool:
+    """Whether this ADD takes an IPv6 address too: the cluster has an IPv6 pool and the network
+    config does not say `assign_ipv6: "false"` (calico-ipam's flag, a string or a bool)."""
+    flag = (conf.get("ipam") or {}).get("assign_ipv6")
+    if flag is not None and str(flag).lower() not in ("true", "false"):
+        raise CniError(INVALID_CONFIG, f"ipam.assign_ipv6 must be \"true\" or \"false\", not {flag!r}")
+    return c.pool6 is not None and str(flag).lower() != "false"
 
 
 def _run(env: Env, conf: dict[str, Any], services: Services) -> dict[str, Any] | None:
@@ -69,16 +84,19 @@ def handle(environ: Mapping[str, str], stdin: bytes, *, store_pool: Any = None,
     return run(_run, Services(environ, store_pool, memo=memo), stdin)
 
 
-def requested_ip(env: Env, conf: dict[str, Any]) -> str | None:
-    """The one IPv4 address the runtime asks for, if any: CNI_ARGS `IP=` (podman's --ip, Calico's
-    convention), `args.cni.ips` or `runtimeConfig.ips` (the `ips` capability); a prefix length
-    is dropped. Code 4 for a bad CNI_ARGS value, 7 for a bad config, one address at most."""
+def requested_ip(env: Env, conf: dict[str, Any], version: int = 4) -> str | None:
+    """The one address of that IP family the runtime asks for, if any: CNI_ARGS `IP=` (podman's
+    --ip, Calico's convention: comma-separated, one per family), `args.cni.ips` or
+    `runtimeConfig.ips` (the `ips` capability); a prefix length is dropped. Code 4 for a bad
+    CNI_ARGS value, 7 for a bad config, one address per family at most."""
     found: dict[str, str] = {}
     for part in filter(None, (env.args.get("IP") or "").split(",")):
         try:
-            found[str(ipaddress.IPv4Address(part.split("/")[0]))] = "CNI_ARGS IP"
+            addr = ipaddress.ip_address(part.split("/")[0])
         except ValueError:
-            raise CniError(INVALID_ENV, f"CNI_ARGS IP={env.args['IP']!r}: {part!r} is not an IPv4 address") from None
+            raise CniError(INVALID_ENV, f"CNI_ARGS IP={env.args['IP']!r}: {part!r} is not an IP address") from None
+        if addr.version == version:
+            found[str(addr)] = "CNI_ARGS IP"
     for where, ips in (("args.cni.ips", ((conf.get("args") or {}).get("cni") or {}).get("ips")),
                        ("runtimeConfig.ips", (conf.get("runtimeConfig") or {}).get("ips"))):
         if ips is None:
@@ -87,11 +105,13 @@ def requested_ip(env: Env, conf: dict[str, Any]) -> str | None:
             raise CniError(INVALID_CONFIG, f"{where} must be a list of address strings, got {ips!r}")
         for x in ips:
             try:
-                found[str(ipaddress.IPv4Interface(x).ip)] = where
+                addr = ipaddress.ip_interface(x).ip
             except ValueError:
-                raise CniError(INVALID_CONFIG, f"{where}: {x!r} is not an IPv4 address") from None
+                raise CniError(INVALID_CONFIG, f"{where}: {x!r} is not an IP address") from None
+            if addr.version == version:
+                found[str(addr)] = where
     if len(found) > 1:
-        raise CniError(INVALID_CONFIG, "labnet assigns one IPv4 address per attachment; requested "
+        raise CniError(INVALID_CONFIG, f"labnet assigns one IPv{version} address per attachment; requested "
                        + ", ".join(f"{a} ({w})" for a, w in found.items()))
     return next(iter(found), None)
 
@@ -104,18 +124,36 @@ def _dispatch(env: Env, conf: dict[str, Any], store: Any,
         wanted = requested_ip(env, conf)
         hid = handle_id(conf, env.container_id, env.ifname)
         # One read for the settings, the handle and the node's blocks; the plugin's MTU reuses the settings.
+        # (An IPv6 pool's blocks are read by its own assignment: the settings say whether there is one.)
         first = ipam.first_read(store, hid, settings.CLUSTER_KEY, node=node)
         if memo is not None:
             memo.prime(settings.CLUSTER_KEY, first.keys[settings.CLUSTER_KEY])
-        pool = _pool_of(settings.cluster_from(conf, first.keys[settings.CLUSTER_KEY]))
+        cluster = settings.cluster_from(conf, first.keys[settings.CLUSTER_KEY])
+        pool = _pool_of(cluster)
         attrs = {"node": node, "pod": env.pod or "", "namespace": env.namespace, "containerID": env.container_id}
         if wanted is None:
             a = ipam.auto_assign(store, node, hid, pool, attrs, first=first)
         else:
             a = ipam.assign_ip(store, node, hid, pool, wanted, attrs, first=first)
-        result: dict[str, Any] = {"ips": [{"address": f"{a.address}/32"}], "routes": [], "dns": {}}
+        result: dict[str, Any] = {"ips": [{"address": a.host_prefix}], "routes": [], "dns": {}}
         if info:  # labnet's own plugin asked (IPAM_INFO_ENV): the block, the affinity, whether borrowed
             result["labnet"] = {**a.to_json(), "pool": pool.cidr, "node": node}
+        if _assign6(conf, cluster):
+            pool6 = _pool_of(cluster, 6)
+            wanted6 = requested_ip(env, conf, 6)
+            try:
+                a6 = (ipam.auto_assign(store, node, hid, pool6, attrs) if wanted6 is None
+                      else ipam.assign_ip(store, node, hid, pool6, wanted6, attrs))
+            except BaseException:
+                ipam.release(store, hid)  # nothing half-assigned: the IPv4 address goes too
+                raise
+            result["ips"].append({"address": a6.host_prefix})
+            if info:
+                j6 = a6.to_json()
+                result["labnet"].update(block6=j6.get("block"), borrowed6=j6.get("borrowed"), pool6=pool6.cidr)
+        elif requested_ip(env, conf, 6) is not None:
+            raise CniError(INVALID_CONFIG, f"an IPv6 address was requested ({requested_ip(env, conf, 6)}) but the "
+                           "cluster has no IPv6 pool (or ipam.assign_ipv6 is \"false\")")
         return convert(result, version)
     if env.command == "DEL":
         ipam.release(store, handle_id(conf, env.container_id, env.ifname))
@@ -126,8 +164,8 @@ def _dispatch(env: Env, conf: dict[str, Any], store: Any,
             raise CniError(UNKNOWN_CONTAINER, f"IPAM holds no address for container {env.container_id} "
                            f"(handle {handle_id(conf, env.container_id, env.ifname)})")
         prev = normalize(conf.get("prevResult") or {})
-        want = {ip["address"].split("/")[0] for ip in prev["ips"]}
-        have = {a.address for a in held}
+        want = {str(ipaddress.ip_address(ip["address"].split("/")[0])) for ip in prev["ips"]}
+        have = {str(ipaddress.ip_address(a.address)) for a in held}
         if want and not have <= want:  # earlier plugins in a chain may have added other addresses
             raise CniError(CHECK_FAILED, f"container {env.container_id}: IPAM holds {sorted(have)}, "
                            f"prevResult has {sorted(want)}")

@@ -35,6 +35,8 @@ _HDR = struct.Struct("=IHHII")
 NEW = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
 REPLACE = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE
 AF_INET = 2
+AF_INET6 = 10
+IFA_F_NODAD = 0x02  # an IPv6 address usable at once: a pod's /128 is its own, no duplicate to detect
 RT_TABLE_MAIN = 254
 RTN_UNICAST = 1
 TIMEOUT = 30.0
@@ -153,17 +155,25 @@ def link_up(index: int, mtu: int, name: str) -> tuple[str, Any, int, int]:
     return f"set {name} up, mtu {mtu}", msg, RTM_NEWLINK, NLM_F_REQUEST
 
 
+def _family(address: str) -> int:
+    return AF_INET6 if ":" in address else AF_INET
+
+
 def addr_add(index: int, address: str, prefixlen: int, name: str) -> tuple[str, Any, int, int]:
     msg = ifaddrmsg()
-    msg["family"], msg["prefixlen"], msg["index"] = AF_INET, prefixlen, index
-    msg["attrs"] = [("IFA_LOCAL", address), ("IFA_ADDRESS", address)]
+    msg["family"], msg["prefixlen"], msg["index"] = _family(address), prefixlen, index
+    if msg["family"] == AF_INET6:
+        msg["flags"] = IFA_F_NODAD
+        msg["attrs"] = [("IFA_ADDRESS", address)]
+    else:
+        msg["attrs"] = [("IFA_LOCAL", address), ("IFA_ADDRESS", address)]
     return f"add {address}/{prefixlen} to {name}", msg, RTM_NEWADDR, NEW
 
 
 def route(dst: str, dst_len: int, index: int, scope: int, proto: int, gateway: str | None = None,
           replace: bool = False) -> tuple[str, Any, int, int]:
     msg = rtmsg()
-    msg["family"], msg["dst_len"], msg["table"], msg["proto"] = AF_INET, dst_len, RT_TABLE_MAIN, proto
+    msg["family"], msg["dst_len"], msg["table"], msg["proto"] = _family(dst), dst_len, RT_TABLE_MAIN, proto
     msg["scope"], msg["type"] = scope, RTN_UNICAST
     attrs: list[tuple[str, Any]] = [("RTA_OIF", index)]
     if dst_len:

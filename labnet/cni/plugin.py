@@ -1,4 +1,5 @@
-"""`labnet`: the CNI network plugin (Calico's `calico` plugin, reduced to IPv4 + etcd).
+"""`labnet`: the CNI network plugin (Calico's `calico` plugin, reduced to etcd: IPv4, and
+IPv6 beside it where the cluster has an IPv6 pool).
 
 ADD: delegate to the IPAM plugin named in `ipam.type` (exec'd from CNI_PATH, as libcni
 does) and create the veth pair while it runs; then add the address and routes while the
@@ -146,7 +147,15 @@ def _wep_key(node: str, env: Env) -> str:
 
 
 def _mtu(conf: dict[str, Any], store: Any, memo: settings.RequestMemo | None, underlay: int) -> int:
-    return settings.cluster(conf, store, memo).workload_mtu(underlay)
+    # the node has an IPv6 underlay exactly when its cluster has an IPv6 pool (validation says so)
+    c = settings.cluster(conf, store, memo)
+    return c.workload_mtu(underlay, underlay6=c.pool6 is not None)
+
+
+def _addresses(ips: list[dict[str, Any]]) -> tuple[str | None, str | None]:
+    """The first IPv4 and the first IPv6 address of a result's ips, without prefix."""
+    bare = [ip["address"].split("/")[0] for ip in ips]
+    return next((a for a in bare if ":" not in a), None), next((a for a in bare if ":" in a), None)
 
 
 def _give_back(env: Env, conf: dict[str, Any], ipam: _Delegate, services: Services) -> None:
@@ -177,11 +186,14 @@ def cmd_add(env: Env, conf: dict[str, Any], store: Any, ipam: _Delegate, service
         if not ipam_result["ips"]:
             raise CniError(DELEGATE_FAILED, "IPAM plugin returned no IP address")
         mtu = _mtu(conf, store, services.memo, underlay)
+        address, address6 = _addresses(ipam_result["ips"])
+        if address is None:
+            raise CniError(DELEGATE_FAILED, "IPAM plugin returned no IPv4 address (labnet pods always have one), "
+                           f"only {', '.join(ip['address'] for ip in ipam_result['ips'])}")
     except BaseException:
         datapath.discard(pair)
         _give_back(env, conf, ipam, services)
         raise
-    address = ipam_result["ips"][0]["address"].split("/")[0]
     info = ipam_result.get("labnet") or {}
 
     def wep(mac: str) -> str:
@@ -190,12 +202,14 @@ def cmd_add(env: Env, conf: dict[str, Any], store: Any, ipam: _Delegate, service
             "containerID": env.container_id, "network": conf["name"], "interface": host_if, "ifname": env.ifname,
             "ip": f"{address}/32", "mac": mac, "netns": env.sandbox, "labels": _labels(env, conf),
             "block": info.get("block"), "borrowed": bool(info.get("borrowed")), "mtu": mtu,
+            **({"ip6": f"{address6}/128", "block6": info.get("block6"), "borrowed6": bool(info.get("borrowed6"))}
+               if address6 else {}),
         })
 
     wep_key = _wep_key(node, env)
     early = _Background(lambda: store.put(wep_key, wep(pair.pod_mac))) if pair.created else None
     try:
-        ep = datapath.finish(pair, address, mtu)
+        ep = datapath.finish(pair, address, mtu, address6)
     except Exception as exc:
         try:
             if early is not None:
@@ -205,7 +219,7 @@ def cmd_add(env: Env, conf: dict[str, Any], store: Any, ipam: _Delegate, service
             pass
         _give_back(env, conf, ipam, services)
         raise CniError(DATAPATH_FAILED, f"node {node}: setting up {host_if} <-> {env.ifname} in {env.sandbox} "
-                       f"for {address} failed: {type(exc).__name__}: {exc}") from exc
+                       f"for {address}{' and ' + address6 if address6 else ''} failed: {type(exc).__name__}: {exc}") from exc
     try:
         if early is not None:
             early.join()
@@ -222,12 +236,14 @@ def cmd_add(env: Env, conf: dict[str, Any], store: Any, ipam: _Delegate, service
         "interfaces": [*(prev["interfaces"] if prev else []),
                        {"name": host_if, "mac": ep.host_mac},
                        {"name": env.ifname, "mac": ep.container_mac, "sandbox": env.sandbox}],
-        "ips": [*(prev["ips"] if prev else []), {"address": f"{address}/32", "interface": base + 1}],
+        "ips": [*(prev["ips"] if prev else []), {"address": f"{address}/32", "interface": base + 1},
+                *([{"address": f"{address6}/128", "interface": base + 1}] if address6 else [])],
         "routes": prev.get("routes", []) if prev else [],
         "dns": (prev or {}).get("dns") or {},
     }
     if services.memo is not None:  # for the node's agent, not the runtime; None: IPAM did not say
-        services.memo.borrowed = bool(info["borrowed"]) if "borrowed" in info else None
+        said = "borrowed" in info or "borrowed6" in info
+        services.memo.borrowed = bool(info.get("borrowed") or info.get("borrowed6")) if said else None
     return convert(result, version_of(conf))
 
 
@@ -293,13 +309,12 @@ def cmd_check(env: Env, conf: dict[str, Any], store: Any, services: Services) ->
         raise CniError(INVALID_CONFIG, "CHECK needs prevResult in the network configuration")
     prev = normalize(conf["prevResult"])
     ours = [i for i, itf in enumerate(prev["interfaces"]) if itf.get("name") == env.ifname and itf.get("sandbox")]
-    ips = [ip["address"].split("/")[0] for ip in prev["ips"] if ip.get("interface") in ours] or \
-        [ip["address"].split("/")[0] for ip in prev["ips"]]
-    if not ips:
-        raise CniError(CHECK_FAILED, f"prevResult has no address for {env.ifname}")
+    address, address6 = _addresses([ip for ip in prev["ips"] if ip.get("interface") in ours] or prev["ips"])
+    if address is None:
+        raise CniError(CHECK_FAILED, f"prevResult has no IPv4 address for {env.ifname}")
     delegate(env, conf, "CHECK", services)
     node = settings.nodename(conf)
-    problems = datapath.check(_host_if(env), env.netns, env.ifname, ips[0])
+    problems = datapath.check(_host_if(env), env.netns, env.ifname, address, address6)
     if store.get(_wep_key(node, env)) is None:
         problems.append(f"workload endpoint {_wep_key(node, env)}: expected present, found absent")
     if problems:

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 POD_GATEWAY = "169.254.1.1"
 IPIP_DEVICE = "tunl0"
 VXLAN_DEVICE = "vxlan.calico"
+VXLAN6_DEVICE = "vxlan-v6.calico"
 ETCD_HOST_PREFIX = "/labnet/calico/ipam/v2/host/"
 
 
@@ -98,6 +99,9 @@ def observe_node(view: LabView, node: str, tunnel_dev: str | None) -> NodeFacts:
     try:
         facts.routes = get_routes(ns)
         facts.routes_text = sh(ns, ["ip", "route"]).strip()
+        if view.topo.cluster is not None and view.topo.cluster.pool6 is not None:  # dual-stack: both tables
+            facts.routes += get_routes(ns, family=6)
+            facts.routes_text += "\n" + sh(ns, ["ip", "-6", "route"]).strip()
     except LabnetError as exc:
         facts.routes_text = f"(ip route failed: {exc})"
     with contextlib.suppress(ValueError):
@@ -178,11 +182,10 @@ def observe_store(view: LabView) -> StoreFacts:
         facts.error = str(exc)
         return facts
     try:
-        prefix = keys.affinities()
-        for kv in store.range(prefix):
-            name, _, tail = kv.key[len(prefix):].partition("/ipv4/block/")
-            if name and tail:
-                facts.affinities.setdefault(name, []).append(keys.cidr_from_key(tail))
+        for kv in store.range(keys.affinities()):
+            found = keys.parse_affinity(kv.key)  # either family
+            if found is not None:
+                facts.affinities.setdefault(found[0], []).append(found[1])
         for kv in store.range(keys.NODES):
             try:
                 d = json.loads(kv.value)

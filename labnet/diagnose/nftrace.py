@@ -33,9 +33,10 @@ class Step:
 
 
 def flow_match(src_ip: str, dst_ip: str, proto: str, port: int | None) -> str:
-    match = f"ip saddr {src_ip} ip daddr {dst_ip}"
+    ip = "ip6" if ":" in dst_ip else "ip"
+    match = f"{ip} saddr {src_ip} {ip} daddr {dst_ip}"
     if proto == "icmp":
-        return match + " meta l4proto icmp"
+        return match + (" meta l4proto ipv6-icmp" if ip == "ip6" else " meta l4proto icmp")
     return match + f" {proto} dport {port}" if port else match + f" meta l4proto {proto}"
 
 

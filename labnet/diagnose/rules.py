@@ -19,6 +19,7 @@ from labnet.diagnose.facts import (
     ETCD_HOST_PREFIX,
     IPIP_DEVICE,
     POD_GATEWAY,
+    VXLAN6_DEVICE,
     VXLAN_DEVICE,
     Finding,
     NodeFacts,
@@ -281,11 +282,13 @@ class Doctor:
             if f.routes is None:
                 continue
             me = str(f.status.get("nodename")) if f.status else n
-            by_dst: dict[ipaddress.IPv4Network, list[Route]] = {}
+            by_dst: dict[ipaddress.IPv4Network | ipaddress.IPv6Network, list[Route]] = {}
             for r in f.routes:
                 by_dst.setdefault(r.dst, []).append(r)
             for block in owners.get(me, []):
-                net = ipaddress.IPv4Network(block)
+                net = ipaddress.ip_network(block)
+                if net.version == 6 and self.settings.pool6 is None:
+                    continue
                 if not any(r.type == "blackhole" for r in by_dst.get(net, [])):
                     self.add(n, f"missing blackhole route for its own block {block}",
                              "A node blackholes each block it owns, so traffic to unused addresses of the block "
@@ -298,7 +301,9 @@ class Doctor:
                 via = self.store.records.get(other)
                 via_ip = via.split("/")[0] if via else None
                 for block in blocks:
-                    net = ipaddress.IPv4Network(block)
+                    net = ipaddress.ip_network(block)
+                    if net.version == 6 and self.settings.pool6 is None:
+                        continue
                     got = [r for r in by_dst.get(net, []) if r.type == "unicast"]
                     if not got:
                         self.add(n, f"missing route to {other}'s block {block}",
@@ -308,9 +313,14 @@ class Doctor:
                                  self.cmd(n, "ip", "route", "show", block))
                         continue
                     r = got[0]
-                    want_dev = self.tunnel_dev if self.mode == "always" else None
+                    want_dev, encap = self.tunnel_dev if self.mode == "always" else None, self.encap
+                    if net.version == 6:  # the IPv6 pool's own encapsulation: VXLAN or none
+                        p6 = self.settings.pool6
+                        assert p6 is not None
+                        want_dev = VXLAN6_DEVICE if p6.encap == "vxlan" and p6.mode == "always" else None
+                        encap, via_ip = None, None
                     wrong = []
-                    if self.encap == "ipip" and via_ip and r.gateway is not None and str(r.gateway) != via_ip:
+                    if encap == "ipip" and via_ip and r.gateway is not None and str(r.gateway) != via_ip:
                         wrong.append(f"via {r.gateway}, expected via {via_ip}")
                     if want_dev and r.dev != want_dev:
                         wrong.append(f"dev {r.dev}, expected dev {want_dev}")
@@ -342,10 +352,10 @@ class Doctor:
         """Routes into the pool that leave by another device than the blocks' tunnel routes."""
         if f.routes is None or self.tunnel_dev is None or self.mode != "always":
             return []
-        pool = ipaddress.IPv4Network(str(self.view.topo.cluster.pool.cidr)) if self.view.topo.cluster else None
+        pool = ipaddress.IPv4Network(str(self.view.topo.cluster.pool4.cidr)) if self.view.topo.cluster else None
         out = []
         for r in f.routes:
-            if pool is None or r.type != "unicast" or not r.dst.subnet_of(pool):
+            if pool is None or r.type != "unicast" or r.dst.version != 4 or not r.dst.subnet_of(pool):  # type: ignore[arg-type]
                 continue
             if r.dev in (self.tunnel_dev, None) or (r.dev or "").startswith("cali"):
                 continue

@@ -8,13 +8,17 @@ the VTEP the node's FDB names) and the outer packet is followed to the node that
 leaving the pool through a node that masquerades, its source becomes the node's; into a pod,
 labnet's policy decides (the model's verdict, and the rule nftables ran for one real packet of
 that flow: `nft monitor trace`; the rule counters that moved when nothing was traced). It ends in "delivered to X" or "dropped at M: reason".
+
+IPv6 (`-6`, or an IPv6 address) takes the same path with the family's parts: the pod's
+gateway is its host veth's link-local fe80::ecee:eeff:feee:eeee (answered as the veth's own
+address, no proxy), the IPv6 pool's tunnel is vxlan-v6.calico, NAT66 is table ip6 labnet-nat.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_interface, ip_network
 from typing import Any
 
 from labnet.checks.assertions import CALICO_GATEWAY, Endpoint, proxy_arp_diagnosis, read_sysctl
@@ -29,7 +33,8 @@ from labnet.policy.nft import chain_name, node_counters
 from labnet.topology.steps import DEFAULT_PORT
 
 MAX_HOPS = 16
-TUNNELS = ("tunl0", "vxlan.calico")
+TUNNELS = ("tunl0", "vxlan.calico", "vxlan-v6.calico")
+GATEWAY6 = "fe80::ecee:eeff:feee:eeee"
 
 
 @dataclass
@@ -66,7 +71,7 @@ class _Drop(Exception):
 
 
 def _route_get(ns: NodeNS, dst: str, *, src: str | None = None, iif: str | None = None) -> dict[str, Any]:
-    argv = ["ip", "-j", "-d", "route", "get", dst]
+    argv = ["ip", "-6" if ":" in dst else "-4", "-j", "-d", "route", "get", dst]
     if iif is not None and src is not None:
         argv += ["from", src, "iif", iif]
     proc = run(ns, argv, check=False, timeout=10)
@@ -100,8 +105,16 @@ class _Lab:
         self.machines: dict[str, dict[str, Any]] = info.get("machines", {})
         self.pods: dict[str, dict[str, Any]] = info.get("pods", {})
         c = view.topo.cluster
-        self.pool = IPv4Network(str(c.pool.cidr)) if c is not None else None
-        self._blocks: dict[str, list[IPv4Network]] | None = None
+        self.pools = [ip_network(str(p.cidr)) for p in (c.pool4, c.pool6) if p is not None] if c is not None else []
+        self._blocks: dict[str, list[IPv4Network | IPv6Network]] | None = None
+
+    @property
+    def pool(self) -> bool:
+        return bool(self.pools)
+
+    def in_pool(self, ip: str) -> bool:
+        addr = ip_address(ip)
+        return any(addr in p for p in self.pools)
 
     def network_of(self, machine: str, dev: str) -> str | None:
         for i in self.machines.get(machine, {}).get("interfaces", []):
@@ -109,17 +122,20 @@ class _Lab:
                 return str(i.get("network"))
         return None
 
-    def address_on(self, machine: str, dev: str) -> str | None:
+    def address_on(self, machine: str, dev: str, family: int = 4) -> str | None:
+        key = "address" if family == 4 else "address6"
         for i in self.machines.get(machine, {}).get("interfaces", []):
-            if i.get("name") == dev and i.get("address"):
-                return str(IPv4Interface(i["address"]).ip)
+            if i.get("name") == dev and i.get(key):
+                return str(ip_interface(i[key]).ip)
         return None
 
     def owner(self, network: str, ip: str) -> tuple[str, str] | None:
-        """The machine with `ip` on `network`, and its interface there."""
+        """The machine with `ip` (of either family) on `network`, and its interface there."""
+        want = ip_address(ip)
         for name, m in self.machines.items():
             for i in m.get("interfaces", []):
-                if i.get("network") == network and i.get("address") and str(IPv4Interface(i["address"]).ip) == ip:
+                if i.get("network") == network and any(i.get(k) and ip_interface(i[k]).ip == want
+                                                       for k in ("address", "address6")):
                     return name, str(i["name"])
         return None
 
@@ -139,15 +155,17 @@ class _Lab:
 
             store = admin_store(self.view.journal.info)
             try:
-                self._blocks = {n: [IPv4Network(c) for c in blocks_of(store, n)] for n in self.view.topo.nodes}
+                self._blocks = {n: [ip_network(c) for c in blocks_of(store, n, None)] for n in self.view.topo.nodes}
             finally:
                 store.close()
-        addr = IPv4Address(ip)
+        addr = ip_address(ip)
         return next((n for n, nets in self._blocks.items() if any(addr in net for net in nets)), None)
 
 
-def trace(view: LabView, src_name: str, dst_name: str, proto: str = "icmp", port: int | None = None) -> Trace:
-    src, dst = view.endpoint(src_name), view.endpoint(dst_name)
+def trace(view: LabView, src_name: str, dst_name: str, proto: str = "icmp", port: int | None = None,
+          family: int = 4) -> Trace:
+    dst = view.endpoint(dst_name, family)
+    src = view.endpoint(src_name, 6 if ":" in dst.ip else 4)  # an IPv6 address to reach: the IPv6 source
     if src.ns is None:
         raise BadInput(f"trace from {src_name!r}: an address sends nothing; start from a pod or machine")
     if proto not in ("icmp", "tcp", "udp"):
@@ -191,7 +209,7 @@ def _walk(lab: _Lab, src: Endpoint, dst: Endpoint, proto: str, port: int | None,
                 return
         hop.said.append(_route_text(r) + (f" (in on {iif})" if iif else ""))
         if kind in ("blackhole", "unreachable", "prohibit"):
-            owner = lab.block_owner(dst.ip) if lab.pool and IPv4Address(dst.ip) in lab.pool else None
+            owner = lab.block_owner(dst.ip) if lab.in_pool(dst.ip) else None
             why = f" (the {kind} route of a block this node owns: no pod has {dst.ip})" if owner == here else ""
             raise _Drop(f"{_route_text(r)}{why}")
         dev, gw = str(r.get("dev")), r.get("gateway")
@@ -199,6 +217,8 @@ def _walk(lab: _Lab, src: Endpoint, dst: Endpoint, proto: str, port: int | None,
             node, veth = str(lab.pods[here]["node"]), str(lab.pods[here]["host_veth"])
             if gw == CALICO_GATEWAY:
                 _proxy_arp(lab, here, node, veth, hop)
+            elif gw == GATEWAY6:
+                _gateway6(lab, node, veth, hop)
             pending = _egress(lab, here, dst, proto, port, out)
             here, iif = node, veth
             continue
@@ -207,10 +227,10 @@ def _walk(lab: _Lab, src: Endpoint, dst: Endpoint, proto: str, port: int | None,
             r = _route_get(ns, outer[2])
             hop.said.append(f"outer: {_route_text(r)}")
             dev, gw = str(r.get("dev")), r.get("gateway")
-        elif outer is None and lab.pool is not None and here not in lab.pods:
+        elif outer is None and lab.pool and here not in lab.pods:
             _nat(lab, ns, here, src_ip, dst.ip, dev, r, hop)
             if hop.said[-1].startswith("masquerade"):
-                src_ip = lab.address_on(here, dev) or src_ip
+                src_ip = lab.address_on(here, dev, 6 if ":" in src_ip else 4) or src_ip
         if dev.startswith("cali") and outer is None:  # into a pod of this node
             into = lab.pod_on_veth(here, dev)
             if into is None:
@@ -224,8 +244,7 @@ def _walk(lab: _Lab, src: Endpoint, dst: Endpoint, proto: str, port: int | None,
         if found is None:
             raise _Drop(f"nothing on {network or dev} has {nexthop} (no machine answers its ARP)")
         here, iif = found
-        if outer is None and lab.pool is not None and IPv4Address(dst.ip) in lab.pool \
-                and lab.machines.get(here, {}).get("kind") != "node":
+        if outer is None and lab.in_pool(dst.ip) and lab.machines.get(here, {}).get("kind") != "node":
             owner = lab.block_owner(dst.ip)
             if owner is not None:
                 hop.said.append(f"note: {dst.ip} is in {owner}'s block, but {hop.machine} sends it to {here} "
@@ -244,6 +263,21 @@ def _proxy_arp(lab: _Lab, pod: str, node: str, veth: str, hop: Hop) -> None:
     hop.said.append(f"ARP {CALICO_GATEWAY}: answered by proxy-ARP on {veth} of {node} (proxy_arp=1, forwarding=1)")
 
 
+def _gateway6(lab: _Lab, node: str, veth: str, hop: Hop) -> None:
+    """The pod's IPv6 gateway is its host veth's own link-local address: the node answers the
+    pod's neighbour solicitation for it when the veth has it (not tentative)."""
+    got = json.loads(run(lab.view.ns(node), ["ip", "-6", "-j", "addr", "show", "dev", veth], check=False,
+                         timeout=10).stdout or "[]")
+    addrs = [a for link in got for a in link.get("addr_info", []) if a.get("local") == GATEWAY6]
+    if not addrs:
+        raise _Drop(f"its neighbour solicitation for {GATEWAY6} gets no answer: {veth} of {node} does not have "
+                    "that link-local address (its MAC is not ee:ee:ee:ee:ee:ee, or IPv6 is off on it)")
+    if addrs[0].get("tentative"):
+        raise _Drop(f"{GATEWAY6} on {veth} of {node} is still tentative (duplicate address detection): "
+                    "no answer to the pod's neighbour solicitation yet")
+    hop.said.append(f"NS {GATEWAY6}: answered by {veth} of {node} (its own link-local address)")
+
+
 def _wrap(lab: _Lab, ns: NodeNS, here: str, dev: str, gw: str, hop: Hop) -> tuple[str, str, str]:
     if dev == "tunl0":
         outer_dst = gw
@@ -258,19 +292,20 @@ def _wrap(lab: _Lab, ns: NodeNS, here: str, dev: str, gw: str, hop: Hop) -> tupl
             raise _Drop(f"VXLAN: no FDB entry names the VTEP of {gw} on {dev} (neighbour {mac or 'missing'})")
         outer_dst, how = str(outer), f"VXLAN (VTEP {gw} is-at {mac}, FDB dst {outer})"
     r = _route_get(ns, outer_dst)
-    outer_src = str(r.get("prefsrc") or lab.view.address(here))
+    outer_src = str(r.get("prefsrc") or lab.view.address(here, 6 if ":" in outer_dst else 4))
     hop.said.append(f"{how}: outer {outer_src} → {outer_dst}")
     return dev, outer_src, outer_dst
 
 
 def _nat(lab: _Lab, ns: NodeNS, here: str, src_ip: str, dst_ip: str, dev: str, r: dict[str, Any], hop: Hop) -> None:
-    pool = lab.pool
-    if pool is None or IPv4Address(src_ip) not in pool or IPv4Address(dst_ip) in pool:
+    if not lab.in_pool(src_ip) or lab.in_pool(dst_ip):
         return
-    proc = run(ns, ["nft", "list", "table", "ip", "labnet-nat"], check=False, timeout=10)
+    fam = "ip6" if ":" in src_ip else "ip"
+    proc = run(ns, ["nft", "list", "table", fam, "labnet-nat"], check=False, timeout=10)
     if proc.returncode == 0 and "masquerade" in proc.stdout:
-        hop.said.append(f"masquerade (nat_outgoing, table ip labnet-nat): source {src_ip} becomes "
-                        f"{lab.address_on(here, dev) or r.get('prefsrc') or 'the address of ' + dev} leaving {dev}")
+        mine = lab.address_on(here, dev, 6 if fam == "ip6" else 4)
+        hop.said.append(f"masquerade (nat_outgoing, table {fam} labnet-nat): source {src_ip} becomes "
+                        f"{mine or r.get('prefsrc') or 'the address of ' + dev} leaving {dev}")
     else:
         hop.said.append(f"no NAT: {src_ip} leaves {here} as it is (nat_outgoing is off); replies need a route "
                         f"back to the pool")
@@ -332,18 +367,18 @@ def _one_packet(lab: _Lab, src: Endpoint, dst: Endpoint, proto: str, port: int |
 # -- the CLI verb -----------------------------------------------------------------------------
 
 def endpoint_arg(value: str) -> str:
-    """An argparse `type=` for a pod, a machine, or an IPv4 address."""
+    """An argparse `type=` for a pod, a machine, or an IP address."""
     import argparse
 
     from labnet.paths import name_error
 
     try:
-        return str(IPv4Address(value))
+        return str(ip_address(value))
     except ValueError:
         pass
     error = name_error("pod or machine", value)
     if error:
-        raise argparse.ArgumentTypeError(error + ", or an IPv4 address")
+        raise argparse.ArgumentTypeError(error + ", or an IP address")
     return value
 
 
@@ -363,7 +398,7 @@ def cmd_trace(args: Any) -> int:
     if os.geteuid() != 0:
         raise BadInput("labnet trace needs root to look inside the lab's namespaces (run it with sudo)")
     view = LabView(state.pick_lab(args.lab))
-    t = trace(view, args.src, args.dst, args.proto, args.port)
+    t = trace(view, args.src, args.dst, args.proto, args.port, 6 if args.ipv6 else 4)
     print(json.dumps(t.to_dict(), indent=2) if args.json else t.format())
     return 0 if t.delivered else 1
 
@@ -377,7 +412,9 @@ def register(sub: Any) -> None:
                                    "with its outer addresses, NAT, and the policy verdict with the nft rule "
                                    "that decided. Exit 0 when it is delivered, 1 when it is dropped.")
     s.add_argument("src", metavar="FROM", type=endpoint_arg, help="pod or machine that sends")
-    s.add_argument("dst", metavar="TO", type=endpoint_arg, help="pod, machine or IPv4 address")
+    s.add_argument("dst", metavar="TO", type=endpoint_arg, help="pod, machine or IP address")
+    s.add_argument("-6", "--ipv6", action="store_true",
+                   help="follow an IPv6 packet: TO's IPv6 address (a pod's ip6, a machine's address6)")
     s.add_argument("--proto", choices=("icmp", "tcp", "udp"), default="icmp")
     s.add_argument("--port", type=_port, default=None,
                    help="tcp/udp destination port (policy decides by it; default 8080)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 PREFIX = "/labnet"
 CALICO = f"{PREFIX}/calico"
 CONFIG = f"{PREFIX}/config"  # lab-wide settings written by `up` (the seed's ConfigMap)
@@ -11,7 +13,8 @@ RESOURCES = f"{CALICO}/resources/v3/projectcalico.org"
 
 
 def cidr_key(cidr: str) -> str:
-    """'10.100.163.128/26' -> '10.100.163.128-26' (Calico's form in keys)."""
+    """'10.100.163.128/26' -> '10.100.163.128-26', 'fd00:10:244::/122' -> 'fd00:10:244::-122'
+    (Calico's form in keys: libcalico-go's BlockKey replaces the one '/'; ':' stays)."""
     return cidr.replace("/", "-")
 
 
@@ -19,19 +22,44 @@ def cidr_from_key(part: str) -> str:
     return part.replace("-", "/")
 
 
+def family(cidr: str) -> int:
+    """4 or 6: the IP version of a cidr or address, without parsing it (only IPv6 has ':')."""
+    return 6 if ":" in cidr else 4
+
+
+def blocks(version: int = 4) -> str:
+    """The prefix of one family's blocks (Calico: /ipam/v2/assignment/ipv<4|6>/block/)."""
+    if version not in (4, 6):
+        raise ValueError(f"IP version {version!r} is neither 4 nor 6")
+    return f"{IPAM}/assignment/ipv{version}/block/"
+
+
+BLOCKS = blocks(4)
+BLOCKS6 = blocks(6)
+
+
 def block(cidr: str) -> str:
-    return f"{IPAM}/assignment/ipv4/block/{cidr_key(cidr)}"
-
-
-BLOCKS = f"{IPAM}/assignment/ipv4/block/"
+    return f"{blocks(family(cidr))}{cidr_key(cidr)}"
 
 
 def affinity(node: str, cidr: str) -> str:
-    return f"{IPAM}/host/{node}/ipv4/block/{cidr_key(cidr)}"
+    return f"{IPAM}/host/{node}/ipv{family(cidr)}/block/{cidr_key(cidr)}"
 
 
-def affinities(node: str | None = None) -> str:
-    return f"{IPAM}/host/{node}/ipv4/block/" if node else f"{IPAM}/host/"
+def affinities(node: str | None = None, version: int | None = 4) -> str:
+    """A node's affinity records of one family (both with version None); every node's without node."""
+    if not node:
+        return f"{IPAM}/host/"
+    return f"{IPAM}/host/{node}/" if version is None else f"{IPAM}/host/{node}/ipv{version}/block/"
+
+
+def parse_affinity(key: str) -> tuple[str, str] | None:
+    """(node, cidr) of an affinity key of either family; None for any other key."""
+    m = _AFFINITY.match(key)
+    return (m.group(1), cidr_from_key(m.group(2))) if m else None
+
+
+_AFFINITY = re.compile(re.escape(f"{IPAM}/host/") + r"([^/]+)/ipv[46]/block/([^/]+)$")
 
 
 def handle(handle_id: str) -> str:

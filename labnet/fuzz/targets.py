@@ -11,14 +11,22 @@ from collections.abc import Callable
 
 
 def bgp_decode(data: bytes) -> None:
-    """labnet.bgp.codec: one message with both AS-number widths, then the same bytes as a stream."""
-    from labnet.bgp.codec import BgpError, Framer, decode
+    """labnet.bgp.codec: one message with both AS-number widths, then the same bytes as a stream.
+
+    A decoded UPDATE must answer what the RIB asks of it (both families), and one decoded
+    without errors must encode back to the same UPDATE (IPv6 MP attributes included)."""
+    from labnet.bgp.codec import BgpError, Framer, Update, decode, encode
 
     for four_octet in (True, False):
         try:
-            decode(data, four_octet)
+            msg = decode(data, four_octet)
         except BgpError as exc:
             str(exc)
+            continue
+        if isinstance(msg, Update):
+            msg.announced(), msg.unreachable(), msg.next_hop(), msg.next_hop6(), msg.end_of_rib_family()
+            if four_octet and not msg.errors and decode(encode(msg)) != msg:
+                raise AssertionError(f"bgp_decode: {msg!r} does not survive encode/decode")
     framer = Framer()
     try:
         # Two feeds, split inside the data, so the framer's buffering is exercised too.

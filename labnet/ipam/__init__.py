@@ -1,7 +1,9 @@
-"""Block-affinity IPAM (Calico's model) over the Datastore Protocol.
+"""Block-affinity IPAM (Calico's model) over the Datastore Protocol, IPv4 and IPv6 pools.
 
-The agent calls `tunnel_address`; checks and doctor call `blocks_of` and `usage`; the CNI
-IPAM plugin calls `first_read`, `auto_assign`, `assign_ip` (a requested address), `lookup`, `release` and `gc`.
+The agent calls `tunnel_address` (version 6: vxlan-v6.calico's); checks and doctor call
+`blocks_of` and `usage`; the CNI IPAM plugin calls `cluster_pools`, `first_read`,
+`auto_assign` and `assign_ip` (a requested address) once per pool with one handle, `lookup`,
+`release` (both families) and `gc`.
 """
 
 from labnet.ipam.allocator import (
@@ -12,10 +14,13 @@ from labnet.ipam.allocator import (
     IpamError,
     Pool,
     PoolExhausted,
+    Walk,
     assign_ip,
     auto_assign,
     blocks_of,
     cluster_pool,
+    cluster_pool6,
+    cluster_pools,
     first_read,
     gc,
     lookup,
@@ -26,7 +31,8 @@ from labnet.ipam.allocator import (
 )
 
 __all__ = [
-    "AddressUnavailable", "Assignment", "Block", "IpamConflict", "IpamError", "Pool", "PoolExhausted",
+    "AddressUnavailable", "Assignment", "Block", "IpamConflict", "IpamError", "Pool", "PoolExhausted", "Walk",
     "assign_ip", "auto_assign",
-    "blocks_of", "cluster_pool", "first_read", "gc", "lookup", "release", "tunnel_address", "tunnel_handle", "usage",
+    "blocks_of", "cluster_pool", "cluster_pool6", "cluster_pools", "first_read", "gc", "lookup", "release",
+    "tunnel_address", "tunnel_handle", "usage",
 ]

@@ -6,7 +6,7 @@ The lab's journal keeps one record per pod (node, IP, host veth, netns) so check
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from labnet.errors import BadInput
@@ -20,13 +20,16 @@ def _record(node: str, pod: str, result: dict[str, Any], netns: str, cid: str) -
     ifs = result.get("interfaces", [])
     ips = result.get("ips", [])
     host = next((i["name"] for i in ifs if not i.get("sandbox")), None)
-    ip = ips[0]["address"].split("/")[0] if ips else None
-    return {"node": node, "ip": ip, "host_veth": host, "netns": netns, "container_id": cid}
+    bare = [i["address"].split("/")[0] for i in ips]
+    ip = next((a for a in bare if ":" not in a), None)
+    ip6 = next((a for a in bare if ":" in a), None)
+    return {"node": node, "ip": ip, "host_veth": host, "netns": netns, "container_id": cid,
+            **({"ip6": ip6} if ip6 else {})}
 
 
 def add_to(journal: Journal, ns: NodeNS, node: str, pod: str, labels: dict[str, str] | None = None,
            conflist: dict[str, Any] | None = None, ip: IPv4Address | None = None,
-           namespace: str = "default") -> dict[str, Any]:
+           namespace: str = "default", ip6: IPv6Address | None = None) -> dict[str, Any]:
     """ADD `pod` (of Kubernetes namespace `namespace`) on `node` and record it in the journal
     (recorded first: a crash leaves a trace)."""
     from labnet.cni import invoke
@@ -37,7 +40,8 @@ def add_to(journal: Journal, ns: NodeNS, node: str, pod: str, labels: dict[str, 
     journal.set_info(("pods", pod), {"node": node, "ip": None, "host_veth": None, "netns": netns, "container_id": cid,
                                      "namespace": namespace})
     try:
-        result = invoke.add_pod(ns, pod, namespace=namespace, labels=labels, lab=journal.lab, conflist=conflist, ip=ip)
+        result = invoke.add_pod(ns, pod, namespace=namespace, labels=labels, lab=journal.lab, conflist=conflist, ip=ip,
+                                ip6=ip6)
     except BaseException:
         # add_pod has already rolled the pod back (CNI DEL); forget it, so a retry can work.
         journal.set_info(("pods", pod), remove=True)
@@ -55,14 +59,14 @@ def reapply_policy(journal: Journal) -> None:
 
 
 def add(lab: str, node: str, pod: str, labels: dict[str, str] | None = None,
-        ip: IPv4Address | None = None, namespace: str = "default") -> dict[str, Any]:
+        ip: IPv4Address | None = None, namespace: str = "default", ip6: IPv6Address | None = None) -> dict[str, Any]:
     check_name("pod", pod)
     check_name("namespace", namespace)
     with lab_lock(lab):
         journal = running_journal(lab)
         if pod in journal.info.get("pods", {}):
             raise BadInput(f"lab {lab}: pod {pod!r} exists already (on {journal.info['pods'][pod]['node']})")
-        rec = add_to(journal, node_ns(lab, node), node, pod, labels, ip=ip, namespace=namespace)
+        rec = add_to(journal, node_ns(lab, node), node, pod, labels, ip=ip, namespace=namespace, ip6=ip6)
         reapply_policy(journal)
         return rec
 

@@ -70,12 +70,14 @@ def format_status(rows: list[dict[str, Any]]) -> str:
                   for p in r["processes"] if p["what"] == SUPERVISOR]
         table = [("MACHINE", "KIND", "INTERFACES", "PROCESSES")]
         for m, info in r["machines"].items():
-            ifs = ", ".join(f"{i['name']} {i['address']} [{i['network']}]" for i in info["interfaces"])
+            ifs = ", ".join(f"{i['name']} {i['address']}{' ' + i['address6'] if i.get('address6') else ''} "
+                            f"[{i['network']}]" for i in info["interfaces"])
             procs = ", ".join(f"{LABELS.get(p['what'], p['what'])}({p['pid']}{_flags(p)})"
                               for p in r["processes"] if p["node"] == m)
             table.append((m, info["kind"], ifs, procs or "-"))
         for pod, p in r["pods"].items():
-            table.append((f"{p['node']}/{pod}", "pod", f"eth0 {p.get('ip', '?')}", "-"))
+            six = f" {p['ip6']}" if p.get("ip6") else ""
+            table.append((f"{p['node']}/{pod}", "pod", f"eth0 {p.get('ip', '?')}{six}", "-"))
         widths = [max(len(row[i]) for row in table) for i in range(4)]
         lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table]
     return "\n".join(lines)

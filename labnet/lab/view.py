@@ -7,7 +7,7 @@ the topology file has moved or changed.
 from __future__ import annotations
 
 from functools import cached_property
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from typing import TYPE_CHECKING, Any
 
 from labnet.errors import BadInput, LabnetError
@@ -60,26 +60,46 @@ class LabView:
         return self.ns(rec["node"]).pod(pod, rec["netns"])
 
     # -- addressing -------------------------------------------------------------------
-    def address(self, name: str) -> str:
+    def address(self, name: str, family: int = 4) -> str:
+        """A pod's or machine's address of that family (its ip6 / first address6 for 6), or an
+        address given as such."""
         if name in self.journal.info.get("pods", {}):
-            return str(self.pod(name)["ip"])
+            got = self.pod(name).get("ip" if family == 4 else "ip6")
+            if got is None:
+                raise BadInput(f"lab {self.name}: pod {name} has no IPv{family} address")
+            return str(got)
         try:
-            return str(IPv4Address(name))
+            return str(ip_address(name))
         except ValueError:
             pass
-        return str(self.topo.address_of(name))
+        if family == 4:
+            return str(self.topo.address_of(name))
+        found = next((i.address6 for i in self.topo.machine(name).interfaces if i.address6 is not None), None)
+        if found is None:
+            raise BadInput(f"lab {self.name}: {name} has no IPv6 address (no interface with address6)")
+        return str(found)
 
-    def endpoint(self, name: str) -> Endpoint:
+    def address_facing(self, name: str, other: str, family: int = 4) -> str:
+        """`name`'s address on a LAN it shares with machine `other` (its first address when
+        they share none): the next hop `other` sees for it."""
+        theirs = {i.network for i in self.topo.machine(other).interfaces}
+        for i in self.topo.machine(name).interfaces:
+            addr = i.address if family == 4 else i.address6
+            if i.network in theirs and addr is not None:
+                return str(addr)
+        return self.address(name, family)
+
+    def endpoint(self, name: str, family: int = 4) -> Endpoint:
         from labnet.checks import Endpoint
 
         if name in self.journal.info.get("pods", {}):
-            return Endpoint(name, self.pod_ns(name), self.address(name))
+            return Endpoint(name, self.pod_ns(name), self.address(name, family))
         if name in self.journal.info.get("machines", {}):
-            return Endpoint(name, self.ns(name), self.address(name))
+            return Endpoint(name, self.ns(name), self.address(name, family))
         try:
-            return Endpoint(name, None, str(IPv4Address(name)))
+            return Endpoint(name, None, str(ip_address(name)))
         except ValueError:
-            raise BadInput(f"lab {self.name}: {name!r} is neither a pod, a machine nor an IPv4 address") from None
+            raise BadInput(f"lab {self.name}: {name!r} is neither a pod, a machine nor an IP address") from None
 
     # -- agent and datastore ------------------------------------------------------------
     def agent_status(self, node: str) -> dict[str, Any]:
@@ -88,10 +108,11 @@ class LabView:
         self.ns(node)  # a machine of this lab, or BadInput naming it
         return agent_status(self.runtime, node)
 
-    def blocks(self, node: str) -> list[IPv4Network]:
-        """The blocks `node` owns, as its agent reports them."""
+    def blocks(self, node: str, family: int | None = 4) -> list[IPv4Network | IPv6Network]:
+        """The blocks `node` owns of one IP family (both with None), as its agent reports them."""
         status = self.agent_status(node)
         blocks = status.get("blocks")
         if blocks is None:
             raise LabnetError(f"node {node}: the agent's status has no blocks: {status}")
-        return [IPv4Network(b) for b in blocks]
+        nets = [ip_network(b) for b in blocks]
+        return [n for n in nets if family is None or n.version == family]

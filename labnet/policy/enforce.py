@@ -8,7 +8,7 @@ selector matches, wherever they run.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from typing import TYPE_CHECKING, Any
 
 from labnet.policy.model import PolicySettings
@@ -30,7 +30,7 @@ def enforced(settings: PolicySettings) -> bool:
 
 def pod_infos(pods: dict[str, dict[str, Any]]) -> list[PodInfo]:
     return [PodInfo(name, IPv4Address(rec["ip"]), rec["host_veth"], dict(rec.get("labels") or {}),
-                    str(rec.get("namespace") or "default"))
+                    str(rec.get("namespace") or "default"), IPv6Address(rec["ip6"]) if rec.get("ip6") else None)
             for name, rec in sorted(pods.items()) if rec.get("ip") and rec.get("host_veth")]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 
 from labnet.nsexec import NodeNS
 from labnet.policy.model import PolicySettings, Rule
@@ -36,7 +36,7 @@ class Verdict:
     reason: str
 
 
-def _rule_matches(rule: Rule, peer_ip: IPv4Address, peer_pod: PodInfo | None, proto: str, port: int | None,
+def _rule_matches(rule: Rule, peer_ip: IPv4Address | IPv6Address, peer_pod: PodInfo | None, proto: str, port: int | None,
                   egress: bool = False) -> bool:
     peer = rule.to if egress else rule.from_
     if peer is not None:
@@ -53,7 +53,7 @@ def _rule_matches(rule: Rule, peer_ip: IPv4Address, peer_pod: PodInfo | None, pr
 def evaluate(
     settings: PolicySettings,
     dst: PodInfo,
-    src_ip: IPv4Address | str,
+    src_ip: IPv4Address | IPv6Address | str,
     proto: str,
     port: int | None,
     all_pods: Sequence[PodInfo],
@@ -62,8 +62,8 @@ def evaluate(
     nft chain does): the first matching rule of the policies selecting dst, else the default."""
     if proto not in PROTOCOLS:
         raise ValueError(f"protocol {proto!r} is not one of {', '.join(PROTOCOLS)}")
-    src = IPv4Address(src_ip)
-    src_pod = next((p for p in all_pods if p.ip == src), None)
+    src = ip_address(src_ip)
+    src_pod = next((p for p in all_pods if p.has(src)), None)
     selected = policies_for(settings, dst)
     for policy in selected:
         for i, rule in enumerate(policy.ingress):
@@ -86,7 +86,7 @@ def evaluate(
 def evaluate_egress(
     settings: PolicySettings,
     src: PodInfo,
-    dst_ip: IPv4Address | str,
+    dst_ip: IPv4Address | IPv6Address | str,
     proto: str,
     port: int | None,
     all_pods: Sequence[PodInfo],
@@ -94,8 +94,8 @@ def evaluate_egress(
     """The model's verdict for a new connection from pod `src` at its egress."""
     if proto not in PROTOCOLS:
         raise ValueError(f"protocol {proto!r} is not one of {', '.join(PROTOCOLS)}")
-    dst = IPv4Address(dst_ip)
-    dst_pod = next((p for p in all_pods if p.ip == dst), None)
+    dst = ip_address(dst_ip)
+    dst_pod = next((p for p in all_pods if p.has(dst)), None)
     isolating = egress_isolated(settings, src)
     if not isolating:
         return Verdict(True, "egress-open", None, "", f"no policy isolates pod {src.name}'s egress")
@@ -148,9 +148,9 @@ def explain_drop(
     `pods` are all the lab's pods (sources are matched by IP); `before`, a `node_counters`
     snapshot taken before sending the packet, makes the report say which counters moved.
     """
-    dst = IPv4Address(dst_ip)
+    dst = ip_address(dst_ip)
     flow = f"{proto} {src_ip} -> {dst}{f':{port}' if port is not None else ''}"
-    dst_pod = next((p for p in pods if p.ip == dst), None)
+    dst_pod = next((p for p in pods if p.has(dst)), None)
     if dst_pod is None:
         return f"node {node_ns.name}: {flow}: {dst} is not a pod labnet knows; labnet policy only filters ingress to pods"
     objects = ruleset(node_ns)

@@ -27,7 +27,7 @@ a namespace's labels are `projectcalico.org/name: <its name>`, as Calico sets th
 
 from __future__ import annotations
 
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
@@ -96,16 +96,17 @@ class Peer(_Model):
 
     selector: SelectorText | None = None
     namespace_selector: SelectorText | None = None
-    cidr: IPv4Network | None = None
+    cidr: IPv4Network | IPv6Network | None = None
 
     @field_validator("cidr", mode="before")
     @classmethod
     def _strict_cidr(cls, value: Any) -> Any:
         if isinstance(value, str):
             try:
-                IPv4Network(value)
+                return ip_network(value)
             except ValueError as exc:
-                raise ValueError(f"cidr {value!r} is not an IPv4 network like 10.0.0.0/24 ({exc})") from None
+                raise ValueError(f"cidr {value!r} is not an IP network like 10.0.0.0/24 or fd00::/64 "
+                                 f"({exc})") from None
         return value
 
     @model_validator(mode="after")

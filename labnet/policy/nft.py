@@ -13,6 +13,10 @@ Layout (Calico enforces on the host side of each pod's veth; so do we):
       chain to_caliX               ingress to one pod: established/related, the rules of every
                                    policy selecting the pod (in order), then the default
 
+Dual-stack pods are judged the same for both families: a pod-selecting rule has an IPv6 set
+beside its IPv4 one (`src_<policy>_<rule>_6`, the pods' IPv6 addresses) and an `ip6` twin of
+its rule with the same comment; a cidr rule is rendered for its cidr's family only.
+
 Only the forward hook is filtered: traffic from the node itself to its pods (output hook) and
 from pods to the node (input hook) is never dropped, as with the seed's
 FELIX_DEFAULTENDPOINTTOHOSTACTION=ACCEPT and Calico's host-to-local-workload allowance
@@ -26,7 +30,7 @@ import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from labnet.errors import BadInput, CommandFailed
@@ -51,6 +55,10 @@ class PodInfo:
     host_veth: str
     labels: dict[str, str] = field(default_factory=dict, hash=False)
     namespace: str = "default"
+    ip6: IPv6Address | None = None  # a dual-stack pod's IPv6 address
+
+    def has(self, ip: IPv4Address | IPv6Address) -> bool:
+        return ip in (self.ip, self.ip6)
 
     def selector_labels(self) -> dict[str, str]:
         """Its labels as selectors see them: with the namespace label Calico adds to every pod."""
@@ -58,6 +66,8 @@ class PodInfo:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ip", IPv4Address(self.ip))
+        if self.ip6 is not None:
+            object.__setattr__(self, "ip6", IPv6Address(self.ip6))
         if not _IFNAME.match(self.host_veth):
             raise BadInput(f"pod {self.name}: host veth {self.host_veth!r} is not an interface name")
         if not _LABEL_TEXT.match(self.name):
@@ -117,22 +127,40 @@ def peer_pods(peer: Peer | None, all_pods: Iterable[PodInfo]) -> list[PodInfo]:
     return sorted((p for p in all_pods if peer_matches_pod(peer, p)), key=lambda p: p.ip)
 
 
-def _match(policy: PolicySpec, index: int, rule: Rule, egress: bool = False) -> str:
+def _match(policy: PolicySpec, index: int, rule: Rule, egress: bool = False, family: int = 4) -> str | None:
+    """The rule's match for packets of one IP family; None when no packet of it can match."""
     parts: list[str] = []
     peer, addr = (rule.to, "daddr") if egress else (rule.from_, "saddr")
+    ip = "ip" if family == 4 else "ip6"
     if peer is not None:
+        if peer.cidr is not None and peer.cidr.version != family:
+            return None
         if peer.selects_pods:
-            parts.append(f"ip {addr} @{set_name(policy, index, egress)}")
+            parts.append(f"{ip} {addr} @{set_name(policy, index, egress)}{'' if family == 4 else '_6'}")
         if peer.cidr is not None:
-            parts.append(f"ip {addr} {peer.cidr}")
+            parts.append(f"{ip} {addr} {peer.cidr}")
+        if family == 6 and not parts:
+            return None
+    elif family == 6 and rule.protocol != "icmp":
+        return None  # no address and no ICMP: the IPv4 line matches both families
     if rule.protocol is not None:
         ranges = rule.port_ranges()
         if ranges:
             elems = ", ".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in ranges)
             parts.append(f"{rule.protocol} dport {{ {elems} }}")
-        else:
-            parts.append(f"meta l4proto {rule.protocol}")
+        else:  # ICMP is a protocol of each family: ICMPv6 for IPv6 packets
+            parts.append(f"meta l4proto {'ipv6-icmp' if family == 6 and rule.protocol == 'icmp' else rule.protocol}")
     return " ".join(parts)
+
+
+def _matches(policy: PolicySpec, index: int, rule: Rule, egress: bool, dual: bool) -> list[str]:
+    """The rule's lines: its IPv4 match, and with dual-stack pods its IPv6 twin, where each can
+    match anything (a rule with no address match is one line for both families)."""
+    four = _match(policy, index, rule, egress)
+    peer = rule.to if egress else rule.from_
+    v6_cidr = peer is not None and peer.cidr is not None and peer.cidr.version == 6
+    six = _match(policy, index, rule, egress, 6) if dual or v6_cidr else None
+    return [m for m in (four, six) if m is not None]
 
 
 def _unique(pods: Sequence[PodInfo], attr: str, what: str) -> None:
@@ -148,6 +176,7 @@ def render(settings: PolicySettings, pods_on_node: Sequence[PodInfo], all_pods: 
     """The nft script (one table definition) for a node. Pure and deterministic."""
     _unique(pods_on_node, "host_veth", "host veth")
     _unique(all_pods, "ip", "IP")
+    dual = any(p.ip6 is not None for p in all_pods)  # IPv6 sets and rules only where pods have IPv6
     out = [f"table {FAMILY} {TABLE} {{", f'\tcomment "labnet policy, default {settings.default}"']
     for policy in settings.policies:
         for egress, rules in ((False, policy.ingress), (True, policy.egress or [])):
@@ -162,6 +191,13 @@ def render(settings: PolicySettings, pods_on_node: Sequence[PodInfo], all_pods: 
                 if members:
                     out.append("\t\telements = { " + ", ".join(str(p.ip) for p in members) + " }")
                 out.append("\t}")
+                if dual:
+                    out += [f"\tset {set_name(policy, i, egress)}_6 {{", "\t\ttype ipv6_addr",
+                            f'\t\tcomment "{rule_comment(policy, i, egress)}"']
+                    six = [str(p.ip6) for p in members if p.ip6 is not None]
+                    if six:
+                        out.append("\t\telements = { " + ", ".join(six) + " }")
+                    out.append("\t}")
     local = sorted(pods_on_node, key=lambda p: p.host_veth)
     isolated = [p for p in local if egress_isolated(settings, p)]
     out += ["\tchain forward {", "\t\ttype filter hook forward priority filter; policy accept;"]
@@ -175,10 +211,10 @@ def render(settings: PolicySettings, pods_on_node: Sequence[PodInfo], all_pods: 
                 '\t\tct state established,related counter return comment "labnet=established"']
         for policy in egress_isolated(settings, pod):
             for i, rule in enumerate(policy.egress or []):
-                match = _match(policy, i, rule, egress=True)
                 verdict = "return" if rule.action == "allow" else "drop"
-                out.append(f'\t\t{match + " " if match else ""}counter {verdict} '
-                           f'comment "{rule_comment(policy, i, egress=True)}"')
+                for match in _matches(policy, i, rule, True, dual):
+                    out.append(f'\t\t{match + " " if match else ""}counter {verdict} '
+                               f'comment "{rule_comment(policy, i, egress=True)}"')
         out += [f'\t\tcounter drop comment "{END_OF_EGRESS}"', "\t}"]
     for pod in local:
         selected = policies_for(settings, pod)
@@ -186,9 +222,9 @@ def render(settings: PolicySettings, pods_on_node: Sequence[PodInfo], all_pods: 
                 '\t\tct state established,related counter accept comment "labnet=established"']
         for policy in selected:
             for i, rule in enumerate(policy.ingress):
-                match = _match(policy, i, rule)
                 verdict = "accept" if rule.action == "allow" else "drop"
-                out.append(f'\t\t{match + " " if match else ""}counter {verdict} comment "{rule_comment(policy, i)}"')
+                for match in _matches(policy, i, rule, False, dual):
+                    out.append(f'\t\t{match + " " if match else ""}counter {verdict} comment "{rule_comment(policy, i)}"')
         comment = default_comment(settings, selected)
         verdict = "drop" if comment != "policy=default-allow" else "accept"
         out += [f'\t\tcounter {verdict} comment "{comment}"', "\t}"]
@@ -247,8 +283,10 @@ def counters(objects: Sequence[dict[str, Any]]) -> dict[tuple[str, str], RuleCou
         for expr in rule.get("expr", []):
             if isinstance(expr, dict) and "counter" in expr:
                 c = expr["counter"]
-                out[(rule["chain"], rule["comment"])] = RuleCounter(rule["chain"], rule["comment"],
-                                                                    int(c["packets"]), int(c["bytes"]))
+                key = (rule["chain"], rule["comment"])
+                had = out.get(key)  # a rule's IPv4 and IPv6 lines share a comment: one counter
+                out[key] = RuleCounter(rule["chain"], rule["comment"], int(c["packets"]) + (had.packets if had else 0),
+                                       int(c["bytes"]) + (had.bytes if had else 0))
     return out
 
 

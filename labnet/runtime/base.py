@@ -10,7 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -48,6 +48,7 @@ class LinkSpec:
     network: str
     address: IPv4Interface
     mtu: int
+    address6: IPv6Interface | None = None
 
 
 class Recorder(Protocol):
@@ -86,7 +87,8 @@ class Runtime(ABC):
         """Namespaces for each machine, hostname set, private dirs mounted, lo up."""
 
     @abstractmethod
-    def add_links(self, links: list[LinkSpec], gateways: dict[str, IPv4Address]) -> None:
+    def add_links(self, links: list[LinkSpec], gateways: dict[str, IPv4Address],
+                  gateways6: dict[str, IPv6Address] | None = None) -> None:
         """veth pairs from each machine to its LAN's bridge, addresses and default routes."""
 
     @abstractmethod

@@ -114,6 +114,10 @@ class DockerRuntime(NetnsRuntime):
         sysctls = {"net.ipv4.ip_forward": "1" if m.forward else "0"}
         if not m.ipv6:
             sysctls.update({"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1"})
+        else:  # said, not assumed: dockerd turns IPv6 off in containers of networks without it
+            sysctls.update({"net.ipv6.conf.all.disable_ipv6": "0", "net.ipv6.conf.default.disable_ipv6": "0"})
+            if m.forward:
+                sysctls["net.ipv6.conf.all.forwarding"] = "1"
         api = self.docker.api
         host_config = api.create_host_config(
             network_mode="none", init=True, cap_add=CAPS, devices=["/dev/net/tun:/dev/net/tun:rwm"],

@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from labnet.runtime.base import NODE_DIRS, LinkSpec, MachineSpec, Recorder, Runt
 from labnet.wait import poll
 
 RTPROT_BOOT = 3  # what `ip route add` uses: shows as no "proto" in `ip route`
+IFA_F_NODAD = 0x02
 
 
 def _sh(argv: list[str], what: str) -> None:
@@ -131,6 +132,8 @@ class NetnsRuntime(Runtime):
         sysctls = ["net.ipv4.ip_forward=" + ("1" if m.forward else "0")]
         if not m.ipv6:
             sysctls += ["net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"]
+        elif m.forward:
+            sysctls += ["net.ipv6.conf.all.forwarding=1"]
         script = "; ".join([
             # Drop this mount namespace's copies of other namespaces' bind mounts: they would keep
             # other nodes (and other labs) alive after their own `down`. Whole trees first (one
@@ -161,7 +164,8 @@ class NetnsRuntime(Runtime):
         pid = int(proc.stdout)
         self.journal.update(entry, pid=pid, start=proc_starttime(pid))
 
-    def add_links(self, links: list[LinkSpec], gateways: dict[str, IPv4Address]) -> None:
+    def add_links(self, links: list[LinkSpec], gateways: dict[str, IPv4Address],
+                  gateways6: dict[str, IPv6Address] | None = None) -> None:
         by_machine: dict[str, list[LinkSpec]] = {}
         with _netns(self.fabric) as fab:
             bridges = {link["ifname"]: link["index"] for link in
@@ -180,10 +184,16 @@ class NetnsRuntime(Runtime):
                 for ln in mlinks:
                     idx = ns.link_lookup(ifname=ln.ifname)[0]
                     ns.addr("add", index=idx, address=str(ln.address.ip), prefixlen=ln.address.network.prefixlen)
+                    if ln.address6 is not None:  # no DAD: the lab's addresses are unique by validation
+                        ns.addr("add", index=idx, address=str(ln.address6.ip), prefixlen=ln.address6.network.prefixlen,
+                                flags=IFA_F_NODAD)
                     ns.link("set", index=idx, state="up")
                 gw = gateways.get(machine)
                 if gw is not None:
                     ns.route("add", dst="0.0.0.0/0", gateway=str(gw), proto=RTPROT_BOOT)
+                gw6 = (gateways6 or {}).get(machine)
+                if gw6 is not None:
+                    ns.route("add", dst="::/0", gateway=str(gw6), proto=RTPROT_BOOT)
 
     # -- teardown ---------------------------------------------------------------------
     def stragglers(self) -> list[int]:

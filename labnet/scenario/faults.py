@@ -427,7 +427,8 @@ def forget_node(view: LabView, name: str) -> None:
     try:
         store.delete(keys.node(name))
         allocator.release(store, allocator.tunnel_handle(name))
-        for cidr in allocator.blocks_of(store, name):
+        allocator.release(store, allocator.tunnel_handle(name, 6))
+        for cidr in allocator.blocks_of(store, name, None):
             kv = store.get(keys.block(cidr))
             if kv is not None and allocator.Block.decode(kv.value).used() == 0:
                 store.delete(keys.block(cidr), mod_revision=kv.mod_revision)

@@ -21,6 +21,7 @@ from labnet.checks import (
     assert_tunnel_route,
 )
 from labnet.checks.reach import matrix_cells
+from labnet.checks.routes import VXLAN6_DEVICE
 from labnet.errors import BadInput
 from labnet.lab.view import LabView
 from labnet.topology import steps as s
@@ -30,53 +31,53 @@ def ping(v: LabView, a: s.PingArgs, t: float) -> list[CheckResult]:
     src = v.endpoint(a.from_)
     if src.ns is None:
         raise BadInput(f"ping from {a.from_!r}: an address cannot send pings")
-    dst = v.endpoint(a.to)
+    dst = v.endpoint(a.to, a.family)
     try:
         return [assert_ping(src.ns, dst.ip, count=a.count, expect=a.expect == "success",
                             timeout=t, dst_name=a.to if a.to != dst.ip else None)]
     except CheckFailed as exc:
-        raise _traced(exc, v, [(a.from_, a.to)]) from None
+        raise _traced(exc, v, [(a.from_, a.to)], family=a.family) from None
 
 
 def connectivity(v: LabView, a: s.ConnectivityArgs, t: float) -> list[CheckResult]:
     pods = a.pods or list(v.journal.info.get("pods", {}))
     want = a.expect == "success"
     matrix = {src: {d: want for d in pods if d != src} for src in pods}
-    return [assert_connectivity(matrix, v.endpoint, timeout=t)]
+    return [assert_connectivity(matrix, lambda name: v.endpoint(name, a.family), timeout=t)]
 
 
 def _traced(exc: CheckFailed, v: LabView, pairs: list[tuple[str, str]], proto: str = "icmp",
-            port: int | None = None) -> CheckFailed:
+            port: int | None = None, family: int = 4) -> CheckFailed:
     """The probe's failure as it is, with how to follow those packets (labnet trace)."""
     r = exc.result
-    opts = "" if proto == "icmp" else f" --proto {proto} --port {port}"
+    opts = ("" if proto == "icmp" else f" --proto {proto} --port {port}") + (" -6" if family == 6 else "")
     hint = "\n".join(f"  trace: labnet trace -l {v.name} {a} {b}{opts}" for a, b in pairs[:5])
     return CheckFailed(replace(r, message=f"{r.message or r.summary()}\n{hint}"))
 
 
 def connect(v: LabView, a: s.ConnectArgs, t: float) -> list[CheckResult]:
-    src, dst = v.endpoint(a.from_), v.endpoint(a.to)
+    src, dst = v.endpoint(a.from_, a.family), v.endpoint(a.to, a.family)
     if src.ns is None:
         raise BadInput(f"connect from {a.from_!r}: an address cannot send probes")
     try:
         if a.mtu is not None:
             return [assert_mtu(src, dst, a.mtu, timeout=t)]
         exp = s.parse_expectation(a.expect)
-        snat = v.address(exp.source) if exp.kind == "snat" and exp.source else None
+        snat = v.address(exp.source, a.family) if exp.kind == "snat" and exp.source else None
         count = max(1, round(a.duration / a.interval)) if a.duration else a.count
         return [assert_connect(src, dst, exp, proto=a.proto, port=a.port, count=count, interval=a.interval,
                                snat_ip=snat, timeout=max(t, (a.duration or 0) * 1.5))]
     except CheckFailed as exc:
-        raise _traced(exc, v, [(a.from_, a.to)], a.proto, a.port) from None
+        raise _traced(exc, v, [(a.from_, a.to)], a.proto, a.port, a.family) from None
 
 
 def reachability(v: LabView, a: s.ReachabilityArgs, t: float) -> list[CheckResult]:
-    cells = matrix_cells(a.expect, v.endpoint, v.address)
+    cells = matrix_cells(a.expect, lambda n: v.endpoint(n, a.family), lambda n: v.address(n, a.family))
     try:
         return [assert_reachability(cells, proto=a.proto, port=a.port, timeout=t)]
     except CheckFailed as exc:
         wrong = [(c.src.name, c.dst.name) for c in cells if f"{c.src.name} → {c.dst.name} (" in exc.result.detail]
-        raise _traced(exc, v, wrong, a.proto, a.port) from None
+        raise _traced(exc, v, wrong, a.proto, a.port, a.family) from None
 
 
 def proxy_arp(v: LabView, a: s.ProxyArpArgs, t: float) -> list[CheckResult]:
@@ -85,30 +86,50 @@ def proxy_arp(v: LabView, a: s.ProxyArpArgs, t: float) -> list[CheckResult]:
 
 
 def blackhole(v: LabView, a: s.BlackholeArgs, t: float) -> list[CheckResult]:
-    blocks = [a.block] if a.block else v.blocks(a.node)
+    blocks = [a.block] if a.block else v.blocks(a.node, a.family)
     if not blocks:
-        raise BadInput(f"node {a.node} owns no block, so there is no blackhole route to check")
+        raise BadInput(f"node {a.node} owns no {'' if a.family is None else f'IPv{a.family} '}block, so there is "
+                       "no blackhole route to check")
     return [assert_blackhole_route(v.ns(a.node), str(b), timeout=t) for b in blocks]
 
 
 def tunnel_route(v: LabView, a: s.TunnelRouteArgs, t: float) -> list[CheckResult]:
-    via = v.address(a.to)
-    blocks = v.blocks(a.to)
+    blocks = v.blocks(a.to, a.family)
     if not blocks:
-        raise BadInput(f"node {a.to} owns no block, so {a.node} has nothing to route to it")
-    return [assert_tunnel_route(v.ns(a.node), str(b), via, timeout=t) for b in blocks]
+        raise BadInput(f"node {a.to} owns no IPv{a.family} block, so {a.node} has nothing to route to it")
+    if a.family == 4:
+        via = v.address(a.to) if a.via is None else v.address_facing(a.via, a.node)
+        if a.via is not None or v.topo.cluster_settings().pool.encap == "none":  # a plain route, no tunnel
+            return [assert_route(v.ns(a.node), {"dst": str(b), "gateway": via, "protocol": "bird"}, timeout=t,
+                                 name=f"route {b} via {via}") for b in blocks]
+        return [assert_tunnel_route(v.ns(a.node), str(b), via, timeout=t) for b in blocks]
+    # IPv6 blocks: over vxlan-v6.calico via the owner's IPv6 tunnel address, or plainly via its
+    # IPv6 underlay address (Calico has no IPIP for IPv6)
+    pool6 = v.topo.cluster_settings().pool6
+    if pool6 is None:
+        raise BadInput(f"lab {v.name} has no IPv6 pool, so no IPv6 tunnel routes")
+    status = v.agent_status(a.to)
+    if pool6.encap == "vxlan":
+        via6 = (status.get("tunnel6") or {}).get("address")
+        if not via6:
+            raise BadInput(f"node {a.to}'s agent reports no IPv6 VXLAN tunnel address: {status.get('tunnel6')}")
+        return [assert_route(v.ns(a.node), {"dst": str(b), "gateway": via6, "dev": VXLAN6_DEVICE, "onlink": True},
+                             timeout=t, name=f"vxlan-v6 route {b} via {via6}") for b in blocks]
+    via6 = v.address(a.to, 6) if a.via is None else v.address_facing(a.via, a.node, 6)
+    return [assert_route(v.ns(a.node), {"dst": str(b), "gateway": via6, "protocol": "bird"}, timeout=t,
+                         name=f"IPv6 route {b} via {via6}") for b in blocks]
 
 
 def no_route(v: LabView, a: s.NoRouteArgs, t: float) -> list[CheckResult]:
-    dst = a.dst if "/" in a.dst else v.address(a.dst)
+    dst = a.dst if "/" in a.dst else v.address(a.dst, a.family)
     return [assert_no_route(v.ns(a.node), dst, timeout=t)]
 
 
 def route(v: LabView, a: s.RouteArgs, t: float) -> list[CheckResult]:
     if a.present:
-        return [assert_route(v.ns(a.node), a.match, timeout=t)]
+        return [assert_route(v.ns(a.node), a.match, timeout=t, family=a.family)]
     # The whole match counts (dev, protocol, type, table...), not just its dst.
-    return [assert_no_route(v.ns(a.node), match=a.match, timeout=t)]
+    return [assert_no_route(v.ns(a.node), match=a.match, timeout=t, family=a.family)]
 
 
 def bgp_established(v: LabView, a: s.BgpEstablishedArgs, t: float) -> list[CheckResult]:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import ipaddress
 import shlex
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from functools import partial
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -25,44 +26,70 @@ from pydantic_core import PydanticCustomError
 
 from labnet.paths import LAB_NAME_RE
 from labnet.policy.model import PolicySettings
-from labnet.settings import BgpSettings, ClusterSettings, PeerSettings, PoolSettings
+from labnet.settings import (
+    DEFAULT_BLOCK,
+    BgpSettings,
+    ClusterSettings,
+    PeerSettings,
+    PoolSettings,
+    default_ipip,
+)
 from labnet.topology.steps import STEP_KINDS, StepArgs
 
 ASN_MAX = 4294967295
 
 
-def _parse_cidr(value: Any) -> Any:
-    """Strict IPv4 network with a hint for the usual mistakes (host bits, missing prefix)."""
-    if isinstance(value, IPv4Network):
+_NETS: dict[int, type[IPv4Network] | type[IPv6Network]] = {4: IPv4Network, 6: IPv6Network, 46: IPv4Network}
+_ADDRS: dict[int, type[IPv4Address] | type[IPv6Address]] = {4: IPv4Address, 6: IPv6Address, 46: IPv4Address}
+_EXAMPLE = {4: ("IPv4", "10.0.0.0/24", "10.0.0.1", 24), 6: ("IPv6", "fd00:20::/64", "fd00:20::1", 64),
+            46: ("IP", "10.0.0.0/24 or fd00:20::/64", "10.0.0.1 or fd00::1", 24)}
+
+
+def _family(text: str, version: int) -> int:
+    """4 or 6: which family to parse `text` as (46 accepts either, by its spelling)."""
+    return (6 if ":" in text else 4) if version == 46 else version
+
+
+def _parse_cidr(value: Any, version: int = 4) -> Any:
+    """Strict network of that IP version (46: either) with a hint for the usual mistakes (host
+    bits, missing prefix)."""
+    if isinstance(value, IPv4Network | IPv6Network) and version in (46, value.version):
         return value
+    what, example, _a, plen = _EXAMPLE[version]
     if not isinstance(value, str):  # ipaddress would take 5 or true as a network
-        raise PydanticCustomError("cidr_type", "expected an IPv4 network like 10.0.0.0/24, got {value}",
-                                  {"value": repr(value)})
+        raise PydanticCustomError("cidr_type", "expected an {what} network like {example}, got {value}",
+                                  {"value": repr(value), "what": what, "example": example})
     text = value.strip()
+    fam = _family(text, version)
+    what = "IPv4" if fam == 4 else "IPv6"
     if "/" not in text:
         raise PydanticCustomError(
-            "cidr_prefix", "{value} has no prefix length", {"value": repr(value), "hint": f"write it as {text}/24"}
+            "cidr_prefix", "{value} has no prefix length",
+            {"value": repr(value), "hint": f"write it as {text}/{24 if fam == 4 else 64}"},
         )
+    cls = _NETS[fam]
     try:
-        return IPv4Network(text)
+        return cls(text)
     except ValueError as exc:
         try:
-            fixed = IPv4Network(text, strict=False)
+            fixed = cls(text, strict=False)
         except ValueError:
             raise PydanticCustomError(
-                "cidr", "{value} is not a valid IPv4 network ({reason})", {"value": repr(value), "reason": str(exc)}
+                "cidr", "{value} is not a valid {what} network ({reason})",
+                {"value": repr(value), "reason": str(exc), "what": what}
             ) from None
         raise PydanticCustomError(
             "cidr_host_bits", "{value} has host bits set", {"value": repr(value), "hint": f"did you mean {fixed}?"}
         ) from None
 
 
-def _parse_address(value: Any) -> Any:
-    if isinstance(value, IPv4Address):
+def _parse_address(value: Any, version: int = 4) -> Any:
+    if isinstance(value, IPv4Address | IPv6Address) and version in (46, value.version):
         return value
+    what, _n, example, _p = _EXAMPLE[version]
     if not isinstance(value, str):
-        raise PydanticCustomError("address_type", "expected an IPv4 address like 10.0.0.1, got {value}",
-                                  {"value": repr(value)})
+        raise PydanticCustomError("address_type", "expected an {what} address like {example}, got {value}",
+                                  {"value": repr(value), "what": what, "example": example})
     text = value.strip()
     if "/" in text:
         bare = text.split("/", 1)[0]
@@ -71,10 +98,12 @@ def _parse_address(value: Any) -> Any:
             "{value}: give a bare address; the prefix comes from the network",
             {"value": repr(value), "hint": f"write {bare}"},
         )
+    fam = _family(text, version)
     try:
-        return IPv4Address(text)
+        return _ADDRS[fam](text)
     except ValueError:
-        raise PydanticCustomError("address", "{value} is not a valid IPv4 address", {"value": repr(value)}) from None
+        raise PydanticCustomError("address", "{value} is not a valid {what} address",
+                                  {"value": repr(value), "what": "IPv4" if fam == 4 else "IPv6"}) from None
 
 
 def _lower_mode(value: Any) -> Any:
@@ -87,6 +116,10 @@ def _lower_mode(value: Any) -> Any:
 
 Cidr = Annotated[IPv4Network, BeforeValidator(_parse_cidr)]
 Address = Annotated[IPv4Address, BeforeValidator(_parse_address)]
+Cidr6 = Annotated[IPv6Network, BeforeValidator(partial(_parse_cidr, version=6))]
+Address6 = Annotated[IPv6Address, BeforeValidator(partial(_parse_address, version=6))]
+AnyCidr = Annotated[IPv4Network | IPv6Network, BeforeValidator(partial(_parse_cidr, version=46))]
+AnyAddress = Annotated[IPv4Address | IPv6Address, BeforeValidator(partial(_parse_address, version=46))]
 Mtu = Annotated[int, Field(ge=68, le=65535)]
 Asn = Annotated[int, Field(ge=1, le=ASN_MAX)]
 EncapMode = Annotated[Literal["always", "cross-subnet", "never"], BeforeValidator(_lower_mode)]
@@ -100,6 +133,7 @@ class Network(_Model):
     """A LAN: one bridge in the lab's fabric namespace."""
 
     cidr: Cidr
+    cidr6: Cidr6 | None = Field(default=None, description="the LAN's IPv6 prefix (dual-stack underlay)")
     mtu: Mtu = 1500
 
 
@@ -107,6 +141,7 @@ class Interface(_Model):
     name: str | None = Field(default=None, description="default eth0, eth1, ... by position")
     network: str
     address: Address
+    address6: Address6 | None = Field(default=None, description="IPv6 address, in the network's cidr6")
     mtu: Mtu | None = Field(default=None, description="default: the network's MTU")
 
 
@@ -140,6 +175,7 @@ class Daemon(_Model):
 class Router(_Model):
     interfaces: list[Interface] = Field(min_length=1)
     gateway: Address | None = None
+    gateway6: Address6 | None = None
     bgp: RouterBgp | None = None
     daemons: dict[str, Daemon] = {}
 
@@ -147,6 +183,7 @@ class Router(_Model):
 class Host(_Model):
     interfaces: list[Interface] = Field(min_length=1)
     gateway: Address | None = None
+    gateway6: Address6 | None = Field(default=None, description="IPv6 default route")
     daemons: dict[str, Daemon] = {}
 
 
@@ -155,6 +192,7 @@ class ClusterNode(_Model):
     gateway: Address | Literal["none"] | None = Field(
         default=None, description="default route; without one proxy-ARP gets no answer, so a node with pods needs one "
                                   "('none': on purpose, to reproduce that)")
+    gateway6: Address6 | None = Field(default=None, description="IPv6 default route (a router's address6)")
     bgp_address: str = Field(
         default="first-found", description="first-found | interface=REGEX | can-reach=IP | cidr=CIDR | an IPv4 address"
     )
@@ -190,15 +228,32 @@ def _etcd_schema(schema: dict[str, Any]) -> None:
 # Defaults come from labnet.settings, the one cluster-settings type, so the topology, the agent
 # and the CNI plugin cannot disagree about what an unset field means.
 class PoolSpec(_Model):
-    cidr: Cidr
-    block_size: int = Field(default=PoolSettings.block_size, ge=20, le=32)
-    ipip: EncapMode = PoolSettings.ipip  # type: ignore[assignment]
+    cidr: AnyCidr
+    block_size: int | None = Field(default=None, ge=20, le=128,
+                                   description="default Calico's: 26 for IPv4, 122 for IPv6")
+    ipip: EncapMode | None = Field(default=None, description="default always for IPv4; IPv6 has no IPIP")
     vxlan: EncapMode = PoolSettings.vxlan  # type: ignore[assignment]
     nat_outgoing: bool = PoolSettings.nat_outgoing
 
+    @property
+    def version(self) -> int:
+        return self.cidr.version
+
+    @property
+    def block(self) -> int:
+        """The block size, defaulted per family."""
+        return DEFAULT_BLOCK[self.version] if self.block_size is None else self.block_size
+
+    @property
+    def ipip_mode(self) -> str:
+        return default_ipip(self.version) if self.ipip is None else self.ipip
+
+    def settings(self) -> PoolSettings:
+        return PoolSettings(str(self.cidr), self.block, self.ipip_mode, self.vxlan, self.nat_outgoing)
+
 
 class BgpPeer(_Model):
-    address: Address
+    address: AnyAddress = Field(description="IPv4, or IPv6 for a session over the IPv6 underlay")
     asn: Asn
     node: str | None = Field(default=None, description="only this node peers (Calico BGPPeer.spec.node); default all")
     wait: bool | None = Field(default=None, description="up waits for this session; default: yes for a speaker "
@@ -223,11 +278,13 @@ class PodSpec(_Model):
     labels: dict[str, str] = {}
     ip: Address | None = Field(default=None, description="the pod's address, from the pool (as Calico's "
                                "cni.projectcalico.org/ipAddrs annotation); default: the next free one")
+    ip6: Address6 | None = Field(default=None, description="the pod's IPv6 address, from the IPv6 pool")
 
 
 class Cluster(_Model):
     etcd: EtcdSpec
-    pool: PoolSpec
+    pool: PoolSpec | None = Field(default=None, description="the IPv4 pool; shorthand for pools: [POOL]")
+    pools: list[PoolSpec] = Field(default=[], description="the IPv4 pool and, for dual-stack pods, an IPv6 one")
     bgp: BgpSpec = Field(default_factory=BgpSpec)
     mtu: Mtu | None = Field(default=None, description="pod MTU; default underlay MTU - 20 (ipip) / - 50 (vxlan)")
     nodes: dict[str, ClusterNode] = Field(min_length=1)
@@ -236,6 +293,22 @@ class Cluster(_Model):
         default_factory=PolicySettings,
         description="ingress policy on the pods' host-side veths: default allow|deny, allow rules by selector/cidr/port",
     )
+
+    def pool_of(self, version: int) -> PoolSpec | None:
+        """The pool of that family (`pool` counts as the IPv4 one)."""
+        return next((p for p in ([self.pool] if self.pool else []) + self.pools if p.version == version), None)
+
+    @property
+    def pool4(self) -> PoolSpec:
+        """The IPv4 pool every cluster has (validate.py reports one that lacks it)."""
+        p = self.pool_of(4)
+        if p is None:
+            raise KeyError("the cluster has no IPv4 pool")
+        return p
+
+    @property
+    def pool6(self) -> PoolSpec | None:
+        return self.pool_of(6)
 
 
 class Step(_Model):
@@ -335,6 +408,19 @@ class Topology(_Model):
         net = self.networks[iface.network].cidr
         return IPv4Interface(f"{iface.address}/{net.prefixlen}")
 
+    def interface_cidr6(self, iface: Interface) -> IPv6Interface | None:
+        """The interface's IPv6 address with its network's prefix, e.g. fd00:20::71/64."""
+        net = self.networks[iface.network].cidr6
+        if iface.address6 is None or net is None:
+            return None
+        return IPv6Interface(f"{iface.address6}/{net.prefixlen}")
+
+    @property
+    def dual_stack(self) -> bool:
+        """Some LAN or pool has IPv6: machines keep IPv6 on."""
+        pool6 = self.cluster is not None and self.cluster.pool6 is not None
+        return self.ipv6 or pool6 or any(n.cidr6 is not None for n in self.networks.values())
+
     def pods_on(self, node: str) -> dict[str, PodSpec]:
         return {name: pod for name, pod in self.pods.items() if pod.node == node}
 
@@ -358,16 +444,16 @@ class Topology(_Model):
         if self.cluster is None:
             raise KeyError(f"lab {self.name} has no cluster, so no cluster settings")
         c = self.cluster
-        pool = PoolSettings(str(c.pool.cidr), c.pool.block_size, c.pool.ipip, c.pool.vxlan, c.pool.nat_outgoing)
         b = c.bgp
         peers = tuple(PeerSettings(str(p.address), p.asn, p.node, self.runs_bgp(p.address) if p.wait is None else p.wait)
                       for p in b.peers)
         bgp = BgpSettings(asn=b.asn, mesh=b.mesh == "full", route_reflectors=tuple(b.route_reflectors), peers=peers,
                           graceful_restart=b.graceful_restart, restart_time=b.restart_time, hold_time=b.hold_time,
                           keepalive=b.keepalive or None)
-        return ClusterSettings(pool, bgp, c.mtu, {n: self.node_asn(n) for n in c.nodes})
+        pool6 = c.pool6.settings() if c.pool6 is not None else None
+        return ClusterSettings(c.pool4.settings(), bgp, c.mtu, {n: self.node_asn(n) for n in c.nodes}, pool6)
 
-    def runs_bgp(self, address: IPv4Address) -> bool:
+    def runs_bgp(self, address: IPv4Address | IPv6Address) -> bool:
         """A BGP speaker labnet itself starts answers at `address`: a cluster node's, or a router's with bgp:."""
         owner = self.owner_of(address)
         if owner is None:
@@ -382,11 +468,11 @@ class Topology(_Model):
     def set_warnings(self, warnings: list[str]) -> None:
         self._warnings = list(warnings)
 
-    def owner_of(self, address: IPv4Address) -> tuple[str, Interface] | None:
-        """Which machine and interface carry this address, if any."""
+    def owner_of(self, address: IPv4Address | IPv6Address) -> tuple[str, Interface] | None:
+        """Which machine and interface carry this address (of either family), if any."""
         for name, _kind, spec in self.machines():
             for iface in spec.interfaces:
-                if iface.address == address:
+                if address in (iface.address, iface.address6):
                     return name, iface
         return None
 
@@ -412,17 +498,19 @@ def _normalise(topo: Topology) -> None:
             step._typed = args
 
 
-def is_valid_cidr(text: str) -> bool:
+def is_valid_cidr(text: str, v6: bool = False) -> bool:
+    """An IPv4 network (or, with v6, an IPv6 one too)."""
     try:
-        ipaddress.IPv4Network(text)
+        net = ipaddress.ip_network(text)
     except ValueError:
         return False
-    return True
+    return v6 or net.version == 4
 
 
-def is_valid_address(text: str) -> bool:
+def is_valid_address(text: str, v6: bool = False) -> bool:
+    """An IPv4 address (or, with v6, an IPv6 one too)."""
     try:
-        ipaddress.IPv4Address(text)
+        addr = ipaddress.ip_address(text)
     except ValueError:
         return False
-    return True
+    return v6 or addr.version == 4

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, ip_network
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -59,16 +59,22 @@ class StepArgs(BaseModel):
 Expect = Literal["success", "fail"]
 
 
+Family = Literal[4, 6]
+FAMILY_DOC = "IP family of the addresses a name stands for: 4, or 6 (a pod's ip6, a machine's address6)"
+
+
 class PingArgs(StepArgs):
     from_: str = Field(alias="from", description="pod or machine that sends")
-    to: str = Field(description="pod, machine or IPv4 address")
+    to: str = Field(description="pod, machine or IP address")
     count: int = Field(default=3, ge=1, le=100)
     expect: Expect = "success"
+    family: Family = Field(default=4, description=FAMILY_DOC)
 
 
 class ConnectivityArgs(StepArgs):
     pods: list[str] | None = Field(default=None, description="pods to test pairwise; default all pods")
     expect: Expect = "success"
+    family: Family = Field(default=4, description=FAMILY_DOC)
 
 
 PROTOS = ("icmp", "tcp", "udp")
@@ -132,6 +138,7 @@ class ConnectArgs(StepArgs):
     mtu: int | None = Field(default=None, ge=68, le=65535,
                             description="instead: the largest DF packet that passes must be this size, and one "
                                         "byte more must be refused (ICMP fragmentation needed)")
+    family: Family = Field(default=4, description=FAMILY_DOC)
 
 
 class ReachabilityArgs(StepArgs):
@@ -139,6 +146,7 @@ class ReachabilityArgs(StepArgs):
     port: int = Field(default=DEFAULT_PORT, ge=1, le=65535)
     expect: dict[str, Annotated[dict[str, ExpectText], Field(min_length=1)]] = Field(
         min_length=1, description="from -> to -> expectation (" + EXPECT_FORMS + "); all probed at once")
+    family: Family = Field(default=4, description=FAMILY_DOC)
 
 
 class PolicyCasesArgs(StepArgs):
@@ -153,23 +161,33 @@ class ProxyArpArgs(StepArgs):
 
 class BlackholeArgs(StepArgs):
     node: str
-    block: str | None = Field(default=None, description="one block CIDR; default every block the node owns")
+    block: str | None = Field(default=None, description="one block CIDR; default every block the node owns "
+                              "(of `family` when given)")
+    family: Family | None = Field(default=None, description="only the blocks of this IP family; default both")
 
 
 class TunnelRouteArgs(StepArgs):
     node: str
     to: str = Field(description="the node whose blocks must be routed")
+    via: str | None = Field(default=None, description="the router the routes go through (a ToR that "
+                            "re-advertises with next-hop-self): its address on a LAN it shares with `node`; "
+                            "default: `to` itself")
+    family: Family = Field(default=4, description="4: the IPv4 blocks (via tunl0, vxlan.calico or the LAN); "
+                           "6: the IPv6 blocks (via vxlan-v6.calico or the LAN)")
 
 
 class NoRouteArgs(StepArgs):
     node: str
-    dst: str = Field(description="IPv4 address, CIDR, or pod/machine name")
+    dst: str = Field(description="IP address, CIDR, or pod/machine name")
+    family: Family = Field(default=4, description=FAMILY_DOC)
 
 
 class RouteArgs(StepArgs):
     node: str
     match: dict[str, Any] = Field(min_length=1, description="fields of `ip -j route` that must match")
     present: bool = True
+    family: Family | None = Field(default=None, description="the IPv4 or IPv6 table; default: the family of "
+                                  "the match's dst or gateway, else 4")
 
 
 class BgpEstablishedArgs(StepArgs):
@@ -246,11 +264,14 @@ def _check_blackhole(topo: Topology, args: dict[str, Any]) -> list[tuple[str, st
     if block is None or cl is None:
         return []
     try:
-        net = IPv4Network(block)
+        net = ip_network(block)
     except ValueError:
-        return [("block", f"{block!r} is not an IPv4 network (host bits set?)")]
-    if not net.subnet_of(cl.pool.cidr) or net.prefixlen != cl.pool.block_size:
-        return [("block", f"{block} is not a /{cl.pool.block_size} block of pool {cl.pool.cidr}")]
+        return [("block", f"{block!r} is not an IP network (host bits set?)")]
+    pool = cl.pool_of(net.version)
+    if pool is None:
+        return [("block", f"{block}: the cluster has no IPv{net.version} pool")]
+    if not net.subnet_of(pool.cidr) or net.prefixlen != pool.block:  # type: ignore[arg-type]
+        return [("block", f"{block} is not a /{pool.block} block of pool {pool.cidr}")]
     return []
 
 
@@ -363,8 +384,8 @@ STEP_KINDS: dict[str, StepKind] = {
                           "the pod's host-side veth answers ARP for 169.254.1.1"),
     "blackhole": StepKind(BlackholeArgs, {"node": _NODE, "block": Ref((), cidr=True)},
                           "the node has a blackhole route for each block it owns", _check_blackhole),
-    "tunnel_route": StepKind(TunnelRouteArgs, {"node": _NODE, "to": _NODE},
-                             "the node routes the other node's blocks over the tunnel", _check_tunnel_route),
+    "tunnel_route": StepKind(TunnelRouteArgs, {"node": _NODE, "to": _NODE, "via": _MACHINE},
+                             "the node routes the other node's blocks (over the tunnel, or via a router)", _check_tunnel_route),
     "no_route": StepKind(NoRouteArgs, {"node": _MACHINE, "dst": Ref(ENDPOINTS, ip=True, cidr=True)},
                          "the machine has no route to dst"),
     "route": StepKind(RouteArgs, {"node": _MACHINE}, "a route matching `match` is (or is not) present"),

@@ -12,13 +12,14 @@ import posixpath
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_network
 from typing import Any
 
 from pydantic import ValidationError
 
 from labnet.paths import MACHINE_NAME_MAX, NETWORK_NAME_MAX, name_error
 from labnet.runtime.base import NODE_DIRS
+from labnet.settings import BLOCK_RANGE, DEFAULT_BLOCK
 from labnet.topology.issues import Issue, PathT, did_you_mean, path_str, pydantic_issues
 from labnet.topology.model import (
     ClusterNode,
@@ -26,6 +27,7 @@ from labnet.topology.model import (
     Interface,
     Machine,
     MachineKind,
+    PoolSpec,
     Topology,
     is_valid_address,
     is_valid_cidr,
@@ -37,6 +39,7 @@ RESERVED_DAEMONS = frozenset({"agent", "etcd", "bird", "node-process", "agent-su
 SCENARIO_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 IFNAMSIZ = 15
 LINK_LOCAL = IPv4Network("169.254.0.0/16")
+LINK_LOCAL6 = IPv6Network("fe80::/10")
 RESERVED_NODE_IFACES = ("lo", "tunl0", "vxlan.calico")
 
 
@@ -154,9 +157,15 @@ class _Checker:
             for other, onet in nets[:i]:
                 if net.cidr.overlaps(onet.cidr):
                     self.add(("networks", name, "cidr"), f"network {name} ({net.cidr}) overlaps {other} ({onet.cidr})")
+                if net.cidr6 is not None and onet.cidr6 is not None and net.cidr6.overlaps(onet.cidr6):
+                    self.add(("networks", name, "cidr6"),
+                             f"network {name} ({net.cidr6}) overlaps {other} ({onet.cidr6})")
+            if net.cidr6 is not None and net.cidr6.overlaps(LINK_LOCAL6):
+                self.add(("networks", name, "cidr6"), f"network {name} ({net.cidr6}) overlaps link-local {LINK_LOCAL6}",
+                         "use a global or unique-local prefix such as fd00:20::/64")
 
     def check_interfaces(self) -> None:
-        owners: dict[IPv4Address, tuple[str, PathT]] = {}
+        owners: dict[object, tuple[str, PathT]] = {}
         for name, kind, spec in self.topo.machines():
             base = self.machine_path(kind, name) + ("interfaces",)
             names: dict[str, int] = {}
@@ -175,11 +184,18 @@ class _Checker:
                              f"({path_str(opath)})")
                 else:
                     owners[iface.address] = (name, ipath)
+                if iface.address6 is not None:
+                    if iface.address6 in owners:
+                        other, opath = owners[iface.address6]
+                        self.add(ipath + ("address6",), f"address {iface.address6} is already used by {other} "
+                                 f"({path_str(opath)})")
+                    owners.setdefault(iface.address6, (name, ipath))
                 net = self.topo.networks.get(iface.network)
                 if net is None:
                     if "networks" not in self.skip:
                         self.ref_network(ipath + ("network",), iface.network)
                     continue
+                self.check_address6(iface, ipath, net.cidr6)
                 cidr, addr = net.cidr, iface.address
                 if addr not in cidr:
                     self.add(ipath + ("address",),
@@ -191,6 +207,19 @@ class _Checker:
                     self.add(ipath + ("address",),
                              f"address {addr} is the broadcast address of {iface.network} ({cidr})")
             self.check_gateway(name, kind, spec)
+
+    def check_address6(self, iface: Interface, ipath: PathT, cidr6: IPv6Network | None) -> None:
+        addr = iface.address6
+        if addr is None:
+            return
+        if cidr6 is None:
+            self.add(ipath + ("address6",), f"address6 {addr}: network {iface.network} has no cidr6",
+                     f"give {iface.network} a cidr6, such as fd00:20::/64")
+        elif addr not in cidr6:
+            self.add(ipath + ("address6",), f"address {addr} is not in network {iface.network} ({cidr6})")
+        elif addr == cidr6.network_address:
+            self.add(ipath + ("address6",), f"address {addr} is the subnet-router anycast address of "
+                     f"{iface.network} ({cidr6})", "start at ::1")
 
     def ref_network(self, path: PathT, net: str) -> None:
         known = self.known.network
@@ -214,7 +243,27 @@ class _Checker:
                      f"(interfaces[{names[ifname]}] and interfaces[{i}]; unnamed interfaces are eth<position>)")
         names.setdefault(ifname, i)
 
+    def check_gateway6(self, name: str, kind: MachineKind, spec: Machine) -> None:
+        gw = spec.gateway6
+        if gw is None or "networks" in self.skip:
+            return
+        path = self.machine_path(kind, name) + ("gateway6",)
+        mine = [(i, self.topo.networks[i.network].cidr6) for i in spec.interfaces if i.network in self.topo.networks]
+        if any(gw == i.address6 for i, _c in mine):
+            self.add(path, f"gateway6 {gw} is {name}'s own address")
+        elif not any(c is not None and i.address6 is not None and gw in c for i, c in mine):
+            nets = ", ".join(f"{i.network} {c}" for i, c in mine if c is not None and i.address6 is not None)
+            self.add(path, f"gateway6 {gw} is not on any IPv6 network of {name}",
+                     f"{name} is on {nets}" if nets else f"give {name} an address6 on a network with a cidr6")
+        elif (owner := self.topo.owner_of(gw)) is None or owner[0] not in self.topo.routers:
+            routers = [f"router {r} has {i.address6}" for r, router in self.topo.routers.items()
+                       for i in router.interfaces if i.address6 is not None and any(i.address6 in c for _x, c in mine
+                                                                                    if c is not None)]
+            what = "any router" if owner is None else f"{owner[0]}, which is not a router"
+            self.add(path, f"gateway6 {gw} is not the address of {what}", "; ".join(routers) or None)
+
     def check_gateway(self, name: str, kind: MachineKind, spec: Machine) -> None:
+        self.check_gateway6(name, kind, spec)
         gw = self.topo.gateway_of(spec)
         if gw is None or "networks" in self.skip:
             return
@@ -254,22 +303,8 @@ class _Checker:
                          "since proxy-ARP answers for 169.254.1.1 only on a node with a route there",
                          "add gateway: <a router's address on its network>, or gateway: none to reproduce that",
                          at_key=True)
-        if "pool" not in self.skip:
-            pool = cl.pool
-            p = ("cluster", "pool")
-            for name, net in self.topo.networks.items():
-                if pool.cidr.overlaps(net.cidr) and "networks" not in self.skip:
-                    self.add(p + ("cidr",), f"pool {pool.cidr} overlaps network {name} ({net.cidr})",
-                             "pod addresses must not collide with the LANs")
-            if pool.cidr.overlaps(LINK_LOCAL):
-                self.add(p + ("cidr",), f"pool {pool.cidr} overlaps link-local {LINK_LOCAL}",
-                         "pods use 169.254.1.1 as their gateway")
-            if pool.block_size < pool.cidr.prefixlen:
-                self.add(p + ("block_size",), f"block size /{pool.block_size} does not fit in pool {pool.cidr}",
-                         f"use block_size {pool.cidr.prefixlen} or more (up to 32)")
-            if pool.ipip != "never" and pool.vxlan != "never":
-                self.add(p + ("vxlan",), f"ipip ({pool.ipip}) and vxlan ({pool.vxlan}) are both enabled",
-                         "set one of them to never")
+        if "pool" not in self.skip and "pools" not in self.skip:
+            self.check_pools()
         if "etcd" not in self.skip:
             etcd_raw = (self.raw.get("cluster") or {}).get("etcd") or {}
             seen: set[str] = set()
@@ -283,22 +318,87 @@ class _Checker:
             self.check_bgp()
         for name, node in cl.nodes.items():
             self.check_bgp_address(name, node)
-        asked: dict[IPv4Address, str] = {}
+        asked: dict[object, str] = {}
         for name, pod in cl.pods.items():
             self.ref(("cluster", "pods", name, "node"), pod.node, ("node",), f"pod {name} is on an ")
-            if pod.ip is None:
+            for key, ip in (("ip", pod.ip), ("ip6", pod.ip6)):
+                if ip is None or "pool" in self.skip or "pools" in self.skip:
+                    continue
+                pool, path = cl.pool_of(ip.version), ("cluster", "pods", name, key)
+                if pool is None:
+                    self.add(path, f"pod {name}'s {key} {ip}: the cluster has no IPv{ip.version} pool",
+                             "add one to cluster.pools")
+                elif ip not in pool.cidr:
+                    self.add(path, f"pod {name}'s {key} {ip} is outside pool {pool.cidr}",
+                             "a pod's address comes from the pool")
+                elif ip in asked:
+                    self.add(path, f"pod {name}'s {key} {ip} is also pod {asked[ip]}'s")
+                elif (int(ip) - int(pool.cidr.network_address)) % (1 << (pool.cidr.max_prefixlen - pool.block)) == 0:
+                    block = ip_network(f"{ip}/{pool.block}", strict=False)
+                    self.add(path, f"pod {name}'s {key} {ip} is the first address of block "
+                             f"{block}: a node that claims that block takes it for its tunnel",
+                             "ask for another address", warning=True)
+                asked.setdefault(ip, name)
+
+    def check_pools(self) -> None:
+        cl = self.topo.cluster
+        assert cl is not None
+        listed: list[tuple[PathT, PoolSpec]] = [(("cluster", "pool"), cl.pool)] if cl.pool is not None else []
+        listed += [(("cluster", "pools", i), p) for i, p in enumerate(cl.pools)]
+        if cl.pool is not None and cl.pools:
+            self.add(("cluster", "pools"), "both pool and pools are given", "list every pool under pools", at_key=True)
+        if not listed:
+            self.add(("cluster",), "the cluster has no pool", "add pools: [{cidr: 10.100.0.0/16}]", at_key=True)
+        seen: dict[int, str] = {}
+        for p, pool in listed:
+            if pool.version in seen:
+                self.add(p + ("cidr",), f"a second IPv{pool.version} pool {pool.cidr}; {seen[pool.version]} is one",
+                         "labnet runs one pool per family")
                 continue
-            if pod.ip not in cl.pool.cidr:
-                self.add(("cluster", "pods", name, "ip"), f"pod {name}'s ip {pod.ip} is outside pool {cl.pool.cidr}",
-                         "a pod's address comes from the pool")
-            elif pod.ip in asked:
-                self.add(("cluster", "pods", name, "ip"), f"pod {name}'s ip {pod.ip} is also pod {asked[pod.ip]}'s")
-            elif int(pod.ip) % (1 << (32 - cl.pool.block_size)) == 0:
-                block = IPv4Network(f"{pod.ip}/{cl.pool.block_size}")
-                self.add(("cluster", "pods", name, "ip"), f"pod {name}'s ip {pod.ip} is the first address of block "
-                         f"{block}: a node that claims that block takes it for its tunnel", "ask for another address",
-                         warning=True)
-            asked.setdefault(pod.ip, name)
+            seen[pool.version] = str(pool.cidr)
+            self.check_pool(p, pool)
+        if listed and 4 not in seen:
+            self.add(listed[0][0] + ("cidr",), "the cluster has no IPv4 pool",
+                     "nodes and their BGP sessions need one; add an IPv4 pool beside the IPv6 one")
+        if 6 in seen:
+            lacking = [n for n, spec in cl.nodes.items() if all(i.address6 is None for i in spec.interfaces)]
+            if lacking:
+                self.add(("cluster", "nodes", lacking[0]), f"{len(lacking)} node(s) have no IPv6 address while "
+                         f"the cluster has an IPv6 pool ({', '.join(lacking[:3])})",
+                         "give their interfaces address6: their IPv6 blocks are routed via it", at_key=True)
+
+    def check_pool(self, p: PathT, pool: PoolSpec) -> None:
+        what = "networks" not in self.skip
+        for name, net in self.topo.networks.items():
+            lan = net.cidr if pool.version == 4 else net.cidr6
+            if what and lan is not None and pool.cidr.overlaps(lan):
+                self.add(p + ("cidr",), f"pool {pool.cidr} overlaps network {name} ({lan})",
+                         "pod addresses must not collide with the LANs")
+        local = LINK_LOCAL if pool.version == 4 else LINK_LOCAL6
+        if pool.cidr.overlaps(local):
+            gw = "169.254.1.1" if pool.version == 4 else "fe80::ecee:eeff:feee:eeee"
+            self.add(p + ("cidr",), f"pool {pool.cidr} overlaps link-local {local}", f"pods use {gw} as their gateway")
+        top = pool.cidr.max_prefixlen
+        low = BLOCK_RANGE[pool.version][0]
+        if pool.block > top:
+            self.add(p + ("block_size",), f"block size /{pool.block} must be less than or equal to {top} "
+                     f"for an IPv{pool.version} pool")
+        elif pool.block < low:
+            self.add(p + ("block_size",), f"block size /{pool.block} is below /{low}, the largest block an "
+                     f"IPv{pool.version} pool may have (Calico's limit)", f"use block_size {DEFAULT_BLOCK[pool.version]}")
+        elif pool.block < pool.cidr.prefixlen:
+            self.add(p + ("block_size",), f"block size /{pool.block} does not fit in pool {pool.cidr}",
+                     f"use block_size {pool.cidr.prefixlen} or more (up to {top})")
+        elif top - pool.block < 2:
+            self.add(p + ("block_size",), f"block size /{pool.block} leaves no room for pods",
+                     f"use block_size {top - 2} or less")
+        ipip = pool.ipip_mode
+        if pool.version == 6 and ipip != "never":
+            self.add(p + ("ipip",), f"ipip {ipip} on IPv6 pool {pool.cidr}: Calico has no IPIP for IPv6",
+                     "use vxlan: always (or cross-subnet), or no encapsulation")
+        elif ipip != "never" and pool.vxlan != "never":
+            self.add(p + ("vxlan",), f"ipip ({ipip}) and vxlan ({pool.vxlan}) are both enabled",
+                     "set one of them to never")
 
     def check_bgp(self) -> None:
         cl = self.topo.cluster
@@ -313,8 +413,9 @@ class _Checker:
         if bgp.route_reflectors and bgp.mesh == "full":
             self.add(base + ("mesh",), "mesh: full together with route reflectors",
                      "set mesh: none; with route reflectors Calico turns the node-to-node mesh off")
-        if (bgp.mesh == "none" and not bgp.route_reflectors and not bgp.peers and cl.pool.vxlan == "never"
-                and len(cl.nodes) > 1 and "pool" not in self.skip):
+        pool4 = cl.pool_of(4)
+        if (bgp.mesh == "none" and not bgp.route_reflectors and not bgp.peers and pool4 is not None
+                and pool4.vxlan == "never" and len(cl.nodes) > 1 and "pool" not in self.skip):
             self.add(base + ("mesh",), "mesh: none without route reflectors or peers: no node learns another's routes",
                      "keep mesh: full, or name route_reflectors, or add peers")
         if bgp.hold_time and bgp.hold_time < 3:
@@ -324,11 +425,15 @@ class _Checker:
                      f"the usual ratio is a third: keepalive {bgp.hold_time // 3}")
         for i, peer in enumerate(bgp.peers):
             path = base + ("peers", i)
+            if peer.address.version == 6 and cl.pool6 is None and "pool" not in self.skip:
+                self.add(path + ("address",), f"BGP peer {peer.address} is reached over IPv6, but the cluster has "
+                         "no IPv6 pool: its nodes have no IPv6 next hop to give it", "add an IPv6 pool to cluster.pools")
             if peer.node is not None:
                 self.ref(path + ("node",), peer.node, ("node",), "BGP peer of an ")
             owner = self.topo.owner_of(peer.address)
             if owner is None:
-                if not any(peer.address in net.cidr for net in self.topo.networks.values()):
+                if not any(peer.address in (net.cidr if peer.address.version == 4 else net.cidr6 or ())
+                           for net in self.topo.networks.values()):
                     self.add(path + ("address",), f"BGP peer {peer.address} is outside every network of the lab: "
                              "nodes reach it through their gateway, and only a speaker you bring there answers",
                              "up does not wait for this session unless it says wait: true", warning=True)
@@ -484,27 +589,27 @@ class _Checker:
             return
         if not isinstance(value, str):
             return  # a type error, reported by the argument model
-        if ref.ip and is_valid_address(value):
+        if ref.ip and is_valid_address(value, v6=True):
             return
-        if ref.cidr and (is_valid_cidr(value) or _loose_cidr(value)):
+        if ref.cidr and (is_valid_cidr(value, v6=True) or _loose_cidr(value)):
             return
         if not ref.names:
-            self.add(path, f"{value!r} is not an IPv4 network", at_key=at_key)
+            self.add(path, f"{value!r} is not an IP network", at_key=at_key)
             return
-        if ref.ip and re.fullmatch(r"[\d.]+", value):
-            self.add(path, f"{value!r} is not a valid IPv4 address", at_key=at_key)
+        if ref.ip and re.fullmatch(r"[\d.]+|[0-9a-fA-F:.]*:[0-9a-fA-F:.]*", value):
+            self.add(path, f"{value!r} is not a valid IP address", at_key=at_key)
             return
         names = self.names(ref.names)
         if names is None or value in names:
             return
-        whats = [c for c in ref.names] + (["IPv4 address"] if ref.ip else [])
+        whats = [c for c in ref.names] + (["IP address"] if ref.ip else [])
         what = ", ".join(whats[:-1]) + " or " + whats[-1] if len(whats) > 1 else whats[0]
         self.add(path, f"{value!r} is not a known {what}", did_you_mean(value, names, "names"), at_key=at_key)
 
 
 def _loose_cidr(text: str) -> bool:
     try:
-        IPv4Network(text, strict=False)
+        ip_network(text, strict=False)
     except ValueError:
         return False
     return "/" in text

@@ -70,7 +70,10 @@ class CniNode:
 
 
 def make_node(factory: Any, tmp_path: Path, name: str = "node-a", pool: str = "10.100.0.0/16",
-              block_size: int = 26, settings: dict[str, Any] | None = None, etcd: bool = True) -> CniNode:
+              block_size: int = 26, settings: dict[str, Any] | None = None, etcd: bool = True,
+              pool6: str | None = None) -> CniNode:
+    """A node with etcd and the plugins installed; `pool6`: a dual-stack cluster (IPv6 pool
+    in /122 blocks beside the IPv4 one)."""
     net = factory(name)
     gw = factory(f"{name}-gw")
     base = tmp_path / name
@@ -105,8 +108,10 @@ def make_node(factory: Any, tmp_path: Path, name: str = "node-a", pool: str = "1
         nsexec.run(net, ["ip", "route", "add", "default", "via", GW_IP])
         if etcd:
             start_etcd(factory, net, base / "etcd")
-            cluster = {"pool": {"cidr": pool, "block_size": block_size, "ipip": "always", "nat_outgoing": True},
-                       "asn": 64512}
+            cluster: dict[str, Any] = {"pool": {"cidr": pool, "block_size": block_size, "ipip": "always",
+                                                "nat_outgoing": True}, "asn": 64512}
+            if pool6 is not None:
+                cluster["pool6"] = {"cidr": pool6, "vxlan": "always"}
             node.store_call(lambda s: s.put(keys.config("cluster"), json.dumps(cluster)))
         install(node_paths, name, ETCD_URL, None, settings)
     except BaseException:

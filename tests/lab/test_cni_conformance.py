@@ -346,3 +346,79 @@ def test_attachments_of_one_container_are_independent(node: CniNode) -> None:
     assert node.store_call(lambda s: ipam.usage(s))["allocated"] == 0
     assert not [n for n in links(node) if n.startswith("cali")]
     assert node.store_call(lambda s: s.range(keys.workload_endpoints("node-a"))) == []
+
+
+# -- dual-stack: one address per family ---------------------------------------------------------
+
+GATEWAY6 = "fe80::ecee:eeff:feee:eeee"
+
+
+@pytest.fixture
+def dual(netns_factory: Any, tmp_path: Path) -> Any:
+    n = make_node(netns_factory, tmp_path, pool6="fd00:100::/48")
+    try:
+        yield n
+    finally:
+        n.cleanup()
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_dual_stack_add_check_del_in_every_version(dual: CniNode, version: str) -> None:
+    cid = f"d{version.replace('.', '')}"
+    netns = pod_netns(dual, f"p-{cid}")
+    conf = dual.conf(cniVersion=version)
+    env = cni_env("ADD", cid, netns, pod=f"pod-{cid}")
+    rc, res, err = run_bin(dual, "labnet", env, conf)
+    assert rc == 0 and res is not None, f"ADD {version} failed: {res} {err}"
+    four, six = res["ips"]
+    assert four["address"].endswith("/32") and six["address"].endswith("/128"), res["ips"]
+    assert four["interface"] == six["interface"] == 1 and six["address"].startswith("fd00:100:"), res["ips"]
+    if version < "1.0.0":
+        assert (four["version"], six["version"]) == ("4", "6"), res["ips"]
+    addr6 = six["address"].split("/")[0]
+    pod, host = dual.ns.pod(f"pod-{cid}", netns), res["interfaces"][0]["name"]
+    routes6 = nsexec.run(pod, ["ip", "-6", "route"]).stdout
+    assert f"default via {GATEWAY6} dev eth0" in routes6, routes6
+    assert f"{addr6}/128" in nsexec.run(pod, ["ip", "-6", "addr", "show", "dev", "eth0"]).stdout
+    assert f"{addr6} dev {host}" in nsexec.run(dual.ns, ["ip", "-6", "route"]).stdout
+    # the host veth answers the pod's neighbour solicitation for its gateway: its own link-local
+    ping = nsexec.run(pod, ["ping", "-6", "-c", "1", "-W", "2", f"{GATEWAY6}%eth0"], check=False)
+    assert ping.returncode == 0, f"the pod's IPv6 gateway does not answer:\n{ping.stdout}{ping.stderr}"
+    wep = dual.store_call(lambda s: [json.loads(kv.value) for kv in s.range(keys.workload_endpoints())])
+    assert [(w["ip6"], w["containerID"]) for w in wep] == [(six["address"], cid)], wep
+    held = dual.store_call(lambda s: ipam.lookup(s, f"k8s-pod-network.{cid}"))
+    assert sorted(a.address for a in held) == sorted([four["address"].split("/")[0], addr6]), held
+    if version >= "0.4.0":
+        chk = {**env, "CNI_COMMAND": "CHECK"}
+        rc, doc, _ = run_bin(dual, "labnet", chk, {**conf, "prevResult": res})
+        assert rc == 0, f"CHECK {version} failed: {doc}"
+        nsexec.run(pod, ["ip", "-6", "route", "del", "default"])
+        rc, doc, _ = run_bin(dual, "labnet", chk, {**conf, "prevResult": res})
+        assert_error(rc, doc, 103, f"default via {GATEWAY6}", "node-a")
+    for _ in range(2):
+        rc, doc, _ = run_bin(dual, "labnet", {**env, "CNI_COMMAND": "DEL"}, {**conf, "prevResult": res})
+        assert rc == 0 and doc is None, f"DEL {version} failed: {doc}"
+    assert dual.store_call(lambda s: ipam.lookup(s, f"k8s-pod-network.{cid}")) == []
+    assert addr6 not in nsexec.run(dual.ns, ["ip", "-6", "route"]).stdout
+
+
+def test_dual_stack_requested_addresses_gc_and_ipv4_only_network(dual: CniNode) -> None:
+    conf = dual.conf(cniVersion="1.1.0")
+    netns = pod_netns(dual, "p-ask")
+    env = cni_env("ADD", "cask", netns, pod="ask")
+    env["CNI_ARGS"] += ";IP=10.100.7.7,fd00:100::77"  # Calico's convention: one per family
+    rc, res, err = run_bin(dual, "labnet", env, conf)
+    assert rc == 0 and res is not None, f"{res} {err}"
+    assert [ip["address"] for ip in res["ips"]] == ["10.100.7.7/32", "fd00:100::77/128"], res["ips"]
+    # calico-ipam's assign_ipv6 "false": this network takes IPv4 only, though the cluster has IPv6
+    only4 = {**conf, "ipam": {**conf["ipam"], "assign_ipv6": "false"}}
+    rc, res4, err = run_bin(dual, "labnet", cni_env("ADD", "cv4", pod_netns(dual, "p-v4"), pod="v4"), only4)
+    assert rc == 0 and res4 is not None and [ip["address"][-3:] for ip in res4["ips"]] == ["/32"], f"{res4} {err}"
+    bad = {**conf, "ipam": {**conf["ipam"], "assign_ipv6": "maybe"}}
+    assert_error(*run_bin(dual, "labnet", cni_env("ADD", "cbad", pod_netns(dual, "p-bad"), pod="bad"), bad)[:2],
+                 7, "assign_ipv6")
+    gc_conf = {**conf, "cni.dev/valid-attachments": [{"containerID": "cv4", "ifname": "eth0"}]}
+    rc, doc, _ = run_bin(dual, "labnet", cni_env("GC", ifname=""), gc_conf)
+    assert rc == 0, f"GC failed: {doc}"
+    assert dual.store_call(lambda s: ipam.lookup(s, "k8s-pod-network.cask")) == []  # both families released
+    assert "fd00:100::77" not in nsexec.run(dual.ns, ["ip", "-6", "route"]).stdout

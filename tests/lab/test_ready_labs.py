@@ -1,5 +1,6 @@
 """Every ready lab in topologies/ comes up and passes its own scenarios; interop with BIRD
-(tor-bird), FRR (tor-frr) and GoBGP (rr-gobgp), seen from both sides."""
+(tor-bird), FRR (tor-frr) and GoBGP (rr-gobgp), seen from both sides; and IPv6 unicast with
+BIRD and FRR (dual-stack-tor)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 from _labtools import TOPOLOGIES, lab_exec, labnet, snapshot
 
 LABS = ["minimal", "cross-subnet", "vxlan", "route-reflectors", "tor-bird", "two-labs-b", "policy", "tor-frr",
-        "rr-gobgp"]
+        "rr-gobgp", "dual-stack", "dual-stack-tor"]
 
 
 @pytest.mark.parametrize("topology", LABS)
@@ -24,7 +25,8 @@ def test_ready_lab_passes_its_scenarios(topology: str) -> None:
         bad = [r for r in results if not r["ok"]]
         assert res.returncode == 0 and not bad, "\n\n".join(r["message"] for r in bad) or res.stderr
         assert results, f"{topology} has no checks"
-        interop = {"tor-bird": _bird_interop, "tor-frr": _frr_interop, "rr-gobgp": _gobgp_interop}.get(topology)
+        interop = {"tor-bird": _bird_interop, "tor-frr": _frr_interop, "rr-gobgp": _gobgp_interop,
+                   "dual-stack-tor": _ipv6_interop}.get(topology)
         if interop is not None:
             interop(name)
     finally:
@@ -58,9 +60,39 @@ def _blocks(lab: str) -> dict[str, str]:
     return out
 
 
-def _node_addresses(lab: str) -> dict[str, str]:
+def _node_addresses(lab: str, key: str = "address") -> dict[str, str]:
     machines = json.loads(labnet("status", "-l", lab, "--json").stdout)[0]["machines"]
-    return {m: info["interfaces"][0]["address"].split("/")[0] for m, info in machines.items() if info["kind"] == "node"}
+    return {m: info["interfaces"][0][key].split("/")[0] for m, info in machines.items() if info["kind"] == "node"}
+
+
+def _ipv6_interop(lab: str) -> None:
+    """IPv6 unicast (RFC 4760) with BIRD 2 and FRR, both eBGP: BIRD over one IPv6 session per
+    node, FRR over the IPv4 one; each has every node's IPv6 blocks with that node's IPv6 address
+    as next hop, and the nodes route the other rack's blocks via the ToR."""
+    addr6 = _node_addresses(lab, "address6")
+    asn = {"a-1": 64601, "a-2": 64602, "b-1": 64603, "b-2": 64604}
+    blocks6 = {c: n for c, n in _blocks(lab).items() if ":" in c}
+    assert sorted(set(blocks6.values())) == sorted(addr6), f"IPv6 blocks per node: {blocks6}"
+    protocols = lab_exec(lab, "tor", "birdc", "show", "protocols").stdout
+    for node in addr6:
+        for suffix in ("", "_6"):
+            row = next((ln for ln in protocols.splitlines() if ln.split()[:1] == ["n_" + node.replace("-", "_") + suffix]),
+                       "")
+            assert "Established" in row, f"BIRD on tor: session n_{node}{suffix}: {row!r}\n{protocols}"
+    for cidr, node in blocks6.items():
+        shown = lab_exec(lab, "tor", "birdc", "show", "route", "table", "master6", "for", cidr).stdout
+        assert cidr in shown and f"via {addr6[node]} on" in shown, \
+            f"BIRD's master6 on tor: {cidr} (block of {node}) expected via {addr6[node]}:\n{shown}"
+    vtysh = ["vtysh", "--vty_socket", "/var/run/frr", "-c"]
+    summary = json.loads(lab_exec(lab, "frr", *vtysh, "show bgp ipv6 unicast summary json").stdout)["peers"]
+    table = json.loads(lab_exec(lab, "frr", *vtysh, "show bgp ipv6 unicast json").stdout)["routes"]
+    for node, v4 in _node_addresses(lab).items():
+        assert summary.get(v4, {}).get("state") == "Established", f"FRR: IPv6 unicast with {node} ({v4}): {summary.get(v4)}"
+    for cidr, node in blocks6.items():
+        own = [p for p in table.get(cidr, []) if p.get("path") == str(asn[node])]
+        hops = [h["ip"] for p in own for h in p.get("nexthops", []) if h.get("scope", "global") == "global"]
+        assert hops == [addr6[node]], f"FRR's IPv6 table: {cidr} (block of {node}) next hops {hops}, expected " \
+                                      f"[{addr6[node]}]; paths {table.get(cidr)}"
 
 
 def _frr_interop(lab: str) -> None:

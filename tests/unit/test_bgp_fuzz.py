@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 import struct
 from dataclasses import replace
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 
 import pytest
@@ -23,6 +23,7 @@ from labnet.bgp.codec import (
     Framer,
     GracefulRestart,
     Message,
+    MpUnreach,
     Open,
     Origin,
     PathAttributes,
@@ -31,13 +32,15 @@ from labnet.bgp.codec import (
     Update,
     decode,
     encode,
+    mp_reach6,
 )
+from labnet.fuzz.gen import bgp_ipv6_seeds
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "bgp"
 SEEDS = [
     bytes.fromhex(re.sub(r"#.*", "", p.read_text()).replace("\n", " ").replace(" ", ""))
     for p in sorted(FIXTURES.glob("*.hex"))
-]
+] + bgp_ipv6_seeds()  # IPv6 unicast MP_REACH/MP_UNREACH_NLRI, until fixtures/bgp has such vectors
 MARKER = b"\xff" * 16
 FUZZ = settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -89,7 +92,7 @@ def check_decoder(data: bytes) -> None:
             for problem in msg.errors:
                 assert (problem.code, problem.subcode) in VALID_ERRORS, str(problem)
             # whatever decoded must be usable by the RIB without surprises
-            msg.announced(), msg.unreachable(), msg.next_hop(), msg.is_end_of_rib()
+            msg.announced(), msg.unreachable(), msg.next_hop(), msg.next_hop6(), msg.end_of_rib_family()
             msg.attrs.as_path_length(), msg.attrs.neighbour_as()
 
 
@@ -218,6 +221,17 @@ attributes = st.builds(
 )
 updates = st.builds(Update, withdrawn=st.lists(prefixes, max_size=5).map(tuple), attrs=attributes,
                     nlri=st.lists(prefixes, min_size=1, max_size=5).map(tuple))
+
+# IPv6 unicast (RFC 4760, RFC 2545): global next hops under 2000::/3, link-local ones under fe80::/10
+prefixes6 = st.builds(lambda a, n: IPv6Network((a, n), strict=False), st.integers(0, 2**128 - 1), st.integers(0, 128))
+globals6 = st.builds(IPv6Address, st.integers(0x2000 << 112, (0x4000 << 112) - 1))
+link_locals6 = st.builds(IPv6Address, st.integers(0xFE80 << 112, (0xFEC0 << 112) - 1))
+mp_reaches6 = st.builds(mp_reach6, globals6, st.lists(prefixes6, max_size=5).map(tuple), st.none() | link_locals6)
+updates6 = st.builds(
+    lambda attrs, reach, gone, v4: Update(
+        attrs=replace(attrs, mp_reach=reach, mp_unreach=MpUnreach(2, 1, tuple(gone)) if gone else None,
+                      next_hop=attrs.next_hop if v4 else None), nlri=tuple(v4)),
+    attributes, mp_reaches6, st.lists(prefixes6, max_size=4), st.lists(prefixes, max_size=2))
 opens = st.builds(
     Open, asn=asns, hold_time=st.sampled_from([0, 3, 9, 90, 65535]), router_id=addrs,
     capabilities=st.builds(
@@ -231,7 +245,7 @@ opens = st.builds(
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.one_of(updates, opens))
+@given(st.one_of(updates, updates6, opens))
 def test_generated_messages_round_trip(msg: Message) -> None:
     if isinstance(msg, Open) and msg.capabilities.four_octet_as is not None:
         msg = Open(msg.capabilities.four_octet_as, msg.hold_time, msg.router_id, msg.capabilities)

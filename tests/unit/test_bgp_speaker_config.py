@@ -33,8 +33,8 @@ def test_duplicate_peer_and_bad_prefix() -> None:
         sp.add_peer(PeerConfig("10.0.0.2", 64512))
     with pytest.raises(ValueError, match="'10.1.2.3/8'"):
         sp.originate("10.1.2.3/8")
-    with pytest.raises(ValueError, match="IPv4 unicast only"):
-        sp.originate("2001:db8::/32")
+    with pytest.raises(ValueError, match="'2001:db8::1/32'"):
+        sp.originate("2001:db8::1/32")
 
 
 def test_local_as_out_of_range() -> None:

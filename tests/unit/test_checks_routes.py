@@ -124,8 +124,9 @@ def test_dst_forms() -> None:
 
 
 @pytest.mark.parametrize(("bad", "words"), [
-    (lambda: norm_dst("10.100.163.129/26"), "not an IPv4 network"),
-    (lambda: norm_dst("fe80::/64"), "not an IPv4 network"),
+    (lambda: norm_dst("10.100.163.129/26"), "host bits set"),
+    (lambda: norm_dst("fe80::1/64"), "host bits set"),
+    (lambda: norm_dst("10.1.2"), "not an IP network"),
     (lambda: norm_scope("everywhere"), "route scope 'everywhere'"),
     (lambda: norm_protocol(300), "out of range"),
     (lambda: norm_table("all"), "every table"),

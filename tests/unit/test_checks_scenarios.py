@@ -38,9 +38,9 @@ class FakeView:
 def seed_table(monkeypatch: pytest.MonkeyPatch) -> list[Route]:
     tables: list[str] = []
 
-    def fake(ns: NodeNS, table: str | int = "main") -> list[Route]:
+    def fake(ns: NodeNS, table: str | int = "main", family: int = 4) -> list[Route]:
         tables.append(str(table))
-        return ROUTES
+        return ROUTES if family == 4 else []
 
     monkeypatch.setattr(A, "get_routes", fake)
     return ROUTES

@@ -44,7 +44,7 @@ def world(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Any]:
         calls.append("prepare")
         return FakePair()
 
-    def finish(pair: FakePair, address: str, mtu: int) -> datapath.Endpoint:
+    def finish(pair: FakePair, address: str, mtu: int, address6: str | None = None) -> datapath.Endpoint:
         calls.append(f"finish {address} mtu={mtu}")
         if w["finish_error"]:
             raise w["finish_error"]

@@ -153,13 +153,19 @@ def test_a_requested_address_from_cni_args_or_the_config() -> None:
     cases: list[tuple[Env, dict[str, Any], int, str]] = [
         (env("IP=nope"), {}, 4, "CNI_ARGS IP='nope'"),
         (env(), {"runtimeConfig": {"ips": "10.1.1.1"}}, 7, "must be a list"),
-        (env(), {"runtimeConfig": {"ips": ["fd00::1/64"]}}, 7, "not an IPv4 address"),
+        (env(), {"runtimeConfig": {"ips": ["fd00::1/64", "fd00::2"]}}, 7, "one IPv6 address per attachment"),
+        (env(), {"runtimeConfig": {"ips": ["nope"]}}, 7, "not an IP address"),
         (env("IP=10.100.3.4"), {"runtimeConfig": {"ips": ["10.100.3.5"]}}, 7, "one IPv4 address per attachment"),
     ]
     for e, conf, code, says in cases:
         with pytest.raises(CniError) as err:
-            requested_ip(e, conf)
+            requested_ip(e, conf, 6 if "IPv6" in says else 4)
         assert err.value.code == code and says in str(err.value), (code, str(err.value))
+    # one address per family: Calico's comma-separated IP=, each family reading its own
+    both = env("IP=10.100.3.4,fd00:10:244::7")
+    assert (requested_ip(both, {}), requested_ip(both, {}, 6)) == ("10.100.3.4", "fd00:10:244::7")
+    assert requested_ip(env(), {"runtimeConfig": {"ips": ["fd00::9/128"]}}, 6) == "fd00::9"
+    assert requested_ip(env("IP=10.100.3.4"), {}, 6) is None
 
 
 def test_pod_names_in_cni_args_are_names() -> None:

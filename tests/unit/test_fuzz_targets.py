@@ -16,7 +16,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from labnet.fuzz.gen import mutate, random_bgp_message, random_cni_request, random_route_dump, random_topology
+from labnet.bgp.codec import decode, encode
+from labnet.fuzz.gen import (
+    bgp_ipv6_seeds,
+    mutate,
+    random_bgp_message,
+    random_cni_request,
+    random_ipv6_update,
+    random_route_dump,
+    random_topology,
+)
 from labnet.fuzz.known import KNOWN
 from labnet.fuzz.targets import TARGETS, run_target, split_cni_request
 
@@ -55,7 +64,7 @@ def seeded(build: Callable[[random.Random], bytes]) -> st.SearchStrategy[bytes]:
 
 
 def mutated(target: str) -> st.SearchStrategy[bytes]:
-    pool = corpus(target)
+    pool = corpus(target) + (bgp_ipv6_seeds() if target == "bgp_decode" else [])
     return seeded(lambda rng: mutate(rng, rng.choice(pool), pool))
 
 
@@ -63,6 +72,19 @@ def mutated(target: str) -> st.SearchStrategy[bytes]:
 @given(st.one_of(st.binary(max_size=300), seeded(random_bgp_message), mutated("bgp_decode")))
 def test_bgp_decode(data: bytes) -> None:
     check("bgp_decode", data)
+
+
+def test_bgp_ipv6_seeds_replay_clean() -> None:
+    # not in fixtures/fuzz/bgp_decode (bench/fuzz.py --seed-corpus writes that from fixtures/bgp)
+    for data in bgp_ipv6_seeds():
+        check("bgp_decode", data)
+
+
+@settings(max_examples=500, deadline=None, derandomize=True, database=None)
+@given(st.integers(0, 2**64))
+def test_generated_ipv6_updates_round_trip(seed: int) -> None:
+    u = random_ipv6_update(random.Random(seed))
+    assert decode(encode(u)) == u
 
 
 @FUZZ_SETTINGS

@@ -24,12 +24,14 @@ from labnet.topology.model import BgpPeer, BgpSpec, PoolSpec
 EVERYTHING = """\
 name: s
 networks:
-  lan: {cidr: 10.20.30.0/24}
+  lan: {cidr: 10.20.30.0/24, cidr6: "fd00:20::/64"}
 routers:
   gw: {interfaces: [{network: lan, address: 10.20.30.1}], bgp: {asn: 65002, peers: [n2]}}
 cluster:
   etcd: {node: n1}
-  pool: {cidr: 10.77.0.0/16, block_size: 28, ipip: cross-subnet, vxlan: never, nat_outgoing: false}
+  pools:
+    - {cidr: 10.77.0.0/16, block_size: 28, ipip: cross-subnet, vxlan: never, nat_outgoing: false}
+    - {cidr: "fd00:77::/64", block_size: 120, vxlan: cross-subnet, nat_outgoing: false}
   mtu: 1400
   bgp:
     asn: 65001
@@ -41,8 +43,8 @@ cluster:
     hold_time: 27
     keepalive: 7
   nodes:
-    n1: {interfaces: [{network: lan, address: 10.20.30.11}], gateway: 10.20.30.1}
-    n2: {interfaces: [{network: lan, address: 10.20.30.12}], gateway: 10.20.30.1, asn: 65003}
+    n1: {interfaces: [{network: lan, address: 10.20.30.11, address6: "fd00:20::11"}], gateway: 10.20.30.1}
+    n2: {interfaces: [{network: lan, address: 10.20.30.12, address6: "fd00:20::12"}], gateway: 10.20.30.1, asn: 65003}
 """
 
 UNSET = """\
@@ -79,10 +81,14 @@ def test_every_field_survives_topology_settings_json_settings() -> None:
     back = ClusterSettings.from_dict(json.loads(json.dumps(s.to_dict())))
     assert back == s
     changed = set(_non_defaults(s))
-    every = {f"pool.{f.name}" for f in dataclasses.fields(PoolSettings)} | {
+    every = {f"{p}.{f.name}" for f in dataclasses.fields(PoolSettings) for p in ("pool", "pool6")} | {
         f"bgp.{f.name}" for f in dataclasses.fields(BgpSettings)} | {"mtu", "node_asn"}
     # every field is set away from its default by the topology, so one the topology stops passing on fails here
-    assert every - changed == {"pool.cidr", "pool.vxlan", "bgp.enabled"} - changed, sorted(every - changed)
+    # (the IPv6 pool is compared with None as a whole: its fields stand for all of it)
+    changed |= {f"pool6.{k}" for k in _non_defaults(s.pool6)} if s.pool6 else set()
+    assert every - changed == {"pool.cidr", "pool.vxlan", "bgp.enabled", "pool6.cidr", "pool6.ipip"} - changed, \
+        sorted(every - changed)
+    assert s.pool6 == PoolSettings("fd00:77::/64", 120, "never", "cross-subnet", False)
     assert s.bgp.peers == (PeerSettings("10.20.30.1", 65002, "n2"),)
     assert s.node_asn == {"n1": 65001, "n2": 65003}
 
@@ -93,8 +99,15 @@ def test_the_topology_and_the_settings_describe_the_same_fields() -> None:
     # `enabled` is the agent's (a node that runs no BGP); the topology has no switch for it
     assert set(BgpSpec.model_fields) == {f.name for f in dataclasses.fields(BgpSettings)} - {"enabled"}
     assert set(BgpPeer.model_fields) == {f.name for f in dataclasses.fields(PeerSettings)}
+    # a pool's block size and IPIP default per family: the topology leaves them unset and both
+    # sides fill them from the same table
+    parsed = ClusterSettings.from_dict({"pool": {"cidr": "10.1.0.0/16"}, "pool6": {"cidr": "fd00:1::/64"}})
+    assert PoolSpec(cidr="10.1.0.0/16").settings() == parsed.pool == PoolSettings("10.1.0.0/16")
+    assert PoolSpec(cidr="fd00:1::/64").settings() == parsed.pool6 == PoolSettings("fd00:1::/64", 122, "never")
     for model, settings in ((PoolSpec, PoolSettings), (BgpSpec, BgpSettings)):
         for f in dataclasses.fields(settings):
+            if model is PoolSpec and f.name in ("block_size", "ipip"):
+                continue
             if f.name in model.model_fields and f.default is not dataclasses.MISSING and f.name != "mesh":
                 default = model.model_fields[f.name].default
                 assert (tuple(default) if isinstance(default, list) else default) == f.default, f"{model.__name__}.{f.name}"

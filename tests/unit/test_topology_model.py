@@ -43,8 +43,8 @@ def test_seed_defaults_are_filled(seed: Topology) -> None:
     assert cl is not None
     # etcd `node:` shorthand normalised to a list; TLS on
     assert cl.etcd.nodes == ["ubuntu-1"] and cl.etcd.tls is True
-    assert cl.pool.cidr == IPv4Network("10.100.0.0/16")
-    assert (cl.pool.block_size, cl.pool.ipip, cl.pool.vxlan, cl.pool.nat_outgoing) == (26, "always", "never", True)
+    assert cl.pool4.cidr == IPv4Network("10.100.0.0/16")
+    assert (cl.pool4.block, cl.pool4.ipip_mode, cl.pool4.vxlan, cl.pool4.nat_outgoing) == (26, "always", "never", True)
     assert (cl.bgp.asn, cl.bgp.mesh, cl.bgp.route_reflectors, cl.bgp.peers) == (64512, "full", [], [])
     assert (cl.bgp.graceful_restart, cl.bgp.restart_time, cl.bgp.hold_time, cl.bgp.keepalive) == (True, 120, 90, None)
     assert seed.cluster_settings().bgp.keepalive is None  # a third of the hold time, as the FSM does
@@ -56,7 +56,7 @@ def test_seed_defaults_are_filled(seed: Topology) -> None:
     # step arguments get their defaults
     ping = seed.scenarios["pod-to-pod-across-subnets"][0]
     assert ping.kind == "ping"
-    assert ping.args == {"from": "net-test", "to": "net-test-2", "count": 3, "expect": "success"}
+    assert ping.args == {"from": "net-test", "to": "net-test-2", "count": 3, "expect": "success", "family": 4}
     assert {s.kind for s in seed.scenarios["seed-routes"]} == {"blackhole", "tunnel_route", "proxy_arp"}
 
 

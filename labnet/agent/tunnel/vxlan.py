@@ -10,6 +10,9 @@ address, VTEP MAC, its blocks) read from the datastore, and for each one we prog
 `sync_vxlan` is idempotent and removes what is no longer wanted: FDB entries with a remote
 on the device, permanent neighbours on the device, and routes of our protocol through it.
 Everything runs in the current network namespace unless `netns` (a path) is given.
+
+An IPv6 pool in VXLAN mode gets its own device, `vxlan-v6.calico` (VNI 6096, as Calico's),
+over the IPv6 underlay: the same three kinds of entries, each of the IPv6 family.
 """
 
 from __future__ import annotations
@@ -27,10 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from labnet.errors import BadInput, LabnetError
-from labnet.settings import VXLAN_OVERHEAD
+from labnet.settings import VXLAN6_OVERHEAD, VXLAN_OVERHEAD
 
 IFNAME = "vxlan.calico"
+IFNAME6 = "vxlan-v6.calico"
 VNI = 4096
+VNI6 = 6096
 PORT = 4789
 PROTO_FELIX = 80  # Felix's route protocol for VXLAN routes
 NUD_PERMANENT = 0x80
@@ -55,16 +60,25 @@ class Vtep:
 
     def __post_init__(self) -> None:
         try:
-            ipaddress.IPv4Address(self.underlay_ip)
-            ipaddress.IPv4Address(self.tunnel_ip)
-            nets = tuple(str(ipaddress.IPv4Network(b)) for b in self.blocks)
+            under = ipaddress.ip_address(self.underlay_ip)
+            tunnel = ipaddress.ip_address(self.tunnel_ip)
+            nets = tuple(ipaddress.ip_network(b) for b in self.blocks)
         except ValueError as exc:
             raise BadInput(f"vtep {self.node}: {exc}") from exc
+        if under.version != tunnel.version or any(n.version != tunnel.version for n in nets):
+            raise BadInput(f"vtep {self.node}: underlay {under}, tunnel {tunnel} and blocks "
+                           f"{', '.join(map(str, nets))} must be of one IP family")
+        object.__setattr__(self, "underlay_ip", str(under))
+        object.__setattr__(self, "tunnel_ip", str(tunnel))
         mac = self.mac.lower()
         if not _MAC.match(mac):
             raise BadInput(f"vtep {self.node}: mac {self.mac!r} is not of the form aa:bb:cc:dd:ee:ff")
         object.__setattr__(self, "mac", mac)
-        object.__setattr__(self, "blocks", nets)
+        object.__setattr__(self, "blocks", tuple(map(str, nets)))
+
+    @property
+    def version(self) -> int:
+        return ipaddress.ip_address(self.tunnel_ip).version
 
 
 @dataclass
@@ -95,11 +109,17 @@ def _ifindex(ipr: Any, ifname: str) -> int:
 
 
 def _vxlan_data(link: Any) -> dict[str, Any]:
+    """VNI, port and local address (either family, under IFLA_VXLAN_LOCAL) of a vxlan link."""
     info = link.get("IFLA_LINKINFO")
     if not info or info.get("IFLA_INFO_KIND") != "vxlan":
         return {}
     data = info.get("IFLA_INFO_DATA")
-    return {k: data.get(k) for k in ("IFLA_VXLAN_ID", "IFLA_VXLAN_PORT", "IFLA_VXLAN_LOCAL")} if data else {}
+    if not data:
+        return {}
+    out = {k: data.get(k) for k in ("IFLA_VXLAN_ID", "IFLA_VXLAN_PORT", "IFLA_VXLAN_LOCAL")}
+    if out["IFLA_VXLAN_LOCAL"] is None and data.get("IFLA_VXLAN_LOCAL6"):
+        out["IFLA_VXLAN_LOCAL"] = str(ipaddress.IPv6Address(data.get("IFLA_VXLAN_LOCAL6")))
+    return out
 
 
 def ensure_vxlan(
@@ -116,26 +136,30 @@ def ensure_vxlan(
     """Create or fix `vxlan.calico`; return its MAC (publish it as this node's VTEP MAC).
 
     local: the node's underlay address; address: the tunnel address (first address of the
-    node's block, set as /32); mtu: default underlay MTU − 50. A device with the wrong VNI,
-    port or local address is recreated, as Felix does.
+    node's block, set as /32, or /128 for IPv6); mtu: default underlay MTU − 50 (− 70 over
+    IPv6). A device with the wrong VNI, port or local address is recreated, as Felix does.
     """
     try:
-        local = str(ipaddress.IPv4Address(local))
-        address = str(ipaddress.IPv4Address(address))
+        under, tun = ipaddress.ip_address(local), ipaddress.ip_address(address)
     except ValueError as exc:
         raise BadInput(f"{ifname}: {exc}") from exc
+    if under.version != tun.version:
+        raise BadInput(f"{ifname}: local {under} and tunnel address {tun} are of different IP families")
+    local, address = str(under), str(tun)
+    family, plen = (socket.AF_INET, 32) if tun.version == 4 else (socket.AF_INET6, 128)
     if mac is not None and not _MAC.match(mac.lower()):
         raise BadInput(f"{ifname}: mac {mac!r} is not of the form aa:bb:cc:dd:ee:ff")
     with _ipr(netns) as ipr:
         if mtu is None:
-            mtu = _underlay_mtu(ipr, local) - VXLAN_OVERHEAD
+            mtu = _underlay_mtu(ipr, local, family) - (VXLAN_OVERHEAD if family == socket.AF_INET else VXLAN6_OVERHEAD)
         want = {"IFLA_VXLAN_ID": vni, "IFLA_VXLAN_PORT": port, "IFLA_VXLAN_LOCAL": local}
         found = ipr.link_lookup(ifname=ifname)
         if found and _vxlan_data(ipr.get_links(found[0])[0]) != want:
             ipr.link("del", index=found[0])
             found = []
         if not found:
-            ipr.link("add", ifname=ifname, kind="vxlan", vxlan_id=vni, vxlan_port=port, vxlan_local=local,
+            where = {"vxlan_local": local} if family == socket.AF_INET else {"vxlan_local6": local}
+            ipr.link("add", ifname=ifname, kind="vxlan", vxlan_id=vni, vxlan_port=port, **where,
                      vxlan_learning=0, mtu=mtu, **({"address": mac.lower()} if mac else {}))
         idx = _ifindex(ipr, ifname)
         link = ipr.get_links(idx)[0]
@@ -144,11 +168,13 @@ def ensure_vxlan(
         # Only when it differs: a MAC change flushes the device's neighbours, permanent ones too.
         if mac and link.get("IFLA_ADDRESS") != mac.lower():
             ipr.link("set", index=idx, address=mac.lower())
-        for a in ipr.get_addr(index=idx, family=socket.AF_INET):
-            if (a.get("IFA_ADDRESS"), a["prefixlen"]) != (address, 32):
+        for a in ipr.get_addr(index=idx, family=family):
+            kept = (a.get("IFA_ADDRESS"), a["prefixlen"]) == (address, plen)
+            if not kept and not (family == socket.AF_INET6 and str(a.get("IFA_ADDRESS")).startswith("fe80:")):
                 ipr.addr("del", index=idx, address=a.get("IFA_ADDRESS"), prefixlen=a["prefixlen"])
-        if not ipr.get_addr(index=idx, family=socket.AF_INET, address=address):
-            ipr.addr("add", index=idx, address=address, prefixlen=32)
+        if not ipr.get_addr(index=idx, family=family, address=address):
+            ipr.addr("add", index=idx, address=address, prefixlen=plen,
+                     **({"flags": 0x02} if family == socket.AF_INET6 else {}))  # IFA_F_NODAD
         ipr.link("set", index=idx, state="up")
         return str(ipr.get_links(idx)[0].get("IFLA_ADDRESS"))
 
@@ -163,8 +189,8 @@ def remove_vxlan(*, ifname: str = IFNAME, netns: str | None = None) -> bool:
         return True
 
 
-def _underlay_mtu(ipr: Any, local: str) -> int:
-    for a in ipr.get_addr(family=socket.AF_INET):
+def _underlay_mtu(ipr: Any, local: str, family: int = socket.AF_INET) -> int:
+    for a in ipr.get_addr(family=family):
         if a.get("IFA_ADDRESS") == local:
             return int(ipr.get_links(a["index"])[0].get("IFLA_MTU"))
     raise BadInput(f"{IFNAME}: local address {local} is not assigned to any interface in this network namespace")
@@ -188,6 +214,7 @@ def sync_vxlan(
         idx = _ifindex(ipr, ifname)
         local = _vxlan_data(ipr.get_links(idx)[0]).get("IFLA_VXLAN_LOCAL")
         want_fdb, want_neigh, want_routes = plan(vteps, local, ifname=ifname)
+        family = socket.AF_INET6 if local is not None and ":" in local else socket.AF_INET
 
         # FDB: remote MAC -> underlay address
         have_fdb: dict[str, set[str]] = {}
@@ -208,7 +235,7 @@ def sync_vxlan(
         # neighbours: remote tunnel address -> remote VTEP MAC
         have_neigh = {
             str(n.get("NDA_DST")): str(n.get("NDA_LLADDR"))
-            for n in ipr.neigh("dump", ifindex=idx, family=socket.AF_INET)
+            for n in ipr.neigh("dump", ifindex=idx, family=family)
             if n["ifindex"] == idx and n["state"] & NUD_PERMANENT
         }
         for dst, mac in have_neigh.items():
@@ -222,17 +249,17 @@ def sync_vxlan(
 
         # routes: remote block via remote tunnel address, onlink
         have_routes: dict[str, str | None] = {}
-        for r in ipr.route("dump", family=socket.AF_INET, table=RT_TABLE_MAIN):
+        for r in ipr.route("dump", family=family, table=RT_TABLE_MAIN):
             if r.get("RTA_OIF") == idx and r["proto"] == proto:
                 have_routes[f"{r.get('RTA_DST')}/{r['dst_len']}"] = r.get("RTA_GATEWAY")
         for dst, gw in have_routes.items():
             if dst not in want_routes:
-                ipr.route("del", dst=dst, oif=idx, proto=proto, table=RT_TABLE_MAIN)
+                ipr.route("del", dst=dst, oif=idx, proto=proto, table=RT_TABLE_MAIN, family=family)
                 res.removed.append(f"route {dst} via {gw}")
         for dst, gw in want_routes.items():
             if have_routes.get(dst) != gw:
                 ipr.route("replace", dst=dst, gateway=gw, oif=idx, flags=RTNH_F_ONLINK, proto=proto,
-                          table=RT_TABLE_MAIN)
+                          table=RT_TABLE_MAIN, family=family)
                 res.added.append(f"route {dst} via {gw}")
     return res
 
@@ -245,7 +272,10 @@ def plan(
     VTEPs at our own underlay address `local` are left out. Raises BadInput when two remote
     VTEPs share a MAC, a tunnel address, or a block.
     """
+    mine = ipaddress.ip_address(local).version if local else None
     remote = [v for v in vteps if v.underlay_ip != local]
+    if mine is not None and any(v.version != mine for v in remote):
+        raise BadInput(f"{ifname}: VTEPs of another IP family than its local address {local}")
     fdb: dict[str, str] = {}
     neigh: dict[str, str] = {}
     routes: dict[str, str] = {}

@@ -57,11 +57,12 @@ def run(ctx: Context) -> None:
         for pod in names:
             spec = cluster.pods[pod]
             add_retrying(functools.partial(pods.add_to, ctx.journal, ns, node, pod, labels=spec.labels or None,
-                                           conflist=conflists[node], ip=spec.ip), f"pod {pod} on {node}")
+                                           conflist=conflists[node], ip=spec.ip, ip6=spec.ip6),
+                          f"pod {pod} on {node}")
 
     # Pods that ask for an address go first, everywhere: an automatic one must not take it meanwhile.
-    for wave in ([p for p, s in cluster.pods.items() if s.ip is not None],
-                 [p for p, s in cluster.pods.items() if s.ip is None]):
+    asked = {p for p, s in cluster.pods.items() if s.ip is not None or s.ip6 is not None}
+    for wave in ([p for p in cluster.pods if p in asked], [p for p in cluster.pods if p not in asked]):
         by_node: dict[str, list[str]] = {}
         for pod in wave:
             by_node.setdefault(cluster.pods[pod].node, []).append(pod)
