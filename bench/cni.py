@@ -10,6 +10,7 @@ pod so all see the same machine load. Needs root. Prints p50/p99 and labnet/refe
   reference     /usr/lib/cni/ptp + host-local
 
     .venv/bin/python bench/cni.py --pods 200
+    .venv/bin/python bench/cni.py --pods 200 --dual   # one address per family, both sides
 """
 
 from __future__ import annotations
@@ -39,6 +40,12 @@ REFERENCE = {"cniVersion": "1.0.0", "name": "ref", "type": "ptp", "ipMasq": Fals
                       "routes": [{"dst": "0.0.0.0/0"}]}}
 
 
+# host-local's dual-stack form: one range set per family, as for a dual-stack pod network
+REFERENCE_DUAL = {**REFERENCE, "ipam": {**REFERENCE["ipam"], "subnet": None, "ranges": [  # type: ignore[dict-item]
+    [{"subnet": "10.200.0.0/16"}], [{"subnet": "fd00:200::/64"}]], "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]}}
+del REFERENCE_DUAL["ipam"]["subnet"]
+
+
 def timed(node: NodeNS, binary: str, env: dict[str, str], conf: dict[str, Any]) -> float:
     t0 = time.perf_counter()
     proc = nsexec.run(node, [binary], input=json.dumps(conf), env=env, check=False)
@@ -59,6 +66,8 @@ KINDS = ("labnet fast", "labnet exec", "reference")
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--pods", type=int, default=200)
+    ap.add_argument("--dual", action="store_true", help="dual-stack pods: an IPv6 pool beside the IPv4 one "
+                    "(labnet) and two host-local ranges (the reference)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench/cni.py needs root (it builds namespaces)")
@@ -66,14 +75,19 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="labnet-bench-cni-"))
     node = None
     try:
-        node = make_node(factory, tmp, name="bench")
+        node = make_node(factory, tmp, name="bench", pool6="fd00:100::/48" if args.dual else None)
         start_cni_server(factory, node)
         ours = node.conf()
+        # ptp waits until its IPv6 addresses leave duplicate address detection (a second or two);
+        # labnet adds them without DAD. Off for every pod and the node, so both are timed alike.
+        no_dad = ["sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"]
+        if args.dual:
+            nsexec.run(node.ns, no_dad)
         no_server = {"LABNET_CNI_SOCKET": "/var/run/labnet/no-server-here.sock"}  # the shim falls back
         runs = {
             "labnet fast": ("/opt/cni/bin/labnet", ours, "/opt/cni/bin", {}),
             "labnet exec": ("/opt/cni/bin/labnet", ours, "/opt/cni/bin", no_server),
-            "reference": ("/usr/lib/cni/ptp", REFERENCE, "/usr/lib/cni", {}),
+            "reference": ("/usr/lib/cni/ptp", REFERENCE_DUAL if args.dual else REFERENCE, "/usr/lib/cni", {}),
         }
         times: dict[str, dict[str, list[float]]] = {k: {"ADD": [], "DEL": []} for k in KINDS}
         ver: dict[str, list[float]] = {k: [] for k in KINDS}
@@ -84,6 +98,8 @@ def main() -> None:
                 nsname = f"b-{tag}-{i}"
                 nsexec.run(node.ns, ["ip", "netns", "add", nsname])
                 netns = f"/var/run/netns/{nsname}"
+                if args.dual:
+                    nsexec.run(node.ns, ["ip", "netns", "exec", nsname, *no_dad])
                 env = {**cni_env("ADD", f"{tag}-{i}", netns, pod=f"{tag}-{i}"), "CNI_PATH": path, **extra}
                 times[kind]["ADD"].append(timed(node.ns, binary, env, conf))
                 times[kind]["DEL"].append(timed(node.ns, binary, {**env, "CNI_COMMAND": "DEL"}, conf))
@@ -94,7 +110,7 @@ def main() -> None:
             if i % 50 == 49:
                 load.append(os.getloadavg()[0])
         load.append(os.getloadavg()[0])
-        print(f"CNI latency over {args.pods} pods on one node (ms; exec inside the node incl. nsenter); "
+        print(f"{'dual-stack ' if args.dual else ''}CNI latency over {args.pods} pods on one node (ms; exec inside the node incl. nsenter); "
               f"1-min load average during the run: {min(load):.1f}..{max(load):.1f} on {os.cpu_count()} CPUs")
         print(f"{'':8} {'':12} {'p50':>8} {'p99':>8} {'÷ref p50':>9} {'÷ref p99':>9}")
         for cmd in ("ADD", "DEL"):

@@ -235,7 +235,7 @@ def claim_block(view: LabView, owner: str) -> Claim:
     store = admin_store(view.journal.info)
     try:
         pool = cluster_pool(store)
-        taken = set(_blocks(store, pool))
+        taken = {b.cidr for b in _blocks(store)}
         timed = TimedStore(store)
         cidr = _claim(cast(Datastore, timed), owner, pool, taken)
         if cidr is None:
