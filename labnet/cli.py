@@ -7,7 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -332,13 +332,23 @@ def _ipv4(value: str) -> IPv4Address:
         raise argparse.ArgumentTypeError(f"{value!r} is not an IPv4 address") from None
 
 
+def _ipv6(value: str) -> IPv6Address:
+    try:
+        addr = IPv6Address(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an IPv6 address") from None
+    if addr.scope_id or addr.is_link_local or addr.is_multicast:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a pool address (scoped, link-local or multicast)")
+    return addr
+
+
 def cmd_pod(args: argparse.Namespace) -> int:
     from labnet.lab import pods, state
     _need_root()
     name = state.pick_lab(args.lab)
     if args.pod_command == "add":
         labels = dict(kv.split("=", 1) for kv in args.label or [])  # each checked by _label
-        rec = pods.add(name, args.node, args.pod, labels=labels or None, ip=args.ip)
+        rec = pods.add(name, args.node, args.pod, labels=labels or None, ip=args.ip, ip6=args.ip6)
         six = f" {rec['ip6']}" if rec.get("ip6") else ""
         print(f"pod {args.pod} on {args.node}: {rec['ip']}{six} (host veth {rec['host_veth']})")
     else:
@@ -506,6 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
         if verb == "add":
             ps.add_argument("--label", action="append", metavar="K=V", type=_label, help="pod label (repeatable)")
             ps.add_argument("--ip", type=_ipv4, help="the pod's address, from the pool (default: the next free one)")
+            ps.add_argument("--ip6", type=_ipv6, help="its IPv6 address, from the IPv6 pool of a dual-stack cluster")
         ps.set_defaults(func=cmd_pod)
 
     s = sub.add_parser("bgp", help="BGP state of a node's agent")

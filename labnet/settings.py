@@ -201,6 +201,11 @@ def default_ipip(version: int) -> str:
     return PoolSettings.ipip if version == 4 else "never"
 
 
+def default_nat(version: int) -> bool:
+    """natOutgoing as calico-node's default pools have it: on for IPv4, off for IPv6."""
+    return PoolSettings.nat_outgoing if version == 4 else False
+
+
 def _pool(p: object, version: int, where: str, what: str) -> PoolSettings:
     """A pool of that IP version; an IPv6 pool's defaults are Calico's: /122 blocks, no IPIP."""
     if not (isinstance(p, dict) and isinstance(p.get("cidr"), str)):
@@ -211,6 +216,8 @@ def _pool(p: object, version: int, where: str, what: str) -> PoolSettings:
         raise BadInput(f"{where}: {what}.cidr {p['cidr']!r}: {exc}") from exc
     if net.version != version:
         raise BadInput(f"{where}: {what}.cidr {p['cidr']!r} is not an IPv{version} network")
+    if net.is_multicast or net.is_link_local or net.is_loopback or net.is_unspecified:
+        raise BadInput(f"{where}: {what}.cidr {net} is not a unicast range pods can have")
     ipip = _mode(p.get("ipip", default_ipip(version)), where, f"{what}.ipip")
     vxlan = _mode(p.get("vxlan", PoolSettings.vxlan), where, f"{what}.vxlan")
     if ipip != "never" and vxlan != "never":
@@ -221,7 +228,7 @@ def _pool(p: object, version: int, where: str, what: str) -> PoolSettings:
     low, high = max(net.prefixlen, BLOCK_RANGE[version][0]), BLOCK_RANGE[version][1]
     if not low <= block <= high:
         raise BadInput(f"{where}: {what}.block_size {block} must be {low}..{high}")
-    return PoolSettings(p["cidr"], block, ipip, vxlan, _bool(p, "nat_outgoing", PoolSettings.nat_outgoing, where))
+    return PoolSettings(p["cidr"], block, ipip, vxlan, _bool(p, "nat_outgoing", default_nat(version), where))
 
 
 def _int(d: dict[str, Any], key: str, default: int, where: str) -> int:

@@ -22,7 +22,7 @@ import socket
 import struct
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,7 @@ SETTINGS_KEY = CLUSTER_KEY
 WATCHED = (keys.NODES, keys.affinities(), SETTINGS_KEY)
 CACHED = (*WATCHED, keys.BLOCKS, keys.BLOCKS6)
 BURST_PASSES = 3  # back-to-back passes before a pause: bounds the pass rate under sustained churn
+IPV6_SETUP_FOR = 10.0  # seconds an IPv6 address may take to leave DAD before the node goes on IPv4-only
 COALESCE = 0.05  # that pause: seconds to gather a burst of RIB changes / watch events
 RTMGRP_IPV4_ROUTE = 0x40
 RTMGRP_IPV6_ROUTE = 0x400
@@ -113,6 +114,7 @@ class Agent:
         self.vxlan_mac: str | None = None
         self.tunnel_address6: str | None = None  # vxlan-v6.calico's, in VXLAN mode of an IPv6 pool
         self.vxlan_mac6: str | None = None
+        self.ipv6_problem: str | None = None  # why this node routes IPv4 only, in a dual-stack cluster
         self.speaker: Speaker | None = None
         self.peers: dict[str, PeerSpec] = {}
         self.peer_configs: dict[str, PeerConfig] = {}
@@ -348,8 +350,6 @@ class Agent:
 
     def _setup_tunnel(self) -> None:
         assert self.underlay is not None and self.settings is not None
-        if self.settings.pool6 is not None:
-            self._setup_tunnel6(self.settings.pool6)
         pool = self.settings.pool
         # The node claims its first block now, also without encapsulation: its blackhole and BGP
         # route exist before the first pod (labnet up waits for them). The block's first address
@@ -367,6 +367,30 @@ class Agent:
         else:
             self.vxlan_mac = ensure_vxlan(self.underlay.ip, first, mtu)
             log.info("%s up: %s/32 mac %s", VXLAN_DEVICE, first, self.vxlan_mac)
+
+    async def _setup_ipv6(self) -> None:
+        """IPv6 beside IPv4, after it: a node whose IPv6 will not come up (no address on its
+        interface, still tentative, the device refused) keeps routing IPv4 and says why."""
+        assert self.settings is not None and self.underlay is not None
+        pool6 = self.settings.pool6
+        if pool6 is None:
+            return
+        deadline = time.monotonic() + IPV6_SETUP_FOR
+        while True:
+            try:
+                if self.underlay.address6 is None:  # DAD may still hold it: look again
+                    self.underlay = await asyncio.to_thread(detect, self.cfg.bgp_address)
+                await asyncio.to_thread(self._setup_tunnel6, pool6)
+                self.ipv6_problem = None
+                return
+            except Exception as exc:  # the datastore, the address, the device: said, then IPv4 goes on
+                self.ipv6_problem = f"IPv6 not set up (IPv4 goes on): {exc}"
+            if time.monotonic() > deadline or self._stop.is_set():
+                log.error("%s", self.ipv6_problem)
+                self.underlay = replace(self.underlay, address6=None)  # not dual: IPv4 only
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), 0.5)
 
     def _setup_tunnel6(self, pool6: PoolSettings) -> None:
         """The first IPv6 block (its blackhole and BGP route exist before the first pod), and
@@ -407,7 +431,8 @@ class Agent:
         if self.speaker is None or self.underlay is None:
             return
         b = snap.settings.bgp
-        specs = {p.address: p for p in compute_peers(self.name, self.underlay.ip, snap.nodes, snap.settings)}
+        specs = {p.address: p for p in compute_peers(self.name, self.underlay.ip, snap.nodes, snap.settings,
+                                                       self.underlay.ip6 if self._dual else None)}
         want = {
             p.address: PeerConfig(
                 address=p.address, asn=p.asn, passive=p.passive, rr_client=p.rr_client,
@@ -458,16 +483,17 @@ class Agent:
         out = []
         for n in snap.nodes:
             vtep: tuple[object, ...]
-            if version == 4:
-                vtep = (n.address, n.vxlan_tunnel_addr, n.vxlan_tunnel_mac)
-            else:
-                vtep = (n.address6, n.vxlan_tunnel_addr_v6, n.vxlan_tunnel_mac_v6)
-            if n.name == self.name or not all(vtep):
-                continue
-            blocks = tuple(b for b in snap.blocks_by_node.get(n.name, ()) if ipaddress.ip_network(b).version == version)
-            try:
+            try:  # one node's malformed record must not stop the others' routes
+                if version == 4:
+                    vtep = (n.address, n.vxlan_tunnel_addr, n.vxlan_tunnel_mac)
+                else:
+                    vtep = (n.address6, n.vxlan_tunnel_addr_v6, n.vxlan_tunnel_mac_v6)
+                if n.name == self.name or not all(vtep):
+                    continue
+                blocks = tuple(b for b in snap.blocks_by_node.get(n.name, ())
+                               if ipaddress.ip_network(b).version == version)
                 out.append(Vtep(n.name, str(vtep[0]), str(vtep[1]), str(vtep[2]), blocks))
-            except LabnetError as exc:
+            except (LabnetError, ValueError) as exc:
                 log.warning("node %s: bad VTEP: %s", n.name, exc)
         return out
 
@@ -508,12 +534,18 @@ class Agent:
         ), None
 
     def _apply_kernel(self, want: dict[Net, DesiredRoute], vteps: dict[str, list[Vtep]] | None, keep: bool) -> None:
+        failed: list[str] = []
         for dev, tunnel in (vteps or {}).items():
-            res = sync_vxlan(tunnel, ifname=dev)
+            try:  # one device's trouble must not stop the other family's routes
+                res = sync_vxlan(tunnel, ifname=dev)
+            except (LabnetError, OSError) as exc:
+                failed.append(f"{dev}: {exc}")
+                continue
             for x in res.added + res.removed:
                 log.info("%s: %s", dev, x)
         # reads by rtnl; pyroute2 only if it writes
         r = kernel.reconcile(want, keep_unicast=keep, families=self._families)
+        r.errors += failed
         self._report_kernel(r, vteps)
 
     def _report_kernel(self, r: kernel.ReconcileResult, vteps: dict[str, list[Vtep]] | None) -> None:
@@ -542,14 +574,15 @@ class Agent:
             return
         devs = [IPIP_DEVICE, VXLAN_DEVICE, VXLAN6_DEVICE] if self._dual else [IPIP_DEVICE, VXLAN_DEVICE]
         fams = {nat.family_of(p): p for p in want}
-        for fam in ("ip", "ip6"):
+        for fam in ("ip", "ip6"):  # what is applied is recorded family by family, as each succeeds
             pool = fams.get(fam)
-            if pool:
+            had = tuple(p for p in self.nat_pools if nat.family_of(p) == fam)
+            if pool and had != (pool,):
                 nat.apply_nat(pool, devs, where=f"node {self.name}")
                 log.info("nat_outgoing: masquerade %s leaving the pool (nft table %s %s)", pool, fam, nat.TABLE)
-            elif any(nat.family_of(p) == fam for p in self.nat_pools):
+            elif not pool and had:
                 nat.remove_nat(where=f"node {self.name}", family=fam)
-        self.nat_pools = want
+            self.nat_pools = tuple(p for p in self.nat_pools if nat.family_of(p) != fam) + ((pool,) if pool else ())
 
     def _all_established(self) -> bool:
         if self.speaker is None:
@@ -678,6 +711,8 @@ class Agent:
                 })
         tun = tunnel if tunnel is not None else self._tunnel_status()
         problems = list(self.state.problems)
+        if self.ipv6_problem:
+            problems.append(self.ipv6_problem)
         if self.state.last_error:
             problems.append(self.state.last_error)
         return {
@@ -686,7 +721,7 @@ class Agent:
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.state.started)),
             "ready": self.state.ready, "passes": self.state.passes,
             "bgp_address": str(u.address) if u else None, "interface": u.ifname if u else None,
-            "bgp_address6": str(u.address6) if u and u.address6 and self._dual else None,
+            **({"bgp_address6": str(u.address6)} if u and u.address6 and self._dual else {}),
             "router_id": u.ip if u and self.speaker else None,
             "asn": s.asn_of(self.name) if s else None,
             "tunnel": tun, **({"tunnel6": tunnel6} if tunnel6 else {}), "peers": peers, "blocks": self.state.blocks, "borrowed": self.state.borrowed,
@@ -770,6 +805,7 @@ class Agent:
                      self.underlay.ifname, self.cfg.bgp_address)
             self.settings = await self._retry("cluster settings", self._read_settings)
             await self._retry("tunnel setup", self._setup_tunnel)
+            await self._setup_ipv6()
             await self._retry("node registration", self._register)
             await self._start_speaker()
             for prefix in WATCHED:

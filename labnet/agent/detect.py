@@ -126,6 +126,10 @@ def by_route(links: Sequence[dict[str, Any]], route: Sequence[dict[str, Any]], t
                       f"which holds no usable address (seen: {_summary(links)})")
 
 
+# `ip -j addr` flags of an address that is not (yet, or no longer) the node's to route through
+_UNSTABLE = {"tentative", "dadfailed", "deprecated", "temporary"}
+
+
 def ipv6_on(links: Sequence[dict[str, Any]], ifname: str) -> ipaddress.IPv6Interface | None:
     """The first global IPv6 address of `ifname` (the node's IPv6 BGP next hop): Calico's IPv6
     autodetection, kept to the interface the IPv4 method chose."""
@@ -133,7 +137,7 @@ def ipv6_on(links: Sequence[dict[str, Any]], ifname: str) -> ipaddress.IPv6Inter
         if link.get("ifname") != ifname:
             continue
         for a in link.get("addr_info") or []:
-            if a.get("family") == "inet6" and a.get("scope") == "global" and "tentative" not in a:
+            if a.get("family") == "inet6" and a.get("scope") == "global" and not _UNSTABLE & set(a):
                 return ipaddress.IPv6Interface(f"{a['local']}/{a.get('prefixlen', 128)}")
     return None
 

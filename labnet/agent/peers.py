@@ -45,8 +45,10 @@ def peer_inputs(me: str, nodes: Iterable[NodeRecord], settings: ClusterSettings)
     return tuple((n.name, n.ipv4_address) for n in relevant), settings
 
 
-def compute_peers(me: str, my_address: str, nodes: Iterable[NodeRecord], settings: ClusterSettings) -> list[PeerSpec]:
-    """The peers of node `me` (whose BGP address is `my_address`), sorted by address."""
+def compute_peers(me: str, my_address: str, nodes: Iterable[NodeRecord], settings: ClusterSettings,
+                  my_address6: str | None = None) -> list[PeerSpec]:
+    """The peers of node `me` (whose BGP address is `my_address`, and IPv6 one `my_address6`),
+    sorted by address (IPv4 first)."""
     bgp = settings.bgp
     if not bgp.enabled:
         return []
@@ -73,9 +75,11 @@ def compute_peers(me: str, my_address: str, nodes: Iterable[NodeRecord], setting
     for p in bgp.peers:
         if p.node is not None and p.node != me:
             continue
-        if ipaddress.ip_address(p.address) == mine:
+        addr = ipaddress.ip_address(p.address)
+        if addr == mine or (my_address6 is not None and addr == ipaddress.ip_address(my_address6.split("/")[0])):
             continue
-        # an IPv6 address: a session over the IPv6 underlay (it carries the IPv6 blocks)
-        out[p.address] = PeerSpec(p.address, p.asn, GLOBAL if p.node is None else NODE_SPECIFIC,
+        # an IPv6 address: a session over the IPv6 underlay (it carries the IPv6 blocks); one
+        # spelling per address, or fd00::1 and fd00:0::1 would be two sessions to one peer
+        out[str(addr)] = PeerSpec(str(addr), p.asn, GLOBAL if p.node is None else NODE_SPECIFIC,
                                   passive=False, next_hop_self=p.asn != my_asn)
     return [out[k] for k in sorted(out, key=lambda a: (ipaddress.ip_address(a).version, ipaddress.ip_address(a)))]

@@ -513,6 +513,17 @@ def encode_as_path(segments: tuple[AsSegment, ...], four_octet: bool) -> bytes:
 
 def encode_attributes(a: PathAttributes, four_octet: bool = True) -> bytes:
     out = b""
+    # RFC 7606 5.1: MP_REACH_NLRI and MP_UNREACH_NLRI first, so a receiver finds (and can
+    # withdraw) their routes whatever is wrong further on
+    if a.mp_reach is not None:
+        m = a.mp_reach
+        value = struct.pack("!HBB", m.afi, m.safi, len(m.next_hop)) + m.next_hop + b"\x00"
+        value += b"".join(encode_prefix(p) for p in m.nlri)
+        out += _attr(F_OPTIONAL, Attr.MP_REACH_NLRI, value)
+    if a.mp_unreach is not None:
+        u = a.mp_unreach
+        value = struct.pack("!HB", u.afi, u.safi) + b"".join(encode_prefix(p) for p in u.withdrawn)
+        out += _attr(F_OPTIONAL, Attr.MP_UNREACH_NLRI, value)
     if a.origin is not None:
         out += _attr(F_TRANSITIVE, Attr.ORIGIN, bytes([a.origin]))
     if a.as_path is not None:
@@ -535,15 +546,6 @@ def encode_attributes(a: PathAttributes, four_octet: bool = True) -> bytes:
         out += _attr(F_OPTIONAL, Attr.ORIGINATOR_ID, a.originator_id.packed)
     if a.cluster_list:
         out += _attr(F_OPTIONAL, Attr.CLUSTER_LIST, b"".join(c.packed for c in a.cluster_list))
-    if a.mp_reach is not None:
-        m = a.mp_reach
-        value = struct.pack("!HBB", m.afi, m.safi, len(m.next_hop)) + m.next_hop + b"\x00"
-        value += b"".join(encode_prefix(p) for p in m.nlri)
-        out += _attr(F_OPTIONAL, Attr.MP_REACH_NLRI, value)
-    if a.mp_unreach is not None:
-        u = a.mp_unreach
-        value = struct.pack("!HB", u.afi, u.safi) + b"".join(encode_prefix(p) for p in u.withdrawn)
-        out += _attr(F_OPTIONAL, Attr.MP_UNREACH_NLRI, value)
     if not four_octet:
         # RFC 6793 4.2.2: a 2-octet peer gets AS_TRANS in place of large ASes, the truth in AS4_*
         segs = tuple(g for g in a.as_path or () if g.type in (SegType.AS_SEQUENCE, SegType.AS_SET))
@@ -847,6 +849,14 @@ def decode_update(body: bytes, four_octet: bool = True) -> Update:
                    Action.SESSION_RESET)
     nlri = decode_prefixes(body[astart + alen:], "NLRI")
     attrs, errors, seen = _decode_attributes(body[astart:astart + alen], four_octet)
+    lost = any(e.subcode in (UpdateSub.MALFORMED_ATTRIBUTE_LIST, UpdateSub.ATTRIBUTE_LENGTH_ERROR)
+               and e.action == Action.TREAT_AS_WITHDRAW for e in errors)
+    if lost and not (nlri or withdrawn) and not seen & {Attr.MP_REACH_NLRI, Attr.MP_UNREACH_NLRI}:
+        # RFC 7606 5.1: the attribute list broke before any MP attribute, and the update has no
+        # classic routes: its routes (IPv6's always) sit in an MP attribute that cannot be
+        # located, so they cannot be withdrawn: the session is reset
+        raise _upd(UpdateSub.MALFORMED_ATTRIBUTE_LIST, "attribute list broken before an MP_REACH_NLRI / "
+                   "MP_UNREACH_NLRI could be located", Action.SESSION_RESET)
     mp = attrs.mp_reach
     if nlri or (mp is not None and mp.nlri):
         # RFC 4271 6.3 / RFC 7606 3(d): missing well-known attributes make the update a withdrawal
@@ -1042,10 +1052,17 @@ def _decode_known(code: Attr, value: bytes, raw: bytes, four_octet: bool, out: d
             return _upd(UpdateSub.OPTIONAL_ATTRIBUTE_ERROR, f"{code.name}: {exc}", Action.SESSION_RESET, raw)
         out["mp_reach"] = mp
         hops = mp.next_hops6()
-        if hops is not None and (hops[0].is_unspecified or hops[0].is_multicast):
+        if hops is not None and _unusable6(hops[0]):
             # a well-formed but unusable next hop: its NLRI can be found, so they are withdrawn
             return _upd(UpdateSub.INVALID_NEXT_HOP, f"MP_REACH_NLRI next hop {hops[0]}", taw, raw)
     return None
+
+
+def _unusable6(nh: IPv6Address) -> bool:
+    """A global IPv6 next hop no one can forward to: unspecified, multicast, loopback,
+    link-local (that belongs in the second, link-local slot) or IPv4-mapped."""
+    return (nh.is_unspecified or nh.is_multicast or nh.is_loopback or nh.is_link_local
+            or nh.ipv4_mapped is not None)
 
 
 class Framer:

@@ -54,6 +54,7 @@ SYSCTLS = (
     ("ipv4/conf/{}/route_localnet", "1"),
 )
 SYSCTLS6 = (  # written only for a pod with an IPv6 address
+    ("ipv6/conf/{}/addr_gen_mode", "0"),  # EUI-64: the link-local is GATEWAY6 whatever the node's default
     ("ipv6/conf/{}/disable_ipv6", "0"),
     ("ipv6/conf/{}/accept_dad", "0"),
     ("ipv6/conf/{}/accept_ra", "0"),
@@ -424,7 +425,12 @@ def _check_host6(node: Any, host_if: str, idx: int, address6: str) -> list[str]:
 
 
 def _check_pod6(ipr: Any, ifname: str, pidx: int, address6: str) -> list[str]:
+    """The pod's side; the calling thread is in the pod's netns (its /proc/sys/net is the pod's)."""
     problems = []
+    for rel, value in POD_SYSCTLS6:
+        got = _sysctl_read(rel.format(ifname))
+        if got != value:
+            problems.append(f"pod sysctl net.{rel.format(ifname).replace('/', '.')}: expected {value}, found {got}")
     addrs = [f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}" for a in ipr.get_addr(index=pidx, family=10)]
     if f"{address6}/128" not in addrs:
         problems.append(f"pod {ifname} address: expected {address6}/128, found {addrs}")

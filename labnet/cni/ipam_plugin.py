@@ -116,45 +116,53 @@ def requested_ip(env: Env, conf: dict[str, Any], version: int = 4) -> str | None
     return next(iter(found), None)
 
 
+def _add(env: Env, conf: dict[str, Any], store: Any, node: str, memo: settings.RequestMemo | None,
+         info: bool) -> dict[str, Any]:
+    wanted, wanted6 = requested_ip(env, conf), requested_ip(env, conf, 6)
+    hid = handle_id(conf, env.container_id, env.ifname)
+    # One read for the settings, the handle and the node's blocks; the plugin's MTU reuses the settings.
+    # (An IPv6 pool's blocks are read by its own assignment: the settings say whether there is one.)
+    first = ipam.first_read(store, hid, settings.CLUSTER_KEY, node=node)
+    if memo is not None:
+        memo.prime(settings.CLUSTER_KEY, first.keys[settings.CLUSTER_KEY])
+    cluster = settings.cluster_from(conf, first.keys[settings.CLUSTER_KEY])
+    pool = _pool_of(cluster)
+    dual = _assign6(conf, cluster)  # every refusal comes before anything is assigned
+    pool6 = _pool_of(cluster, 6) if dual else None
+    if wanted6 is not None and not dual:
+        raise CniError(INVALID_CONFIG, f"an IPv6 address was requested ({wanted6}) but the cluster has no IPv6 "
+                       "pool (or ipam.assign_ipv6 is \"false\")")
+    attrs = {"node": node, "pod": env.pod or "", "namespace": env.namespace, "containerID": env.container_id}
+    if wanted is None:
+        a = ipam.auto_assign(store, node, hid, pool, attrs, first=first)
+    else:
+        a = ipam.assign_ip(store, node, hid, pool, wanted, attrs, first=first)
+    result: dict[str, Any] = {"ips": [{"address": a.host_prefix}], "routes": [], "dns": {}}
+    if info:  # labnet's own plugin asked (IPAM_INFO_ENV): the block, the affinity, whether borrowed
+        result["labnet"] = {**a.to_json(), "pool": pool.cidr, "node": node}
+    if pool6 is not None:
+        try:
+            a6 = (ipam.auto_assign(store, node, hid, pool6, attrs) if wanted6 is None
+                  else ipam.assign_ip(store, node, hid, pool6, wanted6, attrs))
+        except BaseException:
+            # nothing half-assigned: the IPv4 address goes too, when this ADD is what took it (a
+            # repeated ADD of a running pod keeps what the pod holds)
+            if not ipam.handle_known(first, hid):
+                ipam.release(store, hid)
+            raise
+        result["ips"].append({"address": a6.host_prefix})
+        if info:
+            j6 = a6.to_json()
+            result["labnet"].update(block6=j6.get("block"), borrowed6=j6.get("borrowed"), pool6=pool6.cidr)
+    return convert(result, version_of(conf))
+
+
 def _dispatch(env: Env, conf: dict[str, Any], store: Any,
               memo: settings.RequestMemo | None = None, info: bool = False) -> dict[str, Any] | None:
-    version = version_of(conf)
+    version_of(conf)  # an unsupported cniVersion fails before anything is read or assigned
     node = settings.nodename(conf)
     if env.command == "ADD":
-        wanted = requested_ip(env, conf)
-        hid = handle_id(conf, env.container_id, env.ifname)
-        # One read for the settings, the handle and the node's blocks; the plugin's MTU reuses the settings.
-        # (An IPv6 pool's blocks are read by its own assignment: the settings say whether there is one.)
-        first = ipam.first_read(store, hid, settings.CLUSTER_KEY, node=node)
-        if memo is not None:
-            memo.prime(settings.CLUSTER_KEY, first.keys[settings.CLUSTER_KEY])
-        cluster = settings.cluster_from(conf, first.keys[settings.CLUSTER_KEY])
-        pool = _pool_of(cluster)
-        attrs = {"node": node, "pod": env.pod or "", "namespace": env.namespace, "containerID": env.container_id}
-        if wanted is None:
-            a = ipam.auto_assign(store, node, hid, pool, attrs, first=first)
-        else:
-            a = ipam.assign_ip(store, node, hid, pool, wanted, attrs, first=first)
-        result: dict[str, Any] = {"ips": [{"address": a.host_prefix}], "routes": [], "dns": {}}
-        if info:  # labnet's own plugin asked (IPAM_INFO_ENV): the block, the affinity, whether borrowed
-            result["labnet"] = {**a.to_json(), "pool": pool.cidr, "node": node}
-        if _assign6(conf, cluster):
-            pool6 = _pool_of(cluster, 6)
-            wanted6 = requested_ip(env, conf, 6)
-            try:
-                a6 = (ipam.auto_assign(store, node, hid, pool6, attrs) if wanted6 is None
-                      else ipam.assign_ip(store, node, hid, pool6, wanted6, attrs))
-            except BaseException:
-                ipam.release(store, hid)  # nothing half-assigned: the IPv4 address goes too
-                raise
-            result["ips"].append({"address": a6.host_prefix})
-            if info:
-                j6 = a6.to_json()
-                result["labnet"].update(block6=j6.get("block"), borrowed6=j6.get("borrowed"), pool6=pool6.cidr)
-        elif requested_ip(env, conf, 6) is not None:
-            raise CniError(INVALID_CONFIG, f"an IPv6 address was requested ({requested_ip(env, conf, 6)}) but the "
-                           "cluster has no IPv6 pool (or ipam.assign_ipv6 is \"false\")")
-        return convert(result, version)
+        return _add(env, conf, store, node, memo, info)
     if env.command == "DEL":
         ipam.release(store, handle_id(conf, env.container_id, env.ifname))
         return None
@@ -169,6 +177,12 @@ def _dispatch(env: Env, conf: dict[str, Any], store: Any,
         if want and not have <= want:  # earlier plugins in a chain may have added other addresses
             raise CniError(CHECK_FAILED, f"container {env.container_id}: IPAM holds {sorted(have)}, "
                            f"prevResult has {sorted(want)}")
+        # ... and each address of prevResult in one of our pools must still be held
+        nets = [ipaddress.ip_network(p.cidr) for p in settings.cluster(conf, store).pools]
+        lost = sorted(w for w in want - have if any(ipaddress.ip_address(w) in n for n in nets))
+        if lost:
+            raise CniError(CHECK_FAILED, f"container {env.container_id}: IPAM no longer holds {', '.join(lost)} "
+                           f"(prevResult has it; IPAM holds {sorted(have)})")
         return None
     if env.command == "GC":
         valid = {handle_id(conf, a.get("containerID", ""), a.get("ifname", "eth0"))

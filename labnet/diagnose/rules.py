@@ -147,7 +147,7 @@ class Doctor:
     def check_default_route(self, f: NodeFacts) -> None:
         if f.routes is None:
             return
-        if any(r.dst.prefixlen == 0 for r in f.routes):
+        if any(r.dst.prefixlen == 0 and r.dst.version == 4 for r in f.routes):  # an IPv6 default is no help
             return
         proc = run(f.ns, ["ip", "route", "get", POD_GATEWAY], check=False, timeout=10)
         if proc.returncode == 0:

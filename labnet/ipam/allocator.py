@@ -422,6 +422,11 @@ def _held(snap: Snapshot, handle_id: str, node: str, version: int = 4) -> list[A
     return out
 
 
+def handle_known(snap: Snapshot, handle_id: str) -> bool:
+    """Whether the handle had a record in `snap` (a repeated ADD), as opposed to a new one."""
+    return _handle_doc(snap, handle_id) is not None
+
+
 def _pool_blocks(snap: Snapshot, pool: Pool) -> dict[str, tuple[KV, Block]]:
     """The blocks of `pool` in `snap`, by cidr."""
     out: dict[str, tuple[KV, Block]] = {}

@@ -158,7 +158,9 @@ def _matches(policy: PolicySpec, index: int, rule: Rule, egress: bool, dual: boo
     match anything (a rule with no address match is one line for both families)."""
     four = _match(policy, index, rule, egress)
     peer = rule.to if egress else rule.from_
-    v6_cidr = peer is not None and peer.cidr is not None and peer.cidr.version == 6
+    # an IPv6 cidr alone matches IPv6 packets in any lab; with a selector too, only where pods
+    # have IPv6 addresses (the IPv6 set exists only then)
+    v6_cidr = peer is not None and peer.cidr is not None and peer.cidr.version == 6 and not peer.selects_pods
     six = _match(policy, index, rule, egress, 6) if dual or v6_cidr else None
     return [m for m in (four, six) if m is not None]
 

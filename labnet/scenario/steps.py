@@ -109,7 +109,8 @@ def tunnel_route(v: LabView, a: s.TunnelRouteArgs, t: float) -> list[CheckResult
     if pool6 is None:
         raise BadInput(f"lab {v.name} has no IPv6 pool, so no IPv6 tunnel routes")
     status = v.agent_status(a.to)
-    if pool6.encap == "vxlan":
+    me, them = v.topo.nodes[a.node].interfaces[0].network, v.topo.nodes[a.to].interfaces[0].network
+    if pool6.encap_towards(same_subnet=me == them) == "vxlan" and a.via is None:
         via6 = (status.get("tunnel6") or {}).get("address")
         if not via6:
             raise BadInput(f"node {a.to}'s agent reports no IPv6 VXLAN tunnel address: {status.get('tunnel6')}")

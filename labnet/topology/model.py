@@ -33,6 +33,7 @@ from labnet.settings import (
     PeerSettings,
     PoolSettings,
     default_ipip,
+    default_nat,
 )
 from labnet.topology.steps import STEP_KINDS, StepArgs
 
@@ -50,6 +51,27 @@ def _family(text: str, version: int) -> int:
     return (6 if ":" in text else 4) if version == 46 else version
 
 
+def _other_family(value: Any, text: str, version: int, what: str) -> None:
+    """An address of the other family where one of `version` is expected: said so, plainly."""
+    spelled = 6 if ":" in text else 4
+    if version != 46 and spelled != version and (text[:1].isdigit() or ":" in text):
+        example = _EXAMPLE[version][1 if what == "network" else 2]
+        raise PydanticCustomError(f"{what}_family", "{value} is an IPv{got} " + what + "; this field takes an IPv{want} "
+                                  "one, like {example}", {"value": repr(value), "got": spelled, "want": version,
+                                                          "example": example})
+
+
+def _special6(value: Any, addr: IPv6Address, what: str) -> None:
+    """IPv6 values a lab cannot use: scoped, multicast, loopback, unspecified, IPv4-mapped, or
+    link-local (a lab's addresses are global or unique-local; fe80::/10 is each link's own)."""
+    kind = ("scoped (%zone)" if addr.scope_id else "multicast" if addr.is_multicast else "loopback" if addr.is_loopback
+            else "unspecified" if addr.is_unspecified else "IPv4-mapped" if addr.ipv4_mapped is not None
+            else "link-local" if addr.is_link_local else None)
+    if kind is not None:
+        raise PydanticCustomError(f"{what}_special", "{value} is a {kind} IPv6 " + what + "; use a global or "
+                                  "unique-local one (fd00::/8)", {"value": repr(value), "kind": kind})
+
+
 def _parse_cidr(value: Any, version: int = 4) -> Any:
     """Strict network of that IP version (46: either) with a hint for the usual mistakes (host
     bits, missing prefix)."""
@@ -60,6 +82,7 @@ def _parse_cidr(value: Any, version: int = 4) -> Any:
         raise PydanticCustomError("cidr_type", "expected an {what} network like {example}, got {value}",
                                   {"value": repr(value), "what": what, "example": example})
     text = value.strip()
+    _other_family(value, text.split("/")[0], version, "network")
     fam = _family(text, version)
     what = "IPv4" if fam == 4 else "IPv6"
     if "/" not in text:
@@ -69,7 +92,7 @@ def _parse_cidr(value: Any, version: int = 4) -> Any:
         )
     cls = _NETS[fam]
     try:
-        return cls(text)
+        net = cls(text)
     except ValueError as exc:
         try:
             fixed = cls(text, strict=False)
@@ -81,6 +104,9 @@ def _parse_cidr(value: Any, version: int = 4) -> Any:
         raise PydanticCustomError(
             "cidr_host_bits", "{value} has host bits set", {"value": repr(value), "hint": f"did you mean {fixed}?"}
         ) from None
+    if isinstance(net, IPv6Network) and not net.is_link_local:  # fe80::/10 overlaps: validate.py says why
+        _special6(value, net.network_address if net.prefixlen < 128 else net.network_address, "network")
+    return net
 
 
 def _parse_address(value: Any, version: int = 4) -> Any:
@@ -98,12 +124,16 @@ def _parse_address(value: Any, version: int = 4) -> Any:
             "{value}: give a bare address; the prefix comes from the network",
             {"value": repr(value), "hint": f"write {bare}"},
         )
+    _other_family(value, text, version, "address")
     fam = _family(text, version)
     try:
-        return _ADDRS[fam](text)
+        addr = _ADDRS[fam](text)
     except ValueError:
         raise PydanticCustomError("address", "{value} is not a valid {what} address",
                                   {"value": repr(value), "what": "IPv4" if fam == 4 else "IPv6"}) from None
+    if isinstance(addr, IPv6Address):
+        _special6(value, addr, "address")
+    return addr
 
 
 def _lower_mode(value: Any) -> Any:
@@ -233,7 +263,8 @@ class PoolSpec(_Model):
                                    description="default Calico's: 26 for IPv4, 122 for IPv6")
     ipip: EncapMode | None = Field(default=None, description="default always for IPv4; IPv6 has no IPIP")
     vxlan: EncapMode = PoolSettings.vxlan  # type: ignore[assignment]
-    nat_outgoing: bool = PoolSettings.nat_outgoing
+    nat_outgoing: bool | None = Field(default=None, description="masquerade traffic leaving the pool (NAT66 for "
+                                      "IPv6); default on for IPv4, off for IPv6, as calico-node's default pools")
 
     @property
     def version(self) -> int:
@@ -249,7 +280,8 @@ class PoolSpec(_Model):
         return default_ipip(self.version) if self.ipip is None else self.ipip
 
     def settings(self) -> PoolSettings:
-        return PoolSettings(str(self.cidr), self.block, self.ipip_mode, self.vxlan, self.nat_outgoing)
+        nat = default_nat(self.version) if self.nat_outgoing is None else self.nat_outgoing
+        return PoolSettings(str(self.cidr), self.block, self.ipip_mode, self.vxlan, nat)
 
 
 class BgpPeer(_Model):

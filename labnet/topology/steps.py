@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Address, ip_network
+from ipaddress import ip_address, ip_network
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -317,7 +317,7 @@ def _endpoint_names(topo: Topology) -> set[str]:
 
 def _is_address(text: str) -> bool:
     try:
-        IPv4Address(text)
+        ip_address(text)
     except ValueError:
         return False
     return True
@@ -326,7 +326,7 @@ def _is_address(text: str) -> bool:
 def _check_snat_source(topo: Topology, exp: Expectation) -> str | None:
     if exp.kind != "snat" or exp.source is None or _is_address(exp.source) or exp.source in _endpoint_names(topo):
         return None
-    return f"snat {exp.source!r}: neither an IPv4 address nor a machine or pod of the lab"
+    return f"snat {exp.source!r}: neither an IP address nor a machine or pod of the lab"
 
 
 def _check_connect(topo: Topology, args: dict[str, Any]) -> list[tuple[str, str]]:

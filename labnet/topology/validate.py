@@ -40,6 +40,7 @@ SCENARIO_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 IFNAMSIZ = 15
 LINK_LOCAL = IPv4Network("169.254.0.0/16")
 LINK_LOCAL6 = IPv6Network("fe80::/10")
+IPV6_MIN_MTU = 1280  # RFC 8200: below it the kernel takes IPv6 off an interface
 RESERVED_NODE_IFACES = ("lo", "tunl0", "vxlan.calico")
 
 
@@ -160,6 +161,9 @@ class _Checker:
                 if net.cidr6 is not None and onet.cidr6 is not None and net.cidr6.overlaps(onet.cidr6):
                     self.add(("networks", name, "cidr6"),
                              f"network {name} ({net.cidr6}) overlaps {other} ({onet.cidr6})")
+            if net.cidr6 is not None and net.mtu < IPV6_MIN_MTU:
+                self.add(("networks", name, "mtu"), f"network {name} carries IPv6 (cidr6 {net.cidr6}) but its mtu "
+                         f"{net.mtu} is below IPv6's minimum of {IPV6_MIN_MTU}", f"use mtu {IPV6_MIN_MTU} or more")
             if net.cidr6 is not None and net.cidr6.overlaps(LINK_LOCAL6):
                 self.add(("networks", name, "cidr6"), f"network {name} ({net.cidr6}) overlaps link-local {LINK_LOCAL6}",
                          "use a global or unique-local prefix such as fd00:20::/64")
@@ -217,7 +221,7 @@ class _Checker:
                      f"give {iface.network} a cidr6, such as fd00:20::/64")
         elif addr not in cidr6:
             self.add(ipath + ("address6",), f"address {addr} is not in network {iface.network} ({cidr6})")
-        elif addr == cidr6.network_address:
+        elif cidr6.prefixlen < 127 and addr == cidr6.network_address:
             self.add(ipath + ("address6",), f"address {addr} is the subnet-router anycast address of "
                      f"{iface.network} ({cidr6})", "start at ::1")
 
@@ -303,7 +307,7 @@ class _Checker:
                          "since proxy-ARP answers for 169.254.1.1 only on a node with a route there",
                          "add gateway: <a router's address on its network>, or gateway: none to reproduce that",
                          at_key=True)
-        if "pool" not in self.skip and "pools" not in self.skip:
+        if not self.skip & {"pool", "pools"} and "pools" not in self.skip:
             self.check_pools()
         if "etcd" not in self.skip:
             etcd_raw = (self.raw.get("cluster") or {}).get("etcd") or {}
@@ -322,7 +326,7 @@ class _Checker:
         for name, pod in cl.pods.items():
             self.ref(("cluster", "pods", name, "node"), pod.node, ("node",), f"pod {name} is on an ")
             for key, ip in (("ip", pod.ip), ("ip6", pod.ip6)):
-                if ip is None or "pool" in self.skip or "pools" in self.skip:
+                if ip is None or self.skip & {"pool", "pools"}:
                     continue
                 pool, path = cl.pool_of(ip.version), ("cluster", "pods", name, key)
                 if pool is None:
@@ -333,7 +337,8 @@ class _Checker:
                              "a pod's address comes from the pool")
                 elif ip in asked:
                     self.add(path, f"pod {name}'s {key} {ip} is also pod {asked[ip]}'s")
-                elif (int(ip) - int(pool.cidr.network_address)) % (1 << (pool.cidr.max_prefixlen - pool.block)) == 0:
+                elif pool.block <= pool.cidr.max_prefixlen and \
+                        (int(ip) - int(pool.cidr.network_address)) % (1 << (pool.cidr.max_prefixlen - pool.block)) == 0:
                     block = ip_network(f"{ip}/{pool.block}", strict=False)
                     self.add(path, f"pod {name}'s {key} {ip} is the first address of block "
                              f"{block}: a node that claims that block takes it for its tunnel",
@@ -357,15 +362,29 @@ class _Checker:
                 continue
             seen[pool.version] = str(pool.cidr)
             self.check_pool(p, pool)
+        pool6 = cl.pool6
+        if pool6 is not None and "networks" not in self.skip:
+            mtu = cl.mtu or min((self.topo.networks[i.network].mtu for spec in cl.nodes.values()
+                                 for i in spec.interfaces[:1] if i.network in self.topo.networks), default=1500)
+            pod = mtu if cl.mtu else mtu - pool6.settings().overhead_over(6)
+            if pod < IPV6_MIN_MTU:
+                self.add(("cluster", "mtu") if cl.mtu else ("cluster", "pools"), f"the pods' MTU would be {pod} "
+                         f"(IPv6 needs {IPV6_MIN_MTU}){'' if cl.mtu else f': the underlay mtu {mtu} less the IPv6 pool' + chr(39) + 's encapsulation'}",
+                         "raise the LANs' mtu (or cluster.mtu)", at_key=not cl.mtu)
         if listed and 4 not in seen:
             self.add(listed[0][0] + ("cidr",), "the cluster has no IPv4 pool",
                      "nodes and their BGP sessions need one; add an IPv4 pool beside the IPv6 one")
         if 6 in seen:
-            lacking = [n for n, spec in cl.nodes.items() if all(i.address6 is None for i in spec.interfaces)]
+            # the agent takes its IPv6 next hop from the interface its IPv4 address is on: with
+            # first-found (the default) the first one
+            lacking = [n for n, spec in cl.nodes.items()
+                       if (spec.interfaces[0].address6 is None if spec.bgp_address == "first-found"
+                           else all(i.address6 is None for i in spec.interfaces))]
             if lacking:
-                self.add(("cluster", "nodes", lacking[0]), f"{len(lacking)} node(s) have no IPv6 address while "
-                         f"the cluster has an IPv6 pool ({', '.join(lacking[:3])})",
-                         "give their interfaces address6: their IPv6 blocks are routed via it", at_key=True)
+                self.add(("cluster", "nodes", lacking[0]), f"{len(lacking)} node(s) have no IPv6 address on their "
+                         f"BGP interface while the cluster has an IPv6 pool ({', '.join(lacking[:3])})",
+                         "give that interface (the first, with bgp_address first-found) an address6: the node's "
+                         "IPv6 blocks are routed via it", at_key=True)
 
     def check_pool(self, p: PathT, pool: PoolSpec) -> None:
         what = "networks" not in self.skip
@@ -384,14 +403,12 @@ class _Checker:
             self.add(p + ("block_size",), f"block size /{pool.block} must be less than or equal to {top} "
                      f"for an IPv{pool.version} pool")
         elif pool.block < low:
-            self.add(p + ("block_size",), f"block size /{pool.block} is below /{low}, the largest block an "
-                     f"IPv{pool.version} pool may have (Calico's limit)", f"use block_size {DEFAULT_BLOCK[pool.version]}")
+            self.add(p + ("block_size",), f"block size /{pool.block} is larger than /{low}, the largest block "
+                     f"an IPv{pool.version} pool may have (Calico's limit)",
+                     f"use block_size {DEFAULT_BLOCK[pool.version]}")
         elif pool.block < pool.cidr.prefixlen:
             self.add(p + ("block_size",), f"block size /{pool.block} does not fit in pool {pool.cidr}",
                      f"use block_size {pool.cidr.prefixlen} or more (up to {top})")
-        elif top - pool.block < 2:
-            self.add(p + ("block_size",), f"block size /{pool.block} leaves no room for pods",
-                     f"use block_size {top - 2} or less")
         ipip = pool.ipip_mode
         if pool.version == 6 and ipip != "never":
             self.add(p + ("ipip",), f"ipip {ipip} on IPv6 pool {pool.cidr}: Calico has no IPIP for IPv6",
@@ -415,7 +432,7 @@ class _Checker:
                      "set mesh: none; with route reflectors Calico turns the node-to-node mesh off")
         pool4 = cl.pool_of(4)
         if (bgp.mesh == "none" and not bgp.route_reflectors and not bgp.peers and pool4 is not None
-                and pool4.vxlan == "never" and len(cl.nodes) > 1 and "pool" not in self.skip):
+                and pool4.vxlan == "never" and len(cl.nodes) > 1 and not self.skip & {"pool", "pools"}):
             self.add(base + ("mesh",), "mesh: none without route reflectors or peers: no node learns another's routes",
                      "keep mesh: full, or name route_reflectors, or add peers")
         if bgp.hold_time and bgp.hold_time < 3:
@@ -425,7 +442,7 @@ class _Checker:
                      f"the usual ratio is a third: keepalive {bgp.hold_time // 3}")
         for i, peer in enumerate(bgp.peers):
             path = base + ("peers", i)
-            if peer.address.version == 6 and cl.pool6 is None and "pool" not in self.skip:
+            if peer.address.version == 6 and cl.pool6 is None and not self.skip & {"pool", "pools"}:
                 self.add(path + ("address",), f"BGP peer {peer.address} is reached over IPv6, but the cluster has "
                          "no IPv6 pool: its nodes have no IPv6 next hop to give it", "add an IPv6 pool to cluster.pools")
             if peer.node is not None:
@@ -472,10 +489,10 @@ class _Checker:
                 self.add(path, f"bgp_address {spec!r}: bad regular expression: {exc}")
         elif method == "can-reach" and is_valid_address(arg):
             return
-        elif method == "cidr" and _loose_cidr(arg):
+        elif method == "cidr" and _loose_cidr(arg) and ip_network(arg, strict=False).version == 4:
             if not any(i.address in IPv4Network(arg, strict=False) for i in node.interfaces):
                 self.add(path, f"bgp_address {spec!r}: none of {name}'s addresses is in {arg}")
-        elif is_valid_address(spec):
+        elif is_valid_address(spec):  # IPv4 only: the node's BGP identity is IPv4 (its IPv6 comes with it)
             if IPv4Address(spec) not in [i.address for i in node.interfaces]:
                 self.add(path, f"bgp_address {spec} is not an address of {name}",
                          f"{name} has {', '.join(str(i.address) for i in node.interfaces)}")
@@ -504,6 +521,13 @@ class _Checker:
                 self.add(("routers", name, "bgp"),
                          f"router {name} peers with the cluster, but cluster.bgp.peers has no entry for it",
                          f"add {{address: {addr}, asn: {router.bgp.asn}}} to cluster.bgp.peers")
+            mine6 = {i.address6 for i in router.interfaces if i.address6 is not None}
+            if cl.pool6 is not None and mine6 and not any(p.address in mine6 for p in cl.bgp.peers):
+                # its BIRD opens an IPv6 session per node; the nodes must open theirs
+                self.add(("routers", name, "bgp"), f"router {name} has IPv6 and the cluster an IPv6 pool, but "
+                         "cluster.bgp.peers has no IPv6 entry for it: no IPv6 block would cross it",
+                         f"add {{address: {sorted(mine6)[0]}, asn: {router.bgp.asn}}} to cluster.bgp.peers "
+                         "(with node: for each node of that LAN)")
 
     def check_daemons(self) -> None:
         """A daemon's name is a name (it names its log and its journal record), its command has a
@@ -572,9 +596,13 @@ class _Checker:
                 before = len(self.issues)
                 for arg, ref in kind.refs.items():
                     self.check_step_ref(spath + (step.kind, arg), step.args.get(arg), ref)
-                if valid and kind.check is not None and len(self.issues) == before and "pool" not in self.skip:
+                if valid and kind.check is not None and len(self.issues) == before and not self.skip & {"pool", "pools"}:
                     for arg, message in kind.check(self.topo, step.args):
                         self.add(spath + (step.kind, arg), message)
+                if valid and step.args.get("family") == 6 and not self.topo.dual_stack:
+                    self.add(spath + (step.kind, "family"), "family 6 in a lab without IPv6",
+                             "give the LANs a cidr6 and the machines an address6 (and the cluster an IPv6 pool "
+                             "for pods)")
 
     def check_step_ref(self, path: PathT, value: Any, ref: Ref, at_key: bool = False) -> None:
         if isinstance(value, list):

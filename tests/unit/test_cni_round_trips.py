@@ -182,3 +182,64 @@ def test_memstore_multi_key_primitives_behave_like_etcd() -> None:
     assert s.cas_many([("/m/a", "2", ra), ("/m/b", "b", 0)])
     a, b = s.get("/m/a"), s.get("/m/b")
     assert a is not None and b is not None and a.mod_revision == b.mod_revision == s.revision(), (a, b)
+
+
+DUAL = '{"pool": {"cidr": "10.100.0.0/16"}, "pool6": {"cidr": "fd00:100::/48"}}'
+
+
+def _ipam_add(s: MemStore, cid: str, args: str = "", **conf: Any) -> Any:
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": cid, "CNI_NETNS": "/x", "CNI_IFNAME": "eth0", "CNI_PATH": "/",
+           "CNI_ARGS": args}
+    return ipam_plugin._dispatch(parse_env(env), {"cniVersion": "1.0.0", "name": "net", "nodename": "n1", **conf}, s)
+
+
+def test_a_refused_dual_stack_add_assigns_nothing() -> None:
+    from labnet.cni.spec import CniError
+
+    s = MemStore()
+    s.put(keys.config("cluster"), DUAL)
+    cases = [("", {"ipam": {"type": "labnet-ipam", "assign_ipv6": "maybe"}}, "assign_ipv6"),
+             ("IP=fd00:100::5,fd00:100::6", {}, "one IPv6 address"),
+             ("IP=fd00:100::5", {"ipam": {"type": "labnet-ipam", "assign_ipv6": "false"}}, "no IPv6 pool")]
+    for args, conf, says in cases:
+        try:
+            _ipam_add(s, "c1", args, **conf)
+        except CniError as err:
+            assert says in str(err), (args, conf, str(err))
+        else:
+            raise AssertionError(f"{args} {conf}: expected a refusal")
+        assert ipam.lookup(s, "net.c1") == [], f"{args} {conf}: an address stayed assigned"
+
+
+def test_an_ipv6_failure_gives_back_the_new_ipv4_address_but_not_a_running_pods() -> None:
+    s = MemStore()
+    s.put(keys.config("cluster"), DUAL)
+    out = _ipam_add(s, "live", "IP=10.100.7.7,fd00:100::5")
+    assert [ip["address"] for ip in out["ips"]] == ["10.100.7.7/32", "fd00:100::5/128"]
+    try:  # the same pod asks again for another IPv6 address: refused, and it keeps both
+        _ipam_add(s, "live", "IP=10.100.7.7,fd00:100::6")
+    except ipam.IpamError as err:
+        assert "already holds fd00:100::5" in str(err)
+    else:
+        raise AssertionError("a second IPv6 address for a pod was not refused")
+    assert sorted(a.address for a in ipam.lookup(s, "net.live")) == ["10.100.7.7", "fd00:100::5"]
+    try:  # a new pod asking for the live pod's IPv6 address: its new IPv4 address goes back
+        _ipam_add(s, "new", "IP=fd00:100::5")
+    except ipam.IpamError as err:
+        assert "fd00:100::5" in str(err)
+    else:
+        raise AssertionError("a taken IPv6 address was given twice")
+    assert ipam.lookup(s, "net.new") == []
+
+
+def test_ipv4_only_cluster_refuses_an_ipv6_request_up_front() -> None:
+    from labnet.cni.spec import CniError
+
+    s = MemStore()
+    s.put(keys.config("cluster"), '{"pool": {"cidr": "10.100.0.0/16"}}')
+    try:
+        _ipam_add(s, "c1", "IP=fd00::1")
+    except CniError as err:
+        assert err.code == 7 and "no IPv6 pool" in str(err)
+    assert ipam.lookup(s, "net.c1") == []
+    assert [ip["address"][-3:] for ip in _ipam_add(s, "c2")["ips"]] == ["/32"]

@@ -106,6 +106,12 @@ def test_policy_judges_both_families_of_a_dual_stack_pod_alike() -> None:
     # an IPv4-only lab renders as before: no IPv6 set, no ip6 twin
     four = render(POLICY, _pods(False)[:1], _pods(False))
     assert "ipv6_addr" not in four and "@src_web_0_6" not in four and "ipv6-icmp" not in four
+    # a selector AND an IPv6 cidr: no line that names an IPv6 set no one declared
+    both = PolicySettings.model_validate({"policies": [{"name": "p", "selector": "app == 'web'", "ingress": [
+        {"action": "allow", "from": {"selector": "app == 'cli'", "cidr": "fd00::/64"}}]}]})
+    text = render(both, _pods(False)[:1], _pods(False))
+    assert "@src_p_0_6" not in text and "ip6 saddr" not in text, text
+    assert "@src_p_0_6" in render(both, _pods(True)[:1], _pods(True))
 
 
 def test_counters_of_a_rules_two_families_add_up() -> None:
