@@ -415,7 +415,9 @@ class Agent:
         # Listen on 0.0.0.0:179 as BIRD does in calico-node (peers may come in on any address).
         sp = Speaker(self.settings.asn_of(self.name), self.underlay.ip, self.underlay.ip,
                      restart_time=b.restart_time, bind="0.0.0.0",
-                     next_hop6=self.underlay.ip6 if self._dual else None)
+                     next_hop6=self.underlay.ip6 if self._dual else None,
+                     net6=str(self.underlay.address6.network) if self._dual and self.underlay.address6 else None,
+                     link_local6=self.underlay.link_local6 if self._dual else None)
         sp.on_change(self._on_rib_change)
         await sp.start()
         self.speaker = sp

@@ -32,6 +32,7 @@ class Detected:
     ifname: str
     mtu: int
     address6: ipaddress.IPv6Interface | None = None  # the global IPv6 address on the same interface
+    link_local6: ipaddress.IPv6Address | None = None  # that interface's link-local address (a BGP next hop)
 
     @property
     def ip6(self) -> str | None:
@@ -145,7 +146,16 @@ def ipv6_on(links: Sequence[dict[str, Any]], ifname: str) -> ipaddress.IPv6Inter
 def choose(method: str, links: Sequence[dict[str, Any]],
            route_get: Callable[[str], list[dict[str, Any]]] | None = None) -> Detected:
     found = _choose(method, links, route_get)
-    return replace(found, address6=ipv6_on(links, found.ifname))
+    return replace(found, address6=ipv6_on(links, found.ifname), link_local6=link_local_on(links, found.ifname))
+
+
+def link_local_on(links: Sequence[dict[str, Any]], ifname: str) -> ipaddress.IPv6Address | None:
+    for link in links:
+        if link.get("ifname") == ifname:
+            for a in link.get("addr_info") or []:
+                if a.get("family") == "inet6" and a.get("scope") == "link" and not _UNSTABLE & set(a):
+                    return ipaddress.IPv6Address(a["local"])
+    return None
 
 
 def _choose(method: str, links: Sequence[dict[str, Any]],

@@ -53,12 +53,13 @@ def next_hop_of(attrs: PathAttributes) -> Address | None:
     return hops[0] if hops is not None else attrs.next_hop
 
 
-def with_next_hop(attrs: PathAttributes, next_hop: Address) -> PathAttributes:
-    """`attrs` sent with `next_hop`, in the attribute its family uses."""
+def with_next_hop(attrs: PathAttributes, next_hop: Address, link_local: IPv6Address | None = None) -> PathAttributes:
+    """`attrs` sent with `next_hop`, in the attribute its family uses; an IPv6 one with our
+    link-local address beside it for a peer on our link (RFC 2545 3)."""
     if isinstance(next_hop, IPv4Address):
         return replace(attrs, next_hop=next_hop)
-    # RFC 2545 3: the link-local address is only for peers on its link; passed on, it is left out
-    return replace(attrs, next_hop=None, mp_reach=mp_reach6(next_hop))
+    # a link-local next hop learned from a peer is only good on its link: passed on, it is left out
+    return replace(attrs, next_hop=None, mp_reach=mp_reach6(next_hop, link_local=link_local))
 
 
 @dataclass(frozen=True)
@@ -252,12 +253,15 @@ class Rib:
     # --- output --------------------------------------------------------------------------------
 
     def export(
-        self, peer: PeerInfo, path: Path, local_address: IPv4Address, local_address6: IPv6Address | None = None
+        self, peer: PeerInfo, path: Path, local_address: IPv4Address, local_address6: IPv6Address | None = None,
+        link_local6: IPv6Address | None = None,
     ) -> PathAttributes | None:
         """The attributes to advertise `path` to `peer` with, or None when it must not be sent.
 
         `local_address`/`local_address6`: our own next hop for IPv4/IPv6 routes (next-hop-self,
         eBGP, originated routes without a next hop); without `local_address6` such IPv6 routes stay.
+        `link_local6`: ours, sent beside `local_address6` when we are the next hop (the peer is on
+        our link: the caller knows).
         """
         src = path.source
         if src is not None and src.address == peer.address:
@@ -284,7 +288,8 @@ class Rib:
                 nh = own
             if nh is None:
                 return None
-            return with_next_hop(replace(a, local_pref=_local_pref(path), unknown=unknown), nh)
+            ll = link_local6 if nh == own else None
+            return with_next_hop(replace(a, local_pref=_local_pref(path), unknown=unknown), nh, ll)
         if own is None:
             return None
         # eBGP: prepend our AS, we are the next hop, iBGP-only attributes stay home
@@ -301,11 +306,11 @@ class Rib:
             aggregator=a.aggregator,
             communities=a.communities,
             unknown=unknown,
-        ), own)
+        ), own, link_local6)
 
     def out_diff(
         self, peer: PeerInfo, local_address: IPv4Address, prefixes: Iterable[Prefix] | None = None,
-        local_address6: IPv6Address | None = None,
+        local_address6: IPv6Address | None = None, link_local6: IPv6Address | None = None,
     ) -> tuple[dict[Prefix, PathAttributes], list[Prefix]]:
         """Bring the peer's Adj-RIB-Out up to date for `prefixes` (all when None).
 
@@ -317,7 +322,7 @@ class Rib:
         withdraw: list[Prefix] = []
         for prefix in sorted(scope, key=prefix_key):
             best = self.loc.get(prefix)
-            want = self.export(peer, best, local_address, local_address6) if best is not None else None
+            want = self.export(peer, best, local_address, local_address6, link_local6) if best is not None else None
             have = out.get(prefix)
             if want is None:
                 if have is not None:

@@ -23,7 +23,7 @@ import termios
 import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
+from ipaddress import IPv4Address, IPv6Address, IPv6Network, ip_address, ip_network
 
 from labnet.bgp.codec import (
     CARRIED,
@@ -231,6 +231,11 @@ class _Peer:
         # our IPv4 next hop; over IPv4 also the source of the connection (then its local end)
         self.local_addr = local if isinstance(local, IPv4Address) else speaker.local_address
         self.source6 = local if isinstance(local, IPv6Address) else speaker.next_hop6  # over IPv6
+        # RFC 2545 3: a peer on our link (an IPv6 session inside our IPv6 subnet) also gets our
+        # link-local address as next hop
+        peer_ip = ip_address(cfg.address)
+        on_link = speaker.net6 is not None and isinstance(peer_ip, IPv6Address) and peer_ip in speaker.net6
+        self.link_local6 = speaker.link_local6 if on_link else None
         self.peer_gr: GracefulRestart | None = None
         self.gr_timer: asyncio.TimerHandle | None = None
         self.last = (State.ACTIVE.value if cfg.passive else State.IDLE.value, time.time(), "")
@@ -541,7 +546,8 @@ class _Peer:
         conn = self.up
         if conn is None or self.info is None:
             return
-        announce, withdraw = self.sp.rib.out_diff(self.info, self.local_addr, prefixes, self.sp.next_hop6)
+        announce, withdraw = self.sp.rib.out_diff(self.info, self.local_addr, prefixes, self.sp.next_hop6,
+                                                  self.link_local6)
         # one UPDATE per attribute set; an attribute set belongs to one family (NEXT_HOP or MP_REACH)
         groups: dict[PathAttributes, list[Prefix]] = {}
         for prefix, attrs in announce.items():
@@ -631,6 +637,8 @@ class Speaker:
         restart_time: int = 120,
         next_hop6: str | IPv6Address | None = None,
         bind6: str | None = None,
+        net6: str | IPv6Network | None = None,
+        link_local6: str | IPv6Address | None = None,
     ) -> None:
         if not 0 < asn <= 0xFFFFFFFF:
             raise ValueError(f"local AS {asn} out of range 1..4294967295")
@@ -638,6 +646,12 @@ class Speaker:
         self.router_id = IPv4Address(router_id)
         self.local_address = IPv4Address(local_address)
         self.next_hop6 = _own_ipv6(next_hop6) if next_hop6 else None
+        # the IPv6 subnet of our link and our link-local address on it: peers inside that
+        # subnet get the link-local address as a second next hop
+        self.net6 = IPv6Network(net6, strict=False) if net6 and self.next_hop6 else None
+        self.link_local6 = IPv6Address(link_local6) if link_local6 and self.net6 else None
+        if self.link_local6 is not None and not self.link_local6.is_link_local:
+            raise ValueError(f"link_local6 {link_local6!r} is not a link-local (fe80::/10) address")
         self.families: tuple[Family, ...] = (IPV4_UNICAST, IPV6_UNICAST) if self.next_hop6 else (IPV4_UNICAST,)
         self.bind = bind if bind is not None else str(self.local_address)
         self.bind6 = bind6

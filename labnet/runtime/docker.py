@@ -115,7 +115,8 @@ class DockerRuntime(NetnsRuntime):
         if not m.ipv6:
             sysctls.update({"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1"})
         else:  # said, not assumed: dockerd turns IPv6 off in containers of networks without it
-            sysctls.update({"net.ipv6.conf.all.disable_ipv6": "0", "net.ipv6.conf.default.disable_ipv6": "0"})
+            sysctls.update({"net.ipv6.conf.all.disable_ipv6": "0", "net.ipv6.conf.default.disable_ipv6": "0",
+                            "net.ipv6.conf.all.accept_dad": "0", "net.ipv6.conf.default.accept_dad": "0"})
             if m.forward:
                 sysctls["net.ipv6.conf.all.forwarding"] = "1"
         api = self.docker.api

@@ -132,8 +132,10 @@ class NetnsRuntime(Runtime):
         sysctls = ["net.ipv4.ip_forward=" + ("1" if m.forward else "0")]
         if not m.ipv6:
             sysctls += ["net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"]
-        elif m.forward:
-            sysctls += ["net.ipv6.conf.all.forwarding=1"]
+        else:  # the lab's addresses are unique by validation: no machine waits out DAD for one
+            sysctls += ["net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"]
+            if m.forward:
+                sysctls += ["net.ipv6.conf.all.forwarding=1"]
         script = "; ".join([
             # Drop this mount namespace's copies of other namespaces' bind mounts: they would keep
             # other nodes (and other labs) alive after their own `down`. Whole trees first (one

@@ -5,6 +5,7 @@ BIRD and FRR (dual-stack-tor)."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from _labtools import TOPOLOGIES, lab_exec, labnet, snapshot
@@ -80,9 +81,12 @@ def _ipv6_interop(lab: str) -> None:
                        "")
             assert "Established" in row, f"BIRD on tor: session n_{node}{suffix}: {row!r}\n{protocols}"
     for cidr, node in blocks6.items():
-        shown = lab_exec(lab, "tor", "birdc", "show", "route", "table", "master6", "for", cidr).stdout
+        shown = lab_exec(lab, "tor", "birdc", "show", "route", "table", "master6", "for", cidr, "all").stdout
         assert cidr in shown and f"via {addr6[node]} on" in shown, \
             f"BIRD's master6 on tor: {cidr} (block of {node}) expected via {addr6[node]}:\n{shown}"
+        # on-link: the global next hop and the node's link-local one beside it (RFC 2545 3)
+        assert re.search(rf"BGP.next_hop: {re.escape(addr6[node])} fe80:", shown), \
+            f"BIRD on tor: {cidr} should carry {node}'s link-local next hop too:\n{shown}"
     vtysh = ["vtysh", "--vty_socket", "/var/run/frr", "-c"]
     summary = json.loads(lab_exec(lab, "frr", *vtysh, "show bgp ipv6 unicast summary json").stdout)["peers"]
     table = json.loads(lab_exec(lab, "frr", *vtysh, "show bgp ipv6 unicast json").stdout)["routes"]

@@ -128,6 +128,22 @@ def test_ipv6_to_ebgp_prepends_and_sets_our_next_hop() -> None:
     assert out.local_pref is None and out.med is None
 
 
+def test_our_link_local_goes_beside_our_own_next_hop_only() -> None:
+    ll = ip6("fe80::ecee:1")
+    rib = Rib(LOCAL_AS, ME)
+    rib.originate(P6)
+    rib.accept(ebgp("2001:db8::2", "10.0.0.2"), announce6("2001:db8::2", IPv6Network("2001:db8:200::/48"),
+                                                          path=seq(65000)))
+    # to an on-link eBGP peer we are the next hop: both addresses (RFC 2545 3, 32 bytes)
+    out = rib.export(ebgp("2001:db8::3", "10.0.0.3", 65009), rib.loc[P6], ME, ME6, ll)
+    assert out is not None and out.next_hop6() == (ME6, ll) and len(out.mp_reach.next_hop) == 32  # type: ignore[union-attr]
+    # a route passed on over iBGP with its original next hop: no link-local of ours beside it
+    passed = rib.export(ibgp("2001:db8::4", "10.0.0.4"), rib.loc[IPv6Network("2001:db8:200::/48")], ME, ME6, ll)
+    assert passed is not None and passed.next_hop6() == (ip6("2001:db8::2"), None)
+    own = rib.export(ibgp("2001:db8::4", "10.0.0.4"), rib.loc[P6], ME, ME6, ll)
+    assert own is not None and own.next_hop6() == (ME6, ll)
+
+
 def test_ipv6_route_not_sent_to_a_peer_without_ipv6_unicast() -> None:
     rib = Rib(LOCAL_AS, ME)
     rib.originate(P4)
