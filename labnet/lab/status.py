@@ -70,8 +70,8 @@ def format_status(rows: list[dict[str, Any]]) -> str:
                   for p in r["processes"] if p["what"] == SUPERVISOR]
         table = [("MACHINE", "KIND", "INTERFACES", "PROCESSES")]
         for m, info in r["machines"].items():
-            ifs = ", ".join(f"{i['name']} {i['address']}{' ' + i['address6'] if i.get('address6') else ''} "
-                            f"[{i['network']}]" for i in info["interfaces"])
+            ifs = ", ".join(f"{i['name']} " + " ".join(i[k] for k in ("address", "address6") if i.get(k))
+                            + f" [{i['network']}]" for i in info["interfaces"])
             procs = ", ".join(f"{LABELS.get(p['what'], p['what'])}({p['pid']}{_flags(p)})"
                               for p in r["processes"] if p["node"] == m)
             table.append((m, info["kind"], ifs, procs or "-"))

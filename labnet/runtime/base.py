@@ -46,7 +46,7 @@ class LinkSpec:
     machine: str
     ifname: str
     network: str
-    address: IPv4Interface
+    address: IPv4Interface | None  # None on an IPv6-only LAN
     mtu: int
     address6: IPv6Interface | None = None
 

@@ -185,7 +185,8 @@ class NetnsRuntime(Runtime):
             with _netns(self.netns_name(machine)) as ns:
                 for ln in mlinks:
                     idx = ns.link_lookup(ifname=ln.ifname)[0]
-                    ns.addr("add", index=idx, address=str(ln.address.ip), prefixlen=ln.address.network.prefixlen)
+                    if ln.address is not None:
+                        ns.addr("add", index=idx, address=str(ln.address.ip), prefixlen=ln.address.network.prefixlen)
                     if ln.address6 is not None:  # no DAD: the lab's addresses are unique by validation
                         ns.addr("add", index=idx, address=str(ln.address6.ip), prefixlen=ln.address6.network.prefixlen,
                                 flags=IFA_F_NODAD)

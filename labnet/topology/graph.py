@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from labnet.errors import BadInput, LabnetError
 
@@ -19,17 +19,25 @@ def _q(s: str) -> str:
     return '"' + s.replace('"', '\\"') + '"'
 
 
+def _host_part(iface: Any) -> str:
+    """`.71` of 10.20.30.71 (`::71` of fd00:20:30::71 on an IPv6-only LAN)."""
+    if iface.address is not None:
+        return "." + str(iface.address).rsplit(".", 1)[1]
+    return "::" + str(iface.address6).rsplit(":", 1)[1]
+
+
 def to_dot(topo: Topology) -> str:
     out = [f"graph {_q(topo.name)} {{", "  graph [rankdir=TB, fontname=Helvetica];",
            "  node [fontname=Helvetica, fontsize=10]; edge [fontname=Helvetica, fontsize=9];"]
     for name, net in topo.networks.items():
-        out.append(f"  {_q('net:' + name)} [label={_q(name + chr(10) + str(net.cidr))}, shape=ellipse, "
+        prefixes = " ".join(str(c) for c in (net.cidr, net.cidr6) if c)
+        out.append(f"  {_q('net:' + name)} [label={_q(name + chr(10) + prefixes)}, shape=ellipse, "
                    "style=filled, fillcolor=lightblue];")
     for name, kind, spec in topo.machines():
         label = name + ("\\n(etcd)" if topo.cluster and name in topo.cluster.etcd.nodes else "")
         out.append(f"  {_q(name)} [label=\"{label}\", shape={SHAPES[kind]}];")
         for iface in spec.interfaces:
-            out.append(f"  {_q(name)} -- {_q('net:' + iface.network)} [label={_q(f'{iface.name} .{str(iface.address).rsplit(chr(46), 1)[1]}')}];")
+            out.append(f"  {_q(name)} -- {_q('net:' + iface.network)} [label={_q(f'{iface.name} {_host_part(iface)}')}];")
     if topo.cluster:
         for pod, p in topo.cluster.pods.items():
             out.append(f"  {_q('pod:' + pod)} [label={_q(pod)}, shape=component, style=filled, fillcolor=lightyellow];")

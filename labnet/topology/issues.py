@@ -198,6 +198,6 @@ def _format(err: Any, root: type[BaseModel], path: PathT) -> tuple[str, str | No
     msg = msg.removeprefix("Value error, ")
     if err["type"] in ("cidr", "cidr_prefix", "cidr_host_bits", "cidr_type", "address", "address_prefix",
                        "address_type", "step_shape", "step_args", "etcd_both", "network_family", "address_family",
-                       "network_special", "address_special"):
+                       "network_special", "address_special", "network_empty"):
         return msg, hint
     return f"{msg}, got {_describe(value)}", hint

@@ -160,17 +160,24 @@ class _Model(BaseModel):
 
 
 class Network(_Model):
-    """A LAN: one bridge in the lab's fabric namespace."""
+    """A LAN: one bridge in the lab's fabric namespace. IPv4, IPv6 or both."""
 
-    cidr: Cidr
-    cidr6: Cidr6 | None = Field(default=None, description="the LAN's IPv6 prefix (dual-stack underlay)")
+    cidr: Cidr | None = Field(default=None, description="the LAN's IPv4 prefix")
+    cidr6: Cidr6 | None = Field(default=None, description="the LAN's IPv6 prefix (a dual-stack or IPv6-only LAN)")
     mtu: Mtu = 1500
+
+    @model_validator(mode="after")
+    def _some_prefix(self) -> Network:
+        if self.cidr is None and self.cidr6 is None:
+            raise PydanticCustomError("network_empty", "a network needs a cidr, a cidr6 or both")
+        return self
 
 
 class Interface(_Model):
     name: str | None = Field(default=None, description="default eth0, eth1, ... by position")
     network: str
-    address: Address
+    address: Address | None = Field(default=None, description="IPv4 address, in the network's cidr (every "
+                                    "interface of a LAN with a cidr has one; a cluster node's first one always)")
     address6: Address6 | None = Field(default=None, description="IPv6 address, in the network's cidr6")
     mtu: Mtu | None = Field(default=None, description="default: the network's MTU")
 
@@ -435,9 +442,12 @@ class Topology(_Model):
     def pods(self) -> dict[str, PodSpec]:
         return {} if self.cluster is None else self.cluster.pods
 
-    def interface_cidr(self, iface: Interface) -> IPv4Interface:
-        """The interface's address with its network's prefix, e.g. 10.20.30.71/24."""
+    def interface_cidr(self, iface: Interface) -> IPv4Interface | None:
+        """The interface's address with its network's prefix, e.g. 10.20.30.71/24 (None on an
+        IPv6-only LAN)."""
         net = self.networks[iface.network].cidr
+        if iface.address is None or net is None:
+            return None
         return IPv4Interface(f"{iface.address}/{net.prefixlen}")
 
     def interface_cidr6(self, iface: Interface) -> IPv6Interface | None:
@@ -457,8 +467,11 @@ class Topology(_Model):
         return {name: pod for name, pod in self.pods.items() if pod.node == node}
 
     def address_of(self, machine: str) -> IPv4Address:
-        """The machine's first interface address (its BGP router id with first-found)."""
-        return self.machine(machine).interfaces[0].address
+        """The machine's first IPv4 address (a node's BGP router id with first-found)."""
+        found = next((i.address for i in self.machine(machine).interfaces if i.address is not None), None)
+        if found is None:
+            raise KeyError(f"{machine} has no IPv4 address (it is on IPv6-only LANs)")
+        return found
 
     @staticmethod
     def gateway_of(spec: Machine) -> IPv4Address | None:

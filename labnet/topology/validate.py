@@ -156,7 +156,7 @@ class _Checker:
         nets = list(self.topo.networks.items()) if "networks" not in self.skip else []
         for i, (name, net) in enumerate(nets):
             for other, onet in nets[:i]:
-                if net.cidr.overlaps(onet.cidr):
+                if net.cidr is not None and onet.cidr is not None and net.cidr.overlaps(onet.cidr):
                     self.add(("networks", name, "cidr"), f"network {name} ({net.cidr}) overlaps {other} ({onet.cidr})")
                 if net.cidr6 is not None and onet.cidr6 is not None and net.cidr6.overlaps(onet.cidr6):
                     self.add(("networks", name, "cidr6"),
@@ -182,7 +182,7 @@ class _Checker:
                              f"{name} has two interfaces on network {iface.network} "
                              f"(interfaces[{on_net[iface.network]}] and interfaces[{i}])")
                 on_net.setdefault(iface.network, i)
-                if iface.address in owners:
+                if iface.address is not None and iface.address in owners:
                     other, opath = owners[iface.address]
                     self.add(ipath + ("address",), f"address {iface.address} is already used by {other} "
                              f"({path_str(opath)})")
@@ -201,7 +201,9 @@ class _Checker:
                     continue
                 self.check_address6(iface, ipath, net.cidr6)
                 cidr, addr = net.cidr, iface.address
-                if addr not in cidr:
+                if cidr is None or addr is None:
+                    self.check_family_only(iface, ipath, cidr is None)
+                elif addr not in cidr:
                     self.add(ipath + ("address",),
                              f"address {addr} is not in network {iface.network} ({cidr})")
                 elif cidr.prefixlen <= 30 and addr == cidr.network_address:
@@ -211,6 +213,19 @@ class _Checker:
                     self.add(ipath + ("address",),
                              f"address {addr} is the broadcast address of {iface.network} ({cidr})")
             self.check_gateway(name, kind, spec)
+
+    def check_family_only(self, iface: Interface, ipath: PathT, ipv6_only_lan: bool) -> None:
+        """An interface on an IPv6-only LAN has no IPv4 address; one on a LAN with IPv4 has an
+        address of some family."""
+        if ipv6_only_lan and iface.address is not None:
+            self.add(ipath + ("address",), f"address {iface.address}: network {iface.network} is IPv6-only (it has "
+                     "no cidr)", "use address6, or give the network a cidr")
+        elif ipv6_only_lan and iface.address6 is None:
+            self.add(ipath, f"interface on {iface.network} has no address6 (the network is IPv6-only)",
+                     "add address6", at_key=True)
+        elif not ipv6_only_lan and iface.address6 is None:
+            self.add(ipath, f"interface on {iface.network} has no address", "add address (and address6 on a "
+                     "network with a cidr6)", at_key=True)
 
     def check_address6(self, iface: Interface, ipath: PathT, cidr6: IPv6Network | None) -> None:
         addr = iface.address6
@@ -278,14 +293,14 @@ class _Checker:
         if gw in {i.address for i, _c in mine}:
             self.add(path, f"gateway {gw} is {name}'s own address")
             return
-        if not any(gw in c for _i, c in mine):
+        if not any(c is not None and gw in c for _i, c in mine):
             nets = ", ".join(f"{i.network} {c}" for i, c in mine)
             self.add(path, f"gateway {gw} is not on any network of {name}", f"{name} is on {nets}")
             return
         owner = self.topo.owner_of(gw)
         routers = [
             f"router {r} has {i.address}" for r, router in self.topo.routers.items() for i in router.interfaces
-            if any(i.address in c for _x, c in mine)
+            if i.address is not None and any(c is not None and i.address in c for _x, c in mine)
         ]
         if owner is None:
             self.add(path, f"gateway {gw} is not the address of any router",
@@ -302,6 +317,10 @@ class _Checker:
             return
         hosting = {pod.node for pod in cl.pods.values()}
         for name, spec in cl.nodes.items():
+            if spec.interfaces[0].address is None and "networks" not in self.skip:
+                self.add(("cluster", "nodes", name, "interfaces", 0), f"node {name} has no IPv4 address on its "
+                         "first interface: a node's BGP identity, its IPIP and its IPv4 pool need one",
+                         "put the node on a LAN with a cidr, and give it an address", at_key=True)
             if spec.gateway is None and name in hosting:
                 self.add(("cluster", "nodes", name), f"node {name} has no gateway: its pods' traffic would be lost, "
                          "since proxy-ARP answers for 169.254.1.1 only on a node with a route there",
@@ -449,8 +468,8 @@ class _Checker:
                 self.ref(path + ("node",), peer.node, ("node",), "BGP peer of an ")
             owner = self.topo.owner_of(peer.address)
             if owner is None:
-                if not any(peer.address in (net.cidr if peer.address.version == 4 else net.cidr6 or ())
-                           for net in self.topo.networks.values()):
+                lans = [net.cidr if peer.address.version == 4 else net.cidr6 for net in self.topo.networks.values()]
+                if not any(lan is not None and peer.address in lan for lan in lans):
                     self.add(path + ("address",), f"BGP peer {peer.address} is outside every network of the lab: "
                              "nodes reach it through their gateway, and only a speaker you bring there answers",
                              "up does not wait for this session unless it says wait: true", warning=True)
@@ -504,6 +523,9 @@ class _Checker:
         for name, router in self.topo.routers.items():
             if router.bgp is None:
                 continue
+            if all(i.address is None for i in router.interfaces):
+                self.add(("routers", name, "bgp"), f"router {name} runs BGP but has no IPv4 address for its "
+                         "router id", "give one of its interfaces an address on a LAN with a cidr")
             path = ("routers", name, "bgp", "peers")
             if router.bgp.peers == "cluster":
                 if self.topo.cluster is None and "cluster" not in self.skip and self.known.node == []:
@@ -559,14 +581,14 @@ class _Checker:
         if (f.text is None) == (f.from_ is None):
             self.add(at, f"file {path!r} needs exactly one of text: or from:")
 
-    def _facing_address(self, router: str) -> IPv4Address:
-        """The router's address on a network that has cluster nodes (for hints)."""
+    def _facing_address(self, router: str) -> IPv4Address | None:
+        """The router's IPv4 address on a network that has cluster nodes (for hints)."""
         spec = self.topo.routers[router]
         node_nets = {i.network for n in self.topo.nodes.values() for i in n.interfaces}
         for iface in spec.interfaces:
-            if iface.network in node_nets:
+            if iface.network in node_nets and iface.address is not None:
                 return iface.address
-        return spec.interfaces[0].address
+        return next((i.address for i in spec.interfaces if i.address is not None), None)
 
     # scenarios --------------------------------------------------------------------------
 

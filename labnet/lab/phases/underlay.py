@@ -27,7 +27,7 @@ def run(ctx: Context) -> None:
             mtu = iface.mtu or topo.networks[iface.network].mtu
             cidr6 = topo.interface_cidr6(iface)
             links.append(LinkSpec(name, iface.name or "eth0", iface.network, cidr, mtu, cidr6))
-            ifs.append({"name": iface.name, "network": iface.network, "address": str(cidr),
+            ifs.append({"name": iface.name, "network": iface.network, **({"address": str(cidr)} if cidr else {}),
                         **({"address6": str(cidr6)} if cidr6 else {})})
         gateway = topo.gateway_of(spec)
         if gateway is not None:
