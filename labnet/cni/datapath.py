@@ -379,10 +379,7 @@ def check(host_if: str, netns: str, ifname: str, address: str, address6: str | N
             problems.append(f"host veth {host_if} MAC: expected {HOST_MAC}, found {link.get_attr('IFLA_ADDRESS')}")
         if not link["flags"] & 1:
             problems.append(f"host veth {host_if}: expected up, found down")
-        for rel, value in SYSCTLS:
-            got = _sysctl_read(rel.format(host_if))
-            if got != value:
-                problems.append(f"sysctl net.{rel.format(host_if).replace('/', '.')}: expected {value}, found {got}")
+        problems += _sysctl_problems(SYSCTLS, host_if)
         routes = [r for r in node.get_routes(family=2, oif=idx)
                   if r.get_attr("RTA_DST") == address and r["dst_len"] == 32]
         if not any(r["scope"] == RT_SCOPE_LINK for r in routes):
@@ -409,12 +406,18 @@ def check(host_if: str, netns: str, ifname: str, address: str, address6: str | N
     return problems
 
 
-def _check_host6(node: Any, host_if: str, idx: int, address6: str) -> list[str]:
-    problems = []
-    for rel, value in SYSCTLS6:
-        got = _sysctl_read(rel.format(host_if))
+def _sysctl_problems(pairs: tuple[tuple[str, str], ...], ifname: str, what: str = "sysctl") -> list[str]:
+    """Each of `pairs` (a per-interface sysctl and its value) that the calling thread's netns differs on."""
+    out = []
+    for rel, value in pairs:
+        got = _sysctl_read(rel.format(ifname))
         if got != value:
-            problems.append(f"sysctl net.{rel.format(host_if).replace('/', '.')}: expected {value}, found {got}")
+            out.append(f"{what} net.{rel.format(ifname).replace('/', '.')}: expected {value}, found {got}")
+    return out
+
+
+def _check_host6(node: Any, host_if: str, idx: int, address6: str) -> list[str]:
+    problems = _sysctl_problems(SYSCTLS6, host_if)
     lls = [a.get_attr("IFA_ADDRESS") for a in node.get_addr(index=idx, family=10)]
     if GATEWAY6 not in lls:
         problems.append(f"host veth {host_if} link-local: expected {GATEWAY6}, found {lls or 'none'}")
@@ -426,11 +429,7 @@ def _check_host6(node: Any, host_if: str, idx: int, address6: str) -> list[str]:
 
 def _check_pod6(ipr: Any, ifname: str, pidx: int, address6: str) -> list[str]:
     """The pod's side; the calling thread is in the pod's netns (its /proc/sys/net is the pod's)."""
-    problems = []
-    for rel, value in POD_SYSCTLS6:
-        got = _sysctl_read(rel.format(ifname))
-        if got != value:
-            problems.append(f"pod sysctl net.{rel.format(ifname).replace('/', '.')}: expected {value}, found {got}")
+    problems = _sysctl_problems(POD_SYSCTLS6, ifname, "pod sysctl")
     addrs = [f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}" for a in ipr.get_addr(index=pidx, family=10)]
     if f"{address6}/128" not in addrs:
         problems.append(f"pod {ifname} address: expected {address6}/128, found {addrs}")

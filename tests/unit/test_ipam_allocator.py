@@ -15,6 +15,8 @@ from labnet.etcd import keys
 from labnet.ipam.memstore import MemStore
 
 POOL = ipam.Pool("10.100.0.0/16", 26)
+POOL6 = ipam.Pool("fd00:10:244::/64", 122)
+BOTH = pytest.mark.parametrize("pool", [POOL, POOL6], ids=["ipv4", "ipv6"])
 
 
 def test_first_address_is_lowest_ordinal_of_a_26_with_host_affinity() -> None:
@@ -28,17 +30,19 @@ def test_first_address_is_lowest_ordinal_of_a_26_with_host_affinity() -> None:
     assert json.loads(s.get(keys.handle("net.c1")).value) == {"handleID": "net.c1", "block": {a.block: 1}}  # type: ignore[union-attr]
 
 
-def test_block_choice_is_deterministic_per_node_and_differs_between_nodes() -> None:
-    blocks = {n: ipam.auto_assign(MemStore(), n, "net.x", POOL).block for n in ("ubuntu-1", "ubuntu-3")}
-    again = {n: ipam.auto_assign(MemStore(), n, "net.x", POOL).block for n in ("ubuntu-1", "ubuntu-3")}
+@BOTH
+def test_block_choice_is_deterministic_per_node_and_differs_between_nodes(pool: ipam.Pool) -> None:
+    blocks = {n: ipam.auto_assign(MemStore(), n, "net.x", pool).block for n in ("ubuntu-1", "ubuntu-3")}
+    again = {n: ipam.auto_assign(MemStore(), n, "net.x", pool).block for n in ("ubuntu-1", "ubuntu-3")}
     assert blocks == again
     assert blocks["ubuntu-1"] != blocks["ubuntu-3"]
 
 
-def test_same_handle_gets_same_address() -> None:
+@BOTH
+def test_same_handle_gets_same_address(pool: ipam.Pool) -> None:
     s = MemStore()
-    a = ipam.auto_assign(s, "n1", "net.c1", POOL)
-    assert ipam.auto_assign(s, "n1", "net.c1", POOL) == a
+    a = ipam.auto_assign(s, "n1", "net.c1", pool)
+    assert ipam.auto_assign(s, "n1", "net.c1", pool) == a
     assert ipam.usage(s)["allocated"] == 1
 
 
@@ -127,13 +131,14 @@ def test_gc_on_one_node_leaves_the_other_nodes_pods_alone() -> None:
     assert len(b_own) == 7
 
 
-def test_concurrent_assignments_never_share_an_address() -> None:
+@BOTH
+def test_concurrent_assignments_never_share_an_address(pool: ipam.Pool) -> None:
     s = MemStore()
     results: list[ipam.Assignment] = []
     lock = threading.Lock()
 
     def worker(node: str, i: int) -> None:
-        a = ipam.auto_assign(s, node, f"net.{node}-{i}", POOL)
+        a = ipam.auto_assign(s, node, f"net.{node}-{i}", pool)
         with lock:
             results.append(a)
 
@@ -144,7 +149,7 @@ def test_concurrent_assignments_never_share_an_address() -> None:
         t.join()
     assert len({r.address for r in results}) == 90
     for node in ("n0", "n1", "n2"):
-        assert len(ipam.blocks_of(s, node)) == 1  # racing siblings never claim a spare block
+        assert len(ipam.blocks_of(s, node, pool.version)) == 1  # racing siblings never claim a spare block
 
 
 def test_same_container_concurrently_gets_one_address() -> None:
