@@ -276,8 +276,19 @@ def _check_blackhole(topo: Topology, args: dict[str, Any]) -> list[tuple[str, st
 
 
 def _check_tunnel_route(topo: Topology, args: dict[str, Any]) -> list[tuple[str, str]]:
-    if args.get("node") == args.get("to"):
-        return [("to", f"a node has no tunnel route to its own blocks ({args.get('node')} to itself)")]
+    node, via = args.get("node"), args.get("via")
+    if node == args.get("to"):
+        return [("to", f"a node has no tunnel route to its own blocks ({node} to itself)")]
+    if via is None or node not in topo.nodes:
+        return []
+    if via not in topo.routers:
+        return [("via", f"via {via!r}: routes of another node's blocks go via a router (a ToR), and {via} is not "
+                        "one")]
+    family = args.get("family", 4)
+    mine = {i.network for i in topo.nodes[node].interfaces}
+    if not any(i.network in mine and (i.address if family == 4 else i.address6) is not None
+               for i in topo.routers[via].interfaces):
+        return [("via", f"router {via} has no IPv{family} address on a LAN of {node}")]
     return []
 
 
