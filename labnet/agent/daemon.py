@@ -42,13 +42,13 @@ from labnet.agent.routes import (
     Underlay,
     blackholes,
     desired_routes,
-    net_key,
     vxlan_plan,
 )
 from labnet.agent.status import ROUTE_NOT_PROGRAMMED
 from labnet.agent.tunnel import Tunnel, Vtep, ensure_vxlan, remove_vxlan, start_ipip, sync_vxlan
 from labnet.agent.tunnel.vxlan import IFNAME as VXLAN_DEVICE
 from labnet.agent.tunnel.vxlan import PROTO_FELIX, VNI6
+from labnet.bgp.codec import prefix_key
 from labnet.bgp.rib import Change
 from labnet.bgp.speaker import PeerConfig, Speaker
 from labnet.errors import LabnetError
@@ -214,7 +214,7 @@ class Agent:
             found = keys.parse_affinity(kv.key)  # either family
             if found is not None and (self._dual or ":" not in found[1]):
                 by_node.setdefault(found[0], []).append(found[1])
-        mine = sorted(by_node.get(self.name, []), key=lambda b: net_key(ipaddress.ip_network(b)))
+        mine = sorted(by_node.get(self.name, []), key=lambda b: prefix_key(ipaddress.ip_network(b)))
         borrowed: set[Net] = set()
         my_nets = [ipaddress.ip_network(b) for b in mine]
         present: set[str] = set()
@@ -228,7 +228,7 @@ class Agent:
                     borrowed.add(ipaddress.ip_network(addr))
         for gone in set(self._block_memo) - present:
             del self._block_memo[gone]
-        return Snapshot(settings, nodes, mine, set(by_node), by_node, sorted(borrowed, key=net_key))
+        return Snapshot(settings, nodes, mine, set(by_node), by_node, sorted(borrowed, key=prefix_key))
 
     def _watch(self, prefix: str) -> None:
         """Feed every change under `prefix` to the loop (runs in its own thread until stopped)."""
@@ -465,9 +465,9 @@ class Agent:
         want = {ipaddress.ip_network(b) for b in snap.my_blocks} | set(snap.borrowed)
         if not self._dual:
             want = {p for p in want if p.version == 4}
-        for p in sorted(self.originated - want, key=net_key):
+        for p in sorted(self.originated - want, key=prefix_key):
             self.speaker.withdraw(p)
-        for p in sorted(want - self.originated, key=net_key):
+        for p in sorted(want - self.originated, key=prefix_key):
             self.speaker.originate(p)
         self.originated = want
 
@@ -502,23 +502,24 @@ class Agent:
     def _desired(self, snap: Snapshot) -> tuple[dict[Net, DesiredRoute], dict[str, list[Vtep]] | None]:
         """The routes to program, and the VTEPs per VXLAN device (None: no VXLAN device)."""
         assert self.underlay is not None
-        want, vxlan = self._plan(snap, snap.settings.pool, Underlay(self.underlay.ifname, self.underlay.address),
-                                 VXLAN_DEVICE)
+        learned = self._learned()  # one read of the Loc-RIB for both families
+        want, vxlan = self._plan(snap, learned, snap.settings.pool,
+                                 Underlay(self.underlay.ifname, self.underlay.address), VXLAN_DEVICE)
         pool6 = snap.settings.pool6
         if pool6 is not None and self.underlay.address6 is not None:
             under6 = Underlay(self.underlay.ifname, self.underlay.address6)
-            want6, vxlan6 = self._plan(snap, pool6, under6, VXLAN6_DEVICE)
+            want6, vxlan6 = self._plan(snap, learned, pool6, under6, VXLAN6_DEVICE)
             want.update(want6)
             if vxlan6 is not None:
                 vxlan = {**(vxlan or {}), **vxlan6}
         return want, vxlan
 
-    def _plan(self, snap: Snapshot, pool: PoolSettings, under: Underlay,
+    def _plan(self, snap: Snapshot, all_learned: list[Learned], pool: PoolSettings, under: Underlay,
               vxlan_dev: str) -> tuple[dict[Net, DesiredRoute], dict[str, list[Vtep]] | None]:
         """One family's routes: its pool, its own blocks, what BGP learned of that family."""
         version = pool.version
         mine = [b for b in snap.my_blocks if ipaddress.ip_network(b).version == version]
-        learned = [ln for ln in self._learned() if ln.prefix.version == version]
+        learned = [ln for ln in all_learned if ln.prefix.version == version]
         if pool.encap == "vxlan":
             tunnel, direct = vxlan_plan(vteps=self._vteps(snap, version), mode=pool.mode, underlay=under)
             want = {r.dst: r for r in blackholes(mine)}

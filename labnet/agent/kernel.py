@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from labnet.agent import rtnl
-from labnet.agent.routes import PROTO_BIRD, DesiredRoute, Net, OwnRoute, net_key, resolve_next_hop
+from labnet.agent.routes import PROTO_BIRD, DesiredRoute, Net, OwnRoute, resolve_next_hop
+from labnet.bgp.codec import prefix_key
 
 RT_TABLE_MAIN = 254
 RTN_UNICAST = 1
@@ -131,7 +132,7 @@ def reconcile(desired: Mapping[Net, DesiredRoute], *, keep_unicast: bool = False
     oifs: dict[str, int | None] = {}  # device -> index: one lookup per device, not per route
     try:
         have, foreign, node_routes = read_routes(families)
-        for dst, kr in sorted(have.items(), key=lambda x: net_key(x[0])):
+        for dst, kr in sorted(have.items(), key=lambda x: prefix_key(x[0])):
             if dst in desired:
                 continue
             if keep_unicast and kr.kind == "unicast":
@@ -144,7 +145,7 @@ def reconcile(desired: Mapping[Net, DesiredRoute], *, keep_unicast: bool = False
             except NetlinkError as exc:
                 if exc.code != 3:  # ESRCH: already gone
                     res.errors.append(f"delete {dst}: {exc}")
-        for dst, want in sorted(desired.items(), key=lambda x: net_key(x[0])):
+        for dst, want in sorted(desired.items(), key=lambda x: prefix_key(x[0])):
             oif: int | None = None
             if want.dev:
                 if want.dev not in oifs:
@@ -230,7 +231,7 @@ def programmed(extra_proto: int | None = None, extra_dev: str | None = None, ipr
                 s += f" dev {dev}"
             s += f" proto {name}" + (" onlink" if kr.onlink else "")
             out.append(s)
-    return sorted(out, key=lambda x: net_key(ipaddress.ip_network(x.split()[1] if x.startswith("blackhole")
+    return sorted(out, key=lambda x: prefix_key(ipaddress.ip_network(x.split()[1] if x.startswith("blackhole")
                                                                      else x.split()[0])))
 
 

@@ -18,20 +18,16 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from labnet.agent.tunnel.vxlan import Vtep
+from labnet.agent.tunnel.vxlan import IFNAME6, Vtep
+from labnet.bgp.codec import prefix_key
 
 PROTO_BIRD = 12
 IPIP_DEVICE = "tunl0"
 VXLAN_DEVICE = "vxlan.calico"
-VXLAN6_DEVICE = "vxlan-v6.calico"
+VXLAN6_DEVICE = IFNAME6
 
 Net = ipaddress.IPv4Network | ipaddress.IPv6Network
 Addr = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-def net_key(net: Net) -> tuple[int, Net]:
-    """Sort key over both families (Python does not order an IPv4Network against an IPv6 one)."""
-    return net.version, net
 
 
 @dataclass(frozen=True, order=True)
@@ -176,4 +172,4 @@ def borrowed_addresses(my_node: str, my_blocks: Iterable[str], endpoint_ips: Ite
         a = ipaddress.ip_interface(ip).ip
         if not any(a in n for n in nets):
             out.add(ipaddress.ip_network(a))
-    return sorted(out, key=net_key)
+    return sorted(out, key=prefix_key)

@@ -44,7 +44,6 @@ _RT_PROTOS_FILES = (
 _RT_PROTOS_DIRS = (Path("/etc/iproute2/rt_protos.d"), Path("/usr/share/iproute2/rt_protos.d"))
 
 IPAddr = IPv4Address | IPv6Address
-VXLAN6_DEVICE = "vxlan-v6.calico"  # an IPv6 pool's VXLAN device, as Calico names it
 
 
 def _read_id_files(files: Iterable[Path]) -> dict[str, int]:

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from labnet.agent.tunnel.vxlan import IFNAME6
 from labnet.checks.routes import Route, get_routes
 from labnet.errors import LabnetError
 from labnet.lab.processes import current
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 POD_GATEWAY = "169.254.1.1"
 IPIP_DEVICE = "tunl0"
 VXLAN_DEVICE = "vxlan.calico"
-VXLAN6_DEVICE = "vxlan-v6.calico"
+VXLAN6_DEVICE = IFNAME6
 ETCD_HOST_PREFIX = "/labnet/calico/ipam/v2/host/"
 
 

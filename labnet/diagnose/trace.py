@@ -21,8 +21,10 @@ from dataclasses import asdict, dataclass, field
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_interface, ip_network
 from typing import Any
 
+from labnet.agent.tunnel.vxlan import IFNAME6 as VXLAN6_DEVICE
 from labnet.checks.assertions import CALICO_GATEWAY, Endpoint, proxy_arp_diagnosis, read_sysctl
 from labnet.checks.probe import connect_once, responding
+from labnet.cni.datapath import GATEWAY6
 from labnet.diagnose.nftrace import decided, flow_match, trace_flow
 from labnet.errors import BadInput
 from labnet.lab.view import LabView
@@ -33,8 +35,7 @@ from labnet.policy.nft import chain_name, node_counters
 from labnet.topology.steps import DEFAULT_PORT
 
 MAX_HOPS = 16
-TUNNELS = ("tunl0", "vxlan.calico", "vxlan-v6.calico")
-GATEWAY6 = "fe80::ecee:eeff:feee:eeee"
+TUNNELS = ("tunl0", "vxlan.calico", VXLAN6_DEVICE)
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from labnet.agent.tunnel.vxlan import IFNAME6 as VXLAN6_DEVICE
 from labnet.checks import (
     CheckFailed,
     CheckResult,
@@ -21,7 +22,6 @@ from labnet.checks import (
     assert_tunnel_route,
 )
 from labnet.checks.reach import matrix_cells
-from labnet.checks.routes import VXLAN6_DEVICE
 from labnet.errors import BadInput
 from labnet.lab.view import LabView
 from labnet.topology import steps as s

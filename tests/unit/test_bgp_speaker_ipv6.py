@@ -33,6 +33,7 @@ from labnet.bgp.codec import (
 from labnet.bgp.speaker import PeerConfig, PeerStatus, Speaker, _peer_key, negotiated_families
 
 P4 = IPv4Network("10.100.1.0/26")
+P4_LATER = IPv4Network("10.100.2.0/26")
 P6 = IPv6Network("2001:db8:100::/48")
 Q6 = IPv6Network("2001:db8:200::/48")
 A6, B6 = IPv6Address("2001:db8::a"), IPv6Address("2001:db8::b")
@@ -117,7 +118,7 @@ async def until(cond: Callable[[], bool], what: str, timeout: float = 10.0) -> N
     deadline = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
         await asyncio.sleep(0.02)
 
 
@@ -199,8 +200,10 @@ def test_no_ipv6_with_a_speaker_without_next_hop6() -> None:
         peer = a.peers[IPv4Address("127.0.0.1")]
         assert peer.info is not None and peer.info.families == {IPV4_UNICAST}
         assert set(a.rib.adj_out[peer.address]) == {P4}  # the IPv6 route was never sent
-        await asyncio.sleep(0.2)
-        assert P6 not in b.loc_rib() and list(b.loc_rib()) == [P4]
+        # one TCP stream keeps the order: once a prefix originated after P6 is in, P6 would be too
+        a.originate(P4_LATER)
+        await until(lambda: P4_LATER in b.loc_rib(), "a prefix originated after the IPv6 one")
+        assert P6 not in b.loc_rib() and set(b.loc_rib()) == {P4, P4_LATER}
         assert [h for h, _ in b.listening()] == ["127.0.0.1"]  # and b does not listen on IPv6
 
     run(body, a, b, "127.0.0.1")

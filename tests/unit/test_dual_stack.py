@@ -18,10 +18,10 @@ from labnet.agent.routes import (
     Underlay,
     borrowed_addresses,
     desired_routes,
-    net_key,
     vxlan_plan,
 )
 from labnet.agent.tunnel.vxlan import Vtep, plan
+from labnet.bgp.codec import prefix_key
 from labnet.checks.routes import norm_dst, normalise_match, parse_routes
 from labnet.errors import BadInput
 from labnet.policy.model import PolicySettings
@@ -40,7 +40,7 @@ def test_own_ipv6_blocks_are_blackholed_and_learned_ones_go_via_the_peer() -> No
                Learned(N6("fd00:100::c0/122"), A6("fd00:20:30::73"))]       # our own route, reflected back
     got = desired_routes(own_blocks=["fd00:100::/122"], learned=learned, pool=POOL6, encap="none", mode="never",
                          underlay=UNDER6)
-    assert [str(r) for r in sorted(got.values(), key=lambda r: net_key(r.dst))] == [
+    assert [str(r) for r in sorted(got.values(), key=lambda r: prefix_key(r.dst))] == [
         "blackhole fd00:100::/122 proto bird",
         "fd00:100::40/122 via fd00:20:30::72 dev ens32 proto bird",
         "fd00:100::80/122 via fd00:192:168:50::74 proto bird",
